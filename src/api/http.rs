@@ -1,0 +1,304 @@
+//! The JSON-over-HTTP routes of `/v1` (the stream and long-poll live in `stream`).
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::Filter;
+
+use super::{caller, json_body, respond, Response};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::model::{BookingInput, BookingPatch, ListingInput, SendInput, SignalInput, UserInput};
+use crate::service::App;
+
+type Auth = Result<Caller, ApiError>;
+type Body<T> = Result<T, ApiError>;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenConversation {
+    pub listing_id: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadInput {
+    /// Mark the other side's messages up to and including this `seq` read.
+    pub seq: u64,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Only messages with a greater `seq` (default 0: from the start).
+    pub after: Option<u64>,
+    /// At most this many (1-500, default 100).
+    pub limit: Option<usize>,
+}
+
+pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+    let limit = app.config.limits.max_body_bytes;
+    let with_app = {
+        let app = app.clone();
+        warp::any().map(move || app.clone())
+    };
+    let who = caller(app);
+    let v1 = warp::path("v1");
+
+    let put_user = v1
+        .and(warp::path!("users" / String))
+        .and(warp::put())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(json_body(limit))
+        .then(put_user);
+    let put_listing = v1
+        .and(warp::path!("listings" / String))
+        .and(warp::put())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(json_body(limit))
+        .then(put_listing);
+    let open_conversation = v1
+        .and(warp::path!("conversations"))
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(json_body(limit))
+        .then(open_conversation);
+    let list_conversations = v1
+        .and(warp::path!("conversations"))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .then(list_conversations);
+    let get_conversation = v1
+        .and(warp::path!("conversations" / String))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .then(get_conversation);
+    let list_messages = v1
+        .and(warp::path!("conversations" / String / "messages"))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(warp::query::<PageQuery>())
+        .then(list_messages);
+    let send_message = v1
+        .and(warp::path!("conversations" / String / "messages"))
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(json_body(limit))
+        .then(send_message);
+    let read = v1
+        .and(warp::path!("conversations" / String / "read"))
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(json_body(limit))
+        .then(mark_read);
+    let typing = v1
+        .and(warp::path!("conversations" / String / "typing"))
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(who.clone())
+        .then(typing);
+    let create_booking = v1
+        .and(warp::path!("bookings"))
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(json_body(limit))
+        .then(create_booking);
+    let update_booking = v1
+        .and(warp::path!("bookings" / String))
+        .and(warp::patch())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(json_body(limit))
+        .then(update_booking);
+    let signal = v1
+        .and(warp::path!("signals"))
+        .and(warp::post())
+        .and(with_app)
+        .and(who)
+        .and(json_body(limit))
+        .then(post_signal);
+
+    put_user
+        .or(put_listing)
+        .unify()
+        .or(open_conversation)
+        .unify()
+        .or(list_conversations)
+        .unify()
+        .or(get_conversation)
+        .unify()
+        .or(list_messages)
+        .unify()
+        .or(send_message)
+        .unify()
+        .or(read)
+        .unify()
+        .or(typing)
+        .unify()
+        .or(create_booking)
+        .unify()
+        .or(update_booking)
+        .unify()
+        .or(signal)
+        .unify()
+        .boxed()
+}
+
+/// Registers or replaces a user (the marketplace backend).
+#[utoipa::path(put, path = "/v1/users/{id}", request_body = UserInput,
+    params(("id" = String, Path, description = "the marketplace's user id")),
+    responses((status = 200, body = crate::model::User), (status = 422, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn put_user(id: String, app: Arc<App>, who: Auth, body: Body<UserInput>) -> Response {
+    respond(StatusCode::OK, (|| app.put_user(who?, &id, body?))())
+}
+
+/// Registers or replaces a listing (the marketplace backend).
+#[utoipa::path(put, path = "/v1/listings/{id}", request_body = ListingInput,
+    params(("id" = String, Path, description = "the marketplace's listing id")),
+    responses((status = 200, body = crate::model::Listing), (status = 422, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn put_listing(
+    id: String,
+    app: Arc<App>,
+    who: Auth,
+    body: Body<ListingInput>,
+) -> Response {
+    respond(StatusCode::OK, (|| app.put_listing(who?, &id, body?))())
+}
+
+/// Opens the customer's pre-booking conversation about a listing, or returns it.
+#[utoipa::path(post, path = "/v1/conversations", request_body = OpenConversation,
+    responses((status = 201, description = "opened", body = crate::model::ConversationView),
+              (status = 200, description = "already open", body = crate::model::ConversationView),
+              (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn open_conversation(app: Arc<App>, who: Auth, body: Body<OpenConversation>) -> Response {
+    let result = async { app.open_conversation(who?, &body?.listing_id).await }.await;
+    match result {
+        Ok((view, true)) => super::json(StatusCode::CREATED, &view),
+        other => respond(StatusCode::OK, other.map(|(view, _)| view)),
+    }
+}
+
+/// The caller's conversations, most recently active first.
+#[utoipa::path(get, path = "/v1/conversations",
+    responses((status = 200, body = [crate::model::ConversationView])),
+    security(("bearer" = [])))]
+pub async fn list_conversations(app: Arc<App>, who: Auth) -> Response {
+    respond(StatusCode::OK, who.and_then(|c| app.list_conversations(c)))
+}
+
+/// One conversation with its listing context card.
+#[utoipa::path(get, path = "/v1/conversations/{id}",
+    params(("id" = String, Path)),
+    responses((status = 200, body = crate::model::ConversationView), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_conversation(id: String, app: Arc<App>, who: Auth) -> Response {
+    respond(
+        StatusCode::OK,
+        who.and_then(|c| app.get_conversation(c, &id)),
+    )
+}
+
+/// Messages in `seq` order.
+#[utoipa::path(get, path = "/v1/conversations/{id}/messages",
+    params(("id" = String, Path), PageQuery),
+    responses((status = 200, body = [crate::model::Message]), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_messages(id: String, app: Arc<App>, who: Auth, page: PageQuery) -> Response {
+    let result =
+        who.and_then(|c| app.messages(c, &id, page.after.unwrap_or(0), page.limit.unwrap_or(100)));
+    respond(StatusCode::OK, result)
+}
+
+/// Stores and delivers a message; the same `client_id` again returns the stored one.
+#[utoipa::path(post, path = "/v1/conversations/{id}/messages", request_body = SendInput,
+    params(("id" = String, Path)),
+    responses((status = 201, description = "stored", body = crate::service::SendReply),
+              (status = 200, description = "already stored under this client_id", body = crate::service::SendReply),
+              (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn send_message(id: String, app: Arc<App>, who: Auth, body: Body<SendInput>) -> Response {
+    let result = async { app.send(who?, &id, body?).await }.await;
+    let status = match &result {
+        Ok(reply) if reply.created => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    respond(status, result)
+}
+
+/// Marks the other side's messages up to `seq` read.
+#[utoipa::path(post, path = "/v1/conversations/{id}/read", request_body = ReadInput,
+    params(("id" = String, Path)),
+    responses((status = 200, body = crate::service::ReadReply), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn mark_read(id: String, app: Arc<App>, who: Auth, body: Body<ReadInput>) -> Response {
+    respond(
+        StatusCode::OK,
+        async { app.read(who?, &id, body?.seq).await }.await,
+    )
+}
+
+/// Shows the other side that the caller is typing (live only, never stored).
+#[utoipa::path(post, path = "/v1/conversations/{id}/typing",
+    params(("id" = String, Path)),
+    responses((status = 202, description = "sent to the other side's live connections")),
+    security(("bearer" = [])))]
+pub async fn typing(id: String, app: Arc<App>, who: Auth) -> Response {
+    let result = who.and_then(|c| app.typing(c, &id));
+    respond(
+        StatusCode::ACCEPTED,
+        result.map(|()| serde_json::json!({"status": "sent"})),
+    )
+}
+
+/// Creates a booking; its conversation moves to post-booking.
+#[utoipa::path(post, path = "/v1/bookings", request_body = BookingInput,
+    responses((status = 201, body = crate::model::Booking), (status = 409, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_booking(app: Arc<App>, who: Auth, body: Body<BookingInput>) -> Response {
+    respond(
+        StatusCode::CREATED,
+        async { app.create_booking(who?, body?).await }.await,
+    )
+}
+
+/// Reschedules a booking or moves it to another stage.
+#[utoipa::path(patch, path = "/v1/bookings/{id}", request_body = BookingPatch,
+    params(("id" = String, Path)),
+    responses((status = 200, body = crate::model::Booking), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_booking(
+    id: String,
+    app: Arc<App>,
+    who: Auth,
+    body: Body<BookingPatch>,
+) -> Response {
+    respond(
+        StatusCode::OK,
+        async { app.update_booking(who?, &id, body?).await }.await,
+    )
+}
+
+/// Records a marketplace signal (listing viewed, checkout abandoned, …).
+#[utoipa::path(post, path = "/v1/signals", request_body = SignalInput,
+    responses((status = 202, body = crate::model::Signal), (status = 422, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_signal(app: Arc<App>, who: Auth, body: Body<SignalInput>) -> Response {
+    respond(
+        StatusCode::ACCEPTED,
+        async { app.signal(who?, body?).await }.await,
+    )
+}

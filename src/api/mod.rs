@@ -1,0 +1,162 @@
+//! The warp layer: routes, request decoding and replies. It holds no business
+//! logic: each route authenticates, decodes, calls the service layer and turns the
+//! result into a reply.
+
+mod http;
+pub mod openapi;
+mod stream;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::service::App;
+
+pub use stream::Streams;
+
+type Response = warp::reply::Response;
+
+/// Every route of the daemon, with JSON errors for whatever no route accepted.
+pub fn routes(
+    app: Arc<App>,
+    streams: Arc<Streams>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let ops = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+        .or(warp::path!("metrics").and(warp::get()).map(move || {
+            warp::reply::with_header(
+                metrics.render(),
+                "content-type",
+                "text/plain; version=0.0.4",
+            )
+            .into_response()
+        }))
+        .unify()
+        .or(warp::path!("openapi.json")
+            .and(warp::get())
+            .map(|| json(StatusCode::OK, &openapi::document())))
+        .unify()
+        .boxed();
+
+    ops.or(http::routes(app.clone()))
+        .unify()
+        .or(stream::routes(app, streams))
+        .unify()
+        .recover(recover)
+        .unify()
+        .with(warp::log::custom(|info| {
+            metrics::counter!(
+                "parleyd_http_requests_total",
+                "method" => info.method().to_string(),
+                "status" => info.status().as_u16().to_string()
+            )
+            .increment(1);
+            metrics::histogram!("parleyd_http_request_seconds")
+                .record(info.elapsed().as_secs_f64());
+        }))
+        .with(warp::trace::request())
+}
+
+/// A JSON reply with a status.
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+/// A service result as a reply: `ok` status on success, the error's otherwise.
+fn respond<T: Serialize>(ok: StatusCode, result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(body) => json(ok, &body),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The caller from `Authorization: Bearer`. Never rejects: a missing or bad token
+/// is an error the handler returns, so it cannot send warp trying other routes.
+fn caller(
+    app: Arc<App>,
+) -> impl Filter<Extract = (Result<Caller, ApiError>,), Error = Infallible> + Clone {
+    warp::header::optional::<String>("authorization")
+        .or(warp::any().map(|| None))
+        .unify()
+        .map(move |header: Option<String>| app.auth.authenticate(header.as_deref(), None))
+}
+
+/// The request body, read up to `limit` bytes whether or not a Content-Length is
+/// given, and decoded as JSON: malformed JSON is 400, a well-formed body of the
+/// wrong shape is 422, a larger body is 413.
+fn json_body<T: DeserializeOwned + Send>(
+    limit: u64,
+) -> impl Filter<Extract = (Result<T, ApiError>,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .then(move |length: Option<u64>, body| async move {
+            let bytes = read_limited(length, body, limit).await?;
+            decode_json(&bytes)
+        })
+}
+
+async fn read_limited<S, B>(length: Option<u64>, body: S, limit: u64) -> Result<Bytes, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("request body is larger than {limit} bytes"));
+    if length.is_some_and(|l| l > limit) {
+        return Err(too_large());
+    }
+    let mut body = std::pin::pin!(body);
+    let mut bytes = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+        if bytes.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            bytes.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(bytes.freeze())
+}
+
+fn decode_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
+        _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
+    })
+}
+
+/// What warp itself rejected (no route, wrong method, bad query string…) as a
+/// JSON error.
+async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if rejection.is_not_found() {
+        ApiError::NotFound("no such route".into())
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        return Ok(json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &serde_json::json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this route"}}),
+        ));
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::BadRequest(format!("invalid query string: {e}"))
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::BadRequest(e.to_string())
+    } else {
+        tracing::debug!(?rejection, "unhandled rejection");
+        ApiError::BadRequest("the request could not be understood".into())
+    };
+    Ok(error.into_response())
+}

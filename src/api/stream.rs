@@ -1,0 +1,617 @@
+//! `GET /v1/stream` (WebSocket) and `GET /v1/events` (long-poll), two views of the
+//! same per-user event log.
+//!
+//! A connection subscribes to the hub *before* it reads the log, so an event is
+//! either already in the log it replays or arrives live; `position` (the last
+//! cursor written to the client) drops duplicates, and a live frame that skips
+//! ahead (two commits published out of order) is preceded by the missing events
+//! read from the log. Hence: no gap, no duplicate.
+//!
+//! The upgrade is done here rather than with `warp::ws` so the socket runs with
+//! small tungstenite buffers (warp's keeps ~133 KB per idle connection).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderMap, StatusCode};
+use warp::{Filter, Reply};
+
+use super::Response;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::events::Frame;
+use crate::model::SendInput;
+use crate::service::App;
+
+/// Close code telling a client it fell behind: reconnect with `since=` its cursor.
+pub const CLOSE_RESUME: u16 = 4000;
+/// Close code for a connection from which nothing arrived within the idle timeout.
+pub const CLOSE_IDLE: u16 = 4001;
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Live WebSocket connections: the cap, the count, and the way to stop them all.
+pub struct Streams {
+    live: AtomicUsize,
+    drained: Notify,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Held by each connection; dropping it counts the connection out.
+struct Admitted {
+    streams: Arc<Streams>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.streams.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.streams.drained.notify_waiters();
+        }
+        metrics::gauge!("parleyd_stream_connections").decrement(1.0);
+    }
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams {
+            live: AtomicUsize::new(0),
+            drained: Notify::new(),
+            shutdown: watch::channel(false).0,
+        }
+    }
+}
+
+impl Streams {
+    fn admit(self: &Arc<Self>, max: usize) -> Option<Admitted> {
+        if *self.shutdown.borrow() {
+            return None;
+        }
+        let admitted = self
+            .live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        admitted.then(|| {
+            metrics::gauge!("parleyd_stream_connections").increment(1.0);
+            Admitted {
+                streams: Arc::clone(self),
+            }
+        })
+    }
+
+    /// Tells every connection (and waiting long-poll) to finish: streams close
+    /// with "going away", and no new ones are admitted.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Waits (up to `timeout`) until every stream has closed.
+    pub async fn closed(&self, timeout: Duration) {
+        let all_closed = async {
+            loop {
+                let drained = self.drained.notified();
+                if self.live.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                drained.await;
+            }
+        };
+        if tokio::time::timeout(timeout, all_closed).await.is_err() {
+            tracing::warn!(
+                left = self.live.load(Ordering::Acquire),
+                "streams still open at shutdown timeout"
+            );
+        }
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    since: Option<u64>,
+    token: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Return events after this cursor (default 0: from the start).
+    since: Option<u64>,
+    /// Wait up to this many seconds for an event when there is none (default 0).
+    wait: Option<u64>,
+    /// The bearer token, for clients that cannot set headers.
+    token: Option<String>,
+}
+
+pub fn routes(app: Arc<App>, streams: Arc<Streams>) -> BoxedFilter<(Response,)> {
+    let with_app = {
+        let app = app.clone();
+        warp::any().map(move || app.clone())
+    };
+    let auth_header = warp::header::optional::<String>("authorization");
+    let stream = warp::path!("v1" / "stream")
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(warp::any().map({
+            let streams = streams.clone();
+            move || streams.clone()
+        }))
+        .and(auth_header)
+        .and(warp::query::<StreamQuery>())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .map(upgrade);
+    let shutdown = streams.shutdown.subscribe();
+    let events = warp::path!("v1" / "events")
+        .and(warp::get())
+        .and(with_app)
+        .and(warp::any().map(move || shutdown.clone()))
+        .and(auth_header)
+        .and(warp::query::<EventsQuery>())
+        .then(long_poll);
+    stream.or(events).unify().boxed()
+}
+
+fn authenticate(app: &App, header: Option<&str>, token: Option<&str>) -> Result<Caller, ApiError> {
+    app.auth.authenticate(header, token)?.require_person()
+}
+
+fn header_has(headers: &HeaderMap, name: &str, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+/// Answers the WebSocket handshake (after authenticating, so a bad token is a
+/// plain 401) and runs the connection once hyper hands over the socket.
+fn upgrade(
+    app: Arc<App>,
+    streams: Arc<Streams>,
+    auth_header: Option<String>,
+    query: StreamQuery,
+    headers: HeaderMap,
+    on_upgrade: Option<OnUpgrade>,
+) -> Response {
+    let caller = match authenticate(&app, auth_header.as_deref(), query.token.as_deref()) {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
+    let key = headers.get("sec-websocket-key");
+    let is_upgrade = header_has(&headers, "connection", "upgrade")
+        && header_has(&headers, "upgrade", "websocket")
+        && headers
+            .get("sec-websocket-version")
+            .is_some_and(|v| v == "13");
+    let (Some(key), true, Some(on_upgrade)) = (key, is_upgrade, on_upgrade) else {
+        return ApiError::BadRequest(
+            "this endpoint speaks WebSocket (version 13); use GET /v1/events for long-poll".into(),
+        )
+        .into_response();
+    };
+    let Some(admitted) = streams.admit(app.config.stream.max_connections) else {
+        return ApiError::Unavailable("too many connections or shutting down; retry later".into())
+            .into_response();
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let max_frame = app.config.limits.max_body_bytes as usize;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1024 * 1024)
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame));
+    let shutdown = streams.shutdown.subscribe();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                let span = tracing::info_span!("stream", user = %caller.user_id);
+                Connection::new(app, caller, shutdown)
+                    .run(socket, query.since)
+                    .instrument(span)
+                    .await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+        drop(admitted);
+    });
+    let mut response =
+        warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        "connection",
+        warp::http::HeaderValue::from_static("upgrade"),
+    );
+    h.insert("upgrade", warp::http::HeaderValue::from_static("websocket"));
+    if let Ok(v) = warp::http::HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    response
+}
+
+/// Frames a client may send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientFrame {
+    Send {
+        conversation_id: String,
+        client_id: String,
+        content: String,
+    },
+    Read {
+        conversation_id: String,
+        seq: u64,
+    },
+    Typing {
+        conversation_id: String,
+    },
+    Ping,
+}
+
+fn error_frame(client_id: Option<&str>, e: &ApiError) -> String {
+    serde_json::json!({"type": "error", "client_id": client_id, "error": e.body().error})
+        .to_string()
+}
+
+/// Why a connection ended, and the close frame that says so.
+enum Ending {
+    ClientLeft,
+    Close(u16, String),
+}
+
+struct Connection {
+    app: Arc<App>,
+    caller: Caller,
+    shutdown: watch::Receiver<bool>,
+    /// The last cursor written to the client.
+    position: u64,
+}
+
+impl Connection {
+    fn new(app: Arc<App>, caller: Caller, shutdown: watch::Receiver<bool>) -> Connection {
+        Connection {
+            app,
+            caller,
+            shutdown,
+            position: 0,
+        }
+    }
+
+    async fn run(mut self, socket: Socket, since: Option<u64>) {
+        let (mut sink, mut source) = socket.split();
+        let ending = self.serve(&mut sink, &mut source, since).await;
+        if let Ending::Close(code, reason) = ending {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                sink.send(WsMessage::Close(Some(frame))),
+            )
+            .await;
+        }
+        let _ = sink.close().await;
+    }
+
+    async fn serve<S, R>(&mut self, sink: &mut S, source: &mut R, since: Option<u64>) -> Ending
+    where
+        S: futures_util::Sink<WsMessage, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+        R: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
+            + Unpin,
+    {
+        let cfg = self.app.config.stream.clone();
+        let mut subscription = self
+            .app
+            .hub
+            .subscribe(&self.caller.user_id, cfg.queue_capacity);
+        let head = match self.app.store.cursor(&self.caller.user_id) {
+            Ok(head) => head,
+            Err(e) => return internal(e.into()),
+        };
+        // A cursor beyond the log (e.g. a client of a reset deployment) is the head.
+        self.position = since.unwrap_or(head).min(head);
+        if let Err(ending) = self.catch_up(sink, head).await {
+            return ending;
+        }
+        let ready = serde_json::json!({"type": "ready", "cursor": self.position}).to_string();
+        if sink.send(WsMessage::text(ready)).await.is_err() {
+            return Ending::ClientLeft;
+        }
+
+        let (replies_tx, mut replies) = mpsc::channel::<String>(cfg.max_inflight_per_connection);
+        let inflight = Arc::new(Semaphore::new(cfg.max_inflight_per_connection));
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(cfg.heartbeat_seconds));
+        heartbeat.tick().await;
+        let idle_timeout = Duration::from_secs(cfg.idle_timeout_seconds);
+        let mut last_heard = Instant::now();
+        let mut shutdown = self.shutdown.clone();
+
+        loop {
+            tokio::select! {
+                _ = stopping(&mut shutdown) => {
+                    return Ending::Close(1001, "server shutting down".into());
+                }
+                frame = subscription.frames.recv() => {
+                    let Some(frame) = frame else {
+                        return Ending::Close(
+                            CLOSE_RESUME,
+                            format!("fell behind; resume with since={}", self.position),
+                        );
+                    };
+                    let mut batch = vec![frame];
+                    while batch.len() < 64 {
+                        match subscription.frames.try_recv() {
+                            Ok(f) => batch.push(f),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(ending) = self.deliver(sink, batch).await {
+                        return ending;
+                    }
+                }
+                Some(reply) = replies.recv() => {
+                    if sink.send(WsMessage::text(reply)).await.is_err() {
+                        return Ending::ClientLeft;
+                    }
+                }
+                incoming = source.next() => {
+                    last_heard = Instant::now();
+                    match incoming {
+                        None | Some(Err(_)) => return Ending::ClientLeft,
+                        Some(Ok(WsMessage::Text(text))) => {
+                            if let Some(reply) = self.handle(text.as_str(), &replies_tx, &inflight).await {
+                                if sink.send(WsMessage::text(reply)).await.is_err() {
+                                    return Ending::ClientLeft;
+                                }
+                            }
+                        }
+                        Some(Ok(WsMessage::Binary(_))) => {
+                            let e = ApiError::BadRequest("binary frames are not supported; send JSON text".into());
+                            if sink.send(WsMessage::text(error_frame(None, &e))).await.is_err() {
+                                return Ending::ClientLeft;
+                            }
+                        }
+                        Some(Ok(WsMessage::Close(_))) => return Ending::ClientLeft,
+                        Some(Ok(_)) => {} // ping (answered by tungstenite) or pong
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() >= idle_timeout {
+                        return Ending::Close(CLOSE_IDLE, "idle timeout".into());
+                    }
+                    if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                        return Ending::ClientLeft;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replays logged events in `(position, until]` from the store, page by page.
+    async fn catch_up<S>(&mut self, sink: &mut S, until: u64) -> Result<(), Ending>
+    where
+        S: futures_util::Sink<WsMessage, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+    {
+        let page = self.app.config.stream.replay_page;
+        while self.position < until {
+            let frames = self
+                .app
+                .store
+                .events_between(&self.caller.user_id, self.position, until, page)
+                .map_err(|e| internal(e.into()))?;
+            let Some(last) = frames.last().and_then(|f| f.cursor) else {
+                // The log has nothing more up to `until`: nothing to replay.
+                self.position = until;
+                break;
+            };
+            for frame in frames {
+                sink.feed(WsMessage::text(frame.json.to_string()))
+                    .await
+                    .map_err(|_| Ending::ClientLeft)?;
+            }
+            sink.flush().await.map_err(|_| Ending::ClientLeft)?;
+            self.position = last;
+        }
+        Ok(())
+    }
+
+    /// Writes live frames in cursor order, filling any gap from the log and
+    /// skipping what the client already has.
+    async fn deliver<S>(&mut self, sink: &mut S, batch: Vec<Arc<Frame>>) -> Result<(), Ending>
+    where
+        S: futures_util::Sink<WsMessage, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+    {
+        for frame in batch {
+            match frame.cursor {
+                Some(c) if c <= self.position => continue,
+                Some(c) if c > self.position + 1 => self.catch_up(sink, c - 1).await?,
+                _ => {}
+            }
+            sink.feed(WsMessage::text(frame.json.to_string()))
+                .await
+                .map_err(|_| Ending::ClientLeft)?;
+            if let Some(c) = frame.cursor {
+                self.position = c;
+            }
+        }
+        sink.flush().await.map_err(|_| Ending::ClientLeft)
+    }
+
+    /// Handles one client frame. Sends and reads run concurrently (bounded by
+    /// `inflight`) and answer through `replies`; the rest answer directly.
+    async fn handle(
+        &self,
+        text: &str,
+        replies: &mpsc::Sender<String>,
+        inflight: &Arc<Semaphore>,
+    ) -> Option<String> {
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                let client_id = serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("client_id")?.as_str().map(str::to_owned));
+                let e = ApiError::BadRequest(format!(
+                    "not a valid frame ({e}); expected send, read, typing or ping"
+                ));
+                return Some(error_frame(client_id.as_deref(), &e));
+            }
+        };
+        match frame {
+            ClientFrame::Ping => Some(serde_json::json!({"type": "pong"}).to_string()),
+            ClientFrame::Typing { conversation_id } => self
+                .app
+                .typing(self.caller.clone(), &conversation_id)
+                .err()
+                .map(|e| error_frame(None, &e)),
+            ClientFrame::Send {
+                conversation_id,
+                client_id,
+                content,
+            } => {
+                let permit = inflight.clone().acquire_owned().await.ok()?;
+                let (app, caller, replies) =
+                    (self.app.clone(), self.caller.clone(), replies.clone());
+                tokio::spawn(async move {
+                    let input = SendInput {
+                        client_id: client_id.clone(),
+                        content,
+                    };
+                    let reply = match app.send(caller, &conversation_id, input).await {
+                        Ok(sent) => serde_json::json!({
+                            "type": "ack",
+                            "client_id": client_id,
+                            "message": sent.message,
+                            "created": sent.created,
+                        })
+                        .to_string(),
+                        Err(e) => error_frame(Some(&client_id), &e),
+                    };
+                    let _ = replies.send(reply).await;
+                    drop(permit);
+                });
+                None
+            }
+            ClientFrame::Read {
+                conversation_id,
+                seq,
+            } => {
+                let permit = inflight.clone().acquire_owned().await.ok()?;
+                let (app, caller, replies) =
+                    (self.app.clone(), self.caller.clone(), replies.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = app.read(caller, &conversation_id, seq).await {
+                        let _ = replies.send(error_frame(None, &e)).await;
+                    }
+                    drop(permit);
+                });
+                None
+            }
+        }
+    }
+}
+
+/// Resolves once shutdown has begun (at once if it already has).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send: drop it here, not across an await.
+    let _ = shutdown.wait_for(|stopping| *stopping).await.map(drop);
+}
+
+fn internal(e: ApiError) -> Ending {
+    tracing::error!(error = %e, "stream failed");
+    Ending::Close(1011, "internal error; resume from your cursor".into())
+}
+
+/// `GET /v1/events`: the events after `since`, at once if there are any, else
+/// after waiting up to `wait` seconds for one.
+#[utoipa::path(get, path = "/v1/events", params(EventsQuery),
+    responses((status = 200, description = "`{\"events\": [event frames], \"cursor\": N}`; pass `cursor` as the next `since`")),
+    security(("bearer" = [])))]
+pub async fn long_poll(
+    app: Arc<App>,
+    shutdown: watch::Receiver<bool>,
+    auth_header: Option<String>,
+    query: EventsQuery,
+) -> Response {
+    match poll_events(&app, shutdown, auth_header.as_deref(), &query).await {
+        Ok((frames, cursor)) => {
+            // Frames are stored as JSON text: splice them in without re-parsing.
+            let mut body = String::from("{\"events\":[");
+            for (i, frame) in frames.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push_str(&frame.json);
+            }
+            body.push_str(&format!("],\"cursor\":{cursor}}}"));
+            warp::reply::with_header(body, "content-type", "application/json").into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn poll_events(
+    app: &Arc<App>,
+    mut shutdown: watch::Receiver<bool>,
+    auth_header: Option<&str>,
+    query: &EventsQuery,
+) -> Result<(Vec<Frame>, u64), ApiError> {
+    let caller = authenticate(app, auth_header, query.token.as_deref())?;
+    let user = &caller.user_id;
+    let page = app.config.stream.replay_page;
+    let wait = query
+        .wait
+        .unwrap_or(0)
+        .min(app.config.stream.long_poll_max_wait_seconds);
+    // Subscribe before reading so an event committed in between still wakes us.
+    let mut subscription = app.hub.subscribe(user, 16);
+    let head = app.store.cursor(user)?;
+    let since = query.since.unwrap_or(0).min(head);
+    if head == since && wait > 0 {
+        let logged = async {
+            while let Some(frame) = subscription.frames.recv().await {
+                if frame.cursor.is_some() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            _ = logged => {}
+            _ = stopping(&mut shutdown) => {}
+        }
+    }
+    drop(subscription);
+    let head = app.store.cursor(user)?;
+    let frames = app.store.events_between(user, since, head, page)?;
+    let cursor = frames.last().and_then(|f| f.cursor).unwrap_or(since);
+    Ok((frames, cursor))
+}

@@ -1,0 +1,194 @@
+//! Who is calling: HS256 JWTs with `sub`, `role`, `exp`, or the service key.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Customer,
+    Provider,
+    Operator,
+    Service,
+}
+
+impl Role {
+    /// Customers and providers are the people who take part in conversations.
+    pub fn is_person(self) -> bool {
+        matches!(self, Role::Customer | Role::Provider)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    role: Role,
+    exp: i64,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user_id: String,
+    pub role: Role,
+}
+
+impl Caller {
+    /// 403 unless the caller has one of `roles`.
+    pub fn require(self, roles: &[Role]) -> Result<Caller, ApiError> {
+        if roles.contains(&self.role) {
+            Ok(self)
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this endpoint is not open to role {:?}",
+                self.role
+            )))
+        }
+    }
+
+    pub fn require_person(self) -> Result<Caller, ApiError> {
+        self.require(&[Role::Customer, Role::Provider])
+    }
+}
+
+#[derive(Clone)]
+pub struct Authenticator {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    service_key: String,
+}
+
+impl Authenticator {
+    pub fn new(jwt_secret: &str, service_key: &str) -> Authenticator {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Authenticator {
+            encoding: EncodingKey::from_secret(jwt_secret.as_bytes()),
+            decoding: DecodingKey::from_secret(jwt_secret.as_bytes()),
+            validation,
+            service_key: service_key.to_owned(),
+        }
+    }
+
+    pub fn mint(&self, sub: &str, role: Role, ttl_seconds: i64) -> Result<String, ApiError> {
+        let claims = Claims {
+            sub: sub.to_owned(),
+            role,
+            exp: jiff::Timestamp::now().as_second() + ttl_seconds,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| ApiError::Internal(format!("cannot sign token: {e}")))
+    }
+
+    /// Checks a bearer token: the service key, or a valid unexpired JWT.
+    pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        if constant_time_eq(token.as_bytes(), self.service_key.as_bytes()) {
+            return Ok(Caller {
+                user_id: "service".to_owned(),
+                role: Role::Service,
+            });
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    ApiError::Unauthorized("token expired".into())
+                }
+                _ => ApiError::Unauthorized("invalid token".into()),
+            })?;
+        let claims = data.claims;
+        crate::model::validate_id("sub", &claims.sub)
+            .map_err(|_| ApiError::Unauthorized("token subject is not a valid user id".into()))?;
+        Ok(Caller {
+            user_id: claims.sub,
+            role: claims.role,
+        })
+    }
+
+    /// Authenticates from an `Authorization` header, falling back to `?token=` where
+    /// the route allows it (WebSocket and long-poll clients cannot always set headers).
+    pub fn authenticate(
+        &self,
+        header: Option<&str>,
+        query_token: Option<&str>,
+    ) -> Result<Caller, ApiError> {
+        let token = match (header, query_token) {
+            (Some(h), _) => h
+                .strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+                .ok_or_else(|| {
+                    ApiError::Unauthorized("Authorization must be `Bearer <token>`".into())
+                })?,
+            (None, Some(t)) => t,
+            (None, None) => return Err(ApiError::Unauthorized("missing bearer token".into())),
+        };
+        self.verify(token.trim())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Parses a token lifetime such as `30m`, `1h`, `7d` (jiff's friendly duration format).
+pub fn parse_ttl(text: &str) -> Result<i64, String> {
+    let duration: jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration like 30m, 1h or 7d: {e}"))?;
+    let seconds = duration.as_secs();
+    if seconds <= 0 {
+        return Err(format!("{text:?} must be a positive duration"));
+    }
+    Ok(seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Authenticator {
+        Authenticator::new("a-test-secret-of-some-length", "a-test-service-key-0000")
+    }
+
+    #[test]
+    fn minted_tokens_verify_and_carry_the_role() {
+        let a = auth();
+        let token = a.mint("alice", Role::Customer, 60).unwrap();
+        let caller = a.verify(&token).unwrap();
+        assert_eq!(caller.user_id, "alice");
+        assert_eq!(caller.role, Role::Customer);
+    }
+
+    #[test]
+    fn expired_and_foreign_tokens_are_refused() {
+        let a = auth();
+        let expired = a.mint("alice", Role::Customer, -60).unwrap();
+        assert!(
+            matches!(a.verify(&expired), Err(ApiError::Unauthorized(m)) if m.contains("expired"))
+        );
+        let other = Authenticator::new("another-secret-entirely", "x".repeat(16).as_str());
+        let foreign = other.mint("alice", Role::Operator, 60).unwrap();
+        assert!(a.verify(&foreign).is_err());
+    }
+
+    #[test]
+    fn service_key_is_a_service_caller() {
+        let caller = auth()
+            .authenticate(Some("Bearer a-test-service-key-0000"), None)
+            .unwrap();
+        assert_eq!(caller.role, Role::Service);
+        assert!(auth().authenticate(Some("Basic abc"), None).is_err());
+        assert!(auth().authenticate(None, None).is_err());
+    }
+
+    #[test]
+    fn ttl_parsing() {
+        assert_eq!(parse_ttl("1h").unwrap(), 3600);
+        assert_eq!(parse_ttl("7d").unwrap(), 7 * 86400);
+        assert!(parse_ttl("soon").is_err());
+        assert!(parse_ttl("-5m").is_err());
+    }
+}

@@ -1,0 +1,314 @@
+//! `config.yaml`: every key is documented in the shipped file. Unknown keys are
+//! errors (a typo must not be silently ignored), and secrets can be overridden from
+//! the environment so they never need to live in the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The secrets shipped in the example `config.yaml`. The daemon refuses to serve
+/// with them unless `--dev` is given.
+pub const EXAMPLE_JWT_SECRET: &str = "example-jwt-secret-change-me";
+pub const EXAMPLE_SERVICE_KEY: &str = "example-service-key-change-me";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("invalid environment variable {name}: {message}")]
+    Env { name: &'static str, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub stream: StreamConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub jwt_secret: String,
+    pub service_key: String,
+    #[serde(default = "default_token_ttl")]
+    pub default_token_ttl: String,
+}
+
+fn default_token_ttl() -> String {
+    "1h".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Acknowledge a write only after it is on disk; concurrent writes share one flush.
+    GroupCommit,
+    /// Acknowledge once committed in memory; sled flushes every `flush_every_ms`.
+    /// Faster, but a machine crash loses up to that window of acknowledged writes.
+    Periodic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub durability: Durability,
+    pub flush_every_ms: u64,
+    pub cache_capacity_mb: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            durability: Durability::GroupCommit,
+            flush_every_ms: 500,
+            cache_capacity_mb: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_body_bytes: u64,
+    pub max_message_chars: usize,
+    pub send_rate_per_second: u32,
+    pub send_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 64 * 1024,
+            max_message_chars: 4000,
+            send_rate_per_second: 10,
+            send_burst: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    pub max_connections: usize,
+    pub queue_capacity: usize,
+    pub heartbeat_seconds: u64,
+    pub idle_timeout_seconds: u64,
+    pub max_inflight_per_connection: usize,
+    pub long_poll_max_wait_seconds: u64,
+    pub replay_page: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            max_connections: 15_000,
+            queue_capacity: 256,
+            heartbeat_seconds: 20,
+            idle_timeout_seconds: 60,
+            max_inflight_per_connection: 32,
+            long_poll_max_wait_seconds: 30,
+            replay_page: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file, applies `PARLEYD_*` overrides and validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, path)?;
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        serde_yaml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.to_string(),
+            }
+        })
+    }
+
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(listen) = var("PARLEYD_LISTEN") {
+            self.listen = listen.parse().map_err(|e| ConfigError::Env {
+                name: "PARLEYD_LISTEN",
+                message: format!("{listen:?} is not an address like 127.0.0.1:8080: {e}"),
+            })?;
+        }
+        if let Some(dir) = var("PARLEYD_DATA_DIR") {
+            self.data_dir = PathBuf::from(dir);
+        }
+        if let Some(secret) = var("PARLEYD_JWT_SECRET") {
+            self.auth.jwt_secret = secret;
+        }
+        if let Some(key) = var("PARLEYD_SERVICE_KEY") {
+            self.auth.service_key = key;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.auth.jwt_secret.len() < 16 {
+            problems.push("auth.jwt_secret must be at least 16 bytes".to_owned());
+        }
+        if self.auth.service_key.len() < 16 {
+            problems.push("auth.service_key must be at least 16 bytes".to_owned());
+        }
+        if let Err(e) = crate::auth::parse_ttl(&self.auth.default_token_ttl) {
+            problems.push(format!("auth.default_token_ttl: {e}"));
+        }
+        if self.limits.send_rate_per_second == 0 || self.limits.send_burst == 0 {
+            problems.push("limits.send_rate_per_second and limits.send_burst must be > 0".into());
+        }
+        if self.limits.max_message_chars == 0 || self.limits.max_body_bytes < 1024 {
+            problems.push(
+                "limits.max_message_chars must be > 0 and limits.max_body_bytes >= 1024".into(),
+            );
+        }
+        if self.stream.queue_capacity == 0 || self.stream.max_inflight_per_connection == 0 {
+            problems.push(
+                "stream.queue_capacity and stream.max_inflight_per_connection must be > 0".into(),
+            );
+        }
+        if self.stream.heartbeat_seconds == 0
+            || self.stream.idle_timeout_seconds <= self.stream.heartbeat_seconds
+        {
+            problems.push(
+                "stream.idle_timeout_seconds must be greater than stream.heartbeat_seconds (> 0)"
+                    .into(),
+            );
+        }
+        if self.stream.replay_page == 0 {
+            problems.push("stream.replay_page must be > 0".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.join("; ")))
+        }
+    }
+
+    /// True while either secret is the one shipped in the example config.
+    pub fn uses_example_secrets(&self) -> bool {
+        self.auth.jwt_secret == EXAMPLE_JWT_SECRET || self.auth.service_key == EXAMPLE_SERVICE_KEY
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "listen: 127.0.0.1:8080\ndata_dir: ./data\nauth:\n  jwt_secret: 0123456789abcdef0\n  service_key: 0123456789abcdef0\n";
+
+    #[test]
+    fn shipped_config_parses_and_validates() {
+        let text = include_str!("../config.yaml");
+        let config = Config::parse(text, Path::new("config.yaml")).expect("shipped config");
+        config.validate().expect("shipped config is valid");
+        assert!(config.uses_example_secrets());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_a_position() {
+        let text = format!("{MINIMAL}limits:\n  max_mesage_chars: 10\n");
+        match Config::parse(&text, Path::new("c.yaml")) {
+            Err(ConfigError::Parse { line, message, .. }) => {
+                assert_eq!(line, 7);
+                assert!(message.contains("max_mesage_chars"), "{message}");
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut config = Config::parse(MINIMAL, Path::new("c.yaml")).unwrap();
+        config
+            .apply_env(|name| match name {
+                "PARLEYD_LISTEN" => Some("127.0.0.1:0".into()),
+                "PARLEYD_JWT_SECRET" => Some("from-the-environment".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(config.listen.port(), 0);
+        assert_eq!(config.auth.jwt_secret, "from-the-environment");
+        let bad = config.apply_env(|name| (name == "PARLEYD_LISTEN").then(|| "nope".into()));
+        assert!(matches!(bad, Err(ConfigError::Env { .. })));
+    }
+
+    #[test]
+    fn invalid_values_are_all_reported_together() {
+        let text = MINIMAL.replace("0123456789abcdef0", "short")
+            + "stream:\n  heartbeat_seconds: 30\n  idle_timeout_seconds: 10\n";
+        let err = Config::parse(&text, Path::new("c.yaml"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("jwt_secret") && err.contains("service_key"),
+            "{err}"
+        );
+        assert!(err.contains("idle_timeout_seconds"), "{err}");
+    }
+}

@@ -1,0 +1,15 @@
+//! parleyd: the conversations of a two-sided marketplace, carried over
+//! WebSocket, long-poll and HTTP, stored in sled. See README.md for the tour.
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod hub;
+pub mod model;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod telemetry;

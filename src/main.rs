@@ -1,0 +1,123 @@
+//! The command line: `serve`, `token`. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use parleyd::auth::{parse_ttl, Authenticator, Role};
+use parleyd::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "parleyd",
+    version,
+    about = "Messaging engine for two-sided marketplaces"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Configuration file.
+        #[arg(long, default_value = "config.yaml")]
+        config: PathBuf,
+        /// Allow the example secrets shipped in config.yaml (development only).
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Print a signed JWT for a user and role.
+    Token {
+        /// The user id (the token's `sub`).
+        #[arg(long)]
+        sub: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Lifetime, e.g. 30m, 1h, 7d (default: auth.default_token_ttl).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long, default_value = "config.yaml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve { config, dev } => serve(config, dev),
+        Command::Token {
+            sub,
+            role,
+            ttl,
+            config,
+        } => token(&sub, role, ttl.as_deref(), &config),
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("parleyd: {message}");
+    ExitCode::FAILURE
+}
+
+fn serve(path: PathBuf, dev: bool) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    if config.uses_example_secrets() && !dev {
+        return fail(format!(
+            "{} uses the example secrets; set auth.jwt_secret and auth.service_key (or PARLEYD_JWT_SECRET and PARLEYD_SERVICE_KEY), or pass --dev for a local trial",
+            path.display()
+        ));
+    }
+    parleyd::telemetry::init_logging(&config.logging);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(l) => l,
+            Err(e) => return fail(format!("cannot listen on {}: {e}", config.listen)),
+        };
+        let addr = match listener.local_addr() {
+            Ok(addr) => addr,
+            Err(e) => return fail(e),
+        };
+        tracing::info!(%addr, data_dir = %config.data_dir.display(), "starting");
+        let shutdown = parleyd::server::termination_signal();
+        let served = parleyd::server::run(config, listener, shutdown, move || {
+            // Scripts wait for this line to know the daemon accepts connections.
+            println!("listening on http://{addr}");
+        });
+        match served.await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        }
+    })
+}
+
+fn token(sub: &str, role: Role, ttl: Option<&str>, path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = parleyd::model::validate_id("--sub", sub) {
+        return fail(e);
+    }
+    let ttl = match parse_ttl(ttl.unwrap_or(&config.auth.default_token_ttl)) {
+        Ok(ttl) => ttl,
+        Err(e) => return fail(format!("--ttl: {e}")),
+    };
+    let auth = Authenticator::new(&config.auth.jwt_secret, &config.auth.service_key);
+    match auth.mint(sub, role, ttl) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}

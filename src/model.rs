@@ -1,0 +1,613 @@
+//! The records parleyd stores and the shapes callers see. Inputs are separate
+//! `*Input` types with `deny_unknown_fields`, validated before anything is stored.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+/// Ids are chosen by the marketplace (users, listings) or by parleyd (uuid v7).
+/// They must not contain the store's key separator, so the alphabet is restricted.
+pub fn validate_id(field: &str, id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable(format!(
+            "{field} must be 1-128 characters of A-Z a-z 0-9 - _ . : @"
+        )))
+    }
+}
+
+/// RFC 3339 UTC with millisecond precision, the one timestamp format of the API.
+pub fn format_time(t: jiff::Timestamp) -> String {
+    format!("{:.3}", t)
+}
+
+pub fn parse_time(field: &str, text: &str) -> Result<jiff::Timestamp, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::Unprocessable(format!(
+            "{field} must be an RFC 3339 timestamp such as 2026-12-01T15:00:00Z"
+        ))
+    })
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.chars().count() > max {
+        return Err(ApiError::Unprocessable(format!(
+            "{field} is longer than {max} characters"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    InApp,
+    Push,
+    Email,
+    Sms,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHours {
+    /// Local time `HH:MM` in the user's time zone when quiet hours begin.
+    pub start: String,
+    /// Local time `HH:MM` when they end (may be on the next day).
+    pub end: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    /// IANA time zone name, e.g. `Europe/Paris`.
+    pub timezone: Option<String>,
+    pub quiet_hours: Option<QuietHours>,
+    /// Channel opt-ins (`true`) and opt-outs (`false`); absent means the default.
+    pub channels: BTreeMap<Channel, bool>,
+    /// Unsubscribed from promotional notifications.
+    pub unsubscribed_promotional: bool,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserInput {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub timezone: Option<String>,
+    pub quiet_hours: Option<QuietHours>,
+    #[serde(default)]
+    pub channels: BTreeMap<Channel, bool>,
+    #[serde(default)]
+    pub unsubscribed_promotional: bool,
+}
+
+impl UserInput {
+    pub fn into_user(self, id: &str, now: jiff::Timestamp) -> Result<User, ApiError> {
+        validate_id("user id", id)?;
+        for (field, value) in [
+            ("name", &self.name),
+            ("email", &self.email),
+            ("phone", &self.phone),
+        ] {
+            if let Some(v) = value {
+                check_len(field, v, 256)?;
+            }
+        }
+        if let Some(email) = &self.email {
+            if !email.contains('@') || email.contains(char::is_whitespace) {
+                return Err(ApiError::Unprocessable(format!(
+                    "email {email:?} is not an address"
+                )));
+            }
+        }
+        if let Some(tz) = &self.timezone {
+            jiff::tz::TimeZone::get(tz).map_err(|_| {
+                ApiError::Unprocessable(format!(
+                    "timezone {tz:?} is not an IANA time zone name such as Europe/Paris"
+                ))
+            })?;
+        }
+        if let Some(q) = &self.quiet_hours {
+            for (field, value) in [("quiet_hours.start", &q.start), ("quiet_hours.end", &q.end)] {
+                value.parse::<jiff::civil::Time>().map_err(|_| {
+                    ApiError::Unprocessable(format!("{field} must be a local time HH:MM"))
+                })?;
+            }
+        }
+        Ok(User {
+            id: id.to_owned(),
+            name: self.name,
+            email: self.email,
+            phone: self.phone,
+            timezone: self.timezone,
+            quiet_hours: self.quiet_hours,
+            channels: self.channels,
+            unsubscribed_promotional: self.unsubscribed_promotional,
+            updated_at: format_time(now),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Listing {
+    pub id: String,
+    pub title: String,
+    pub price: Option<f64>,
+    /// ISO 4217 code, e.g. `EUR`.
+    pub currency: Option<String>,
+    pub provider_id: String,
+    pub primary_image: Option<String>,
+    pub badges: Vec<String>,
+    /// The provider's typical response time as shown to customers, e.g. `within an hour`.
+    pub response_time: Option<String>,
+    /// Open dates (`YYYY-MM-DD`).
+    pub availability: Vec<String>,
+    /// What the price includes.
+    pub included: Vec<String>,
+    /// The listing's own address (never treated as a contact detail).
+    pub address: Option<String>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListingInput {
+    pub title: String,
+    pub price: Option<f64>,
+    pub currency: Option<String>,
+    pub provider_id: String,
+    pub primary_image: Option<String>,
+    #[serde(default)]
+    pub badges: Vec<String>,
+    pub response_time: Option<String>,
+    #[serde(default)]
+    pub availability: Vec<String>,
+    #[serde(default)]
+    pub included: Vec<String>,
+    pub address: Option<String>,
+}
+
+impl ListingInput {
+    pub fn into_listing(self, id: &str, now: jiff::Timestamp) -> Result<Listing, ApiError> {
+        validate_id("listing id", id)?;
+        validate_id("provider_id", &self.provider_id)?;
+        if self.title.trim().is_empty() {
+            return Err(ApiError::Unprocessable("title must not be empty".into()));
+        }
+        check_len("title", &self.title, 300)?;
+        if let Some(price) = self.price {
+            if !price.is_finite() || price < 0.0 {
+                return Err(ApiError::Unprocessable(
+                    "price must be a non-negative number".into(),
+                ));
+            }
+        }
+        if let Some(c) = &self.currency {
+            if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(ApiError::Unprocessable(
+                    "currency must be a three-letter ISO 4217 code such as EUR".into(),
+                ));
+            }
+        }
+        for date in &self.availability {
+            date.parse::<jiff::civil::Date>().map_err(|_| {
+                ApiError::Unprocessable(format!("availability date {date:?} is not YYYY-MM-DD"))
+            })?;
+        }
+        for (field, list) in [
+            ("badges", &self.badges),
+            ("included", &self.included),
+            ("availability", &self.availability),
+        ] {
+            if list.len() > 1000 {
+                return Err(ApiError::Unprocessable(format!(
+                    "{field} has more than 1000 entries"
+                )));
+            }
+            for item in list {
+                check_len(field, item, 300)?;
+            }
+        }
+        Ok(Listing {
+            id: id.to_owned(),
+            title: self.title,
+            price: self.price,
+            currency: self.currency,
+            provider_id: self.provider_id,
+            primary_image: self.primary_image,
+            badges: self.badges,
+            response_time: self.response_time,
+            availability: self.availability,
+            included: self.included,
+            address: self.address,
+            updated_at: format_time(now),
+        })
+    }
+}
+
+impl Listing {
+    /// The card shown at the top of a conversation.
+    pub fn card(&self) -> ContextCard {
+        ContextCard {
+            listing_id: self.id.clone(),
+            title: self.title.clone(),
+            price: self.price,
+            currency: self.currency.clone(),
+            primary_image: self.primary_image.clone(),
+            badges: self.badges.clone(),
+            response_time: self.response_time.clone(),
+            open_dates: self.availability.len(),
+            included: self.included.clone(),
+        }
+    }
+}
+
+/// The listing context card of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ContextCard {
+    pub listing_id: String,
+    pub title: String,
+    pub price: Option<f64>,
+    pub currency: Option<String>,
+    pub primary_image: Option<String>,
+    pub badges: Vec<String>,
+    pub response_time: Option<String>,
+    /// How many open dates the listing has.
+    pub open_dates: usize,
+    pub included: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    PreBooking,
+    PostBooking,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Confirmed,
+    Preparation,
+    Active,
+    Completed,
+    Review,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ParticipantState {
+    pub user_id: String,
+    /// Highest `seq` this participant has marked read.
+    pub last_read_seq: u64,
+    /// Messages from others after `last_read_seq`.
+    pub unread_count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MessageSummary {
+    pub seq: u64,
+    pub sender_id: String,
+    pub content: String,
+    pub created_at: String,
+}
+
+/// A conversation as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub id: String,
+    pub listing_id: String,
+    pub customer_id: String,
+    pub provider_id: String,
+    pub phase: Phase,
+    pub stage: Option<Stage>,
+    pub booking_id: Option<String>,
+    pub last_seq: u64,
+    pub last_message: Option<MessageSummary>,
+    /// The customer first, then the provider.
+    pub participants: Vec<ParticipantState>,
+    /// The listing card as it was when the conversation was opened; the live card
+    /// replaces it while the listing exists.
+    pub listing_snapshot: ContextCard,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Conversation {
+    pub fn is_participant(&self, user_id: &str) -> bool {
+        self.participants.iter().any(|p| p.user_id == user_id)
+    }
+
+    pub fn participant(&self, user_id: &str) -> Option<&ParticipantState> {
+        self.participants.iter().find(|p| p.user_id == user_id)
+    }
+
+    pub fn participant_mut(&mut self, user_id: &str) -> Option<&mut ParticipantState> {
+        self.participants.iter_mut().find(|p| p.user_id == user_id)
+    }
+
+    /// What `user_id` sees of this conversation.
+    pub fn view_for(&self, user_id: &str, card: Option<ContextCard>) -> ConversationView {
+        let me = self.participant(user_id);
+        ConversationView {
+            id: self.id.clone(),
+            listing_id: self.listing_id.clone(),
+            customer_id: self.customer_id.clone(),
+            provider_id: self.provider_id.clone(),
+            phase: self.phase,
+            stage: self.stage,
+            booking_id: self.booking_id.clone(),
+            last_seq: self.last_seq,
+            last_message: self.last_message.clone(),
+            unread_count: me.map_or(0, |p| p.unread_count),
+            last_read_seq: me.map_or(0, |p| p.last_read_seq),
+            listing: card.unwrap_or_else(|| self.listing_snapshot.clone()),
+            created_at: self.created_at.clone(),
+            updated_at: self.updated_at.clone(),
+        }
+    }
+}
+
+/// A conversation as one participant sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConversationView {
+    pub id: String,
+    pub listing_id: String,
+    pub customer_id: String,
+    pub provider_id: String,
+    pub phase: Phase,
+    pub stage: Option<Stage>,
+    pub booking_id: Option<String>,
+    pub last_seq: u64,
+    pub last_message: Option<MessageSummary>,
+    pub unread_count: u64,
+    pub last_read_seq: u64,
+    /// The listing context card.
+    pub listing: ContextCard,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageType {
+    /// Written by a person.
+    Text,
+    /// Sent by a nudge sequence.
+    Nudge,
+    /// Sent by another automation (milestones, confirmations).
+    Automated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    /// Stored and on its way to the recipient.
+    Sent,
+    /// Marked read by the recipient.
+    Read,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Message {
+    pub id: String,
+    pub seq: u64,
+    pub conversation_id: String,
+    pub sender_id: String,
+    pub client_id: String,
+    pub content: String,
+    #[serde(rename = "type")]
+    pub kind: MessageType,
+    pub status: MessageStatus,
+    pub created_at: String,
+    pub read_at: Option<String>,
+}
+
+impl Message {
+    pub fn summary(&self) -> MessageSummary {
+        MessageSummary {
+            seq: self.seq,
+            sender_id: self.sender_id.clone(),
+            content: self.content.clone(),
+            created_at: self.created_at.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendInput {
+    /// Made by the client (e.g. a UUID), unique per sender: a retry with the same
+    /// `client_id` returns the stored message instead of storing it again.
+    pub client_id: String,
+    pub content: String,
+}
+
+impl SendInput {
+    pub fn validate(&self, max_chars: usize) -> Result<(), ApiError> {
+        let id_ok = !self.client_id.is_empty()
+            && self.client_id.len() <= 128
+            && self.client_id.bytes().all(|b| b.is_ascii_graphic());
+        if !id_ok {
+            return Err(ApiError::Unprocessable(
+                "client_id must be 1-128 printable ASCII characters".into(),
+            ));
+        }
+        if self.content.trim().is_empty() {
+            return Err(ApiError::Unprocessable("content must not be empty".into()));
+        }
+        check_len("content", &self.content, max_chars)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Booking {
+    pub id: String,
+    pub conversation_id: String,
+    pub listing_id: String,
+    pub customer_id: String,
+    pub provider_id: String,
+    pub start: String,
+    pub end: String,
+    pub stage: Stage,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BookingInput {
+    /// Chosen by the marketplace; generated when absent.
+    pub id: Option<String>,
+    pub conversation_id: Option<String>,
+    pub listing_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub start: String,
+    pub end: String,
+    #[serde(default = "confirmed")]
+    pub stage: Stage,
+}
+
+fn confirmed() -> Stage {
+    Stage::Confirmed
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BookingPatch {
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub stage: Option<Stage>,
+}
+
+/// Checks that a booking's `start` and `end` are timestamps in order.
+pub fn validate_period(start: &str, end: &str) -> Result<(), ApiError> {
+    if parse_time("start", start)? >= parse_time("end", end)? {
+        return Err(ApiError::Unprocessable("start must be before end".into()));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Signal {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub user_id: Option<String>,
+    pub listing_id: Option<String>,
+    pub conversation_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    pub received_at: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalInput {
+    /// `listing_viewed`, `checkout_started`, `checkout_abandoned`, `booking_completed`,
+    /// `explicit_decline`, `provider_unavailable`, `unsubscribed`, or any other
+    /// lower_snake_case name.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub user_id: Option<String>,
+    pub listing_id: Option<String>,
+    pub conversation_id: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+impl SignalInput {
+    pub fn validate(&self) -> Result<(), ApiError> {
+        let name_ok = !self.kind.is_empty()
+            && self.kind.len() <= 64
+            && self
+                .kind
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !name_ok {
+            return Err(ApiError::Unprocessable(
+                "type must be a lower_snake_case name of at most 64 characters".into(),
+            ));
+        }
+        for (field, id) in [
+            ("user_id", &self.user_id),
+            ("listing_id", &self.listing_id),
+            ("conversation_id", &self.conversation_id),
+        ] {
+            if let Some(id) = id {
+                validate_id(field, id)?;
+            }
+        }
+        if !(self.data.is_null() || self.data.is_object()) {
+            return Err(ApiError::Unprocessable("data must be an object".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_exclude_separators_and_spaces() {
+        assert!(validate_id("id", "user-42_a.b:c@d").is_ok());
+        for bad in ["", "a b", "a\0b", "é", &"x".repeat(129)] {
+            assert!(validate_id("id", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn send_input_rules() {
+        let ok = SendInput {
+            client_id: "c1".into(),
+            content: "hello".into(),
+        };
+        assert!(ok.validate(10).is_ok());
+        let blank = SendInput {
+            client_id: "c1".into(),
+            content: " \n ".into(),
+        };
+        assert!(blank.validate(10).is_err());
+        let long = SendInput {
+            client_id: "c1".into(),
+            content: "é".repeat(11),
+        };
+        assert!(long.validate(10).is_err());
+    }
+
+    #[test]
+    fn user_input_validates_timezone_and_quiet_hours() {
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        let input: UserInput = serde_json::from_str(
+            r#"{"timezone":"Europe/Paris","quiet_hours":{"start":"22:00","end":"07:30"}}"#,
+        )
+        .unwrap();
+        assert!(input.into_user("u1", now).is_ok());
+        let bad: UserInput = serde_json::from_str(r#"{"timezone":"Mars/Olympus"}"#).unwrap();
+        assert!(bad.into_user("u1", now).is_err());
+        assert!(serde_json::from_str::<UserInput>(r#"{"nmae":"typo"}"#).is_err());
+    }
+
+    #[test]
+    fn booking_period_must_be_ordered() {
+        assert!(validate_period("2026-12-01T10:00:00Z", "2026-12-01T12:00:00Z").is_ok());
+        assert!(validate_period("2026-12-01T12:00:00Z", "2026-12-01T10:00:00Z").is_err());
+        assert!(validate_period("tomorrow", "2026-12-01T10:00:00Z").is_err());
+    }
+}

@@ -1,0 +1,363 @@
+//! The service layer: every operation a caller can perform, whichever transport
+//! (HTTP, WebSocket, long-poll) it arrives by. It checks who may do what, validates,
+//! writes through the store, waits for durability, then publishes to the hub.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::auth::{Authenticator, Caller, Role};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::events::Frame;
+use crate::hub::Hub;
+use crate::model::{
+    format_time, validate_id, validate_period, Booking, BookingInput, BookingPatch, Conversation,
+    ConversationView, Listing, ListingInput, Message, MessageType, SendInput, Signal, SignalInput,
+    User, UserInput,
+};
+use crate::store::{Delivery, NewMessage, Store};
+
+/// The reply to a send: the stored message, and whether this call stored it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SendReply {
+    pub message: Message,
+    /// False when the `client_id` had already been used: nothing new was stored.
+    pub created: bool,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ReadReply {
+    pub conversation_id: String,
+    pub last_read_seq: u64,
+    pub unread_count: u64,
+}
+
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub auth: Authenticator,
+    clock: Arc<dyn Clock>,
+    send_limiter: DefaultKeyedRateLimiter<String>,
+}
+
+impl App {
+    pub fn new(config: Config, store: Store, clock: Arc<dyn Clock>) -> App {
+        let rate = NonZeroU32::new(config.limits.send_rate_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(config.limits.send_burst).unwrap_or(NonZeroU32::MIN);
+        App {
+            auth: Authenticator::new(&config.auth.jwt_secret, &config.auth.service_key),
+            send_limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            hub: Arc::new(Hub::default()),
+            config,
+            store,
+            clock,
+        }
+    }
+
+    pub fn now(&self) -> String {
+        format_time(self.clock.now())
+    }
+
+    /// Forgets rate-limit state of users who have been quiet long enough for it
+    /// not to matter; called periodically so the map does not grow forever.
+    pub fn prune_rate_limits(&self) {
+        self.send_limiter.retain_recent();
+    }
+
+    /// Waits for durability, then hands the committed events to live connections.
+    async fn commit_and_publish(&self, deliveries: Vec<Delivery>) -> Result<(), ApiError> {
+        self.store.durable().await?;
+        for d in &deliveries {
+            self.hub.publish(&d.user_id, &d.frame);
+        }
+        Ok(())
+    }
+
+    /// The conversation, if `caller` takes part in it; 404 otherwise (whether or
+    /// not it exists is not revealed).
+    fn conversation_of(&self, caller: &Caller, id: &str) -> Result<Conversation, ApiError> {
+        let conversation = self
+            .store
+            .conversation(id)?
+            .filter(|c| c.is_participant(&caller.user_id))
+            .ok_or_else(|| ApiError::not_found("conversation"))?;
+        Ok(conversation)
+    }
+
+    fn view(&self, caller: &Caller, c: &Conversation) -> Result<ConversationView, ApiError> {
+        Ok(c.view_for(&caller.user_id, Some(self.store.card(c)?)))
+    }
+
+    pub fn put_user(&self, caller: Caller, id: &str, input: UserInput) -> Result<User, ApiError> {
+        caller.require(&[Role::Service])?;
+        let user = input.into_user(id, self.clock.now())?;
+        self.store.put_user(&user)?;
+        Ok(user)
+    }
+
+    pub fn put_listing(
+        &self,
+        caller: Caller,
+        id: &str,
+        input: ListingInput,
+    ) -> Result<Listing, ApiError> {
+        caller.require(&[Role::Service])?;
+        let listing = input.into_listing(id, self.clock.now())?;
+        self.store.put_listing(&listing)?;
+        Ok(listing)
+    }
+
+    /// Opens the customer's conversation about a listing (or returns it).
+    pub async fn open_conversation(
+        &self,
+        caller: Caller,
+        listing_id: &str,
+    ) -> Result<(ConversationView, bool), ApiError> {
+        let caller = caller.require(&[Role::Customer])?;
+        validate_id("listing_id", listing_id)?;
+        let listing = self
+            .store
+            .listing(listing_id)?
+            .ok_or_else(|| ApiError::not_found("listing"))?;
+        if listing.provider_id == caller.user_id {
+            return Err(ApiError::Unprocessable(
+                "a provider cannot open a conversation about their own listing".into(),
+            ));
+        }
+        let (conversation, created, deliveries) =
+            self.store
+                .open_conversation(&listing, &caller.user_id, &self.now())?;
+        self.commit_and_publish(deliveries).await?;
+        Ok((self.view(&caller, &conversation)?, created))
+    }
+
+    pub fn list_conversations(&self, caller: Caller) -> Result<Vec<ConversationView>, ApiError> {
+        let caller = caller.require_person()?;
+        self.store
+            .conversations_of(&caller.user_id)?
+            .iter()
+            .map(|c| self.view(&caller, c))
+            .collect()
+    }
+
+    pub fn get_conversation(&self, caller: Caller, id: &str) -> Result<ConversationView, ApiError> {
+        let caller = caller.require_person()?;
+        let conversation = self.conversation_of(&caller, id)?;
+        self.view(&caller, &conversation)
+    }
+
+    pub fn messages(
+        &self,
+        caller: Caller,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, ApiError> {
+        let caller = caller.require_person()?;
+        self.conversation_of(&caller, id)?;
+        Ok(self.store.messages(id, after, limit.clamp(1, 500))?)
+    }
+
+    /// Stores and delivers a person's message. A retry with a used `client_id`
+    /// returns the stored message without counting against the rate limit.
+    pub async fn send(
+        &self,
+        caller: Caller,
+        conversation_id: &str,
+        input: SendInput,
+    ) -> Result<SendReply, ApiError> {
+        let caller = caller.require_person()?;
+        input.validate(self.config.limits.max_message_chars)?;
+        if let Some(message) = self
+            .store
+            .message_by_client_id(&caller.user_id, &input.client_id)?
+        {
+            return Ok(SendReply {
+                message,
+                created: false,
+            });
+        }
+        if self.send_limiter.check_key(&caller.user_id).is_err() {
+            metrics::counter!("parleyd_rate_limited_total").increment(1);
+            return Err(ApiError::RateLimited(format!(
+                "more than {} messages per second; slow down",
+                self.config.limits.send_rate_per_second
+            )));
+        }
+        let appended = self.store.append_message(&NewMessage {
+            conversation_id,
+            sender_id: &caller.user_id,
+            client_id: &input.client_id,
+            content: &input.content,
+            kind: MessageType::Text,
+            created_at: self.now(),
+        })?;
+        self.commit_and_publish(appended.deliveries).await?;
+        if appended.created {
+            metrics::counter!("parleyd_messages_stored_total").increment(1);
+        }
+        Ok(SendReply {
+            message: appended.message,
+            created: appended.created,
+        })
+    }
+
+    pub async fn read(
+        &self,
+        caller: Caller,
+        conversation_id: &str,
+        seq: u64,
+    ) -> Result<ReadReply, ApiError> {
+        let caller = caller.require_person()?;
+        let state = self
+            .store
+            .mark_read(conversation_id, &caller.user_id, seq, &self.now())?;
+        self.commit_and_publish(state.deliveries).await?;
+        Ok(ReadReply {
+            conversation_id: conversation_id.to_owned(),
+            last_read_seq: state.last_read_seq,
+            unread_count: state.unread_count,
+        })
+    }
+
+    /// Tells the other participants' live connections that `caller` is typing.
+    pub fn typing(&self, caller: Caller, conversation_id: &str) -> Result<(), ApiError> {
+        let caller = caller.require_person()?;
+        let conversation = self.conversation_of(&caller, conversation_id)?;
+        let frame = Arc::new(Frame::typing(conversation_id, &caller.user_id));
+        for p in &conversation.participants {
+            if p.user_id != caller.user_id {
+                self.hub.publish(&p.user_id, &frame);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create_booking(
+        &self,
+        caller: Caller,
+        input: BookingInput,
+    ) -> Result<Booking, ApiError> {
+        caller.require(&[Role::Service])?;
+        let id = match input.id {
+            Some(id) => {
+                validate_id("id", &id)?;
+                id
+            }
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        validate_period(&input.start, &input.end)?;
+        if self.store.booking(&id)?.is_some() {
+            return Err(ApiError::Conflict(format!(
+                "booking {id} exists; change it with PATCH /v1/bookings/{id}"
+            )));
+        }
+        let conversation = match (input.conversation_id, input.listing_id, input.customer_id) {
+            (Some(cid), _, _) => {
+                validate_id("conversation_id", &cid)?;
+                self.store
+                    .conversation(&cid)?
+                    .ok_or_else(|| ApiError::not_found("conversation"))?
+            }
+            (None, Some(listing_id), Some(customer_id)) => {
+                validate_id("listing_id", &listing_id)?;
+                validate_id("customer_id", &customer_id)?;
+                let listing = self
+                    .store
+                    .listing(&listing_id)?
+                    .ok_or_else(|| ApiError::not_found("listing"))?;
+                let (conversation, _, deliveries) =
+                    self.store
+                        .open_conversation(&listing, &customer_id, &self.now())?;
+                self.commit_and_publish(deliveries).await?;
+                conversation
+            }
+            _ => {
+                return Err(ApiError::Unprocessable(
+                    "give conversation_id, or listing_id and customer_id".into(),
+                ))
+            }
+        };
+        let now = self.now();
+        let booking = Booking {
+            id,
+            conversation_id: conversation.id.clone(),
+            listing_id: conversation.listing_id.clone(),
+            customer_id: conversation.customer_id.clone(),
+            provider_id: conversation.provider_id.clone(),
+            start: input.start,
+            end: input.end,
+            stage: input.stage,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        self.save_booking(&booking, &conversation).await?;
+        Ok(booking)
+    }
+
+    pub async fn update_booking(
+        &self,
+        caller: Caller,
+        id: &str,
+        patch: BookingPatch,
+    ) -> Result<Booking, ApiError> {
+        caller.require(&[Role::Service])?;
+        validate_id("booking id", id)?;
+        let mut booking = self
+            .store
+            .booking(id)?
+            .ok_or_else(|| ApiError::not_found("booking"))?;
+        if let Some(start) = patch.start {
+            booking.start = start;
+        }
+        if let Some(end) = patch.end {
+            booking.end = end;
+        }
+        if let Some(stage) = patch.stage {
+            booking.stage = stage;
+        }
+        validate_period(&booking.start, &booking.end)?;
+        booking.updated_at = self.now();
+        let conversation = self
+            .store
+            .conversation(&booking.conversation_id)?
+            .ok_or_else(|| ApiError::not_found("conversation"))?;
+        self.save_booking(&booking, &conversation).await?;
+        Ok(booking)
+    }
+
+    async fn save_booking(
+        &self,
+        booking: &Booking,
+        conversation: &Conversation,
+    ) -> Result<(), ApiError> {
+        let card = self.store.card(conversation)?;
+        let (_, deliveries) = self.store.put_booking(booking, &card)?;
+        self.commit_and_publish(deliveries).await
+    }
+
+    pub async fn signal(&self, caller: Caller, input: SignalInput) -> Result<Signal, ApiError> {
+        caller.require(&[Role::Service])?;
+        input.validate()?;
+        let signal = Signal {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: input.kind,
+            user_id: input.user_id,
+            listing_id: input.listing_id,
+            conversation_id: input.conversation_id,
+            data: if input.data.is_null() {
+                serde_json::json!({})
+            } else {
+                input.data
+            },
+            received_at: self.now(),
+        };
+        self.store.put_signal(&signal)?;
+        self.store.durable().await?;
+        Ok(signal)
+    }
+}

@@ -1,0 +1,69 @@
+//! Key encoding. Ids never contain `\0` (see `model::validate_id`; client ids are
+//! printable ASCII), so `\0` separates the parts and a prefix scan for one id never
+//! matches another that merely starts with it. Numbers are big-endian so that byte
+//! order is numeric order.
+
+const SEP: u8 = 0;
+
+fn join(parts: &[&[u8]]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            key.push(SEP);
+        }
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+pub fn pair(listing_id: &str, customer_id: &str) -> Vec<u8> {
+    join(&[listing_id.as_bytes(), customer_id.as_bytes()])
+}
+
+pub fn user_conv_prefix(user_id: &str) -> Vec<u8> {
+    join(&[user_id.as_bytes(), b""])
+}
+
+pub fn user_conv(user_id: &str, conversation_id: &str) -> Vec<u8> {
+    join(&[user_id.as_bytes(), conversation_id.as_bytes()])
+}
+
+pub fn message(conversation_id: &str, seq: u64) -> Vec<u8> {
+    join(&[conversation_id.as_bytes(), &seq.to_be_bytes()])
+}
+
+pub fn client(sender_id: &str, client_id: &str) -> Vec<u8> {
+    join(&[sender_id.as_bytes(), client_id.as_bytes()])
+}
+
+pub fn event(user_id: &str, cursor: u64) -> Vec<u8> {
+    join(&[user_id.as_bytes(), &cursor.to_be_bytes()])
+}
+
+/// The cursor at the end of an `event` key.
+pub fn cursor_of_event(key: &[u8]) -> u64 {
+    read_u64(&key[key.len().saturating_sub(8)..])
+}
+
+/// A big-endian u64; a short value (never written by us) reads as 0.
+pub fn read_u64(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_do_not_leak_between_ids() {
+        assert!(!user_conv("ann2", "c").starts_with(&user_conv_prefix("ann")));
+        assert!(user_conv("ann", "c").starts_with(&user_conv_prefix("ann")));
+    }
+
+    #[test]
+    fn numbers_sort_numerically() {
+        assert!(message("c", 9) < message("c", 10));
+        assert!(event("u", 255) < event("u", 256));
+        assert_eq!(cursor_of_event(&event("u", 300)), 300);
+    }
+}

@@ -1,0 +1,651 @@
+//! The only module that knows sled's layout. Every write that changes what people
+//! see (a message, a read, a booking) is one multi-tree transaction that also
+//! appends the resulting events to each participant's event log, so after a crash
+//! either all of it is there or none of it.
+//!
+//! Trees and keys (`\0` separates ids, which cannot contain it; numbers are
+//! big-endian so keys sort numerically):
+//!
+//! | tree            | key                       | value                       |
+//! |-----------------|---------------------------|-----------------------------|
+//! | `meta`          | `schema_version`          | u32                         |
+//! | `users`         | user                      | `User` JSON                 |
+//! | `listings`      | listing                   | `Listing` JSON              |
+//! | `conversations` | conversation              | `Conversation` JSON         |
+//! | `conv_pairs`    | listing `\0` customer     | conversation id             |
+//! | `user_convs`    | user `\0` conversation    | empty                       |
+//! | `messages`      | conversation `\0` seq     | `Message` JSON              |
+//! | `client_ids`    | sender `\0` client_id     | conversation `\0` seq       |
+//! | `events`        | user `\0` cursor          | the event frame JSON        |
+//! | `cursors`       | user                      | u64, the last cursor        |
+//! | `bookings`      | booking                   | `Booking` JSON              |
+//! | `signals`       | signal (uuid v7, ordered) | `Signal` JSON               |
+
+mod commit;
+mod keys;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
+use sled::{Transactional, Tree};
+
+use crate::config::{Durability, StorageConfig};
+use crate::events::{Frame, UserEvent};
+use crate::model::{
+    Booking, ContextCard, Conversation, Listing, Message, MessageStatus, MessageType,
+    ParticipantState, Phase, Signal, User,
+};
+
+use commit::GroupCommit;
+
+/// Bumped whenever the layout above changes incompatibly.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record is unreadable: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Schema(String),
+    #[error("flush failed: {0}")]
+    Flush(String),
+}
+
+/// A committed event that still has to reach the user's live connections.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub user_id: String,
+    pub frame: Arc<Frame>,
+}
+
+/// Outcome of appending a message.
+#[derive(Debug)]
+pub struct Appended {
+    pub message: Message,
+    /// False when the sender's `client_id` was already stored: nothing new was written.
+    pub created: bool,
+    pub deliveries: Vec<Delivery>,
+}
+
+/// Outcome of marking messages read.
+#[derive(Debug)]
+pub struct ReadState {
+    pub last_read_seq: u64,
+    pub unread_count: u64,
+    pub deliveries: Vec<Delivery>,
+}
+
+/// What a new message is: who sends it, where, and with which client id.
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    pub conversation_id: &'a str,
+    pub sender_id: &'a str,
+    pub client_id: &'a str,
+    pub content: &'a str,
+    pub kind: MessageType,
+    pub created_at: String,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    users: Tree,
+    listings: Tree,
+    conversations: Tree,
+    conv_pairs: Tree,
+    user_convs: Tree,
+    messages: Tree,
+    client_ids: Tree,
+    events: Tree,
+    cursors: Tree,
+    bookings: Tree,
+    signals: Tree,
+    durability: Durability,
+    group_commit: GroupCommit,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Our records are plain data (strings, numbers, maps with string keys):
+    // serialising them cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn tx_get<T: DeserializeOwned>(tree: &TransactionalTree, key: &[u8]) -> TxResult<Option<T>> {
+    match tree.get(key)? {
+        Some(bytes) => match decode(&bytes) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => abort(e),
+        },
+        None => Ok(None),
+    }
+}
+
+fn flatten<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
+    r.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    })
+}
+
+/// Appends `event` to the user's log inside a transaction: the next cursor is
+/// allocated from the user's counter, so log order is commit order.
+fn log_event(
+    events: &TransactionalTree,
+    cursors: &TransactionalTree,
+    user_id: &str,
+    event: &UserEvent,
+) -> Result<Delivery, UnabortableTransactionError> {
+    let cursor = cursors
+        .get(user_id.as_bytes())?
+        .map_or(0, |v| keys::read_u64(&v))
+        + 1;
+    cursors.insert(user_id.as_bytes(), &cursor.to_be_bytes())?;
+    let frame = Frame::logged(cursor, event);
+    events.insert(keys::event(user_id, cursor), frame.json.as_bytes())?;
+    Ok(Delivery {
+        user_id: user_id.to_owned(),
+        frame: Arc::new(frame),
+    })
+}
+
+impl Store {
+    pub fn open(dir: &Path, config: &StorageConfig) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Schema(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .cache_capacity(config.cache_capacity_mb * 1024 * 1024)
+            .flush_every_ms(Some(config.flush_every_ms.max(1)))
+            .open()?;
+        check_schema(&db, dir)?;
+        let tree = |name: &str| db.open_tree(name);
+        Ok(Store {
+            users: tree("users")?,
+            listings: tree("listings")?,
+            conversations: tree("conversations")?,
+            conv_pairs: tree("conv_pairs")?,
+            user_convs: tree("user_convs")?,
+            messages: tree("messages")?,
+            client_ids: tree("client_ids")?,
+            events: tree("events")?,
+            cursors: tree("cursors")?,
+            bookings: tree("bookings")?,
+            signals: tree("signals")?,
+            durability: config.durability,
+            group_commit: GroupCommit::start(db.clone()),
+            db,
+        })
+    }
+
+    /// Waits until everything committed before the call is on disk (one shared
+    /// flush for all concurrent callers), or returns at once under `periodic`.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        match self.durability {
+            Durability::GroupCommit => self.group_commit.wait().await,
+            Durability::Periodic => Ok(()),
+        }
+    }
+
+    /// Flushes synchronously; used at shutdown.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn get<T: DeserializeOwned>(&self, tree: &Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
+        tree.get(key)?.map(|v| decode(&v)).transpose()
+    }
+
+    pub fn put_user(&self, user: &User) -> Result<(), StoreError> {
+        self.users.insert(user.id.as_bytes(), encode(user))?;
+        Ok(())
+    }
+
+    pub fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        self.get(&self.users, id.as_bytes())
+    }
+
+    pub fn put_listing(&self, listing: &Listing) -> Result<(), StoreError> {
+        self.listings
+            .insert(listing.id.as_bytes(), encode(listing))?;
+        Ok(())
+    }
+
+    pub fn listing(&self, id: &str) -> Result<Option<Listing>, StoreError> {
+        self.get(&self.listings, id.as_bytes())
+    }
+
+    /// The live context card of a conversation: the listing as it is now, or the
+    /// snapshot taken when the conversation was opened if the listing is gone.
+    pub fn card(&self, conversation: &Conversation) -> Result<ContextCard, StoreError> {
+        Ok(match self.listing(&conversation.listing_id)? {
+            Some(listing) => listing.card(),
+            None => conversation.listing_snapshot.clone(),
+        })
+    }
+
+    pub fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
+        self.get(&self.conversations, id.as_bytes())
+    }
+
+    pub fn conversation_for_pair(
+        &self,
+        listing_id: &str,
+        customer_id: &str,
+    ) -> Result<Option<Conversation>, StoreError> {
+        match self.conv_pairs.get(keys::pair(listing_id, customer_id))? {
+            Some(id) => self.get(&self.conversations, &id),
+            None => Ok(None),
+        }
+    }
+
+    /// Opens the conversation between `customer_id` and the listing's provider, or
+    /// returns the one that exists. `created` tells which.
+    pub fn open_conversation(
+        &self,
+        listing: &Listing,
+        customer_id: &str,
+        now: &str,
+    ) -> Result<(Conversation, bool, Vec<Delivery>), StoreError> {
+        let pair = keys::pair(&listing.id, customer_id);
+        let new_id = uuid::Uuid::now_v7().to_string();
+        let card = listing.card();
+        flatten(
+            (
+                &self.conversations,
+                &self.conv_pairs,
+                &self.user_convs,
+                &self.events,
+                &self.cursors,
+            )
+                .transaction(|(convs, pairs, user_convs, events, cursors)| {
+                    if let Some(id) = pairs.get(&pair)? {
+                        return match tx_get::<Conversation>(convs, &id)? {
+                            Some(existing) => Ok((existing, false, Vec::new())),
+                            None => abort(StoreError::Corrupt(
+                                "conversation index points at nothing".into(),
+                            )),
+                        };
+                    }
+                    let participant = |user_id: &str| ParticipantState {
+                        user_id: user_id.to_owned(),
+                        last_read_seq: 0,
+                        unread_count: 0,
+                    };
+                    let conversation = Conversation {
+                        id: new_id.clone(),
+                        listing_id: listing.id.clone(),
+                        customer_id: customer_id.to_owned(),
+                        provider_id: listing.provider_id.clone(),
+                        phase: Phase::PreBooking,
+                        stage: None,
+                        booking_id: None,
+                        last_seq: 0,
+                        last_message: None,
+                        participants: vec![
+                            participant(customer_id),
+                            participant(&listing.provider_id),
+                        ],
+                        listing_snapshot: card.clone(),
+                        created_at: now.to_owned(),
+                        updated_at: now.to_owned(),
+                    };
+                    convs.insert(new_id.as_bytes(), encode(&conversation))?;
+                    pairs.insert(pair.as_slice(), new_id.as_bytes())?;
+                    let mut deliveries = Vec::new();
+                    for p in &conversation.participants {
+                        user_convs.insert(keys::user_conv(&p.user_id, &new_id), &[])?;
+                        let event = UserEvent::Conversation {
+                            conversation: Box::new(
+                                conversation.view_for(&p.user_id, Some(card.clone())),
+                            ),
+                        };
+                        deliveries.push(log_event(events, cursors, &p.user_id, &event)?);
+                    }
+                    Ok((conversation, true, deliveries))
+                }),
+        )
+    }
+
+    /// Conversations `user_id` takes part in, most recently active first.
+    pub fn conversations_of(&self, user_id: &str) -> Result<Vec<Conversation>, StoreError> {
+        let prefix = keys::user_conv_prefix(user_id);
+        let mut list = Vec::new();
+        for entry in self.user_convs.scan_prefix(&prefix) {
+            let (key, _) = entry?;
+            let id = &key[prefix.len()..];
+            if let Some(c) = self.get::<Conversation>(&self.conversations, id)? {
+                list.push(c);
+            }
+        }
+        list.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+        Ok(list)
+    }
+
+    /// Messages with `seq > after`, in order, at most `limit`.
+    pub fn messages(
+        &self,
+        conversation_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let start = keys::message(conversation_id, after.saturating_add(1));
+        let end = keys::message(conversation_id, u64::MAX);
+        self.messages
+            .range(start..=end)
+            .take(limit)
+            .map(|entry| decode(&entry?.1))
+            .collect()
+    }
+
+    /// The message a sender already stored under `client_id`, if any.
+    pub fn message_by_client_id(
+        &self,
+        sender_id: &str,
+        client_id: &str,
+    ) -> Result<Option<Message>, StoreError> {
+        match self.client_ids.get(keys::client(sender_id, client_id))? {
+            Some(message_key) => self.get(&self.messages, &message_key),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a message with the next `seq` of its conversation, updates the
+    /// conversation summary and unread counts, and logs a `message` event for every
+    /// participant, all in one transaction. A `client_id` the sender already used
+    /// returns the stored message and writes nothing.
+    pub fn append_message(&self, new: &NewMessage<'_>) -> Result<Appended, StoreError> {
+        let client_key = keys::client(new.sender_id, new.client_id);
+        let message_id = uuid::Uuid::now_v7().to_string();
+        flatten(
+            (
+                &self.conversations,
+                &self.messages,
+                &self.client_ids,
+                &self.events,
+                &self.cursors,
+            )
+                .transaction(|(convs, messages, client_ids, events, cursors)| {
+                    if let Some(message_key) = client_ids.get(&client_key)? {
+                        return match tx_get::<Message>(messages, &message_key)? {
+                            Some(message) => Ok(Appended {
+                                message,
+                                created: false,
+                                deliveries: Vec::new(),
+                            }),
+                            None => abort(StoreError::Corrupt(
+                                "client_id index points at nothing".into(),
+                            )),
+                        };
+                    }
+                    let Some(mut conversation) =
+                        tx_get::<Conversation>(convs, new.conversation_id.as_bytes())?
+                    else {
+                        return abort(StoreError::NotFound("conversation"));
+                    };
+                    if !conversation.is_participant(new.sender_id) {
+                        return abort(StoreError::NotFound("conversation"));
+                    }
+                    let seq = conversation.last_seq + 1;
+                    let message = Message {
+                        id: message_id.clone(),
+                        seq,
+                        conversation_id: new.conversation_id.to_owned(),
+                        sender_id: new.sender_id.to_owned(),
+                        client_id: new.client_id.to_owned(),
+                        content: new.content.to_owned(),
+                        kind: new.kind,
+                        status: MessageStatus::Sent,
+                        created_at: new.created_at.clone(),
+                        read_at: None,
+                    };
+                    let message_key = keys::message(new.conversation_id, seq);
+                    messages.insert(message_key.as_slice(), encode(&message))?;
+                    client_ids.insert(client_key.as_slice(), message_key.as_slice())?;
+                    conversation.last_seq = seq;
+                    conversation.last_message = Some(message.summary());
+                    conversation.updated_at = new.created_at.clone();
+                    for p in &mut conversation.participants {
+                        if p.user_id != new.sender_id {
+                            p.unread_count += 1;
+                        }
+                    }
+                    convs.insert(new.conversation_id.as_bytes(), encode(&conversation))?;
+                    let event = UserEvent::Message {
+                        message: message.clone(),
+                    };
+                    let mut deliveries = Vec::with_capacity(conversation.participants.len());
+                    for p in &conversation.participants {
+                        deliveries.push(log_event(events, cursors, &p.user_id, &event)?);
+                    }
+                    Ok(Appended {
+                        message,
+                        created: true,
+                        deliveries,
+                    })
+                }),
+        )
+    }
+
+    /// Marks the other participants' messages up to `seq` read for `reader_id`,
+    /// recomputes the reader's unread count and logs a `receipt` for everyone.
+    /// Reading backwards (a `seq` at or below what was already read) changes nothing.
+    pub fn mark_read(
+        &self,
+        conversation_id: &str,
+        reader_id: &str,
+        seq: u64,
+        now: &str,
+    ) -> Result<ReadState, StoreError> {
+        flatten(
+            (
+                &self.conversations,
+                &self.messages,
+                &self.events,
+                &self.cursors,
+            )
+                .transaction(|(convs, messages, events, cursors)| {
+                    let Some(mut conversation) =
+                        tx_get::<Conversation>(convs, conversation_id.as_bytes())?
+                    else {
+                        return abort(StoreError::NotFound("conversation"));
+                    };
+                    let last_seq = conversation.last_seq;
+                    let Some(reader) = conversation.participant_mut(reader_id) else {
+                        return abort(StoreError::NotFound("conversation"));
+                    };
+                    let target = seq.min(last_seq);
+                    if target <= reader.last_read_seq {
+                        return Ok(ReadState {
+                            last_read_seq: reader.last_read_seq,
+                            unread_count: reader.unread_count,
+                            deliveries: Vec::new(),
+                        });
+                    }
+                    let mut newly_read = 0;
+                    for s in reader.last_read_seq + 1..=target {
+                        let key = keys::message(conversation_id, s);
+                        let Some(mut message) = tx_get::<Message>(messages, &key)? else {
+                            return abort(StoreError::Corrupt(format!(
+                                "message {s} of {conversation_id} is missing"
+                            )));
+                        };
+                        if message.sender_id != reader_id {
+                            message.status = MessageStatus::Read;
+                            message.read_at = Some(now.to_owned());
+                            messages.insert(key.as_slice(), encode(&message))?;
+                            newly_read += 1;
+                        }
+                    }
+                    reader.last_read_seq = target;
+                    reader.unread_count = reader.unread_count.saturating_sub(newly_read);
+                    let state = (reader.last_read_seq, reader.unread_count);
+                    convs.insert(conversation_id.as_bytes(), encode(&conversation))?;
+                    let event = UserEvent::Receipt {
+                        conversation_id: conversation_id.to_owned(),
+                        reader_id: reader_id.to_owned(),
+                        seq: target,
+                        read_at: now.to_owned(),
+                        unread_count: state.1,
+                    };
+                    let mut deliveries = Vec::new();
+                    for p in &conversation.participants {
+                        deliveries.push(log_event(events, cursors, &p.user_id, &event)?);
+                    }
+                    Ok(ReadState {
+                        last_read_seq: state.0,
+                        unread_count: state.1,
+                        deliveries,
+                    })
+                }),
+        )
+    }
+
+    pub fn booking(&self, id: &str) -> Result<Option<Booking>, StoreError> {
+        self.get(&self.bookings, id.as_bytes())
+    }
+
+    /// Stores a booking and moves its conversation to post-booking at the booking's
+    /// stage, telling both participants with a `conversation` event.
+    pub fn put_booking(
+        &self,
+        booking: &Booking,
+        card: &ContextCard,
+    ) -> Result<(Conversation, Vec<Delivery>), StoreError> {
+        flatten(
+            (
+                &self.bookings,
+                &self.conversations,
+                &self.events,
+                &self.cursors,
+            )
+                .transaction(|(bookings, convs, events, cursors)| {
+                    let Some(mut conversation) =
+                        tx_get::<Conversation>(convs, booking.conversation_id.as_bytes())?
+                    else {
+                        return abort(StoreError::NotFound("conversation"));
+                    };
+                    bookings.insert(booking.id.as_bytes(), encode(booking))?;
+                    conversation.phase = Phase::PostBooking;
+                    conversation.stage = Some(booking.stage);
+                    conversation.booking_id = Some(booking.id.clone());
+                    conversation.updated_at = booking.updated_at.clone();
+                    convs.insert(conversation.id.as_bytes(), encode(&conversation))?;
+                    let mut deliveries = Vec::new();
+                    for p in &conversation.participants {
+                        let event = UserEvent::Conversation {
+                            conversation: Box::new(
+                                conversation.view_for(&p.user_id, Some(card.clone())),
+                            ),
+                        };
+                        deliveries.push(log_event(events, cursors, &p.user_id, &event)?);
+                    }
+                    Ok((conversation, deliveries))
+                }),
+        )
+    }
+
+    pub fn put_signal(&self, signal: &Signal) -> Result<(), StoreError> {
+        self.signals.insert(signal.id.as_bytes(), encode(signal))?;
+        Ok(())
+    }
+
+    /// The user's last cursor (0 when nothing was ever logged for them).
+    pub fn cursor(&self, user_id: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .cursors
+            .get(user_id.as_bytes())?
+            .map_or(0, |v| keys::read_u64(&v)))
+    }
+
+    /// Logged events with cursor in `(after, until]`, at most `limit`, in order.
+    pub fn events_between(
+        &self,
+        user_id: &str,
+        after: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Frame>, StoreError> {
+        if after >= until {
+            return Ok(Vec::new());
+        }
+        let start = keys::event(user_id, after + 1);
+        let end = keys::event(user_id, until);
+        let mut frames = Vec::new();
+        for entry in self.events.range(start..=end).take(limit) {
+            let (key, value) = entry?;
+            let json = std::str::from_utf8(&value)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?
+                .into();
+            frames.push(Frame {
+                cursor: Some(keys::cursor_of_event(&key)),
+                json,
+            });
+        }
+        Ok(frames)
+    }
+}
+
+fn check_schema(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
+    let meta = db.open_tree("meta")?;
+    match meta.get("schema_version")? {
+        Some(v) => {
+            let found = v
+                .as_ref()
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|_| StoreError::Schema("schema_version is unreadable".into()))?;
+            if found != SCHEMA_VERSION {
+                return Err(StoreError::Schema(format!(
+                    "data directory {} has schema version {found}; this parleyd reads version {SCHEMA_VERSION}. Use a parleyd that matches it, or another data_dir",
+                    dir.display()
+                )));
+            }
+        }
+        None => {
+            // A fresh directory gets the current version; one that already holds
+            // data without a version was not written by parleyd and is not touched.
+            let has_data = db
+                .tree_names()
+                .iter()
+                .filter(|n| n.as_ref() != b"meta" && n.as_ref() != b"__sled__default")
+                .any(|n| db.open_tree(n).map(|t| !t.is_empty()).unwrap_or(true));
+            if has_data || !db.is_empty() {
+                return Err(StoreError::Schema(format!(
+                    "data directory {} holds data without a parleyd schema version; refusing to use it",
+                    dir.display()
+                )));
+            }
+            meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+            db.flush()?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
