@@ -22,6 +22,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     RateLimited(String),
+    /// Contact moderation refused to deliver a message.
+    #[error("{0}")]
+    Blocked(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -51,6 +54,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Blocked(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -66,6 +70,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unprocessable(_) => "invalid",
             ApiError::RateLimited(_) => "rate_limited",
+            ApiError::Blocked(_) => "blocked",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -91,7 +96,10 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
-        ApiError::Internal(e.to_string())
+        match e {
+            crate::store::StoreError::NotFound(what) => ApiError::not_found(what),
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 
@@ -100,6 +108,16 @@ impl warp::Reply for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         }
-        warp::reply::with_status(warp::reply::json(&self.body()), self.status()).into_response()
+        let mut response = warp::reply::with_status(warp::reply::json(&self.body()), self.status())
+            .into_response();
+        if let ApiError::PayloadTooLarge(_) = self {
+            // The rest of the body is left unread, so the connection cannot carry
+            // another request: say so, or a keep-alive client writes into a dead socket.
+            response.headers_mut().insert(
+                warp::http::header::CONNECTION,
+                warp::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }

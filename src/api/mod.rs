@@ -143,17 +143,19 @@ fn decode_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
 /// What warp itself rejected (no route, wrong method, bad query string…) as a
 /// JSON error.
 async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
-    let error = if rejection.is_not_found() {
+    // A route that matched the path but not the method (POST beside GET) rejects
+    // with MethodNotAllowed too; the more specific query or header problem wins.
+    let error = if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::BadRequest(format!("invalid query string: {e}"))
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::BadRequest(e.to_string())
+    } else if rejection.is_not_found() {
         ApiError::NotFound("no such route".into())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         return Ok(json(
             StatusCode::METHOD_NOT_ALLOWED,
             &serde_json::json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this route"}}),
         ));
-    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
-        ApiError::BadRequest(format!("invalid query string: {e}"))
-    } else if let Some(e) = rejection.find::<warp::reject::InvalidHeader>() {
-        ApiError::BadRequest(e.to_string())
     } else {
         tracing::debug!(?rejection, "unhandled rejection");
         ApiError::BadRequest("the request could not be understood".into())

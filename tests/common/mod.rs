@@ -1,0 +1,706 @@
+//! Shared harness for the end-to-end tests: runs the real `parleyd` binary as a
+//! child process on a free port with its own data directory, and talks to it over
+//! HTTP and WebSocket like a client would.
+//!
+//! Timeouts here are failure guards only (a hung daemon fails the test instead of
+//! hanging it); no test asserts on how fast anything happens.
+
+// Each test binary uses a different subset of the harness.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use reqwest::Method;
+
+/// The secrets of the shipped `config.yaml` (accepted with `--dev`).
+pub const JWT_SECRET: &str = "example-jwt-secret-change-me";
+pub const SERVICE_KEY: &str = "example-service-key-change-me";
+
+/// How long any single wait may take before the test is declared hung.
+pub const GUARD: Duration = Duration::from_secs(30);
+
+fn repo_config() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config.yaml")
+}
+
+/// Waits for `fut`, failing the test with `what` if the guard runs out.
+pub async fn guard<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(GUARD, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out (after {GUARD:?}) waiting for {what}"),
+    }
+}
+
+/// How to start a daemon.
+#[derive(Default)]
+pub struct Launch {
+    /// Data directory to use (kept by the caller); a fresh temporary one otherwise.
+    pub data_dir: Option<PathBuf>,
+    /// `(key, value)` replacements in config.yaml, e.g. `("send_burst", "1000")`:
+    /// the line `  key: old` becomes `  key: value`.
+    pub config: Vec<(&'static str, String)>,
+}
+
+/// A running `parleyd serve --dev`, killed (SIGKILL) when dropped.
+pub struct Daemon {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    pub data_dir: PathBuf,
+    _owned_data: Option<TempDir>,
+    /// Holds the daemon's stderr log and any edited config.
+    scratch: TempDir,
+    pub http: reqwest::Client,
+}
+
+/// A config file for the daemon: the repo's, or a temporary copy with edits.
+fn write_config(scratch: &Path, edits: &[(&'static str, String)]) -> PathBuf {
+    if edits.is_empty() {
+        return repo_config();
+    }
+    let mut text = std::fs::read_to_string(repo_config()).expect("read config.yaml");
+    // Relative paths are relative to the config file, which now lives elsewhere:
+    // keep pointing at the repo's rules unless the test sets its own.
+    let repo_rules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let defaults = [("rules_dir", repo_rules.display().to_string())];
+    let overridden = |key: &str| edits.iter().any(|(k, _)| *k == key);
+    let extra: Vec<(&'static str, String)> = defaults
+        .into_iter()
+        .filter(|(k, _)| !overridden(k))
+        .collect();
+    for (key, value) in edits.iter().chain(&extra) {
+        let prefix = format!("{key}:");
+        let mut found = false;
+        text = text
+            .lines()
+            .map(|line| {
+                let trimmed = line.trim_start();
+                if trimmed.starts_with(&prefix) {
+                    found = true;
+                    let indent = &line[..line.len() - trimmed.len()];
+                    format!("{indent}{key}: {value}")
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(found, "config.yaml has no key {key}");
+    }
+    let path = scratch.join("config.yaml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn serve_command(config: &Path, data_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_parleyd"));
+    cmd.arg("serve")
+        .arg("--dev")
+        .arg("--config")
+        .arg(config)
+        .env("PARLEYD_LISTEN", "127.0.0.1:0")
+        .env("PARLEYD_DATA_DIR", data_dir)
+        .env_remove("PARLEYD_JWT_SECRET")
+        .env_remove("PARLEYD_SERVICE_KEY")
+        .env_remove("RUST_LOG")
+        // Relative paths of config.yaml (e.g. rules/) are the repo's.
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+impl Daemon {
+    /// A daemon with the shipped config and a fresh data directory.
+    pub async fn start() -> Daemon {
+        Daemon::launch(Launch::default()).await
+    }
+
+    /// A daemon with the shipped config on an existing data directory.
+    pub async fn start_in(data_dir: &Path) -> Daemon {
+        Daemon::launch(Launch {
+            data_dir: Some(data_dir.to_owned()),
+            ..Launch::default()
+        })
+        .await
+    }
+
+    pub async fn launch(launch: Launch) -> Daemon {
+        let scratch = tempfile::tempdir().expect("scratch dir");
+        let (data_dir, owned) = match launch.data_dir {
+            Some(dir) => (dir, None),
+            None => {
+                let dir = tempfile::tempdir().expect("data dir");
+                (dir.path().to_owned(), Some(dir))
+            }
+        };
+        let config = write_config(scratch.path(), &launch.config);
+        let log = std::fs::File::create(scratch.path().join("daemon.log")).expect("log file");
+        let mut child = serve_command(&config, &data_dir)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn parleyd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = guard("the daemon to print its address", async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    return Some(addr.trim().to_owned());
+                }
+            }
+            None
+        })
+        .await;
+        let daemon = Daemon {
+            child: Some(child),
+            addr: addr.clone().unwrap_or_default(),
+            data_dir,
+            _owned_data: owned,
+            scratch,
+            http: reqwest::Client::new(),
+        };
+        if addr.is_none() {
+            panic!(
+                "parleyd exited without listening; its log:\n{}",
+                daemon.log()
+            );
+        }
+        // Keep draining stdout so a later write never hits a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        daemon
+    }
+
+    /// What the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.scratch.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("daemon is running")
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit (after `terminate`).
+    pub async fn wait(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("daemon is running");
+        let status = guard("the daemon to exit", child.wait())
+            .await
+            .expect("wait for parleyd");
+        self.child = None;
+        status
+    }
+
+    /// SIGTERM, then asserts a clean exit (status 0).
+    pub async fn stop(mut self) {
+        self.terminate();
+        let status = self.wait().await;
+        assert!(
+            status.success(),
+            "parleyd exited with {status} after SIGTERM; its log:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Any request; a JSON body when `body` is given.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        Reply::from(req.send().await.expect("HTTP request")).await
+    }
+
+    /// A request with a raw body (for malformed or oversized ones), on a fresh
+    /// connection.
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> Reply {
+        // A client of its own: a refused body may leave the connection unusable
+        // (see `a_refused_body_does_not_break_the_next_request`).
+        let mut req = reqwest::Client::new()
+            .request(method, self.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        Reply::from(req.send().await.expect("HTTP request")).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(token), Some(&body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::PUT, path, Some(token), Some(&body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::PATCH, path, Some(token), Some(&body))
+            .await
+    }
+
+    /// Sends a message over HTTP.
+    pub async fn send(
+        &self,
+        who: &Person,
+        conversation: &str,
+        client_id: impl AsRef<str>,
+        text: &str,
+    ) -> Reply {
+        self.post(
+            &format!("/v1/conversations/{conversation}/messages"),
+            &who.token,
+            json!({"client_id": client_id.as_ref(), "content": text}),
+        )
+        .await
+    }
+
+    /// The conversation's messages (up to 500), asserting a 200.
+    pub async fn messages(&self, who: &Person, conversation: &str) -> Vec<Value> {
+        let reply = self
+            .get(
+                &format!("/v1/conversations/{conversation}/messages?limit=500"),
+                &who.token,
+            )
+            .await;
+        reply.expect(200);
+        reply.body.as_array().expect("a list of messages").clone()
+    }
+
+    /// The caller's view of one conversation from `GET /v1/conversations` (the
+    /// list, where `unread_count` is shown), asserting it is there.
+    pub async fn listed(&self, who: &Person, conversation: &str) -> Value {
+        let reply = self.get("/v1/conversations", &who.token).await;
+        reply.expect(200);
+        reply
+            .body
+            .as_array()
+            .expect("a list of conversations")
+            .iter()
+            .find(|c| c["id"] == conversation)
+            .unwrap_or_else(|| panic!("{conversation} is not in {}'s list", who.id))
+            .clone()
+    }
+
+    /// `GET /v1/events?since=&wait=` as `who`, asserting a 200: (events, cursor).
+    pub async fn poll(&self, who: &Person, since: u64, wait: u64) -> (Vec<Value>, u64) {
+        let reply = self
+            .get(&format!("/v1/events?since={since}&wait={wait}"), &who.token)
+            .await;
+        reply.expect(200);
+        let events = reply.body["events"].as_array().expect("events").clone();
+        let cursor = reply.body["cursor"].as_u64().expect("cursor");
+        (events, cursor)
+    }
+
+    /// Opens `who`'s WebSocket and reads up to its `ready` frame.
+    pub async fn ws(&self, who: &Person, since: Option<u64>) -> Ws {
+        self.try_ws(&who.token, since)
+            .await
+            .unwrap_or_else(|e| panic!("WebSocket for {} refused: {e}", who.id))
+    }
+
+    pub async fn try_ws(
+        &self,
+        token: &str,
+        since: Option<u64>,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let mut url = format!("ws://{}/v1/stream?token={token}", self.addr);
+        if let Some(since) = since {
+            url.push_str(&format!("&since={since}"));
+        }
+        let (inner, _) = guard(
+            "the WebSocket handshake",
+            tokio_tungstenite::connect_async(url),
+        )
+        .await?;
+        let mut ws = Ws {
+            inner,
+            pending: VecDeque::new(),
+            replayed: Vec::new(),
+            ready_cursor: 0,
+        };
+        loop {
+            let frame = ws.read().await;
+            if frame["type"] == "ready" {
+                ws.ready_cursor = frame["cursor"].as_u64().expect("ready has a cursor");
+                return Ok(ws);
+            }
+            ws.replayed.push(frame);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- parleyd log ({}) ---\n{}", self.addr, self.log());
+        }
+    }
+}
+
+/// An HTTP reply: status and body (JSON, or the text as a JSON string).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    async fn from(response: reqwest::Response) -> Reply {
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("read reply body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply { status, body }
+    }
+
+    /// Asserts the status.
+    pub fn expect(&self, status: u16) -> &Reply {
+        assert_eq!(self.status, status, "unexpected reply: {}", self.body);
+        self
+    }
+
+    /// Asserts the status and the error body `{"error":{"code","message"}}`;
+    /// returns the code.
+    pub fn expect_error(&self, status: u16) -> String {
+        self.expect(status);
+        let error = &self.body["error"];
+        let code = error["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("error body without a code: {}", self.body));
+        let message = error["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("error body without a message: {}", self.body));
+        assert!(!code.is_empty() && !message.is_empty(), "{}", self.body);
+        code.to_owned()
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// An HS256 JWT with claims `{sub, role, exp}` signed with `secret`.
+pub fn jwt(sub: &str, role: &str, exp: i64, secret: &str) -> String {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": sub, "role": role, "exp": exp}),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign token")
+}
+
+/// A valid one-hour token of the dev config.
+pub fn token(sub: &str, role: &str) -> String {
+    jwt(sub, role, now() + 3600, JWT_SECRET)
+}
+
+#[derive(Debug, Clone)]
+pub struct Person {
+    pub id: String,
+    pub token: String,
+}
+
+impl Person {
+    pub fn new(id: &str, role: &str) -> Person {
+        Person {
+            id: id.to_owned(),
+            token: token(id, role),
+        }
+    }
+}
+
+/// A customer and a provider with an open conversation about a listing.
+pub struct Pair {
+    pub customer: Person,
+    pub provider: Person,
+    pub listing_id: String,
+    pub conversation: String,
+}
+
+/// Registers the users and the listing (as the service) and opens the
+/// conversation (as the customer).
+pub async fn pair(d: &Daemon) -> Pair {
+    let customer = Person::new("cust-1", "customer");
+    let provider = Person::new("prov-1", "provider");
+    for (who, name) in [(&customer, "Carla"), (&provider, "Pablo")] {
+        d.put(
+            &format!("/v1/users/{}", who.id),
+            SERVICE_KEY,
+            json!({"name": name, "timezone": "Europe/Paris"}),
+        )
+        .await
+        .expect(200);
+    }
+    let listing_id = "listing-1".to_owned();
+    d.put(
+        &format!("/v1/listings/{listing_id}"),
+        SERVICE_KEY,
+        json!({"title": "Sunset kayak tour", "price": 80.0, "currency": "EUR",
+               "provider_id": provider.id}),
+    )
+    .await
+    .expect(200);
+    let opened = d
+        .post(
+            "/v1/conversations",
+            &customer.token,
+            json!({"listing_id": listing_id}),
+        )
+        .await;
+    opened.expect(201);
+    let conversation = opened.body["id"]
+        .as_str()
+        .expect("conversation id")
+        .to_owned();
+    Pair {
+        customer,
+        provider,
+        listing_id,
+        conversation,
+    }
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A stream client. Frames read while looking for another one are kept in
+/// `pending`, in order, so nothing is silently skipped.
+pub struct Ws {
+    inner: Socket,
+    pending: VecDeque<Value>,
+    /// Frames received before `ready` (the replay after `since`).
+    pub replayed: Vec<Value>,
+    /// The cursor announced by `ready`.
+    pub ready_cursor: u64,
+}
+
+impl Ws {
+    /// Reads the next text frame from the socket (not from `pending`).
+    async fn read(&mut self) -> Value {
+        loop {
+            let msg = guard("a stream frame", self.inner.next()).await;
+            match msg {
+                Some(Ok(WsMessage::Text(text))) => {
+                    return serde_json::from_str(text.as_str())
+                        .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"))
+                }
+                Some(Ok(WsMessage::Close(frame))) => panic!("stream closed: {frame:?}"),
+                Some(Ok(WsMessage::Binary(_))) => panic!("the server sent a binary frame"),
+                Some(Ok(_)) => continue, // ping/pong
+                Some(Err(e)) => panic!("stream failed: {e}"),
+                None => panic!("stream ended"),
+            }
+        }
+    }
+
+    /// The next frame, whatever it is.
+    pub async fn next(&mut self) -> Value {
+        match self.pending.pop_front() {
+            Some(frame) => frame,
+            None => self.read().await,
+        }
+    }
+
+    /// The first frame (pending or new) matching `pred`; others stay pending.
+    pub async fn next_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.pending.iter().position(&pred) {
+            return self.pending.remove(i).expect("pending frame");
+        }
+        loop {
+            let frame = self.read().await;
+            if pred(&frame) {
+                return frame;
+            }
+            self.pending.push_back(frame);
+            assert!(
+                self.pending.len() < 10_000,
+                "too many frames without {what}"
+            );
+        }
+    }
+
+    /// The next frame of type `ty`.
+    pub async fn next_of(&mut self, ty: &str) -> Value {
+        self.next_where(ty, |f| f["type"] == ty).await
+    }
+
+    /// The `ack` or `error` frame answering `client_id`.
+    pub async fn answer(&mut self, client_id: &str) -> Value {
+        self.next_where(&format!("the answer to {client_id}"), |f| {
+            (f["type"] == "ack" || f["type"] == "error") && f["client_id"] == client_id
+        })
+        .await
+    }
+
+    /// The `message` event of the message with this `seq`.
+    pub async fn message_event(&mut self, seq: u64) -> Value {
+        self.next_where(&format!("message {seq}"), |f| {
+            f["type"] == "message" && f["message"]["seq"] == seq
+        })
+        .await
+    }
+
+    /// Frames already read but not yet taken.
+    pub fn take_pending(&mut self) -> Vec<Value> {
+        self.pending.drain(..).collect()
+    }
+
+    pub async fn send_json(&mut self, frame: Value) {
+        self.send_raw(WsMessage::text(frame.to_string())).await;
+    }
+
+    pub async fn send_raw(&mut self, msg: WsMessage) {
+        guard("sending a frame", self.inner.send(msg))
+            .await
+            .expect("send frame");
+    }
+
+    /// Sends a `send` frame.
+    pub async fn send_message(&mut self, conversation: &str, client_id: &str, text: &str) {
+        self.send_json(json!({"type": "send", "conversation_id": conversation,
+                              "client_id": client_id, "content": text}))
+            .await;
+    }
+
+    /// Sends a `send` frame and returns its `ack` (failing on an `error`).
+    pub async fn send_acked(&mut self, conversation: &str, client_id: &str, text: &str) -> Value {
+        self.send_message(conversation, client_id, text).await;
+        let answer = self.answer(client_id).await;
+        assert_eq!(answer["type"], "ack", "send {client_id} failed: {answer}");
+        answer
+    }
+
+    /// Sends a ping and waits for the pong; frames before it stay pending.
+    pub async fn ping(&mut self) {
+        self.send_json(json!({"type": "ping"})).await;
+        self.next_of("pong").await;
+    }
+
+    /// Reads until the server's close frame and returns it (frames before it are
+    /// kept pending).
+    pub async fn close_frame(&mut self) -> Option<CloseFrame> {
+        loop {
+            match guard("the close frame", self.inner.next()).await {
+                Some(Ok(WsMessage::Close(frame))) => return frame,
+                Some(Ok(WsMessage::Text(text))) => {
+                    if let Ok(v) = serde_json::from_str(text.as_str()) {
+                        self.pending.push_back(v);
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("stream failed before a close frame: {e}"),
+                None => panic!("stream ended without a close frame"),
+            }
+        }
+    }
+
+    /// Closes from the client side.
+    pub async fn close(mut self) {
+        let _ = guard("closing the stream", self.inner.close(None)).await;
+    }
+}
+
+/// The `cursor` of an event frame.
+pub fn cursor(frame: &Value) -> u64 {
+    frame["cursor"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("event without a cursor: {frame}"))
+}
+
+/// Asserts the frames' cursors are exactly `from, from+1, …` (no gap, no duplicate).
+pub fn assert_consecutive(frames: &[Value], from: u64) {
+    let cursors: Vec<u64> = frames.iter().map(cursor).collect();
+    let expected: Vec<u64> = (from..from + frames.len() as u64).collect();
+    assert_eq!(cursors, expected, "cursors are not consecutive");
+}
+
+/// The `seq`s of the `message` events among `frames`, in order.
+pub fn message_seqs(frames: &[Value]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| f["message"]["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
+/// Runs `parleyd serve --dev` on `data_dir` expecting it to refuse to start:
+/// returns its exit status and stderr. Fails if it starts listening instead.
+pub async fn serve_expecting_refusal(data_dir: &Path) -> (ExitStatus, String) {
+    let child = serve_command(&repo_config(), data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn parleyd");
+    let output = guard(
+        "parleyd to refuse the data directory and exit",
+        child.wait_with_output(),
+    )
+    .await
+    .expect("wait for parleyd");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !stdout.contains("listening on"),
+        "parleyd served a data directory it should have refused"
+    );
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,469 @@
+//! Customers and providers talking: stream and HTTP sends, long-poll, idempotent
+//! retries, read receipts, bookings and signals.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+const MESSAGE_FIELDS: [&str; 10] = [
+    "id",
+    "seq",
+    "conversation_id",
+    "sender_id",
+    "client_id",
+    "content",
+    "type",
+    "status",
+    "created_at",
+    "read_at",
+];
+
+fn assert_message_shape(m: &Value) {
+    for field in MESSAGE_FIELDS {
+        assert!(m.get(field).is_some(), "message lacks {field}: {m}");
+    }
+}
+
+#[tokio::test]
+async fn customer_and_provider_converse_over_the_stream() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let mut customer = d.ws(&p.customer, None).await;
+    let mut provider = d.ws(&p.provider, None).await;
+
+    let turns = [
+        (
+            &p.customer,
+            "c-1",
+            "Hi! Is the tour on Saturday still open?",
+        ),
+        (&p.provider, "p-1", "Yes, two seats left."),
+        (&p.customer, "c-2", "Great, I'll book."),
+    ];
+    for (i, (who, client_id, text)) in turns.into_iter().enumerate() {
+        let seq = i as u64 + 1;
+        let from_customer = who.id == p.customer.id;
+        let (me, other) = if from_customer {
+            (&mut customer, &mut provider)
+        } else {
+            (&mut provider, &mut customer)
+        };
+        let ack = me.send_acked(&p.conversation, client_id, text).await;
+        let stored = &ack["message"];
+        assert_message_shape(stored);
+        assert_eq!(stored["seq"], seq, "{ack}");
+        assert_eq!(stored["sender_id"], who.id.as_str());
+        assert_eq!(stored["client_id"], client_id);
+        assert_eq!(stored["content"], text);
+        assert_eq!(stored["conversation_id"], p.conversation.as_str());
+        assert_eq!(stored["type"], "text");
+        assert_eq!(stored["status"], "sent");
+
+        let received = other.message_event(seq).await;
+        cursor(&received);
+        assert_eq!(
+            &received["message"], stored,
+            "the recipient sees the stored message"
+        );
+        // The sender's own devices see it too.
+        let echoed = me.message_event(seq).await;
+        assert_eq!(&echoed["message"], stored);
+    }
+
+    let history = d.messages(&p.customer, &p.conversation).await;
+    let seqs: Vec<u64> = history.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(history[1]["sender_id"], p.provider.id.as_str());
+    assert_eq!(history[1]["content"], "Yes, two seats left.");
+    assert_eq!(d.messages(&p.provider, &p.conversation).await, history);
+    let listed = d.listed(&p.provider, &p.conversation).await;
+    assert_eq!(listed["last_seq"], 3);
+    assert_eq!(listed["last_message"]["content"], "Great, I'll book.");
+    assert_eq!(listed["unread_count"], 2);
+    assert_eq!(listed["phase"], "pre_booking");
+    assert_eq!(listed["listing"]["title"], "Sunset kayak tour");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn http_send_reaches_the_stream_and_long_poll() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let mut provider = d.ws(&p.provider, None).await;
+
+    let sent = d
+        .send(&p.customer, &p.conversation, "c-1", "Hello there")
+        .await;
+    sent.expect(201);
+    assert_eq!(sent.body["message"]["seq"], 1);
+    assert_message_shape(&sent.body["message"]);
+
+    let live = provider.message_event(1).await;
+    assert_eq!(live["message"], sent.body["message"]);
+
+    // Long-poll reads the same log: the conversation opening, then the message.
+    let (events, head) = d.poll(&p.provider, 0, 0).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["conversation", "message"]);
+    assert_consecutive(&events, 1);
+    assert_eq!(head, cursor(&events[1]));
+    assert_eq!(
+        cursor(&live),
+        head,
+        "stream and long-poll agree on the cursor"
+    );
+    assert_eq!(events[1]["message"], sent.body["message"]);
+
+    // Nothing new: an empty answer that keeps the cursor.
+    let (none, same) = d.poll(&p.provider, head, 0).await;
+    assert!(none.is_empty(), "{none:?}");
+    assert_eq!(same, head);
+
+    // A waiting long-poll answers with the event sent while it waits (the
+    // token may also travel in the query string).
+    let waiting = tokio::spawn({
+        let (http, url) = (
+            d.http.clone(),
+            d.url(&format!(
+                "/v1/events?since={head}&wait=30&token={}",
+                p.provider.token
+            )),
+        );
+        async move {
+            let r = http.get(url).send().await.expect("long-poll");
+            assert_eq!(r.status().as_u16(), 200);
+            r.json::<Value>().await.expect("JSON")
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    d.send(&p.customer, &p.conversation, "c-2", "Are you there?")
+        .await
+        .expect(201);
+    let answer = guard("the long-poll answer", waiting).await.unwrap();
+    let events = answer["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{answer}");
+    assert_eq!(events[0]["type"], "message");
+    assert_eq!(events[0]["message"]["seq"], 2);
+    assert_eq!(events[0]["message"]["content"], "Are you there?");
+    assert_eq!(cursor(&events[0]), head + 1);
+    assert_eq!(answer["cursor"], head + 1);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_id_is_stored_once_over_http_and_the_stream() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let path = format!("/v1/conversations/{}/messages", p.conversation);
+
+    // HTTP, then HTTP again.
+    let first = d
+        .send(&p.customer, &p.conversation, "retry-1", "Hello")
+        .await;
+    first.expect(201);
+    assert_eq!(first.body["created"], true);
+    let again = d
+        .send(&p.customer, &p.conversation, "retry-1", "Hello")
+        .await;
+    again.expect(200);
+    assert_eq!(again.body["created"], false);
+    assert_eq!(again.body["message"], first.body["message"]);
+
+    // HTTP, then the stream.
+    let mut ws = d.ws(&p.customer, None).await;
+    ws.send_message(&p.conversation, "retry-1", "Hello").await;
+    let ack = ws.answer("retry-1").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["message"], first.body["message"]);
+
+    // The stream, then HTTP.
+    let ack = ws.send_acked(&p.conversation, "retry-2", "Anyone?").await;
+    assert_eq!(ack["message"]["seq"], 2);
+    let over_http = d
+        .post(
+            &path,
+            &p.customer.token,
+            json!({"client_id": "retry-2", "content": "Anyone?"}),
+        )
+        .await;
+    over_http.expect(200);
+    assert_eq!(over_http.body["message"], ack["message"]);
+
+    // A client_id is per sender: the provider may use the same one.
+    let theirs = d
+        .send(&p.provider, &p.conversation, "retry-1", "Yes!")
+        .await;
+    theirs.expect(201);
+    assert_eq!(theirs.body["message"]["seq"], 3);
+    assert_ne!(theirs.body["message"]["id"], first.body["message"]["id"]);
+
+    let history = d.messages(&p.customer, &p.conversation).await;
+    let summary: Vec<(u64, &str, &str)> = history
+        .iter()
+        .map(|m| {
+            (
+                m["seq"].as_u64().unwrap(),
+                m["sender_id"].as_str().unwrap(),
+                m["client_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, "cust-1", "retry-1"),
+            (2, "cust-1", "retry-2"),
+            (3, "prov-1", "retry-1")
+        ]
+    );
+    // The retries were not delivered again, nor counted unread again.
+    let (events, _) = d.poll(&p.provider, 0, 0).await;
+    assert_eq!(message_seqs(&events), [1, 2, 3]);
+    assert_eq!(
+        d.listed(&p.provider, &p.conversation).await["unread_count"],
+        2
+    );
+    assert_eq!(
+        d.listed(&p.customer, &p.conversation).await["unread_count"],
+        1
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn reading_sends_receipts_and_clears_unread_counts() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let mut customer = d.ws(&p.customer, None).await;
+    let mut provider = d.ws(&p.provider, None).await;
+    for i in 1..=3 {
+        d.send(
+            &p.customer,
+            &p.conversation,
+            &format!("c-{i}"),
+            &format!("question {i}"),
+        )
+        .await
+        .expect(201);
+    }
+    d.send(&p.provider, &p.conversation, "p-1", "answer")
+        .await
+        .expect(201);
+    assert_eq!(
+        d.listed(&p.provider, &p.conversation).await["unread_count"],
+        3
+    );
+    assert_eq!(
+        d.listed(&p.customer, &p.conversation).await["unread_count"],
+        1
+    );
+
+    // Over HTTP, up to seq 2.
+    let read = d
+        .post(
+            &format!("/v1/conversations/{}/read", p.conversation),
+            &p.provider.token,
+            json!({"seq": 2}),
+        )
+        .await;
+    read.expect(200);
+    assert_eq!(read.body["last_read_seq"], 2);
+    assert_eq!(read.body["unread_count"], 1);
+    let receipt = customer.next_of("receipt").await;
+    cursor(&receipt);
+    assert_eq!(receipt["conversation_id"], p.conversation.as_str());
+    assert_eq!(receipt["reader_id"], p.provider.id.as_str());
+    assert_eq!(receipt["seq"], 2);
+    assert_eq!(
+        d.listed(&p.provider, &p.conversation).await["unread_count"],
+        1
+    );
+
+    let history = d.messages(&p.customer, &p.conversation).await;
+    for m in &history[..2] {
+        assert_eq!(m["status"], "read", "{m}");
+        assert!(m["read_at"].is_string(), "{m}");
+    }
+    assert_eq!(history[2]["status"], "sent");
+    assert!(history[2]["read_at"].is_null());
+
+    // Over the stream, the rest (seq 4 is the provider's own message).
+    provider
+        .send_json(json!({"type": "read", "conversation_id": p.conversation, "seq": 4}))
+        .await;
+    let receipt = customer.next_of("receipt").await;
+    assert_eq!(receipt["reader_id"], p.provider.id.as_str());
+    assert_eq!(receipt["seq"], 4);
+    assert_eq!(receipt["unread_count"], 0);
+    assert_eq!(
+        d.listed(&p.provider, &p.conversation).await["unread_count"],
+        0
+    );
+    // The customer's own count is untouched by the provider reading.
+    assert_eq!(
+        d.listed(&p.customer, &p.conversation).await["unread_count"],
+        1
+    );
+
+    let history = d.messages(&p.provider, &p.conversation).await;
+    for m in &history[..3] {
+        assert_eq!(m["status"], "read", "{m}");
+        assert!(m["read_at"].is_string(), "{m}");
+    }
+    assert_eq!(history[3]["sender_id"], p.provider.id.as_str());
+    assert_eq!(
+        history[3]["status"], "sent",
+        "the reader's own message is not read by them"
+    );
+    assert!(history[3]["read_at"].is_null());
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_booking_moves_the_conversation_to_post_booking() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let mut customer = d.ws(&p.customer, None).await;
+    let mut provider = d.ws(&p.provider, None).await;
+
+    let booking = d
+        .post(
+            "/v1/bookings",
+            SERVICE_KEY,
+            json!({"id": "booking-1", "conversation_id": p.conversation,
+                   "start": "2030-06-01T09:00:00Z", "end": "2030-06-01T12:00:00Z",
+                   "stage": "confirmed"}),
+        )
+        .await;
+    booking.expect(201);
+    assert_eq!(booking.body["id"], "booking-1");
+    assert_eq!(booking.body["conversation_id"], p.conversation.as_str());
+    for ws in [&mut customer, &mut provider] {
+        let event = ws.next_of("conversation").await;
+        cursor(&event);
+        assert_eq!(event["conversation"]["id"], p.conversation.as_str());
+        assert_eq!(event["conversation"]["phase"], "post_booking");
+        assert_eq!(event["conversation"]["stage"], "confirmed");
+    }
+    let seen = d
+        .get(
+            &format!("/v1/conversations/{}", p.conversation),
+            &p.customer.token,
+        )
+        .await;
+    seen.expect(200);
+    assert_eq!(seen.body["phase"], "post_booking");
+    assert_eq!(seen.body["stage"], "confirmed");
+    assert_eq!(seen.body["booking_id"], "booking-1");
+
+    let moved = d
+        .patch(
+            "/v1/bookings/booking-1",
+            SERVICE_KEY,
+            json!({"stage": "active"}),
+        )
+        .await;
+    moved.expect(200);
+    assert_eq!(moved.body["stage"], "active");
+    for ws in [&mut customer, &mut provider] {
+        let event = ws.next_of("conversation").await;
+        assert_eq!(event["conversation"]["stage"], "active");
+    }
+    assert_eq!(
+        d.listed(&p.provider, &p.conversation).await["stage"],
+        "active"
+    );
+
+    // Invalid bookings.
+    let booking_with = |body: Value| d.post("/v1/bookings", SERVICE_KEY, body);
+    booking_with(json!({"conversation_id": p.conversation,
+                        "start": "2030-06-01T12:00:00Z", "end": "2030-06-01T09:00:00Z"}))
+    .await
+    .expect_error(422);
+    booking_with(json!({"conversation_id": p.conversation,
+                        "start": "next tuesday", "end": "2030-06-01T09:00:00Z"}))
+    .await
+    .expect_error(422);
+    booking_with(
+        json!({"conversation_id": p.conversation, "stage": "teleported",
+                        "start": "2030-06-01T09:00:00Z", "end": "2030-06-01T12:00:00Z"}),
+    )
+    .await
+    .expect_error(422);
+    booking_with(json!({"start": "2030-06-01T09:00:00Z", "end": "2030-06-01T12:00:00Z"}))
+        .await
+        .expect_error(422);
+    d.patch(
+        "/v1/bookings/booking-1",
+        SERVICE_KEY,
+        json!({"stage": "teleported"}),
+    )
+    .await
+    .expect_error(422);
+    d.patch(
+        "/v1/bookings/no-such-booking",
+        SERVICE_KEY,
+        json!({"stage": "active"}),
+    )
+    .await
+    .expect_error(404);
+    // Only the service books.
+    d.post(
+        "/v1/bookings",
+        &p.customer.token,
+        json!({"conversation_id": p.conversation,
+               "start": "2030-06-01T09:00:00Z", "end": "2030-06-01T12:00:00Z"}),
+    )
+    .await
+    .expect_error(403);
+    // Nothing invalid changed the conversation.
+    assert_eq!(
+        d.listed(&p.customer, &p.conversation).await["stage"],
+        "active"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn signals_are_accepted_and_invalid_ones_refused() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    for kind in [
+        "listing_viewed",
+        "checkout_abandoned",
+        "provider_unavailable",
+    ] {
+        let r = d
+            .post(
+                "/v1/signals",
+                SERVICE_KEY,
+                json!({"type": kind, "user_id": p.customer.id, "listing_id": p.listing_id,
+                       "data": {"source": "test"}}),
+            )
+            .await;
+        r.expect(202);
+        assert_eq!(r.body["type"], kind);
+    }
+    for bad in [
+        json!({"type": "Listing Viewed"}),
+        json!({"type": ""}),
+        json!({"type": "listing_viewed", "data": [1, 2]}),
+        json!({"type": "listing_viewed", "user_id": "has space"}),
+        json!({"user_id": p.customer.id}),
+    ] {
+        let code = d
+            .post("/v1/signals", SERVICE_KEY, bad.clone())
+            .await
+            .expect_error(422);
+        assert_eq!(code, "invalid", "{bad}");
+    }
+    d.post(
+        "/v1/signals",
+        &p.customer.token,
+        json!({"type": "listing_viewed"}),
+    )
+    .await
+    .expect_error(403);
+    d.stop().await;
+}

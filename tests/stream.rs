@@ -1,0 +1,224 @@
+//! The stream: resuming with `since` (one device and two), and bad frames.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[tokio::test]
+async fn reconnecting_with_since_gets_exactly_what_was_missed() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+
+    // Device A of the customer, from the start of the log.
+    let mut phone = d.ws(&p.customer, Some(0)).await;
+    assert_eq!(phone.replayed.len(), 1, "the conversation opening");
+    assert_eq!(phone.replayed[0]["type"], "conversation");
+    assert_consecutive(&phone.replayed, 1);
+    assert_eq!(phone.ready_cursor, 1);
+    // Device B stays connected throughout.
+    let mut laptop = d.ws(&p.customer, None).await;
+    assert_eq!(laptop.ready_cursor, 1);
+    assert!(laptop.replayed.is_empty(), "no since: nothing replayed");
+
+    for i in 1..=2 {
+        d.send(&p.provider, &p.conversation, &format!("p-{i}"), "before")
+            .await
+            .expect(201);
+    }
+    let a = phone.message_event(1).await;
+    let b = phone.message_event(2).await;
+    assert_eq!((cursor(&a), cursor(&b)), (2, 3));
+    let last_seen = cursor(&b);
+    phone.close().await;
+
+    // Missed while the phone was away: three from the provider, one sent by the
+    // customer's other device.
+    for i in 3..=5 {
+        d.send(
+            &p.provider,
+            &p.conversation,
+            &format!("p-{i}"),
+            "while away",
+        )
+        .await
+        .expect(201);
+    }
+    laptop
+        .send_acked(&p.conversation, "from-laptop", "typed on the laptop")
+        .await;
+
+    let mut phone = d.ws(&p.customer, Some(last_seen)).await;
+    assert_consecutive(&phone.replayed, last_seen + 1);
+    assert_eq!(message_seqs(&phone.replayed), [3, 4, 5, 6]);
+    assert_eq!(phone.replayed.len(), 4, "{:?}", phone.replayed);
+    assert_eq!(phone.replayed[3]["message"]["client_id"], "from-laptop");
+    assert_eq!(phone.ready_cursor, last_seen + 4);
+
+    // Long-poll from the same cursor reads the same log.
+    let (polled, head) = d.poll(&p.customer, last_seen, 0).await;
+    assert_eq!(polled, phone.replayed);
+    assert_eq!(head, phone.ready_cursor);
+
+    // Live again: both devices get the next event with the same cursor.
+    d.send(&p.provider, &p.conversation, "p-7", "welcome back")
+        .await
+        .expect(201);
+    let on_phone = phone.message_event(7).await;
+    assert_eq!(cursor(&on_phone), head + 1);
+    phone.ping().await;
+    assert!(
+        phone.take_pending().is_empty(),
+        "nothing but the new message arrives after the replay"
+    );
+
+    // The laptop saw everything, in order, once.
+    laptop.ping().await;
+    let mut seen = laptop.take_pending();
+    seen.retain(|f| f["type"] != "ack");
+    assert_consecutive(&seen, 2);
+    assert_eq!(message_seqs(&seen), [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(seen.last().unwrap(), &on_phone);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_that_reconnects_from_zero_gets_the_whole_log_once() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    for i in 1..=5 {
+        d.send(&p.customer, &p.conversation, &format!("c-{i}"), "hello")
+            .await
+            .expect(201);
+    }
+    d.post(
+        &format!("/v1/conversations/{}/read", p.conversation),
+        &p.provider.token,
+        json!({"seq": 5}),
+    )
+    .await
+    .expect(200);
+    let ws = d.ws(&p.provider, Some(0)).await;
+    assert_consecutive(&ws.replayed, 1);
+    assert_eq!(message_seqs(&ws.replayed), [1, 2, 3, 4, 5]);
+    let types: Vec<&str> = ws
+        .replayed
+        .iter()
+        .map(|f| f["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.first(), Some(&"conversation"));
+    assert_eq!(types.last(), Some(&"receipt"));
+    assert_eq!(ws.ready_cursor, 7);
+    // A cursor from the future (e.g. a reset deployment) starts at the head.
+    let ahead = d.ws(&p.provider, Some(1000)).await;
+    assert!(ahead.replayed.is_empty());
+    assert_eq!(ahead.ready_cursor, 7);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_frames_get_errors_and_the_connection_keeps_working() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let mut ws = d.ws(&p.customer, None).await;
+
+    let garbage = [
+        WsMessage::text("this is not JSON"),
+        WsMessage::text("{\"type\": \"dance\"}"),
+        WsMessage::text("[1, 2, 3]"),
+        WsMessage::binary(vec![0u8, 159, 146, 150]),
+        WsMessage::text(json!({"type": "send", "conversation_id": p.conversation}).to_string()),
+        WsMessage::text(json!({"type": "read", "conversation_id": p.conversation}).to_string()),
+    ];
+    for frame in garbage {
+        let shown = format!("{frame:?}");
+        ws.send_raw(frame).await;
+        let error = ws.next().await;
+        assert_eq!(error["type"], "error", "answer to {shown}: {error}");
+        assert!(error["error"]["code"].is_string(), "{error}");
+        assert!(error["error"]["message"].is_string(), "{error}");
+    }
+    // Invalid sends name the client_id they answer.
+    ws.send_message(&p.conversation, "blank", "   ").await;
+    let error = ws.answer("blank").await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["code"], "invalid");
+    ws.send_message("no-such-conversation", "lost", "hello")
+        .await;
+    let error = ws.answer("lost").await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["code"], "not_found", "{error}");
+
+    ws.ping().await;
+    assert!(ws.take_pending().is_empty());
+    let ack = ws.send_acked(&p.conversation, "c-1", "still here").await;
+    assert_eq!(ack["message"]["seq"], 1, "the failed sends stored nothing");
+
+    // Malformed HTTP bodies are client errors, and the daemon keeps serving.
+    let path = format!("/v1/conversations/{}/messages", p.conversation);
+    let token = Some(p.customer.token.as_str());
+    d.call_raw(Method::POST, &path, token, "{\"client_id\": ")
+        .await
+        .expect_error(400);
+    d.call_raw(Method::POST, &path, token, "not json at all")
+        .await
+        .expect_error(400);
+    d.call_raw(Method::POST, &path, token, "\"a string\"")
+        .await
+        .expect_error(422);
+    d.call_raw(Method::POST, &path, token, vec![0xffu8, 0xfe, 0x00])
+        .await
+        .expect_error(400);
+    d.call_raw(Method::POST, "/v1/conversations", token, "")
+        .await
+        .expect_error(400);
+    d.call(Method::GET, "/healthz", None, None)
+        .await
+        .expect(200);
+    assert_eq!(d.messages(&p.customer, &p.conversation).await.len(), 1);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn typing_reaches_the_other_side_only() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let mut customer = d.ws(&p.customer, None).await;
+    let mut provider = d.ws(&p.provider, None).await;
+    d.call(
+        Method::POST,
+        &format!("/v1/conversations/{}/typing", p.conversation),
+        Some(&p.customer.token),
+        None,
+    )
+    .await
+    .expect(202);
+    let typing = provider.next_of("typing").await;
+    assert_eq!(typing["conversation_id"], p.conversation.as_str());
+    assert_eq!(typing["user_id"], p.customer.id.as_str());
+    assert!(
+        typing.get("cursor").is_none(),
+        "typing is ephemeral: {typing}"
+    );
+
+    provider
+        .send_json(json!({"type": "typing", "conversation_id": p.conversation}))
+        .await;
+    let typing = customer.next_of("typing").await;
+    assert_eq!(typing["user_id"], p.provider.id.as_str());
+    customer.ping().await;
+    provider.ping().await;
+    assert!(
+        customer.take_pending().is_empty(),
+        "no echo of one's own typing"
+    );
+    assert!(
+        provider.take_pending().is_empty(),
+        "no echo of one's own typing"
+    );
+    // Ephemeral: not in the log.
+    let (events, _) = d.poll(&p.provider, 0, 0).await;
+    assert!(events.iter().all(|e| e["type"] != "typing"));
+    d.stop().await;
+}
