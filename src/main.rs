@@ -30,6 +30,12 @@ enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// Validate the rule files under DIR/rules (default: the config's rules_dir).
+    Check {
+        dir: Option<PathBuf>,
+        #[arg(long, default_value = "config.yaml")]
+        config: PathBuf,
+    },
     /// Print a signed JWT for a user and role.
     Token {
         /// The user id (the token's `sub`).
@@ -48,6 +54,7 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config, dev } => serve(config, dev),
+        Command::Check { dir, config } => check(dir, &config),
         Command::Token {
             sub,
             role,
@@ -79,7 +86,7 @@ fn serve(path: PathBuf, dev: bool) -> ExitCode {
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        let listener = match parleyd::server::bind(config.listen) {
             Ok(l) => l,
             Err(e) => return fail(format!("cannot listen on {}: {e}", config.listen)),
         };
@@ -98,6 +105,28 @@ fn serve(path: PathBuf, dev: bool) -> ExitCode {
             Err(e) => fail(e),
         }
     })
+}
+
+fn check(dir: Option<PathBuf>, config: &std::path::Path) -> ExitCode {
+    let rules_dir = match dir {
+        Some(dir) => dir.join("rules"),
+        None => match Config::load(config) {
+            Ok(config) => config.rules_dir,
+            Err(e) => return fail(e),
+        },
+    };
+    match parleyd::rules::load(&rules_dir) {
+        Ok(set) => {
+            println!("{}: {} files valid", rules_dir.display(), set.files.len());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn token(sub: &str, role: Role, ttl: Option<&str>, path: &std::path::Path) -> ExitCode {

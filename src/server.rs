@@ -8,10 +8,21 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::api::{self, Streams};
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::rules::{RuleError, Rules, Watcher};
 use crate::service::App;
 use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the rules are invalid:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Rules(Vec<RuleError>),
+    #[error("cannot watch the rules directory: {0}")]
+    Watch(#[from] notify::Error),
+}
 
 /// How long shutdown waits for open streams to say goodbye.
 const STREAM_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,9 +34,19 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(),
-) -> Result<(), StoreError> {
+) -> Result<(), StartError> {
     let store = Store::open(&config.data_dir, &config.storage)?;
-    let app = Arc::new(App::new(config, store, Arc::new(SystemClock)));
+    let clock = Arc::new(SystemClock);
+    let rules_clock = clock.clone();
+    let rules = Rules::open(
+        &config.rules_dir,
+        Box::new(move || crate::model::format_time(rules_clock.now())),
+    )
+    .map_err(StartError::Rules)?;
+    let rules = Arc::new(rules);
+    let _watcher = Watcher::start(rules.clone())?;
+    let reload_on_hangup = tokio::spawn(reload_on_hangup(rules.clone()));
+    let app = Arc::new(App::new(config, store, rules, clock));
     let streams = Arc::new(Streams::default());
     let metrics = crate::telemetry::metrics();
     let upkeep = tokio::spawn({
@@ -50,9 +71,36 @@ pub async fn run(
     server.run().await;
     streams.closed(STREAM_CLOSE_TIMEOUT).await;
     upkeep.abort();
+    reload_on_hangup.abort();
     app.store.flush()?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Binds the listener with TCP_NODELAY, which Linux copies to every accepted
+/// socket: an ack written right after a message event must not wait for the
+/// client's delayed ACK (Nagle), which costs up to 40 ms.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// SIGHUP reloads the rules, the same way a file change does.
+async fn reload_on_hangup(rules: Arc<Rules>) {
+    #[cfg(unix)]
+    if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    {
+        while hangups.recv().await.is_some() {
+            let _ = rules.reload();
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
