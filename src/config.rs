@@ -37,7 +37,11 @@ pub enum ConfigError {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Rule files (contact.yaml…), reloaded when they change.
+    pub rules_dir: PathBuf,
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub contact: ContactConfig,
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
@@ -59,6 +63,35 @@ pub struct AuthConfig {
 
 fn default_token_ttl() -> String {
     "1h".to_owned()
+}
+
+/// Contact detection settings that belong to the deployment (the policy itself
+/// is a rule file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContactConfig {
+    pub platform_domains: Vec<String>,
+    pub history_messages: usize,
+}
+
+impl Default for ContactConfig {
+    fn default() -> Self {
+        let defaults = crate::contact::DetectorConfig::default();
+        ContactConfig {
+            platform_domains: defaults.platform_domains,
+            history_messages: defaults.history_messages,
+        }
+    }
+}
+
+impl ContactConfig {
+    pub fn detector(&self) -> crate::contact::DetectorConfig {
+        crate::contact::DetectorConfig {
+            platform_domains: self.platform_domains.clone(),
+            history_messages: self.history_messages,
+            ..crate::contact::DetectorConfig::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -167,6 +200,7 @@ impl Config {
             source,
         })?;
         let mut config = Config::parse(&text, path)?;
+        config.resolve_relative_to(path.parent().unwrap_or(Path::new(".")));
         config.apply_env(|name| std::env::var(name).ok())?;
         config.validate()?;
         Ok(config)
@@ -185,6 +219,16 @@ impl Config {
                 message: e.to_string(),
             }
         })
+    }
+
+    /// Relative paths in the file are relative to the file, so the daemon finds
+    /// `rules/` beside its `config.yaml` whatever directory it is started from.
+    fn resolve_relative_to(&mut self, base: &Path) {
+        for dir in [&mut self.data_dir, &mut self.rules_dir] {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
     }
 
     fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -258,7 +302,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = "listen: 127.0.0.1:8080\ndata_dir: ./data\nauth:\n  jwt_secret: 0123456789abcdef0\n  service_key: 0123456789abcdef0\n";
+    const MINIMAL: &str = "listen: 127.0.0.1:8080\ndata_dir: ./data\nrules_dir: ./rules\nauth:\n  jwt_secret: 0123456789abcdef0\n  service_key: 0123456789abcdef0\n";
 
     #[test]
     fn shipped_config_parses_and_validates() {
@@ -273,11 +317,19 @@ mod tests {
         let text = format!("{MINIMAL}limits:\n  max_mesage_chars: 10\n");
         match Config::parse(&text, Path::new("c.yaml")) {
             Err(ConfigError::Parse { line, message, .. }) => {
-                assert_eq!(line, 7);
+                assert_eq!(line, 8);
                 assert!(message.contains("max_mesage_chars"), "{message}");
             }
             other => panic!("expected a parse error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_file() {
+        let mut config = Config::parse(MINIMAL, Path::new("c.yaml")).unwrap();
+        config.resolve_relative_to(Path::new("/etc/parleyd"));
+        assert_eq!(config.rules_dir, Path::new("/etc/parleyd/./rules"));
+        assert_eq!(config.data_dir, Path::new("/etc/parleyd/./data"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::contact::{Action, ContactKind};
 use crate::model::{ConversationView, Message};
 
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +27,16 @@ pub enum UserEvent {
     },
     /// A conversation was opened or changed (phase, stage, booking).
     Conversation { conversation: Box<ConversationView> },
+    /// To the sender only: contact moderation warned about, masked or blocked
+    /// their message (`message_seq` is absent when it was blocked).
+    Moderation {
+        conversation_id: String,
+        client_id: String,
+        message_seq: Option<u64>,
+        action: Action,
+        types: Vec<ContactKind>,
+        notice: String,
+    },
 }
 
 #[derive(Serialize)]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::contact::{Action, ContactKind, Detection};
 use crate::error::ApiError;
 
 /// Ids are chosen by the marketplace (users, listings) or by parleyd (uuid v7).
@@ -38,7 +39,7 @@ pub fn parse_time(field: &str, text: &str) -> Result<jiff::Timestamp, ApiError> 
     })
 }
 
-fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.chars().count() > max {
         return Err(ApiError::Unprocessable(format!(
             "{field} is longer than {max} characters"
@@ -415,6 +416,44 @@ pub struct Message {
     pub status: MessageStatus,
     pub created_at: String,
     pub read_at: Option<String>,
+    /// How contact moderation treated the message; absent when nothing was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub moderation: Option<Moderation>,
+}
+
+/// What contact moderation did to a delivered message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moderation {
+    /// `allow`, `warn` or `mask` (`mask`: the content shows `[contact hidden]` where
+    /// contact details were).
+    pub action: Action,
+    /// The kinds of contact detail found.
+    pub types: Vec<ContactKind>,
+    /// Queued for an operator's review.
+    pub flagged: bool,
+}
+
+/// A message that contact moderation masked, blocked or flagged: the original
+/// text, for operators only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Flag {
+    pub id: String,
+    pub conversation_id: String,
+    pub sender_id: String,
+    pub client_id: String,
+    /// The delivered message; absent when it was blocked.
+    pub message_seq: Option<u64>,
+    #[schema(value_type = String)]
+    pub action: Action,
+    /// The policy asked for an operator's review.
+    pub review: bool,
+    /// What the sender wrote.
+    pub original: String,
+    #[schema(value_type = Vec<Object>)]
+    pub detections: Vec<Detection>,
+    pub reasons: Vec<String>,
+    pub created_at: String,
 }
 
 impl Message {

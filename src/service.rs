@@ -10,15 +10,18 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use crate::auth::{Authenticator, Caller, Role};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::contact::{Action, Analysis, ContactKind, Detector};
 use crate::error::ApiError;
 use crate::events::Frame;
 use crate::hub::Hub;
 use crate::model::{
-    format_time, validate_id, validate_period, Booking, BookingInput, BookingPatch, Conversation,
-    ConversationView, Listing, ListingInput, Message, MessageType, SendInput, Signal, SignalInput,
-    User, UserInput,
+    check_len, format_time, validate_id, validate_period, Booking, BookingInput, BookingPatch,
+    Conversation, ConversationView, Flag, Listing, ListingInput, Message, MessageType, SendInput,
+    Signal, SignalInput, User, UserInput,
 };
-use crate::store::{Delivery, NewMessage, Store};
+use crate::moderation::{self, Moderator, Submission};
+use crate::rules::{Rules, RulesStatus};
+use crate::store::{Delivery, NewMessage, Store, Stored};
 
 /// The reply to a send: the stored message, and whether this call stored it.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -40,18 +43,57 @@ pub struct App {
     pub store: Store,
     pub hub: Arc<Hub>,
     pub auth: Authenticator,
+    pub rules: Arc<Rules>,
+    moderator: Moderator,
     clock: Arc<dyn Clock>,
     send_limiter: DefaultKeyedRateLimiter<String>,
 }
 
+fn send_reply(stored: Stored, created: bool) -> Result<SendReply, ApiError> {
+    match stored {
+        Stored::Message(message) => Ok(SendReply { message, created }),
+        Stored::Blocked(flag) => {
+            let types: Vec<ContactKind> = flag.detections.iter().map(|d| d.kind).collect();
+            Err(ApiError::Blocked(
+                moderation::notice(Action::Block, &types).unwrap_or_default(),
+            ))
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyzeInput {
+    pub content: String,
+    /// Judge under this conversation's phase and stage (pre-booking without one).
+    pub conversation_id: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AnalyzeReply {
+    /// What sending it would do: `allow`, `warn`, `mask` or `block`.
+    #[schema(value_type = String)]
+    pub action: Action,
+    pub flag: bool,
+    /// The text the composer can show the writer.
+    pub notice: Option<String>,
+    #[schema(value_type = Object)]
+    pub analysis: Analysis,
+}
+
 impl App {
-    pub fn new(config: Config, store: Store, clock: Arc<dyn Clock>) -> App {
+    pub fn new(config: Config, store: Store, rules: Arc<Rules>, clock: Arc<dyn Clock>) -> App {
         let rate = NonZeroU32::new(config.limits.send_rate_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(config.limits.send_burst).unwrap_or(NonZeroU32::MIN);
         App {
             auth: Authenticator::new(&config.auth.jwt_secret, &config.auth.service_key),
             send_limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
             hub: Arc::new(Hub::default()),
+            moderator: Moderator::new(
+                Detector::new(&config.contact.detector()),
+                config.contact.history_messages,
+            ),
+            rules,
             config,
             store,
             clock,
@@ -162,8 +204,9 @@ impl App {
         Ok(self.store.messages(id, after, limit.clamp(1, 500))?)
     }
 
-    /// Stores and delivers a person's message. A retry with a used `client_id`
-    /// returns the stored message without counting against the rate limit.
+    /// Stores and delivers a person's message, as contact moderation allows. A
+    /// retry with a used `client_id` gets the first answer again, without counting
+    /// against the rate limit.
     pub async fn send(
         &self,
         caller: Caller,
@@ -172,14 +215,8 @@ impl App {
     ) -> Result<SendReply, ApiError> {
         let caller = caller.require_person()?;
         input.validate(self.config.limits.max_message_chars)?;
-        if let Some(message) = self
-            .store
-            .message_by_client_id(&caller.user_id, &input.client_id)?
-        {
-            return Ok(SendReply {
-                message,
-                created: false,
-            });
+        if let Some(stored) = self.store.by_client_id(&caller.user_id, &input.client_id)? {
+            return send_reply(stored, false);
         }
         if self.send_limiter.check_key(&caller.user_id).is_err() {
             metrics::counter!("parleyd_rate_limited_total").increment(1);
@@ -188,22 +225,99 @@ impl App {
                 self.config.limits.send_rate_per_second
             )));
         }
+        let conversation = self.conversation_of(&caller, conversation_id)?;
+        let history = self.store.recent_from(
+            conversation_id,
+            &caller.user_id,
+            self.moderator.history_len(),
+        )?;
+        let now = self.now();
+        let rules = self.rules.current();
+        let submission = Submission {
+            conversation: &conversation,
+            sender_id: &caller.user_id,
+            client_id: &input.client_id,
+            content: &input.content,
+            at: &now,
+        };
+        let outcome = self
+            .moderator
+            .moderate(&rules.contact, &submission, &history, || {
+                self.store
+                    .listing(&conversation.listing_id)
+                    .ok()
+                    .flatten()
+                    .and_then(|l| l.address)
+            });
         let appended = self.store.append_message(&NewMessage {
             conversation_id,
             sender_id: &caller.user_id,
             client_id: &input.client_id,
-            content: &input.content,
+            content: &outcome.content,
             kind: MessageType::Text,
-            created_at: self.now(),
+            created_at: now.clone(),
+            moderation: outcome.moderated,
         })?;
         self.commit_and_publish(appended.deliveries).await?;
         if appended.created {
             metrics::counter!("parleyd_messages_stored_total").increment(1);
         }
-        Ok(SendReply {
-            message: appended.message,
-            created: appended.created,
+        send_reply(appended.stored, appended.created)
+    }
+
+    /// The live composer check: what the policy would do with `content` in this
+    /// conversation (pre-booking rules without one). Nothing is stored.
+    pub fn analyze(&self, caller: Caller, input: AnalyzeInput) -> Result<AnalyzeReply, ApiError> {
+        let caller = caller.require_person()?;
+        check_len(
+            "content",
+            &input.content,
+            self.config.limits.max_message_chars,
+        )?;
+        let conversation = match &input.conversation_id {
+            Some(id) => Some(self.conversation_of(&caller, id)?),
+            None => None,
+        };
+        let history = match &conversation {
+            Some(c) => {
+                self.store
+                    .recent_from(&c.id, &caller.user_id, self.moderator.history_len())?
+            }
+            None => Vec::new(),
+        };
+        let history: Vec<&str> = history.iter().map(String::as_str).collect();
+        let analysis = self
+            .moderator
+            .detector()
+            .analyze_with_history(&input.content, &history);
+        let rules = self.rules.current();
+        let decision = match &conversation {
+            Some(c) => moderation::decide(&rules.contact, c, &analysis),
+            None => rules.contact.decide("pre_booking", None, &analysis),
+        };
+        let types: Vec<ContactKind> = analysis.detections.iter().map(|d| d.kind).collect();
+        Ok(AnalyzeReply {
+            notice: moderation::notice(decision.action, &types),
+            action: decision.action,
+            flag: decision.flag,
+            analysis,
         })
+    }
+
+    /// Moderation records for operators, oldest first, after the id `after`.
+    pub fn flags(
+        &self,
+        caller: Caller,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Flag>, ApiError> {
+        caller.require(&[Role::Operator])?;
+        Ok(self.store.flags(after, limit.clamp(1, 500))?)
+    }
+
+    pub fn rules_status(&self, caller: Caller) -> Result<RulesStatus, ApiError> {
+        caller.require(&[Role::Operator])?;
+        Ok(self.rules.status())
     }
 
     pub async fn read(

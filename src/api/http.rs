@@ -38,6 +38,15 @@ pub struct PageQuery {
     pub limit: Option<usize>,
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FlagsQuery {
+    /// Only records after this flag id (ids are time-ordered).
+    pub after: Option<String>,
+    /// At most this many (1-500, default 100).
+    pub limit: Option<usize>,
+}
+
 pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let limit = app.config.limits.max_body_bytes;
     let with_app = {
@@ -124,10 +133,31 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let signal = v1
         .and(warp::path!("signals"))
         .and(warp::post())
-        .and(with_app)
-        .and(who)
+        .and(with_app.clone())
+        .and(who.clone())
         .and(json_body(limit))
         .then(post_signal);
+
+    let analyze = v1
+        .and(warp::path!("contact" / "analyze"))
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(json_body(limit))
+        .then(analyze_contact);
+    let admin_rules = v1
+        .and(warp::path!("admin" / "rules"))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .then(admin_rules);
+    let admin_flags = v1
+        .and(warp::path!("admin" / "flags"))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(warp::query::<FlagsQuery>())
+        .then(admin_flags);
 
     put_user
         .or(put_listing)
@@ -151,6 +181,12 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(update_booking)
         .unify()
         .or(signal)
+        .unify()
+        .or(analyze)
+        .unify()
+        .or(admin_rules)
+        .unify()
+        .or(admin_flags)
         .unify()
         .boxed()
 }
@@ -301,4 +337,33 @@ pub async fn post_signal(app: Arc<App>, who: Auth, body: Body<SignalInput>) -> R
         StatusCode::ACCEPTED,
         async { app.signal(who?, body?).await }.await,
     )
+}
+
+/// Live composer check: what sending this would do. Nothing is stored.
+#[utoipa::path(post, path = "/v1/contact/analyze", request_body = crate::service::AnalyzeInput,
+    responses((status = 200, body = crate::service::AnalyzeReply), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn analyze_contact(
+    app: Arc<App>,
+    who: Auth,
+    body: Body<crate::service::AnalyzeInput>,
+) -> Response {
+    respond(StatusCode::OK, (|| app.analyze(who?, body?))())
+}
+
+/// The loaded rule set: version, when, files, and the errors of the last failed reload.
+#[utoipa::path(get, path = "/v1/admin/rules",
+    responses((status = 200, body = crate::rules::RulesStatus), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_rules(app: Arc<App>, who: Auth) -> Response {
+    respond(StatusCode::OK, who.and_then(|c| app.rules_status(c)))
+}
+
+/// Masked, blocked and flagged messages with their original text (operators only).
+#[utoipa::path(get, path = "/v1/admin/flags", params(FlagsQuery),
+    responses((status = 200, body = [crate::model::Flag]), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_flags(app: Arc<App>, who: Auth, query: FlagsQuery) -> Response {
+    let result = who.and_then(|c| app.flags(c, query.after.as_deref(), query.limit.unwrap_or(100)));
+    respond(StatusCode::OK, result)
 }

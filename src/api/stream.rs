@@ -332,7 +332,7 @@ impl Connection {
             .app
             .hub
             .subscribe(&self.caller.user_id, cfg.queue_capacity);
-        let head = match self.app.store.cursor(&self.caller.user_id) {
+        let head = match self.app.store.durable_cursor(&self.caller.user_id).await {
             Ok(head) => head,
             Err(e) => return internal(e.into()),
         };
@@ -593,7 +593,7 @@ async fn poll_events(
         .min(app.config.stream.long_poll_max_wait_seconds);
     // Subscribe before reading so an event committed in between still wakes us.
     let mut subscription = app.hub.subscribe(user, 16);
-    let head = app.store.cursor(user)?;
+    let head = app.store.durable_cursor(user).await?;
     let since = query.since.unwrap_or(0).min(head);
     if head == since && wait > 0 {
         let logged = async {
@@ -610,7 +610,7 @@ async fn poll_events(
         }
     }
     drop(subscription);
-    let head = app.store.cursor(user)?;
+    let head = app.store.durable_cursor(user).await?;
     let frames = app.store.events_between(user, since, head, page)?;
     let cursor = frames.last().and_then(|f| f.cursor).unwrap_or(since);
     Ok((frames, cursor))

@@ -36,6 +36,19 @@ pub fn client(sender_id: &str, client_id: &str) -> Vec<u8> {
     join(&[sender_id.as_bytes(), client_id.as_bytes()])
 }
 
+/// Marks a `client_ids` value as "blocked, see this flag"; message keys start with
+/// a conversation id, which never contains this byte.
+const BLOCKED: u8 = 0xFF;
+
+pub fn blocked(flag_id: &str) -> Vec<u8> {
+    join(&[&[BLOCKED], flag_id.as_bytes()])
+}
+
+/// The flag id of a `client_ids` value written by [`blocked`].
+pub fn blocked_flag(value: &[u8]) -> Option<&[u8]> {
+    value.strip_prefix(&[BLOCKED, SEP])
+}
+
 pub fn event(user_id: &str, cursor: u64) -> Vec<u8> {
     join(&[user_id.as_bytes(), &cursor.to_be_bytes()])
 }

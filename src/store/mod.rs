@@ -20,6 +20,10 @@
 //! | `cursors`       | user                      | u64, the last cursor        |
 //! | `bookings`      | booking                   | `Booking` JSON              |
 //! | `signals`       | signal (uuid v7, ordered) | `Signal` JSON               |
+//! | `flags`         | flag (uuid v7, ordered)   | `Flag` JSON                 |
+//!
+//! A `client_ids` value is the message's key, or `0xFF` + flag id for a message
+//! that moderation blocked (so a retry gets the same answer).
 
 mod commit;
 mod keys;
@@ -35,10 +39,11 @@ use sled::transaction::{
 use sled::{Transactional, Tree};
 
 use crate::config::{Durability, StorageConfig};
+use crate::contact::Action;
 use crate::events::{Frame, UserEvent};
 use crate::model::{
-    Booking, ContextCard, Conversation, Listing, Message, MessageStatus, MessageType,
-    ParticipantState, Phase, Signal, User,
+    Booking, ContextCard, Conversation, Flag, Listing, Message, MessageStatus, MessageType,
+    Moderation, ParticipantState, Phase, Signal, User,
 };
 
 use commit::GroupCommit;
@@ -70,7 +75,7 @@ pub struct Delivery {
 /// Outcome of appending a message.
 #[derive(Debug)]
 pub struct Appended {
-    pub message: Message,
+    pub stored: Stored,
     /// False when the sender's `client_id` was already stored: nothing new was written.
     pub created: bool,
     pub deliveries: Vec<Delivery>,
@@ -90,9 +95,29 @@ pub struct NewMessage<'a> {
     pub conversation_id: &'a str,
     pub sender_id: &'a str,
     pub client_id: &'a str,
+    /// What the recipient sees (masked when moderation says so).
     pub content: &'a str,
     pub kind: MessageType,
     pub created_at: String,
+    pub moderation: Option<Moderated>,
+}
+
+/// What contact moderation decided about a new message, to be stored with it.
+#[derive(Debug, Clone)]
+pub struct Moderated {
+    pub note: Moderation,
+    /// The record kept for operators (mask, block or review); its `message_seq`
+    /// is filled in when the message is stored.
+    pub flag: Option<Flag>,
+    /// Told to the sender in a `moderation` event; `None` for a silent decision.
+    pub notice: Option<String>,
+}
+
+/// What a sender already stored under a client id.
+#[derive(Debug)]
+pub enum Stored {
+    Message(Message),
+    Blocked(Flag),
 }
 
 #[derive(Clone)]
@@ -109,6 +134,7 @@ pub struct Store {
     cursors: Tree,
     bookings: Tree,
     signals: Tree,
+    flags: Tree,
     durability: Durability,
     group_commit: GroupCommit,
 }
@@ -195,6 +221,7 @@ impl Store {
             cursors: tree("cursors")?,
             bookings: tree("bookings")?,
             signals: tree("signals")?,
+            flags: tree("flags")?,
             durability: config.durability,
             group_commit: GroupCommit::start(db.clone()),
             db,
@@ -362,25 +389,37 @@ impl Store {
             .collect()
     }
 
-    /// The message a sender already stored under `client_id`, if any.
-    pub fn message_by_client_id(
+    /// What a sender already stored under `client_id`, if anything.
+    pub fn by_client_id(
         &self,
         sender_id: &str,
         client_id: &str,
-    ) -> Result<Option<Message>, StoreError> {
-        match self.client_ids.get(keys::client(sender_id, client_id))? {
-            Some(message_key) => self.get(&self.messages, &message_key),
-            None => Ok(None),
-        }
+    ) -> Result<Option<Stored>, StoreError> {
+        let Some(value) = self.client_ids.get(keys::client(sender_id, client_id))? else {
+            return Ok(None);
+        };
+        let stored = match keys::blocked_flag(&value) {
+            Some(flag_id) => self.get(&self.flags, flag_id)?.map(Stored::Blocked),
+            None => self.get(&self.messages, &value)?.map(Stored::Message),
+        };
+        stored
+            .ok_or_else(|| StoreError::Corrupt("client_id index points at nothing".into()))
+            .map(Some)
     }
 
     /// Stores a message with the next `seq` of its conversation, updates the
     /// conversation summary and unread counts, and logs a `message` event for every
-    /// participant, all in one transaction. A `client_id` the sender already used
-    /// returns the stored message and writes nothing.
+    /// participant, all in one transaction; with it go the moderation record for
+    /// operators and the sender's `moderation` event. A message moderation blocks
+    /// stores only those two. A `client_id` the sender already used returns what
+    /// was stored under it and writes nothing.
     pub fn append_message(&self, new: &NewMessage<'_>) -> Result<Appended, StoreError> {
         let client_key = keys::client(new.sender_id, new.client_id);
         let message_id = uuid::Uuid::now_v7().to_string();
+        let blocked = new
+            .moderation
+            .as_ref()
+            .is_some_and(|m| m.note.action == Action::Block);
         flatten(
             (
                 &self.conversations,
@@ -388,67 +427,165 @@ impl Store {
                 &self.client_ids,
                 &self.events,
                 &self.cursors,
+                &self.flags,
             )
-                .transaction(|(convs, messages, client_ids, events, cursors)| {
-                    if let Some(message_key) = client_ids.get(&client_key)? {
-                        return match tx_get::<Message>(messages, &message_key)? {
-                            Some(message) => Ok(Appended {
-                                message,
-                                created: false,
-                                deliveries: Vec::new(),
-                            }),
-                            None => abort(StoreError::Corrupt(
-                                "client_id index points at nothing".into(),
-                            )),
-                        };
-                    }
-                    let Some(mut conversation) =
-                        tx_get::<Conversation>(convs, new.conversation_id.as_bytes())?
-                    else {
-                        return abort(StoreError::NotFound("conversation"));
-                    };
-                    if !conversation.is_participant(new.sender_id) {
-                        return abort(StoreError::NotFound("conversation"));
-                    }
-                    let seq = conversation.last_seq + 1;
-                    let message = Message {
-                        id: message_id.clone(),
-                        seq,
-                        conversation_id: new.conversation_id.to_owned(),
-                        sender_id: new.sender_id.to_owned(),
-                        client_id: new.client_id.to_owned(),
-                        content: new.content.to_owned(),
-                        kind: new.kind,
-                        status: MessageStatus::Sent,
-                        created_at: new.created_at.clone(),
-                        read_at: None,
-                    };
-                    let message_key = keys::message(new.conversation_id, seq);
-                    messages.insert(message_key.as_slice(), encode(&message))?;
-                    client_ids.insert(client_key.as_slice(), message_key.as_slice())?;
-                    conversation.last_seq = seq;
-                    conversation.last_message = Some(message.summary());
-                    conversation.updated_at = new.created_at.clone();
-                    for p in &mut conversation.participants {
-                        if p.user_id != new.sender_id {
-                            p.unread_count += 1;
+                .transaction(
+                    |(convs, messages, client_ids, events, cursors, flags)| {
+                        if let Some(value) = client_ids.get(&client_key)? {
+                            let stored = match keys::blocked_flag(&value) {
+                                Some(flag_id) => tx_get(flags, flag_id)?.map(Stored::Blocked),
+                                None => tx_get(messages, &value)?.map(Stored::Message),
+                            };
+                            return match stored {
+                                Some(stored) => Ok(Appended {
+                                    stored,
+                                    created: false,
+                                    deliveries: Vec::new(),
+                                }),
+                                None => abort(StoreError::Corrupt(
+                                    "client_id index points at nothing".into(),
+                                )),
+                            };
                         }
-                    }
-                    convs.insert(new.conversation_id.as_bytes(), encode(&conversation))?;
-                    let event = UserEvent::Message {
-                        message: message.clone(),
-                    };
-                    let mut deliveries = Vec::with_capacity(conversation.participants.len());
-                    for p in &conversation.participants {
-                        deliveries.push(log_event(events, cursors, &p.user_id, &event)?);
-                    }
-                    Ok(Appended {
-                        message,
-                        created: true,
-                        deliveries,
-                    })
-                }),
+                        let Some(mut conversation) =
+                            tx_get::<Conversation>(convs, new.conversation_id.as_bytes())?
+                        else {
+                            return abort(StoreError::NotFound("conversation"));
+                        };
+                        if !conversation.is_participant(new.sender_id) {
+                            return abort(StoreError::NotFound("conversation"));
+                        }
+                        let mut deliveries = Vec::new();
+                        let seq = (!blocked).then_some(conversation.last_seq + 1);
+                        let flag = match &new.moderation {
+                            Some(moderated) => {
+                                let flag = moderated.flag.clone().map(|mut flag| {
+                                    flag.message_seq = seq;
+                                    flag
+                                });
+                                if let Some(flag) = &flag {
+                                    flags.insert(flag.id.as_bytes(), encode(flag))?;
+                                }
+                                if let Some(notice) = &moderated.notice {
+                                    let event = UserEvent::Moderation {
+                                        conversation_id: new.conversation_id.to_owned(),
+                                        client_id: new.client_id.to_owned(),
+                                        message_seq: seq,
+                                        action: moderated.note.action,
+                                        types: moderated.note.types.clone(),
+                                        notice: notice.clone(),
+                                    };
+                                    deliveries.push(log_event(
+                                        events,
+                                        cursors,
+                                        new.sender_id,
+                                        &event,
+                                    )?);
+                                }
+                                flag
+                            }
+                            None => None,
+                        };
+                        let Some(seq) = seq else {
+                            let Some(flag) = flag else {
+                                return abort(StoreError::Corrupt(
+                                    "a blocked message needs a moderation record".into(),
+                                ));
+                            };
+                            client_ids.insert(client_key.as_slice(), keys::blocked(&flag.id))?;
+                            return Ok(Appended {
+                                stored: Stored::Blocked(flag),
+                                created: true,
+                                deliveries,
+                            });
+                        };
+                        let message = Message {
+                            id: message_id.clone(),
+                            seq,
+                            conversation_id: new.conversation_id.to_owned(),
+                            sender_id: new.sender_id.to_owned(),
+                            client_id: new.client_id.to_owned(),
+                            content: new.content.to_owned(),
+                            kind: new.kind,
+                            status: MessageStatus::Sent,
+                            created_at: new.created_at.clone(),
+                            read_at: None,
+                            moderation: new.moderation.as_ref().map(|m| m.note.clone()),
+                        };
+                        let message_key = keys::message(new.conversation_id, seq);
+                        messages.insert(message_key.as_slice(), encode(&message))?;
+                        client_ids.insert(client_key.as_slice(), message_key.as_slice())?;
+                        conversation.last_seq = seq;
+                        conversation.last_message = Some(message.summary());
+                        conversation.updated_at = new.created_at.clone();
+                        for p in &mut conversation.participants {
+                            if p.user_id != new.sender_id {
+                                p.unread_count += 1;
+                            }
+                        }
+                        convs.insert(new.conversation_id.as_bytes(), encode(&conversation))?;
+                        let event = UserEvent::Message {
+                            message: message.clone(),
+                        };
+                        for p in &conversation.participants {
+                            deliveries.push(log_event(events, cursors, &p.user_id, &event)?);
+                        }
+                        Ok(Appended {
+                            stored: Stored::Message(message),
+                            created: true,
+                            deliveries,
+                        })
+                    },
+                ),
         )
+    }
+
+    /// The sender's last `n` messages in a conversation, oldest first (for
+    /// detecting contact details split across messages).
+    pub fn recent_from(
+        &self,
+        conversation_id: &str,
+        sender_id: &str,
+        n: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        // Enough to find n of the sender's messages in a lively conversation
+        // without reading a long monologue of the other side.
+        const SCAN: usize = 20;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let start = keys::message(conversation_id, 0);
+        let end = keys::message(conversation_id, u64::MAX);
+        /// Only the two fields needed, so the rest is skipped, not allocated.
+        #[derive(serde::Deserialize)]
+        struct Brief {
+            sender_id: String,
+            content: String,
+        }
+        let mut recent = Vec::new();
+        for entry in self.messages.range(start..=end).rev().take(SCAN) {
+            let message: Brief = decode(&entry?.1)?;
+            if message.sender_id == sender_id {
+                recent.push(message.content);
+                if recent.len() == n {
+                    break;
+                }
+            }
+        }
+        recent.reverse();
+        Ok(recent)
+    }
+
+    /// Moderation records in id (time) order after `after`, at most `limit`.
+    pub fn flags(&self, after: Option<&str>, limit: usize) -> Result<Vec<Flag>, StoreError> {
+        let iter = match after {
+            Some(after) => self.flags.range::<&[u8], _>((
+                std::ops::Bound::Excluded(after.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.flags.iter(),
+        };
+        iter.take(limit).map(|entry| decode(&entry?.1)).collect()
     }
 
     /// Marks the other participants' messages up to `seq` read for `reader_id`,
@@ -580,6 +717,15 @@ impl Store {
             .cursors
             .get(user_id.as_bytes())?
             .map_or(0, |v| keys::read_u64(&v)))
+    }
+
+    /// The user's last cursor, once everything up to it is on disk: readers of the
+    /// log never hand out an event a crash could still take back (and whose cursor
+    /// would then be reused).
+    pub async fn durable_cursor(&self, user_id: &str) -> Result<u64, StoreError> {
+        let head = self.cursor(user_id)?;
+        self.durable().await?;
+        Ok(head)
     }
 
     /// Logged events with cursor in `(after, until]`, at most `limit`, in order.
