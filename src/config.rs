@@ -161,7 +161,7 @@ impl Default for StreamConfig {
             queue_capacity: 256,
             heartbeat_seconds: 20,
             idle_timeout_seconds: 60,
-            max_inflight_per_connection: 32,
+            max_inflight_per_connection: 8,
             long_poll_max_wait_seconds: 30,
             replay_page: 500,
         }

@@ -10,9 +10,10 @@ use tokio::net::TcpListener;
 use crate::api::{self, Streams};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::hub::Hub;
 use crate::rules::{RuleError, Rules, Watcher};
 use crate::service::App;
-use crate::store::{Store, StoreError};
+use crate::store::{Delivery, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -35,7 +36,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(),
 ) -> Result<(), StartError> {
-    let store = Store::open(&config.data_dir, &config.storage)?;
+    let hub = Arc::new(Hub::default());
+    let publish_to = hub.clone();
+    let store = Store::open(
+        &config.data_dir,
+        &config.storage,
+        Arc::new(move |d: &Delivery| publish_to.publish(&d.user_id, &d.frame)),
+    )?;
     let clock = Arc::new(SystemClock);
     let rules_clock = clock.clone();
     let rules = Rules::open(
@@ -46,7 +53,7 @@ pub async fn run(
     let rules = Arc::new(rules);
     let _watcher = Watcher::start(rules.clone())?;
     let reload_on_hangup = tokio::spawn(reload_on_hangup(rules.clone()));
-    let app = Arc::new(App::new(config, store, rules, clock));
+    let app = Arc::new(App::new(config, store, hub, rules, clock));
     let streams = Arc::new(Streams::default());
     let metrics = crate::telemetry::metrics();
     let upkeep = tokio::spawn({

@@ -21,7 +21,7 @@ use crate::model::{
 };
 use crate::moderation::{self, Moderator, Submission};
 use crate::rules::{Rules, RulesStatus};
-use crate::store::{Delivery, NewMessage, Store, Stored};
+use crate::store::{NewMessage, Store, Stored};
 
 /// The reply to a send: the stored message, and whether this call stored it.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -82,13 +82,19 @@ pub struct AnalyzeReply {
 }
 
 impl App {
-    pub fn new(config: Config, store: Store, rules: Arc<Rules>, clock: Arc<dyn Clock>) -> App {
+    pub fn new(
+        config: Config,
+        store: Store,
+        hub: Arc<Hub>,
+        rules: Arc<Rules>,
+        clock: Arc<dyn Clock>,
+    ) -> App {
         let rate = NonZeroU32::new(config.limits.send_rate_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(config.limits.send_burst).unwrap_or(NonZeroU32::MIN);
         App {
             auth: Authenticator::new(&config.auth.jwt_secret, &config.auth.service_key),
             send_limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
-            hub: Arc::new(Hub::default()),
+            hub,
             moderator: Moderator::new(
                 Detector::new(&config.contact.detector()),
                 config.contact.history_messages,
@@ -108,15 +114,6 @@ impl App {
     /// not to matter; called periodically so the map does not grow forever.
     pub fn prune_rate_limits(&self) {
         self.send_limiter.retain_recent();
-    }
-
-    /// Waits for durability, then hands the committed events to live connections.
-    async fn commit_and_publish(&self, deliveries: Vec<Delivery>) -> Result<(), ApiError> {
-        self.store.durable().await?;
-        for d in &deliveries {
-            self.hub.publish(&d.user_id, &d.frame);
-        }
-        Ok(())
     }
 
     /// The conversation, if `caller` takes part in it; 404 otherwise (whether or
@@ -170,10 +167,10 @@ impl App {
                 "a provider cannot open a conversation about their own listing".into(),
             ));
         }
-        let (conversation, created, deliveries) =
-            self.store
-                .open_conversation(&listing, &caller.user_id, &self.now())?;
-        self.commit_and_publish(deliveries).await?;
+        let (conversation, created) = self
+            .store
+            .open_conversation(&listing, &caller.user_id, &self.now())
+            .await?;
         Ok((self.view(&caller, &conversation)?, created))
     }
 
@@ -249,20 +246,22 @@ impl App {
                     .flatten()
                     .and_then(|l| l.address)
             });
-        let appended = self.store.append_message(&NewMessage {
-            conversation_id,
-            sender_id: &caller.user_id,
-            client_id: &input.client_id,
-            content: &outcome.content,
-            kind: MessageType::Text,
-            created_at: now.clone(),
-            moderation: outcome.moderated,
-        })?;
-        self.commit_and_publish(appended.deliveries).await?;
-        if appended.created {
+        let (stored, created) = self
+            .store
+            .append_message(NewMessage {
+                conversation_id: conversation_id.to_owned(),
+                sender_id: caller.user_id.clone(),
+                client_id: input.client_id,
+                content: outcome.content,
+                kind: MessageType::Text,
+                created_at: now,
+                moderation: outcome.moderated,
+            })
+            .await?;
+        if created {
             metrics::counter!("parleyd_messages_stored_total").increment(1);
         }
-        send_reply(appended.stored, appended.created)
+        send_reply(stored, created)
     }
 
     /// The live composer check: what the policy would do with `content` in this
@@ -327,14 +326,14 @@ impl App {
         seq: u64,
     ) -> Result<ReadReply, ApiError> {
         let caller = caller.require_person()?;
-        let state = self
+        let (last_read_seq, unread_count) = self
             .store
-            .mark_read(conversation_id, &caller.user_id, seq, &self.now())?;
-        self.commit_and_publish(state.deliveries).await?;
+            .mark_read(conversation_id, &caller.user_id, seq, &self.now())
+            .await?;
         Ok(ReadReply {
             conversation_id: conversation_id.to_owned(),
-            last_read_seq: state.last_read_seq,
-            unread_count: state.unread_count,
+            last_read_seq,
+            unread_count,
         })
     }
 
@@ -384,10 +383,10 @@ impl App {
                     .store
                     .listing(&listing_id)?
                     .ok_or_else(|| ApiError::not_found("listing"))?;
-                let (conversation, _, deliveries) =
-                    self.store
-                        .open_conversation(&listing, &customer_id, &self.now())?;
-                self.commit_and_publish(deliveries).await?;
+                let (conversation, _) = self
+                    .store
+                    .open_conversation(&listing, &customer_id, &self.now())
+                    .await?;
                 conversation
             }
             _ => {
@@ -450,8 +449,8 @@ impl App {
         conversation: &Conversation,
     ) -> Result<(), ApiError> {
         let card = self.store.card(conversation)?;
-        let (_, deliveries) = self.store.put_booking(booking, &card)?;
-        self.commit_and_publish(deliveries).await
+        self.store.put_booking(booking, &card).await?;
+        Ok(())
     }
 
     pub async fn signal(&self, caller: Caller, input: SignalInput) -> Result<Signal, ApiError> {

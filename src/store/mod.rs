@@ -25,28 +25,27 @@
 //! A `client_ids` value is the message's key, or `0xFF` + flag id for a message
 //! that moderation blocked (so a retry gets the same answer).
 
-mod commit;
 mod keys;
+mod writer;
+mod writes;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
-};
-use sled::{Transactional, Tree};
+use sled::Tree;
 
-use crate::config::{Durability, StorageConfig};
-use crate::contact::Action;
-use crate::events::{Frame, UserEvent};
+use crate::config::StorageConfig;
+use crate::events::Frame;
 use crate::model::{
-    Booking, ContextCard, Conversation, Flag, Listing, Message, MessageStatus, MessageType,
-    Moderation, ParticipantState, Phase, Signal, User,
+    Booking, ContextCard, Conversation, Flag, Listing, Message, MessageType, Moderation, Signal,
+    User,
 };
 
-use commit::GroupCommit;
+use writer::{WriteTrees, Writer};
+
+pub use writer::Publish;
 
 /// Bumped whenever the layout above changes incompatibly.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -72,31 +71,14 @@ pub struct Delivery {
     pub frame: Arc<Frame>,
 }
 
-/// Outcome of appending a message.
-#[derive(Debug)]
-pub struct Appended {
-    pub stored: Stored,
-    /// False when the sender's `client_id` was already stored: nothing new was written.
-    pub created: bool,
-    pub deliveries: Vec<Delivery>,
-}
-
-/// Outcome of marking messages read.
-#[derive(Debug)]
-pub struct ReadState {
-    pub last_read_seq: u64,
-    pub unread_count: u64,
-    pub deliveries: Vec<Delivery>,
-}
-
 /// What a new message is: who sends it, where, and with which client id.
 #[derive(Debug, Clone)]
-pub struct NewMessage<'a> {
-    pub conversation_id: &'a str,
-    pub sender_id: &'a str,
-    pub client_id: &'a str,
+pub struct NewMessage {
+    pub conversation_id: String,
+    pub sender_id: String,
+    pub client_id: String,
     /// What the recipient sees (masked when moderation says so).
-    pub content: &'a str,
+    pub content: String,
     pub kind: MessageType,
     pub created_at: String,
     pub moderation: Option<Moderated>,
@@ -135,11 +117,8 @@ pub struct Store {
     bookings: Tree,
     signals: Tree,
     flags: Tree,
-    durability: Durability,
-    group_commit: GroupCommit,
+    writer: Writer,
 }
-
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -151,50 +130,10 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-fn abort<T>(e: StoreError) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(e))
-}
-
-fn tx_get<T: DeserializeOwned>(tree: &TransactionalTree, key: &[u8]) -> TxResult<Option<T>> {
-    match tree.get(key)? {
-        Some(bytes) => match decode(&bytes) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) => abort(e),
-        },
-        None => Ok(None),
-    }
-}
-
-fn flatten<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
-    r.map_err(|e| match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => StoreError::Sled(e),
-    })
-}
-
-/// Appends `event` to the user's log inside a transaction: the next cursor is
-/// allocated from the user's counter, so log order is commit order.
-fn log_event(
-    events: &TransactionalTree,
-    cursors: &TransactionalTree,
-    user_id: &str,
-    event: &UserEvent,
-) -> Result<Delivery, UnabortableTransactionError> {
-    let cursor = cursors
-        .get(user_id.as_bytes())?
-        .map_or(0, |v| keys::read_u64(&v))
-        + 1;
-    cursors.insert(user_id.as_bytes(), &cursor.to_be_bytes())?;
-    let frame = Frame::logged(cursor, event);
-    events.insert(keys::event(user_id, cursor), frame.json.as_bytes())?;
-    Ok(Delivery {
-        user_id: user_id.to_owned(),
-        frame: Arc::new(frame),
-    })
-}
-
 impl Store {
-    pub fn open(dir: &Path, config: &StorageConfig) -> Result<Store, StoreError> {
+    /// Opens (or creates) the data directory. `publish` receives every committed
+    /// event once it is durable, in commit order.
+    pub fn open(dir: &Path, config: &StorageConfig, publish: Publish) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Schema(format!(
                 "cannot create data directory {}: {e}",
@@ -209,7 +148,7 @@ impl Store {
             .open()?;
         check_schema(&db, dir)?;
         let tree = |name: &str| db.open_tree(name);
-        Ok(Store {
+        let store = Store {
             users: tree("users")?,
             listings: tree("listings")?,
             conversations: tree("conversations")?,
@@ -222,19 +161,32 @@ impl Store {
             bookings: tree("bookings")?,
             signals: tree("signals")?,
             flags: tree("flags")?,
-            durability: config.durability,
-            group_commit: GroupCommit::start(db.clone()),
+            writer: Writer::start(
+                db.clone(),
+                WriteTrees {
+                    conversations: tree("conversations")?,
+                    conv_pairs: tree("conv_pairs")?,
+                    user_convs: tree("user_convs")?,
+                    messages: tree("messages")?,
+                    client_ids: tree("client_ids")?,
+                    events: tree("events")?,
+                    cursors: tree("cursors")?,
+                    bookings: tree("bookings")?,
+                    flags: tree("flags")?,
+                },
+                config.durability,
+                publish,
+            ),
             db,
-        })
+        };
+        Ok(store)
     }
 
-    /// Waits until everything committed before the call is on disk (one shared
-    /// flush for all concurrent callers), or returns at once under `periodic`.
+    /// Waits until everything written before the call is on disk (under
+    /// `group_commit`; committed under `periodic`): an empty operation in the
+    /// writer's next batch.
     pub async fn durable(&self) -> Result<(), StoreError> {
-        match self.durability {
-            Durability::GroupCommit => self.group_commit.wait().await,
-            Durability::Periodic => Ok(()),
-        }
+        self.writer.run(|_, _| Ok(Ok(()))).await
     }
 
     /// Flushes synchronously; used at shutdown.
@@ -292,70 +244,19 @@ impl Store {
 
     /// Opens the conversation between `customer_id` and the listing's provider, or
     /// returns the one that exists. `created` tells which.
-    pub fn open_conversation(
+    pub async fn open_conversation(
         &self,
         listing: &Listing,
         customer_id: &str,
         now: &str,
-    ) -> Result<(Conversation, bool, Vec<Delivery>), StoreError> {
-        let pair = keys::pair(&listing.id, customer_id);
+    ) -> Result<(Conversation, bool), StoreError> {
+        let (listing, customer_id, now) = (listing.clone(), customer_id.to_owned(), now.to_owned());
         let new_id = uuid::Uuid::now_v7().to_string();
-        let card = listing.card();
-        flatten(
-            (
-                &self.conversations,
-                &self.conv_pairs,
-                &self.user_convs,
-                &self.events,
-                &self.cursors,
-            )
-                .transaction(|(convs, pairs, user_convs, events, cursors)| {
-                    if let Some(id) = pairs.get(&pair)? {
-                        return match tx_get::<Conversation>(convs, &id)? {
-                            Some(existing) => Ok((existing, false, Vec::new())),
-                            None => abort(StoreError::Corrupt(
-                                "conversation index points at nothing".into(),
-                            )),
-                        };
-                    }
-                    let participant = |user_id: &str| ParticipantState {
-                        user_id: user_id.to_owned(),
-                        last_read_seq: 0,
-                        unread_count: 0,
-                    };
-                    let conversation = Conversation {
-                        id: new_id.clone(),
-                        listing_id: listing.id.clone(),
-                        customer_id: customer_id.to_owned(),
-                        provider_id: listing.provider_id.clone(),
-                        phase: Phase::PreBooking,
-                        stage: None,
-                        booking_id: None,
-                        last_seq: 0,
-                        last_message: None,
-                        participants: vec![
-                            participant(customer_id),
-                            participant(&listing.provider_id),
-                        ],
-                        listing_snapshot: card.clone(),
-                        created_at: now.to_owned(),
-                        updated_at: now.to_owned(),
-                    };
-                    convs.insert(new_id.as_bytes(), encode(&conversation))?;
-                    pairs.insert(pair.as_slice(), new_id.as_bytes())?;
-                    let mut deliveries = Vec::new();
-                    for p in &conversation.participants {
-                        user_convs.insert(keys::user_conv(&p.user_id, &new_id), &[])?;
-                        let event = UserEvent::Conversation {
-                            conversation: Box::new(
-                                conversation.view_for(&p.user_id, Some(card.clone())),
-                            ),
-                        };
-                        deliveries.push(log_event(events, cursors, &p.user_id, &event)?);
-                    }
-                    Ok((conversation, true, deliveries))
-                }),
-        )
+        self.writer
+            .run(move |tx, out| {
+                writes::open_conversation(tx, &listing, &customer_id, &now, &new_id, out)
+            })
+            .await
     }
 
     /// Conversations `user_id` takes part in, most recently active first.
@@ -412,132 +313,12 @@ impl Store {
     /// participant, all in one transaction; with it go the moderation record for
     /// operators and the sender's `moderation` event. A message moderation blocks
     /// stores only those two. A `client_id` the sender already used returns what
-    /// was stored under it and writes nothing.
-    pub fn append_message(&self, new: &NewMessage<'_>) -> Result<Appended, StoreError> {
-        let client_key = keys::client(new.sender_id, new.client_id);
+    /// was stored under it (`created` false) and writes nothing.
+    pub async fn append_message(&self, new: NewMessage) -> Result<(Stored, bool), StoreError> {
         let message_id = uuid::Uuid::now_v7().to_string();
-        let blocked = new
-            .moderation
-            .as_ref()
-            .is_some_and(|m| m.note.action == Action::Block);
-        flatten(
-            (
-                &self.conversations,
-                &self.messages,
-                &self.client_ids,
-                &self.events,
-                &self.cursors,
-                &self.flags,
-            )
-                .transaction(
-                    |(convs, messages, client_ids, events, cursors, flags)| {
-                        if let Some(value) = client_ids.get(&client_key)? {
-                            let stored = match keys::blocked_flag(&value) {
-                                Some(flag_id) => tx_get(flags, flag_id)?.map(Stored::Blocked),
-                                None => tx_get(messages, &value)?.map(Stored::Message),
-                            };
-                            return match stored {
-                                Some(stored) => Ok(Appended {
-                                    stored,
-                                    created: false,
-                                    deliveries: Vec::new(),
-                                }),
-                                None => abort(StoreError::Corrupt(
-                                    "client_id index points at nothing".into(),
-                                )),
-                            };
-                        }
-                        let Some(mut conversation) =
-                            tx_get::<Conversation>(convs, new.conversation_id.as_bytes())?
-                        else {
-                            return abort(StoreError::NotFound("conversation"));
-                        };
-                        if !conversation.is_participant(new.sender_id) {
-                            return abort(StoreError::NotFound("conversation"));
-                        }
-                        let mut deliveries = Vec::new();
-                        let seq = (!blocked).then_some(conversation.last_seq + 1);
-                        let flag = match &new.moderation {
-                            Some(moderated) => {
-                                let flag = moderated.flag.clone().map(|mut flag| {
-                                    flag.message_seq = seq;
-                                    flag
-                                });
-                                if let Some(flag) = &flag {
-                                    flags.insert(flag.id.as_bytes(), encode(flag))?;
-                                }
-                                if let Some(notice) = &moderated.notice {
-                                    let event = UserEvent::Moderation {
-                                        conversation_id: new.conversation_id.to_owned(),
-                                        client_id: new.client_id.to_owned(),
-                                        message_seq: seq,
-                                        action: moderated.note.action,
-                                        types: moderated.note.types.clone(),
-                                        notice: notice.clone(),
-                                    };
-                                    deliveries.push(log_event(
-                                        events,
-                                        cursors,
-                                        new.sender_id,
-                                        &event,
-                                    )?);
-                                }
-                                flag
-                            }
-                            None => None,
-                        };
-                        let Some(seq) = seq else {
-                            let Some(flag) = flag else {
-                                return abort(StoreError::Corrupt(
-                                    "a blocked message needs a moderation record".into(),
-                                ));
-                            };
-                            client_ids.insert(client_key.as_slice(), keys::blocked(&flag.id))?;
-                            return Ok(Appended {
-                                stored: Stored::Blocked(flag),
-                                created: true,
-                                deliveries,
-                            });
-                        };
-                        let message = Message {
-                            id: message_id.clone(),
-                            seq,
-                            conversation_id: new.conversation_id.to_owned(),
-                            sender_id: new.sender_id.to_owned(),
-                            client_id: new.client_id.to_owned(),
-                            content: new.content.to_owned(),
-                            kind: new.kind,
-                            status: MessageStatus::Sent,
-                            created_at: new.created_at.clone(),
-                            read_at: None,
-                            moderation: new.moderation.as_ref().map(|m| m.note.clone()),
-                        };
-                        let message_key = keys::message(new.conversation_id, seq);
-                        messages.insert(message_key.as_slice(), encode(&message))?;
-                        client_ids.insert(client_key.as_slice(), message_key.as_slice())?;
-                        conversation.last_seq = seq;
-                        conversation.last_message = Some(message.summary());
-                        conversation.updated_at = new.created_at.clone();
-                        for p in &mut conversation.participants {
-                            if p.user_id != new.sender_id {
-                                p.unread_count += 1;
-                            }
-                        }
-                        convs.insert(new.conversation_id.as_bytes(), encode(&conversation))?;
-                        let event = UserEvent::Message {
-                            message: message.clone(),
-                        };
-                        for p in &conversation.participants {
-                            deliveries.push(log_event(events, cursors, &p.user_id, &event)?);
-                        }
-                        Ok(Appended {
-                            stored: Stored::Message(message),
-                            created: true,
-                            deliveries,
-                        })
-                    },
-                ),
-        )
+        self.writer
+            .run(move |tx, out| writes::append_message(tx, &new, &message_id, out))
+            .await
     }
 
     /// The sender's last `n` messages in a conversation, oldest first (for
@@ -590,76 +371,23 @@ impl Store {
 
     /// Marks the other participants' messages up to `seq` read for `reader_id`,
     /// recomputes the reader's unread count and logs a `receipt` for everyone.
-    /// Reading backwards (a `seq` at or below what was already read) changes nothing.
-    pub fn mark_read(
+    /// Reading backwards (a `seq` at or below what was already read) changes
+    /// nothing. Returns the reader's `(last_read_seq, unread_count)`.
+    pub async fn mark_read(
         &self,
         conversation_id: &str,
         reader_id: &str,
         seq: u64,
         now: &str,
-    ) -> Result<ReadState, StoreError> {
-        flatten(
-            (
-                &self.conversations,
-                &self.messages,
-                &self.events,
-                &self.cursors,
-            )
-                .transaction(|(convs, messages, events, cursors)| {
-                    let Some(mut conversation) =
-                        tx_get::<Conversation>(convs, conversation_id.as_bytes())?
-                    else {
-                        return abort(StoreError::NotFound("conversation"));
-                    };
-                    let last_seq = conversation.last_seq;
-                    let Some(reader) = conversation.participant_mut(reader_id) else {
-                        return abort(StoreError::NotFound("conversation"));
-                    };
-                    let target = seq.min(last_seq);
-                    if target <= reader.last_read_seq {
-                        return Ok(ReadState {
-                            last_read_seq: reader.last_read_seq,
-                            unread_count: reader.unread_count,
-                            deliveries: Vec::new(),
-                        });
-                    }
-                    let mut newly_read = 0;
-                    for s in reader.last_read_seq + 1..=target {
-                        let key = keys::message(conversation_id, s);
-                        let Some(mut message) = tx_get::<Message>(messages, &key)? else {
-                            return abort(StoreError::Corrupt(format!(
-                                "message {s} of {conversation_id} is missing"
-                            )));
-                        };
-                        if message.sender_id != reader_id {
-                            message.status = MessageStatus::Read;
-                            message.read_at = Some(now.to_owned());
-                            messages.insert(key.as_slice(), encode(&message))?;
-                            newly_read += 1;
-                        }
-                    }
-                    reader.last_read_seq = target;
-                    reader.unread_count = reader.unread_count.saturating_sub(newly_read);
-                    let state = (reader.last_read_seq, reader.unread_count);
-                    convs.insert(conversation_id.as_bytes(), encode(&conversation))?;
-                    let event = UserEvent::Receipt {
-                        conversation_id: conversation_id.to_owned(),
-                        reader_id: reader_id.to_owned(),
-                        seq: target,
-                        read_at: now.to_owned(),
-                        unread_count: state.1,
-                    };
-                    let mut deliveries = Vec::new();
-                    for p in &conversation.participants {
-                        deliveries.push(log_event(events, cursors, &p.user_id, &event)?);
-                    }
-                    Ok(ReadState {
-                        last_read_seq: state.0,
-                        unread_count: state.1,
-                        deliveries,
-                    })
-                }),
-        )
+    ) -> Result<(u64, u64), StoreError> {
+        let (conversation_id, reader_id, now) = (
+            conversation_id.to_owned(),
+            reader_id.to_owned(),
+            now.to_owned(),
+        );
+        self.writer
+            .run(move |tx, out| writes::mark_read(tx, &conversation_id, &reader_id, seq, &now, out))
+            .await
     }
 
     pub fn booking(&self, id: &str) -> Result<Option<Booking>, StoreError> {
@@ -668,42 +396,15 @@ impl Store {
 
     /// Stores a booking and moves its conversation to post-booking at the booking's
     /// stage, telling both participants with a `conversation` event.
-    pub fn put_booking(
+    pub async fn put_booking(
         &self,
         booking: &Booking,
         card: &ContextCard,
-    ) -> Result<(Conversation, Vec<Delivery>), StoreError> {
-        flatten(
-            (
-                &self.bookings,
-                &self.conversations,
-                &self.events,
-                &self.cursors,
-            )
-                .transaction(|(bookings, convs, events, cursors)| {
-                    let Some(mut conversation) =
-                        tx_get::<Conversation>(convs, booking.conversation_id.as_bytes())?
-                    else {
-                        return abort(StoreError::NotFound("conversation"));
-                    };
-                    bookings.insert(booking.id.as_bytes(), encode(booking))?;
-                    conversation.phase = Phase::PostBooking;
-                    conversation.stage = Some(booking.stage);
-                    conversation.booking_id = Some(booking.id.clone());
-                    conversation.updated_at = booking.updated_at.clone();
-                    convs.insert(conversation.id.as_bytes(), encode(&conversation))?;
-                    let mut deliveries = Vec::new();
-                    for p in &conversation.participants {
-                        let event = UserEvent::Conversation {
-                            conversation: Box::new(
-                                conversation.view_for(&p.user_id, Some(card.clone())),
-                            ),
-                        };
-                        deliveries.push(log_event(events, cursors, &p.user_id, &event)?);
-                    }
-                    Ok((conversation, deliveries))
-                }),
-        )
+    ) -> Result<Conversation, StoreError> {
+        let (booking, card) = (booking.clone(), card.clone());
+        self.writer
+            .run(move |tx, out| writes::put_booking(tx, &booking, &card, out))
+            .await
     }
 
     pub fn put_signal(&self, signal: &Signal) -> Result<(), StoreError> {

@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::StorageConfig;
-use crate::model::{ContextCard, MessageType};
+use crate::model::{ContextCard, MessageStatus, MessageType};
 
 fn config() -> StorageConfig {
     StorageConfig {
@@ -26,87 +26,125 @@ fn listing() -> Listing {
     }
 }
 
-fn message<'a>(conversation_id: &'a str, sender: &'a str, client_id: &'a str) -> NewMessage<'a> {
+fn message(conversation_id: &str, sender: &str, client_id: &str) -> NewMessage {
     NewMessage {
-        conversation_id,
-        sender_id: sender,
-        client_id,
-        content: "hello",
+        conversation_id: conversation_id.into(),
+        sender_id: sender.into(),
+        client_id: client_id.into(),
+        content: "hello".into(),
         kind: MessageType::Text,
         created_at: "2026-11-25T00:00:00.000Z".into(),
         moderation: None,
     }
 }
 
-fn stored(appended: &Appended) -> &Message {
-    match &appended.stored {
+fn stored(appended: &(Stored, bool)) -> &Message {
+    match &appended.0 {
         Stored::Message(m) => m,
         Stored::Blocked(_) => panic!("expected a message"),
     }
 }
 
-fn open(dir: &Path) -> (Store, Conversation) {
-    let store = Store::open(dir, &config()).unwrap();
+fn store(dir: &Path) -> Store {
+    Store::open(dir, &config(), Arc::new(|_: &Delivery| {})).unwrap()
+}
+
+async fn open(dir: &Path) -> (Store, Conversation) {
+    let store = store(dir);
     store.put_listing(&listing()).unwrap();
-    let (conversation, _, _) = store.open_conversation(&listing(), "cust", "t0").unwrap();
+    let (conversation, _) = store
+        .open_conversation(&listing(), "cust", "t0")
+        .await
+        .unwrap();
     (store, conversation)
 }
 
-#[test]
-fn opening_twice_returns_the_same_conversation() {
+/// Number of events in the user's log.
+fn logged(store: &Store, user: &str) -> u64 {
+    store.cursor(user).unwrap()
+}
+
+#[tokio::test]
+async fn opening_twice_returns_the_same_conversation() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, first) = open(dir.path());
-    let (again, created, deliveries) = store.open_conversation(&listing(), "cust", "t1").unwrap();
+    let (store, first) = open(dir.path()).await;
+    let (again, created) = store
+        .open_conversation(&listing(), "cust", "t1")
+        .await
+        .unwrap();
     assert!(!created);
-    assert!(deliveries.is_empty());
     assert_eq!(again.id, first.id);
+    assert_eq!(logged(&store, "cust"), 1, "no second conversation event");
     assert_eq!(store.conversations_of("prov").unwrap().len(), 1);
     assert!(store.conversations_of("pro").unwrap().is_empty());
 }
 
-#[test]
-fn a_client_id_stores_one_message() {
+#[tokio::test]
+async fn a_client_id_stores_one_message() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, c) = open(dir.path());
-    let first = store.append_message(&message(&c.id, "cust", "x")).unwrap();
-    let second = store.append_message(&message(&c.id, "cust", "x")).unwrap();
-    assert!(first.created && !second.created);
+    let (store, c) = open(dir.path()).await;
+    let first = store
+        .append_message(message(&c.id, "cust", "x"))
+        .await
+        .unwrap();
+    let second = store
+        .append_message(message(&c.id, "cust", "x"))
+        .await
+        .unwrap();
+    assert!(first.1 && !second.1);
     assert_eq!(stored(&first), stored(&second));
-    assert!(second.deliveries.is_empty());
+    assert_eq!(
+        logged(&store, "prov"),
+        2,
+        "one conversation and one message event"
+    );
     // Another sender may use the same client id.
-    let other = store.append_message(&message(&c.id, "prov", "x")).unwrap();
-    assert!(other.created);
+    let other = store
+        .append_message(message(&c.id, "prov", "x"))
+        .await
+        .unwrap();
+    assert!(other.1);
     assert_eq!(stored(&other).seq, 2);
 }
 
-#[test]
-fn strangers_cannot_append() {
+#[tokio::test]
+async fn strangers_cannot_append() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, c) = open(dir.path());
+    let (store, c) = open(dir.path()).await;
     let err = store
-        .append_message(&message(&c.id, "eve", "x"))
+        .append_message(message(&c.id, "eve", "x"))
+        .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)));
     assert!(store.messages(&c.id, 0, 10).unwrap().is_empty());
+    // The failed operation did not disturb the others in its batch.
+    store
+        .append_message(message(&c.id, "cust", "y"))
+        .await
+        .unwrap();
+    assert_eq!(store.messages(&c.id, 0, 10).unwrap().len(), 1);
 }
 
-#[test]
-fn concurrent_appends_get_gap_free_seqs_and_counts() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_get_gap_free_seqs_and_counts() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, c) = open(dir.path());
-    std::thread::scope(|s| {
-        for sender in ["cust", "prov"] {
-            for t in 0..4 {
-                let (store, id) = (&store, &c.id);
-                s.spawn(move || {
-                    for i in 0..25 {
-                        let client = format!("{t}-{i}");
-                        store.append_message(&message(id, sender, &client)).unwrap();
-                    }
-                });
-            }
+    let (store, c) = open(dir.path()).await;
+    let mut tasks = Vec::new();
+    for sender in ["cust", "prov"] {
+        for i in 0..100 {
+            let (store, id) = (store.clone(), c.id.clone());
+            tasks.push(tokio::spawn(async move {
+                let client = format!("{sender}-{i}");
+                store
+                    .append_message(message(&id, sender, &client))
+                    .await
+                    .unwrap();
+            }));
         }
-    });
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
     let messages = store.messages(&c.id, 0, 500).unwrap();
     let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
@@ -120,88 +158,103 @@ fn concurrent_appends_get_gap_free_seqs_and_counts() {
         let frames = store.events_between(user, 0, u64::MAX, 1000).unwrap();
         let cursors: Vec<u64> = frames.iter().filter_map(|f| f.cursor).collect();
         assert_eq!(cursors, (1..=201).collect::<Vec<_>>());
-        assert_eq!(store.cursor(user).unwrap(), 201);
     }
 }
 
-#[test]
-fn reading_counts_only_the_other_sides_messages() {
+#[tokio::test]
+async fn reading_counts_only_the_other_sides_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, c) = open(dir.path());
+    let (store, c) = open(dir.path()).await;
     for (sender, id) in [("cust", "a"), ("prov", "b"), ("cust", "c"), ("cust", "d")] {
-        store.append_message(&message(&c.id, sender, id)).unwrap();
+        store
+            .append_message(message(&c.id, sender, id))
+            .await
+            .unwrap();
     }
-    let state = store.mark_read(&c.id, "prov", 3, "t2").unwrap();
-    assert_eq!((state.last_read_seq, state.unread_count), (3, 1));
-    assert_eq!(state.deliveries.len(), 2, "a receipt for each participant");
+    let before = (logged(&store, "cust"), logged(&store, "prov"));
+    let state = store.mark_read(&c.id, "prov", 3, "t2").await.unwrap();
+    assert_eq!(state, (3, 1));
+    assert_eq!(
+        (logged(&store, "cust"), logged(&store, "prov")),
+        (before.0 + 1, before.1 + 1),
+        "a receipt for each participant"
+    );
     let messages = store.messages(&c.id, 0, 10).unwrap();
     assert_eq!(messages[0].status, MessageStatus::Read);
     assert_eq!(messages[0].read_at.as_deref(), Some("t2"));
     assert_eq!(messages[1].status, MessageStatus::Sent, "own message");
     assert_eq!(messages[3].status, MessageStatus::Sent, "after seq 3");
     // Reading backwards changes nothing; reading past the end stops at the end.
-    assert!(store
-        .mark_read(&c.id, "prov", 1, "t3")
-        .unwrap()
-        .deliveries
-        .is_empty());
-    let state = store.mark_read(&c.id, "prov", 99, "t4").unwrap();
-    assert_eq!((state.last_read_seq, state.unread_count), (4, 0));
+    assert_eq!(
+        store.mark_read(&c.id, "prov", 1, "t3").await.unwrap(),
+        (3, 1)
+    );
+    assert_eq!(logged(&store, "prov"), before.1 + 1);
+    assert_eq!(
+        store.mark_read(&c.id, "prov", 99, "t4").await.unwrap(),
+        (4, 0)
+    );
 }
 
-#[test]
-fn everything_survives_a_reopen() {
+#[tokio::test]
+async fn everything_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let id = {
-        let (store, c) = open(dir.path());
-        store.append_message(&message(&c.id, "cust", "a")).unwrap();
+        let (store, c) = open(dir.path()).await;
+        store
+            .append_message(message(&c.id, "cust", "a"))
+            .await
+            .unwrap();
         store.flush().unwrap();
         c.id
     };
-    let store = Store::open(dir.path(), &config()).unwrap();
+    let store = store(dir.path());
     assert_eq!(store.messages(&id, 0, 10).unwrap().len(), 1);
-    assert_eq!(store.cursor("prov").unwrap(), 2);
-    let appended = store.append_message(&message(&id, "prov", "b")).unwrap();
+    assert_eq!(logged(&store, "prov"), 2);
+    let appended = store
+        .append_message(message(&id, "prov", "b"))
+        .await
+        .unwrap();
     assert_eq!(stored(&appended).seq, 2);
-    assert_eq!(appended.deliveries[0].frame.cursor, Some(3));
+    assert_eq!(logged(&store, "prov"), 3);
 }
 
-#[test]
-fn another_schema_version_is_refused() {
+#[tokio::test]
+async fn another_schema_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    drop(Store::open(dir.path(), &config()).unwrap());
+    drop(store(dir.path()));
     {
         let db = sled::open(dir.path()).unwrap();
         let meta = db.open_tree("meta").unwrap();
         meta.insert("schema_version", &99u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    let err = Store::open(dir.path(), &config())
+    let err = Store::open(dir.path(), &config(), Arc::new(|_: &Delivery| {}))
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("schema version 99"), "{err}");
 }
 
-#[test]
-fn foreign_data_is_refused() {
+#[tokio::test]
+async fn foreign_data_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = sled::open(dir.path()).unwrap();
         db.insert("something", "else").unwrap();
         db.flush().unwrap();
     }
-    let err = Store::open(dir.path(), &config())
+    let err = Store::open(dir.path(), &config(), Arc::new(|_: &Delivery| {}))
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("without a parleyd schema version"), "{err}");
 }
 
-#[test]
-fn bookings_move_the_conversation_after_booking() {
+#[tokio::test]
+async fn bookings_move_the_conversation_after_booking() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, c) = open(dir.path());
+    let (store, c) = open(dir.path()).await;
     let booking = Booking {
         id: "b1".into(),
         conversation_id: c.id.clone(),
@@ -215,8 +268,42 @@ fn bookings_move_the_conversation_after_booking() {
         updated_at: "t".into(),
     };
     let card: ContextCard = listing().card();
-    let (updated, deliveries) = store.put_booking(&booking, &card).unwrap();
-    assert_eq!(updated.phase, Phase::PostBooking);
-    assert_eq!(deliveries.len(), 2);
+    let updated = store.put_booking(&booking, &card).await.unwrap();
+    assert_eq!(updated.phase, crate::model::Phase::PostBooking);
+    assert_eq!(logged(&store, "cust"), 2);
     assert_eq!(store.booking("b1").unwrap().unwrap(), booking);
+}
+
+#[tokio::test]
+async fn events_are_published_in_commit_order_after_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let store = Store::open(
+        dir.path(),
+        &config(),
+        Arc::new(move |d: &Delivery| {
+            sink.lock()
+                .unwrap()
+                .push((d.user_id.clone(), d.frame.cursor))
+        }),
+    )
+    .unwrap();
+    store.put_listing(&listing()).unwrap();
+    let (c, _) = store
+        .open_conversation(&listing(), "cust", "t")
+        .await
+        .unwrap();
+    store
+        .append_message(message(&c.id, "cust", "a"))
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let prov: Vec<_> = seen
+        .iter()
+        .filter(|(u, _)| u == "prov")
+        .map(|(_, c)| *c)
+        .collect();
+    assert_eq!(prov, vec![Some(1), Some(2)]);
+    assert_eq!(seen.len(), 4);
 }

@@ -1,0 +1,233 @@
+//! One writer thread applies every transactional write. It takes all the
+//! operations queued so far, applies them in one sled transaction (sled
+//! serialises transactions on a process-wide lock, so one per batch instead of
+//! one per message is what makes throughput), flushes once (group commit),
+//! publishes the batch's events in commit order, and only then answers each
+//! caller. Under load the batches grow on their own: whatever queues during a
+//! flush is the next batch.
+
+use std::cell::RefCell;
+use std::sync::{mpsc, Arc};
+
+use sled::transaction::{TransactionError, UnabortableTransactionError};
+use sled::{Transactional, Tree};
+use tokio::sync::oneshot;
+
+use super::writes::Tx;
+use super::{Delivery, StoreError};
+use crate::config::Durability;
+
+/// What an operation gives back inside the transaction: the outer error is
+/// sled's (conflict or storage: the whole batch is retried or fails), the inner
+/// one is the operation's own (it changes nothing and fails alone).
+pub type OpResult<T> = Result<Result<T, StoreError>, UnabortableTransactionError>;
+
+/// Receives each committed, durable event, in commit order.
+pub type Publish = Arc<dyn Fn(&Delivery) + Send + Sync>;
+
+/// The most operations applied in one transaction.
+const MAX_BATCH: usize = 1024;
+
+trait Job: Send {
+    /// Applies the operation; runs again if sled retries the transaction, so it
+    /// only records its outcome.
+    fn apply(
+        &mut self,
+        tx: &Tx<'_>,
+        deliveries: &mut Vec<Delivery>,
+    ) -> Result<(), UnabortableTransactionError>;
+    /// Answers the caller once the batch is durable, or failed as a whole.
+    fn finish(self: Box<Self>, batch_failure: Option<&StoreError>);
+}
+
+struct Pending<T, F> {
+    op: F,
+    outcome: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job for Pending<T, F>
+where
+    T: Send,
+    F: Fn(&Tx<'_>, &mut Vec<Delivery>) -> OpResult<T> + Send,
+{
+    fn apply(
+        &mut self,
+        tx: &Tx<'_>,
+        deliveries: &mut Vec<Delivery>,
+    ) -> Result<(), UnabortableTransactionError> {
+        let mark = deliveries.len();
+        let outcome = (self.op)(tx, deliveries)?;
+        if outcome.is_err() {
+            deliveries.truncate(mark);
+        }
+        self.outcome = Some(outcome);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, batch_failure: Option<&StoreError>) {
+        let result = match (batch_failure, self.outcome) {
+            (Some(e), _) => Err(StoreError::Flush(e.to_string())),
+            (None, Some(outcome)) => outcome,
+            (None, None) => Err(StoreError::Flush("operation was not applied".into())),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+/// The trees a write transaction may touch.
+#[derive(Clone)]
+pub struct WriteTrees {
+    pub conversations: Tree,
+    pub conv_pairs: Tree,
+    pub user_convs: Tree,
+    pub messages: Tree,
+    pub client_ids: Tree,
+    pub events: Tree,
+    pub cursors: Tree,
+    pub bookings: Tree,
+    pub flags: Tree,
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue: Option<mpsc::Sender<Box<dyn Job>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    /// Stops the thread and waits for it, so the database (and its file lock) is
+    /// released when the last store handle goes.
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Writer {
+    pub fn start(
+        db: sled::Db,
+        trees: WriteTrees,
+        durability: Durability,
+        publish: Publish,
+    ) -> Writer {
+        let (queue, jobs) = mpsc::channel::<Box<dyn Job>>();
+        let thread = std::thread::Builder::new()
+            .name("parleyd-writer".into())
+            .spawn(move || write_loop(&db, &trees, durability, &publish, jobs))
+            .map_err(|e| tracing::error!(error = %e, "cannot start the writer thread"))
+            .ok();
+        Writer {
+            inner: Arc::new(Inner {
+                queue: Some(queue),
+                thread,
+            }),
+        }
+    }
+
+    /// Runs `op` in the next batch; resolves once its effects are durable (under
+    /// `group_commit`) and published.
+    pub async fn run<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&Tx<'_>, &mut Vec<Delivery>) -> OpResult<T> + Send + 'static,
+    {
+        let stopped = || StoreError::Flush("the writer has stopped".into());
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Pending {
+            op,
+            outcome: None,
+            reply,
+        });
+        let queue = self.inner.queue.as_ref().ok_or_else(stopped)?;
+        queue.send(job).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn write_loop(
+    db: &sled::Db,
+    trees: &WriteTrees,
+    durability: Durability,
+    publish: &Publish,
+    jobs: mpsc::Receiver<Box<dyn Job>>,
+) {
+    // Ends when the last `Writer` handle has been dropped.
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        batch.extend(jobs.try_iter().take(MAX_BATCH - 1));
+        let started = std::time::Instant::now();
+        let batch = RefCell::new(batch);
+        let deliveries = RefCell::new(Vec::new());
+        let committed = (
+            &trees.conversations,
+            &trees.conv_pairs,
+            &trees.user_convs,
+            &trees.messages,
+            &trees.client_ids,
+            &trees.events,
+            &trees.cursors,
+            &trees.bookings,
+            &trees.flags,
+        )
+            .transaction(
+                |(
+                    conversations,
+                    conv_pairs,
+                    user_convs,
+                    messages,
+                    client_ids,
+                    events,
+                    cursors,
+                    bookings,
+                    flags,
+                )| {
+                    let tx = Tx {
+                        conversations,
+                        conv_pairs,
+                        user_convs,
+                        messages,
+                        client_ids,
+                        events,
+                        cursors,
+                        bookings,
+                        flags,
+                    };
+                    let mut deliveries = deliveries.borrow_mut();
+                    deliveries.clear();
+                    for job in batch.borrow_mut().iter_mut() {
+                        job.apply(&tx, &mut deliveries)?;
+                    }
+                    Ok::<(), sled::transaction::ConflictableTransactionError<StoreError>>(())
+                },
+            );
+        let failure = match committed {
+            Ok(()) if durability == Durability::GroupCommit => {
+                db.flush().err().map(StoreError::from)
+            }
+            Ok(()) => None,
+            Err(TransactionError::Storage(e)) => Some(StoreError::from(e)),
+            Err(TransactionError::Abort(e)) => Some(e),
+        };
+        let batch = batch.into_inner();
+        metrics::histogram!("parleyd_write_batch_size").record(batch.len() as f64);
+        metrics::histogram!("parleyd_write_batch_seconds").record(started.elapsed().as_secs_f64());
+        match &failure {
+            Some(e) => tracing::error!(error = %e, "write batch failed"),
+            None => {
+                for delivery in deliveries.into_inner() {
+                    publish(&delivery);
+                }
+            }
+        }
+        for job in batch {
+            job.finish(failure.as_ref());
+        }
+    }
+}

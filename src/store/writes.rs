@@ -1,0 +1,320 @@
+//! The transactional operations the writer applies. Each one reads and checks
+//! everything first and writes last: an operation that fails must fail before its
+//! first write, because the batch's transaction goes on without it.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+
+use super::writer::OpResult;
+use super::{decode, encode, keys, Delivery, NewMessage, StoreError, Stored};
+use crate::contact::Action;
+use crate::events::{Frame, UserEvent};
+use crate::model::{
+    Booking, ContextCard, Conversation, Flag, Listing, Message, MessageStatus, ParticipantState,
+    Phase,
+};
+
+/// The trees of one write transaction.
+pub struct Tx<'a> {
+    pub conversations: &'a TransactionalTree,
+    pub conv_pairs: &'a TransactionalTree,
+    pub user_convs: &'a TransactionalTree,
+    pub messages: &'a TransactionalTree,
+    pub client_ids: &'a TransactionalTree,
+    pub events: &'a TransactionalTree,
+    pub cursors: &'a TransactionalTree,
+    pub bookings: &'a TransactionalTree,
+    pub flags: &'a TransactionalTree,
+}
+
+/// Unwraps an operation's own result, or returns its failure (sled errors pass
+/// through `?` as usual).
+macro_rules! check {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        }
+    };
+}
+
+fn get<T: DeserializeOwned>(tree: &TransactionalTree, key: &[u8]) -> OpResult<Option<T>> {
+    Ok(tree.get(key)?.map(|bytes| decode(&bytes)).transpose())
+}
+
+/// Appends `event` to the user's log: the next cursor comes from the user's
+/// counter, so log order is commit order.
+fn log_event(
+    tx: &Tx<'_>,
+    user_id: &str,
+    event: &UserEvent,
+    out: &mut Vec<Delivery>,
+) -> Result<(), UnabortableTransactionError> {
+    let cursor = tx
+        .cursors
+        .get(user_id.as_bytes())?
+        .map_or(0, |v| keys::read_u64(&v))
+        + 1;
+    tx.cursors
+        .insert(user_id.as_bytes(), &cursor.to_be_bytes())?;
+    let frame = Frame::logged(cursor, event);
+    tx.events
+        .insert(keys::event(user_id, cursor), frame.json.as_bytes())?;
+    out.push(Delivery {
+        user_id: user_id.to_owned(),
+        frame: Arc::new(frame),
+    });
+    Ok(())
+}
+
+pub fn open_conversation(
+    tx: &Tx<'_>,
+    listing: &Listing,
+    customer_id: &str,
+    now: &str,
+    new_id: &str,
+    out: &mut Vec<Delivery>,
+) -> OpResult<(Conversation, bool)> {
+    let pair = keys::pair(&listing.id, customer_id);
+    if let Some(id) = tx.conv_pairs.get(&pair)? {
+        let existing = check!(get::<Conversation>(tx.conversations, &id)?);
+        return Ok(existing
+            .map(|c| (c, false))
+            .ok_or_else(|| StoreError::Corrupt("conversation index points at nothing".into())));
+    }
+    let participant = |user_id: &str| ParticipantState {
+        user_id: user_id.to_owned(),
+        last_read_seq: 0,
+        unread_count: 0,
+    };
+    let card = listing.card();
+    let conversation = Conversation {
+        id: new_id.to_owned(),
+        listing_id: listing.id.clone(),
+        customer_id: customer_id.to_owned(),
+        provider_id: listing.provider_id.clone(),
+        phase: Phase::PreBooking,
+        stage: None,
+        booking_id: None,
+        last_seq: 0,
+        last_message: None,
+        participants: vec![participant(customer_id), participant(&listing.provider_id)],
+        listing_snapshot: card.clone(),
+        created_at: now.to_owned(),
+        updated_at: now.to_owned(),
+    };
+    tx.conversations
+        .insert(new_id.as_bytes(), encode(&conversation))?;
+    tx.conv_pairs.insert(pair.as_slice(), new_id.as_bytes())?;
+    for p in &conversation.participants {
+        tx.user_convs
+            .insert(keys::user_conv(&p.user_id, new_id), &[])?;
+        let event = UserEvent::Conversation {
+            conversation: Box::new(conversation.view_for(&p.user_id, Some(card.clone()))),
+        };
+        log_event(tx, &p.user_id, &event, out)?;
+    }
+    Ok(Ok((conversation, true)))
+}
+
+/// What is stored under a sender's client id, if anything.
+fn stored_under(tx: &Tx<'_>, client_key: &[u8]) -> OpResult<Option<Stored>> {
+    let Some(value) = tx.client_ids.get(client_key)? else {
+        return Ok(Ok(None));
+    };
+    let stored = match keys::blocked_flag(&value) {
+        Some(flag_id) => check!(get(tx.flags, flag_id)?).map(Stored::Blocked),
+        None => check!(get(tx.messages, &value)?).map(Stored::Message),
+    };
+    Ok(stored
+        .map(Some)
+        .ok_or_else(|| StoreError::Corrupt("client_id index points at nothing".into())))
+}
+
+pub fn append_message(
+    tx: &Tx<'_>,
+    new: &NewMessage,
+    message_id: &str,
+    out: &mut Vec<Delivery>,
+) -> OpResult<(Stored, bool)> {
+    let client_key = keys::client(&new.sender_id, &new.client_id);
+    if let Some(stored) = check!(stored_under(tx, &client_key)?) {
+        return Ok(Ok((stored, false)));
+    }
+    let conversation = check!(get::<Conversation>(
+        tx.conversations,
+        new.conversation_id.as_bytes()
+    )?);
+    let Some(mut conversation) = conversation.filter(|c| c.is_participant(&new.sender_id)) else {
+        return Ok(Err(StoreError::NotFound("conversation")));
+    };
+    let blocked = new
+        .moderation
+        .as_ref()
+        .is_some_and(|m| m.note.action == Action::Block);
+    let seq = (!blocked).then_some(conversation.last_seq + 1);
+    let flag: Option<Flag> = new.moderation.as_ref().and_then(|m| {
+        m.flag.clone().map(|mut flag| {
+            flag.message_seq = seq;
+            flag
+        })
+    });
+    if blocked && flag.is_none() {
+        return Ok(Err(StoreError::Corrupt(
+            "a blocked message needs a moderation record".into(),
+        )));
+    }
+
+    // Checks done: write.
+    if let Some(flag) = &flag {
+        tx.flags.insert(flag.id.as_bytes(), encode(flag))?;
+    }
+    if let Some(moderated) = &new.moderation {
+        if let Some(notice) = &moderated.notice {
+            let event = UserEvent::Moderation {
+                conversation_id: new.conversation_id.clone(),
+                client_id: new.client_id.clone(),
+                message_seq: seq,
+                action: moderated.note.action,
+                types: moderated.note.types.clone(),
+                notice: notice.clone(),
+            };
+            log_event(tx, &new.sender_id, &event, out)?;
+        }
+    }
+    let (Some(seq), false) = (seq, blocked) else {
+        if let Some(flag) = flag {
+            tx.client_ids
+                .insert(client_key.as_slice(), keys::blocked(&flag.id))?;
+            return Ok(Ok((Stored::Blocked(flag), true)));
+        }
+        return Ok(Err(StoreError::Corrupt("checked above".into())));
+    };
+    let message = Message {
+        id: message_id.to_owned(),
+        seq,
+        conversation_id: new.conversation_id.clone(),
+        sender_id: new.sender_id.clone(),
+        client_id: new.client_id.clone(),
+        content: new.content.clone(),
+        kind: new.kind,
+        status: MessageStatus::Sent,
+        created_at: new.created_at.clone(),
+        read_at: None,
+        moderation: new.moderation.as_ref().map(|m| m.note.clone()),
+    };
+    let message_key = keys::message(&new.conversation_id, seq);
+    tx.messages
+        .insert(message_key.as_slice(), encode(&message))?;
+    tx.client_ids
+        .insert(client_key.as_slice(), message_key.as_slice())?;
+    conversation.last_seq = seq;
+    conversation.last_message = Some(message.summary());
+    conversation.updated_at = new.created_at.clone();
+    for p in &mut conversation.participants {
+        if p.user_id != new.sender_id {
+            p.unread_count += 1;
+        }
+    }
+    tx.conversations
+        .insert(new.conversation_id.as_bytes(), encode(&conversation))?;
+    let event = UserEvent::Message {
+        message: message.clone(),
+    };
+    for p in &conversation.participants {
+        log_event(tx, &p.user_id, &event, out)?;
+    }
+    Ok(Ok((Stored::Message(message), true)))
+}
+
+/// Returns the reader's `(last_read_seq, unread_count)` afterwards.
+pub fn mark_read(
+    tx: &Tx<'_>,
+    conversation_id: &str,
+    reader_id: &str,
+    seq: u64,
+    now: &str,
+    out: &mut Vec<Delivery>,
+) -> OpResult<(u64, u64)> {
+    let conversation = check!(get::<Conversation>(
+        tx.conversations,
+        conversation_id.as_bytes()
+    )?);
+    let Some(mut conversation) = conversation.filter(|c| c.is_participant(reader_id)) else {
+        return Ok(Err(StoreError::NotFound("conversation")));
+    };
+    let last_seq = conversation.last_seq;
+    let Some(reader) = conversation.participant_mut(reader_id) else {
+        return Ok(Err(StoreError::NotFound("conversation")));
+    };
+    let target = seq.min(last_seq);
+    if target <= reader.last_read_seq {
+        return Ok(Ok((reader.last_read_seq, reader.unread_count)));
+    }
+    let mut newly_read = Vec::new();
+    for s in reader.last_read_seq + 1..=target {
+        let key = keys::message(conversation_id, s);
+        let Some(message) = check!(get::<Message>(tx.messages, &key)?) else {
+            return Ok(Err(StoreError::Corrupt(format!(
+                "message {s} of {conversation_id} is missing"
+            ))));
+        };
+        if message.sender_id != reader_id {
+            newly_read.push((key, message));
+        }
+    }
+
+    // Checks done: write.
+    reader.last_read_seq = target;
+    reader.unread_count = reader.unread_count.saturating_sub(newly_read.len() as u64);
+    let state = (reader.last_read_seq, reader.unread_count);
+    for (key, mut message) in newly_read {
+        message.status = MessageStatus::Read;
+        message.read_at = Some(now.to_owned());
+        tx.messages.insert(key.as_slice(), encode(&message))?;
+    }
+    tx.conversations
+        .insert(conversation_id.as_bytes(), encode(&conversation))?;
+    let event = UserEvent::Receipt {
+        conversation_id: conversation_id.to_owned(),
+        reader_id: reader_id.to_owned(),
+        seq: target,
+        read_at: now.to_owned(),
+        unread_count: state.1,
+    };
+    for p in &conversation.participants {
+        log_event(tx, &p.user_id, &event, out)?;
+    }
+    Ok(Ok(state))
+}
+
+pub fn put_booking(
+    tx: &Tx<'_>,
+    booking: &Booking,
+    card: &ContextCard,
+    out: &mut Vec<Delivery>,
+) -> OpResult<Conversation> {
+    let conversation = check!(get::<Conversation>(
+        tx.conversations,
+        booking.conversation_id.as_bytes()
+    )?);
+    let Some(mut conversation) = conversation else {
+        return Ok(Err(StoreError::NotFound("conversation")));
+    };
+    tx.bookings.insert(booking.id.as_bytes(), encode(booking))?;
+    conversation.phase = Phase::PostBooking;
+    conversation.stage = Some(booking.stage);
+    conversation.booking_id = Some(booking.id.clone());
+    conversation.updated_at = booking.updated_at.clone();
+    tx.conversations
+        .insert(conversation.id.as_bytes(), encode(&conversation))?;
+    for p in &conversation.participants {
+        let event = UserEvent::Conversation {
+            conversation: Box::new(conversation.view_for(&p.user_id, Some(card.clone()))),
+        };
+        log_event(tx, &p.user_id, &event, out)?;
+    }
+    Ok(Ok(conversation))
+}
