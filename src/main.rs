@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use parleyd::auth::{parse_ttl, Authenticator, Role};
 use parleyd::config::Config;
+use parleyd::contact::{detect_jsonl, Detector};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +37,14 @@ enum Command {
         #[arg(long, default_value = "config.yaml")]
         config: PathBuf,
     },
+    /// Read JSONL {"id","text"} on stdin, write one detection line per input line.
+    Detect {
+        /// Also report the action of rules/contact.yaml in this phase.
+        #[arg(long, value_parser = ["pre_booking", "post_booking"])]
+        stage: Option<String>,
+        #[arg(long, default_value = "config.yaml")]
+        config: PathBuf,
+    },
     /// Print a signed JWT for a user and role.
     Token {
         /// The user id (the token's `sub`).
@@ -55,6 +64,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config, dev } => serve(config, dev),
         Command::Check { dir, config } => check(dir, &config),
+        Command::Detect { stage, config } => detect(stage.as_deref(), &config),
         Command::Token {
             sub,
             role,
@@ -126,6 +136,42 @@ fn check(dir: Option<PathBuf>, config: &std::path::Path) -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Detection with the deployment's settings when its config is readable (the
+/// platform's own domains matter), the defaults otherwise.
+fn detect(stage: Option<&str>, config_path: &std::path::Path) -> ExitCode {
+    let config = Config::load(config_path).ok();
+    let contact = config
+        .as_ref()
+        .map(|c| c.contact.clone())
+        .unwrap_or_default();
+    let detector = Detector::new(&contact.detector());
+    let rules = match (stage, &config) {
+        (None, _) => None,
+        (Some(_), Some(config)) => match parleyd::rules::load(&config.rules_dir) {
+            Ok(rules) => Some(rules),
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{e}");
+                }
+                return fail("--stage needs a valid rules/contact.yaml");
+            }
+        },
+        (Some(_), None) => {
+            return fail(format!(
+                "--stage needs the config ({}) to find rules/contact.yaml",
+                config_path.display()
+            ))
+        }
+    };
+    let policy = rules.as_ref().zip(stage).map(|(r, s)| (&r.contact, s));
+    let stdin = std::io::stdin().lock();
+    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    match detect_jsonl(&detector, policy, stdin, stdout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
     }
 }
 

@@ -16,6 +16,8 @@
 
 use regex::Regex;
 
+use super::pattern::compile;
+
 use super::normalize::Folded;
 use super::ContactKind;
 
@@ -32,6 +34,9 @@ pub struct AppFinder {
     names: Regex,
     handle_after: Regex,
     refusal: Regex,
+    /// "I saw your place on Instagram": the app is where something was
+    /// found, not a channel being offered.
+    discovery: Regex,
     cashtag: Regex,
 }
 
@@ -90,6 +95,8 @@ const ENTRIES: &[Entry] = &[
     ("ig", S, true, false),
     ("facebook", S, false, false),
     ("facebok", S, false, true),
+    ("fbook", S, false, true),
+    ("facebk", S, false, true),
     ("fb", S, true, false),
     ("snapchat", S, false, false),
     ("snapchap", S, false, true),
@@ -147,16 +154,17 @@ impl AppFinder {
             .collect();
         let names = format!(r"\b(?:{})\b", alternation.join("|"));
         AppFinder {
-            names: Regex::new(&names).unwrap_or_else(|_| never()),
-            handle_after: Regex::new(
+            names: compile(&names),
+            handle_after: compile(
                 r"^\s*(?:[:=\-—–(]\s*|(?:is|es|e|c'est|ist|est|as|como|comme|als|handle\s+is|id\s+is|name\s+is)\s+)?@?\s?[a-z0-9][a-z0-9._\-]{2,30}",
-            )
-            .unwrap_or_else(|_| never()),
-            refusal: Regex::new(
-                r"\b(?:don'?t|do\s+not|doesn'?t|didn'?t|never|not\s+on|no\s+longer|rather|than|instead\s+of|n'ai\s+pas|pas\s+de|no\s+tengo|nao\s+tenho|kein\w*|nicht|not\s+allowed|can'?t|cannot|won'?t)\b",
-            )
-            .unwrap_or_else(|_| never()),
-            cashtag: Regex::new(r"(?:^|[^a-z0-9$])(\$[a-z][a-z0-9_]{2,19})\b").unwrap_or_else(|_| never()),
+            ),
+            refusal: compile(
+                r"\b(?:don'?t|do\s+not|doesn'?t|didn'?t|never|not\s+on|no\s+longer|rather|than|instead\s+of|n'ai\s+pas|pas\s+de|no\s+tengo|nao\s+tenho|kein\w*|nicht|not\s+allowed|can'?t|cannot|won'?t|do\s+que|en\s+vez\s+de|em\s+vez\s+de|en\s+lugar\s+de|au\s+lieu\s+de|plutot\s+que|statt|anstatt)\b",
+            ),
+            discovery: compile(
+                r"\b(?:saw|seen|found|noticed|spotted|discovered|heard|read|posted|vi|visto|encontre|gesehen|gefunden|trouve|vu)\b",
+            ),
+            cashtag: compile(r"(?:^|[^a-z0-9$])(\$[a-z][a-z0-9_]{2,19})\b"),
         }
     }
 
@@ -164,7 +172,7 @@ impl AppFinder {
         let text = f.text.as_str();
         let leet = f.deleeted();
         let mut out = Vec::new();
-        for m in self.names.find_iter(&leet.text) {
+        for m in self.names.find_iter(&leet) {
             let squashed: String = m
                 .as_str()
                 .chars()
@@ -180,14 +188,14 @@ impl AppFinder {
                 continue;
             }
             let handle = self.handle_after_len(text, end);
+            if handle.is_none() && self.discovery.is_match(clause_before(text, start, 40)) {
+                continue;
+            }
             let cued = cue_before(text, start) || cue_after(text, end) || handle.is_some();
             if needs_cue && !cued {
                 continue;
             }
-            if !is_ascii_range(text, start, end) {
-                continue;
-            }
-            let disguised = variant || text[start..end] != *spelling;
+            let disguised = variant || is_disguised(&text[start..end], spelling);
             let end = end + handle.unwrap_or(0);
             let confidence = if handle.is_some() {
                 0.9
@@ -225,18 +233,15 @@ impl AppFinder {
 
     /// "sorry, I don't have WhatsApp", "rather pay here than Venmo".
     fn refused(&self, text: &str, start: usize) -> bool {
-        let clause_start = text[..start]
-            .rfind(['.', '!', '?', '\n', ';'])
-            .map_or(0, |i| i + 1);
-        let from = clause_start.max(floor_boundary(text, start.saturating_sub(48)));
-        self.refusal.is_match(&text[from..start])
+        self.refusal.is_match(clause_before(text, start, 48))
     }
 
     /// Length of a handle right after a name ("IG: @jane", "insta is jane.d").
     fn handle_after_len(&self, text: &str, end: usize) -> Option<usize> {
         let rest = &text[end..];
         let m = self.handle_after.find(rest)?;
-        let s = m.as_str();
+        // "insta is @jack.fit." ends the sentence, not the handle.
+        let s = m.as_str().trim_end_matches(['.', '-', '_']);
         let marked =
             s.contains(['@', ':', '=']) || s.trim_start().starts_with(['-', '—', '–', '(']);
         let word = s
@@ -244,10 +249,14 @@ impl AppFinder {
             .rsplit(' ')
             .next()
             .unwrap_or("");
+        if word.len() < 3 {
+            return None;
+        }
         let handle_like = word.contains(['.', '_']) || word.bytes().any(|c| c.is_ascii_digit());
-        // After "is"/"as" only something that looks like a handle counts,
-        // not "is weak".
-        (marked || handle_like).then_some(m.end())
+        // A handle has letters ("WA 98188" is a ZIP code, not a handle), and
+        // after "is"/"as" only something handle-shaped counts, not "is weak".
+        let has_letter = word.bytes().any(|c| c.is_ascii_alphabetic());
+        (has_letter && (marked || handle_like)).then_some(s.len())
     }
 }
 
@@ -257,8 +266,13 @@ impl Default for AppFinder {
     }
 }
 
-fn never() -> Regex {
-    Regex::new(r"[^\s\S]").unwrap_or_else(|_| unreachable!("constant regex"))
+/// The part of the sentence before `start`, at most `max` bytes.
+fn clause_before(text: &str, start: usize, max: usize) -> &str {
+    let window = &text[floor_boundary(text, start.saturating_sub(max))..start];
+    window
+        .rsplit(['.', '!', '?', '\n', ';'])
+        .next()
+        .unwrap_or("")
 }
 
 fn floor_boundary(text: &str, mut i: usize) -> usize {
@@ -268,13 +282,23 @@ fn floor_boundary(text: &str, mut i: usize) -> usize {
     i
 }
 
-fn is_ascii_range(text: &str, start: usize, end: usize) -> bool {
-    text.is_char_boundary(start) && text.is_char_boundary(end)
+/// Written so a plain name match would miss it: leetspeak, or split other
+/// than the usual one space ("cash app", "tik tok" are ordinary spellings).
+fn is_disguised(written: &str, spelling: &str) -> bool {
+    let separators = written
+        .bytes()
+        .filter(|c| !c.is_ascii_alphanumeric())
+        .count();
+    let letters: String = written
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    letters != spelling || separators > 1 || (separators == 1 && !written.contains(' '))
 }
 
 /// Up to three words before the name that propose a channel.
 fn cue_before(text: &str, start: usize) -> bool {
-    let head = &text[..start];
+    let head = &text[floor_boundary(text, start.saturating_sub(40))..start];
     let clause = head.rsplit(['.', '!', '?', '\n', ',']).next().unwrap_or("");
     clause
         .split(|c: char| !c.is_alphanumeric() && c != '\'')
@@ -344,12 +368,9 @@ fn cue_before(text: &str, start: usize) -> bool {
 /// "signal me", "WA: ...", "zap +55 ...", "pix? chave: ...".
 fn cue_after(text: &str, end: usize) -> bool {
     let rest = text[end..].trim_start();
-    if rest.starts_with("me ")
-        || rest == "me"
-        || rest.starts_with("me.")
-        || rest.starts_with("me!")
-        || rest.starts_with("me,")
-        || rest.starts_with("me?")
+    if rest
+        .strip_prefix("me")
+        .is_some_and(|r| !r.starts_with(|c: char| c.is_ascii_alphanumeric()))
     {
         return true;
     }
@@ -423,6 +444,7 @@ mod tests {
             "Drop me a line at the desk",
             "send pix of the bathroom",
             "Instant Pot is in the cupboard",
+            "I saw your place on Instagram, it looks amazing",
         ] {
             assert!(kinds(s).is_empty(), "{s}");
         }

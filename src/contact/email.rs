@@ -13,6 +13,8 @@
 
 use regex::Regex;
 
+use super::pattern::compile;
+
 use super::normalize::Folded;
 use super::url::{is_platform_host, is_tld};
 
@@ -30,6 +32,8 @@ pub struct EmailMatch {
 
 pub struct EmailFinder {
     address: Regex,
+    /// One written-out or bracketed dot, to retry shorter domains.
+    dot: Regex,
     phrase: Regex,
 }
 
@@ -107,11 +111,83 @@ const PROVIDERS: &[&str] = &[
 /// Words that are never the local part of an address written with " at "
 /// ("look at gmail", "see you at yahoo").
 const NOT_LOCAL: &[&str] = &[
-    "me", "us", "you", "him", "her", "them", "it", "look", "looking", "is", "am", "are", "be",
-    "was", "here", "there", "arrive", "arriving", "meet", "see", "stay", "staying", "work",
-    "working", "home", "email", "mail", "write", "message", "find", "contact", "reach", "just",
-    "that", "this", "what", "line", "drop", "send", "sent", "emailed", "i", "we", "they", "im",
-    "i'm", "and", "or", "to",
+    "me",
+    "us",
+    "you",
+    "him",
+    "her",
+    "them",
+    "it",
+    "look",
+    "looking",
+    "is",
+    "am",
+    "are",
+    "be",
+    "was",
+    "here",
+    "there",
+    "arrive",
+    "arriving",
+    "meet",
+    "see",
+    "stay",
+    "staying",
+    "work",
+    "working",
+    "home",
+    "email",
+    "mail",
+    "write",
+    "message",
+    "find",
+    "contact",
+    "reach",
+    "just",
+    "that",
+    "this",
+    "what",
+    "line",
+    "drop",
+    "send",
+    "sent",
+    "emailed",
+    "i",
+    "we",
+    "they",
+    "im",
+    "i'm",
+    "and",
+    "or",
+    "to",
+    "full",
+    "down",
+    "broken",
+    "blocked",
+    "hacked",
+    "dead",
+    "old",
+    "new",
+    "not",
+    "also",
+    "the",
+    "fine",
+    "okay",
+    "working",
+    "gone",
+    "closed",
+    "deleted",
+    "different",
+    "same",
+    "private",
+    "personal",
+    "busy",
+    "slow",
+    "better",
+    "best",
+    "good",
+    "great",
+    "weird",
 ];
 
 impl EmailFinder {
@@ -122,11 +198,12 @@ impl EmailFinder {
         let provider_names = r"(?:g\s?-?mail|gee\s?mail|hotmail|outlook|yahoo|icloud|proton(?:\s?mail)?|gmx|aol|msn|ymail|yandex|btinternet|bigpond|rediffmail)";
         let handle = r"[a-z0-9][a-z0-9._\-]{2,40}";
         let phrase = format!(
-            r"\b(?:{provider_names}\s*(?:address\s+)?(?:is|:|=|es|e|ist|est|c'est)\s*@?\s*(?P<h1>{handle})|(?:on|in|at|en|no|em|auf|sur|bei)\s+{provider_names}\s+(?:as|como|comme|als)\s+@?(?P<h2>{handle})|(?P<h3>{handle})\s+(?:on|en|no|em|auf|sur|bei)\s+{provider_names}\b)"
+            r"\b(?:(?:(?P<my>my|mon|ma|mi|meu|minha|mein|meine)\s+)?{provider_names}\s*(?:address\s+)?(?:is|:|=|es|e|ist|est|c'est)\s*@?\s*(?P<h1>{handle})|(?:on|in|at|en|no|em|auf|sur|bei)\s+{provider_names}\s+(?:as|como|comme|als)\s+@?(?P<h2>{handle})|(?P<h3>{handle})\s+(?:on|en|no|em|auf|sur|bei)\s+{provider_names}\b)"
         );
         EmailFinder {
-            address: Regex::new(&address).unwrap_or_else(|_| never()),
-            phrase: Regex::new(&phrase).unwrap_or_else(|_| never()),
+            address: compile(&address),
+            dot: compile(DOT),
+            phrase: compile(&phrase),
         }
     }
 
@@ -143,17 +220,32 @@ impl EmailFinder {
             else {
                 break;
             };
-            match judge(local.as_str(), at.as_str(), domain.as_str(), platform) {
-                Some((confidence, is_platform)) => {
-                    let disguised = at.as_str() != "@" || !is_plain_domain(domain.as_str());
+            // The pattern is greedy ("jane@x.com. thanks" takes "thanks" as a
+            // label): try the whole domain, then drop trailing labels.
+            let full = domain.as_str();
+            let cuts = std::iter::once(full.len()).chain(
+                self.dot
+                    .find_iter(full)
+                    .map(|d| d.start())
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev(),
+            );
+            let found = cuts.filter(|&cut| cut > 0).find_map(|cut| {
+                judge(local.as_str(), at.as_str(), &full[..cut], platform).map(|r| (cut, r))
+            });
+            match found {
+                Some((cut, (confidence, is_platform))) => {
+                    let disguised = at.as_str() != "@" || !is_plain_domain(&full[..cut]);
+                    let end = domain.start() + cut;
                     out.push(EmailMatch {
                         start: whole.start(),
-                        end: whole.end(),
+                        end,
                         confidence,
                         platform: is_platform,
                         disguised,
                     });
-                    pos = whole.end();
+                    pos = end.max(pos + 1);
                 }
                 // A failed match may hide a real one starting inside it
                 // ("a line at nina_reyes AT gmail DOT com"): retry from the
@@ -169,15 +261,18 @@ impl EmailFinder {
                 .or(c.name("h3"))
                 .map(|m| m.as_str())
                 .unwrap_or("");
-            let needs_addressy = c.name("h2").is_none();
+            // "my gmail is jane" and "on gmail as jane" name the mailbox;
+            // bare "gmail: jane" or "jane on gmail" need an address-like handle.
+            let needs_addressy = c.name("h2").is_none() && c.name("my").is_none();
+            // "my gmail is jane.doe88." ends the sentence, not the handle.
+            let end = whole.start() + whole.as_str().trim_end_matches(['.', '-', '_']).len();
+            let handle = handle.trim_end_matches(['.', '-', '_']);
             if plausible_handle(handle, needs_addressy)
-                && !out
-                    .iter()
-                    .any(|e| e.start < whole.end() && whole.start() < e.end)
+                && !out.iter().any(|e| e.start < end && whole.start() < e.end)
             {
                 out.push(EmailMatch {
                     start: whole.start(),
-                    end: whole.end(),
+                    end,
                     confidence: 0.85,
                     platform: false,
                     disguised: true,
@@ -194,10 +289,6 @@ impl Default for EmailFinder {
     }
 }
 
-fn never() -> Regex {
-    Regex::new(r"[^\s\S]").unwrap_or_else(|_| unreachable!("constant regex"))
-}
-
 fn next_word(text: &str, from: usize) -> usize {
     let b = text.as_bytes();
     let mut i = from;
@@ -209,23 +300,25 @@ fn next_word(text: &str, from: usize) -> usize {
 
 /// Confidence and "is the platform's own" for a candidate address.
 fn judge(local: &str, at: &str, domain: &str, platform: &[String]) -> Option<(f32, bool)> {
-    let labels: Vec<String> = split_domain(domain);
-    let host = labels.join(".");
-    if is_platform_host(&host, platform) {
+    let labels = split_domain(domain);
+    if is_platform_host(&labels, platform) {
         return Some((0.0, true));
     }
     let worded_at = !at.contains('@');
     if worded_at && NOT_LOCAL.contains(&local.trim()) {
         return None;
     }
-    let first = labels.first().map(String::as_str).unwrap_or("");
-    let provider = PROVIDERS.contains(&first) || is_spoken_provider(domain);
+    let first = labels.first().copied().unwrap_or("");
+    let spoken = is_spoken_provider(domain);
+    let provider = PROVIDERS.contains(&first) || spoken;
     let tld_ok = labels.len() >= 2
         && labels.last().is_some_and(|t| is_tld(t))
         && labels
             .iter()
             .all(|l| l.bytes().any(|c| c.is_ascii_alphabetic()));
-    if !(tld_ok || provider) {
+    // A bare provider name ("jane@gmail.") is an address; "x at gmx punkt de.
+    // danke" needs a real TLD at the end, so the caller retries shorter.
+    if !(tld_ok || (provider && (labels.len() == 1 || spoken))) {
         return None;
     }
     if worded_at {
@@ -252,36 +345,28 @@ fn is_plain_domain(domain: &str) -> bool {
         && domain.rsplit('.').next().is_some_and(is_tld)
 }
 
-fn split_domain(domain: &str) -> Vec<String> {
-    let mut s = domain.to_string();
-    for w in [" dot ", " punkt ", " point ", " punto ", " ponto "] {
-        s = s.replace(w, ".");
-    }
-    s.split(|c: char| {
-        c == '.'
-            || c == '('
-            || c == ')'
-            || c == '['
-            || c == ']'
-            || c == '{'
-            || c == '}'
-            || c == '<'
-            || c == '>'
-    })
-    .map(|l| l.trim())
-    .filter(|l| !l.is_empty() && !matches!(*l, "dot" | "punkt" | "point" | "punto" | "ponto"))
-    .map(|l| l.to_string())
-    .collect()
+/// Labels of a domain however its dots were written ("x (dot) co dot uk").
+fn split_domain(domain: &str) -> Vec<&str> {
+    domain
+        .split(['.', ' ', '(', ')', '[', ']', '{', '}', '<', '>'])
+        .filter(|l| !l.is_empty() && !matches!(*l, "dot" | "punkt" | "point" | "punto" | "ponto"))
+        .collect()
 }
 
 fn is_spoken_provider(domain: &str) -> bool {
-    let squashed: String = domain
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect();
+    // "gee mail", "g-mail", "hot mail": the provider with its parts apart.
+    let mut squashed = [0u8; 16];
+    let mut n = 0;
+    for c in domain.bytes().filter(u8::is_ascii_alphanumeric) {
+        if n == squashed.len() {
+            return false;
+        }
+        squashed[n] = c;
+        n += 1;
+    }
     matches!(
-        squashed.as_str(),
-        "geemail" | "gmail" | "gmial" | "gmal" | "hotmail" | "hotmial" | "yahoo" | "yahooo"
+        &squashed[..n],
+        b"geemail" | b"gmail" | b"gmial" | b"gmal" | b"hotmail" | b"hotmial" | b"yahoo" | b"yahooo"
     )
 }
 
@@ -295,9 +380,10 @@ fn plausible_handle(h: &str, needs_addressy: bool) -> bool {
 }
 
 fn is_addressy(local: &str) -> bool {
-    local.contains(['.', '_', '-'])
-        || local.bytes().any(|c| c.is_ascii_digit())
-        || local.contains(" dot ")
+    // " dot " inside the local part also puts a '.'-free separator there.
+    local
+        .bytes()
+        .any(|c| c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-' | b' '))
 }
 
 #[cfg(test)]
@@ -330,6 +416,7 @@ mod tests {
             "My gmail is brown.ethan",
             "find me on iCloud as sofiagarcia",
             "patel.aisha on gmail",
+            "my yahoo is diegorossi.",
         ] {
             assert!(found(s), "{s}");
         }
@@ -345,6 +432,8 @@ mod tests {
             "email support@example-market.com please",
             "I'm at home. net result is fine",
             "look at gmail later",
+            "my gmail is full again",
+            "my outlook is good for the week",
         ] {
             assert!(!found(s), "{s}");
         }

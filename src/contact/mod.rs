@@ -25,6 +25,7 @@
 mod apps;
 mod email;
 mod normalize;
+mod pattern;
 mod phone;
 pub mod policy;
 mod url;
@@ -132,7 +133,12 @@ impl Detector {
         let platform = config
             .platform_domains
             .iter()
-            .map(|d| d.trim().trim_start_matches("www.").to_ascii_lowercase())
+            .map(|d| {
+                d.trim()
+                    .trim_start_matches("www.")
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase()
+            })
             .filter(|d| !d.is_empty())
             .collect();
         Detector {
@@ -309,17 +315,21 @@ impl Detector {
         detections.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
         // The same detail seen twice (main and squeezed view, or a name inside
         // a link) is reported once, keeping the widest span.
+        // Sorted by start, so per kind the kept detection reaching furthest is
+        // the only one that can contain the next.
         let mut unique: Vec<Detection> = Vec::with_capacity(detections.len());
+        let mut widest: [Option<usize>; 6] = [None; 6];
         for d in detections {
-            match unique
-                .iter_mut()
-                .find(|u| u.kind == d.kind && u.start <= d.start && d.end <= u.end)
-            {
-                Some(u) => {
+            let slot = &mut widest[d.kind as usize];
+            match slot.map(|i| &mut unique[i]) {
+                Some(u) if d.end <= u.end => {
                     u.confidence = u.confidence.max(d.confidence);
                     u.obfuscated |= d.obfuscated;
                 }
-                None => unique.push(d),
+                _ => {
+                    *slot = Some(unique.len());
+                    unique.push(d);
+                }
             }
         }
         let top = unique.iter().map(|d| d.confidence).fold(0.0_f32, f32::max);
@@ -424,6 +434,9 @@ struct JsonlOutput<'a> {
     has_contact: bool,
     risk: Risk,
     detections: &'a [Detection],
+    /// The policy's action for the phase given to `detect_jsonl`, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<Action>,
 }
 
 #[derive(Serialize)]
@@ -437,8 +450,12 @@ struct JsonlError<'a> {
 /// one `{"id","has_contact","risk","detections"}` line per non-blank input
 /// line, in order. A malformed line yields `{"id","error"}` (id recovered
 /// when possible, else null) and the run continues.
+///
+/// With `policy` (a policy and a phase, `pre_booking` or `post_booking`), each
+/// line also carries the `action` that policy takes in that phase.
 pub fn detect_jsonl(
     detector: &Detector,
+    policy: Option<(&ContactPolicy, &str)>,
     input: impl BufRead,
     mut output: impl Write,
 ) -> std::io::Result<()> {
@@ -476,6 +493,8 @@ pub fn detect_jsonl(
                         has_contact: analysis.has_contact,
                         risk: analysis.risk,
                         detections: &analysis.detections,
+                        action: policy
+                            .map(|(policy, phase)| policy.decide(phase, None, &analysis).action),
                     },
                 )?;
             }

@@ -66,7 +66,6 @@ impl Folded {
     /// one of `seps` ("b o o k i n g s", "i.n.s.t.a") are joined, keeping the
     /// map. Returns `None` when nothing would change, so callers skip a pass.
     pub fn squeezed(&self, seps: &[u8], min_run: usize) -> Option<Folded> {
-        let bytes = self.text.as_bytes();
         let drops = squeeze_drops(&self.text, seps, min_run);
         if drops.is_empty() {
             return None;
@@ -76,9 +75,8 @@ impl Folded {
             starts: Vec::with_capacity(self.text.len()),
             ends: Vec::with_capacity(self.text.len()),
         };
-        let mut drop_iter = drops.iter().peekable();
         let mut last = 0;
-        while let Some(&d) = drop_iter.next() {
+        for &d in &drops {
             out.text.push_str(&self.text[last..d]);
             out.starts.extend_from_slice(&self.starts[last..d]);
             out.ends.extend_from_slice(&self.ends[last..d]);
@@ -88,45 +86,60 @@ impl Folded {
         out.starts.extend_from_slice(&self.starts[last..]);
         out.ends.extend_from_slice(&self.ends[last..]);
         debug_assert_eq!(out.text.len(), out.starts.len());
-        debug_assert!(bytes.len() > out.text.len());
         Some(out)
     }
 
-    /// A byte-for-byte copy with leetspeak characters read as letters
-    /// (`wh@tsapp`, `ca$h`, `inst4`, `s1gnal`); used only to find app names.
-    pub fn deleeted(&self) -> Folded {
-        let text: String = self
-            .text
-            .chars()
-            .map(|c| match c {
-                '4' | '@' => 'a',
-                '3' => 'e',
-                '1' | '!' => 'i',
-                '0' => 'o',
-                '$' | '5' => 's',
-                '7' => 't',
-                '|' => 'l',
-                other => other,
-            })
-            .collect();
-        Folded {
-            text,
-            starts: self.starts.clone(),
-            ends: self.ends.clone(),
+    /// A byte-for-byte copy (same offsets) with leetspeak characters read as
+    /// letters (`wh@tsapp`, `ca$h`, `inst4`, `s1gnal`); used only to find
+    /// app names. Only characters touching a letter change, so "venmo!"
+    /// stays a word and "call 555" keeps its digits.
+    pub fn deleeted(&self) -> String {
+        let src = self.text.as_bytes();
+        let letter = |i: usize| src.get(i).is_some_and(u8::is_ascii_alphabetic);
+        let mut out = src.to_vec();
+        for (i, byte) in out.iter_mut().enumerate() {
+            let before = i > 0 && letter(i - 1);
+            let after = letter(i + 1);
+            let leet = match *byte {
+                b'!' if after => b'i',
+                b'4' | b'@' => b'a',
+                b'3' => b'e',
+                b'1' => b'i',
+                b'0' => b'o',
+                b'$' | b'5' => b's',
+                b'7' => b't',
+                b'|' => b'l',
+                _ => continue,
+            };
+            if before || after {
+                *byte = leet;
+            }
         }
+        // Only ASCII bytes were replaced by ASCII bytes, so this is UTF-8.
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
 /// Byte positions (single ASCII separators) to delete when squeezing.
 fn squeeze_drops(text: &str, seps: &[u8], min_run: usize) -> Vec<usize> {
     let b = text.as_bytes();
+    // Cheap exit for ordinary text: a run needs several "sep, char, sep".
+    let spaced = b
+        .windows(3)
+        .filter(|w| seps.contains(&w[0]) && seps.contains(&w[2]))
+        .take(min_run.saturating_sub(1))
+        .count();
+    if spaced + 1 < min_run {
+        return Vec::new();
+    }
     let single = |i: usize| -> bool {
-        // A "single" is one ASCII alnum char (or `_ @ -`) with a separator or
-        // a text edge on both sides.
+        // A "single" is one ASCII alnum char (or `_ @ . / -`) with a
+        // separator, punctuation or a text edge on both sides.
         let c = b[i];
-        let ok = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'@');
-        let left = i == 0 || seps.contains(&b[i - 1]) || !b[i - 1].is_ascii();
-        let right = i + 1 >= b.len() || seps.contains(&b[i + 1]);
+        let ok = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'@' | b'.' | b'/' | b'-');
+        let edge = |j: usize| seps.contains(&b[j]) || !b[j].is_ascii_alphanumeric();
+        let left = i == 0 || edge(i - 1);
+        let right = i + 1 >= b.len() || edge(i + 1);
         ok && left && right
     };
     let mut drops = Vec::new();
@@ -137,14 +150,14 @@ fn squeeze_drops(text: &str, seps: &[u8], min_run: usize) -> Vec<usize> {
             continue;
         }
         // Walk a run: single, sep, single, sep, ...
-        let mut run = vec![i];
         let mut j = i;
+        let mut len = 1;
         while j + 2 < b.len() && seps.contains(&b[j + 1]) && single(j + 2) {
             j += 2;
-            run.push(j);
+            len += 1;
         }
-        if run.len() >= min_run {
-            drops.extend(run.windows(2).map(|w| w[0] + 1));
+        if len >= min_run {
+            drops.extend((i..j).step_by(2).map(|k| k + 1));
         }
         i = j + 1;
     }

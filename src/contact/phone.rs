@@ -16,6 +16,8 @@
 
 use regex::Regex;
 
+use super::pattern::compile;
+
 use super::normalize::Folded;
 
 /// A phone number found in a folded text (folded byte offsets).
@@ -41,6 +43,13 @@ enum Kind {
         lookalike: bool,
     },
     NumberWord(u8),
+    /// `twenty`..`ninety` (and Romance equivalents): a digit that takes the
+    /// next number word as its second digit, else 0.
+    Tens(u8),
+    /// `hundred`, `cien`, `cent`: appends "00".
+    Hundred,
+    /// Digits and number words glued together (`5five5`, `44seven8`).
+    Glued,
     /// `double` / `triple`: repeats the next digit.
     Times(u8),
     Filler,
@@ -73,10 +82,7 @@ const CONTEXT_AFTER: usize = 4;
 
 impl PhoneFinder {
     pub fn new() -> PhoneFinder {
-        // Built from constant patterns; a failure here is a programming error
-        // caught by the unit tests, so fall back to a never-matching regex
-        // rather than panic at runtime.
-        let barriers = Regex::new(BARRIERS).unwrap_or_else(|_| never());
+        let barriers = compile(BARRIERS);
         PhoneFinder { barriers }
     }
 
@@ -91,9 +97,12 @@ impl PhoneFinder {
     ) -> Vec<PhoneMatch> {
         let text = f.text.as_str();
         let mut masked: Vec<(usize, usize)> = blocked.to_vec();
-        for m in self.barriers.find_iter(text) {
-            if is_real_barrier(text, m.start(), m.end()) {
-                masked.push((m.start(), m.end()));
+        // Every barrier starts from a digit; most messages have none.
+        if text.bytes().any(|c| c.is_ascii_digit()) {
+            for m in self.barriers.find_iter(text) {
+                if is_real_barrier(text, m.start(), m.end()) {
+                    masked.push((m.start(), m.end()));
+                }
             }
         }
         let tokens = tokenize(text, &masked);
@@ -127,13 +136,30 @@ impl PhoneFinder {
         if n >= 5 && listing_digits.contains(digits.as_str()) {
             return None;
         }
-        let start = chain[0].start;
         let end = chain[chain.len() - 1].end;
-        let plus =
-            text[..start].trim_end_matches([' ', '(']).ends_with('+') || digits.starts_with("00");
+        // A "+" or "(" right before the digits belongs to the number, so
+        // masking hides "+1 (415) 555-0123" whole.
+        let digits_start = chain[0].start;
+        let prefix_start = text[..digits_start].trim_end_matches([' ', '(', '+']).len();
+        let prefix = &text[prefix_start..digits_start];
+        let start = if prefix.contains(['+', '(']) {
+            digits_start - prefix.trim_start().len()
+        } else {
+            digits_start
+        };
+        let plus = prefix.contains('+') || digits.starts_with("00");
         let words = chain
             .iter()
-            .filter(|t| matches!(t.kind, Kind::NumberWord(_) | Kind::Times(_)))
+            .filter(|t| {
+                matches!(
+                    t.kind,
+                    Kind::NumberWord(_)
+                        | Kind::Times(_)
+                        | Kind::Tens(_)
+                        | Kind::Hundred
+                        | Kind::Glued
+                )
+            })
             .count();
         let lookalike = chain
             .iter()
@@ -193,11 +219,6 @@ impl Default for PhoneFinder {
     }
 }
 
-fn never() -> Regex {
-    // `[^\s\S]` matches nothing; compiling it cannot fail.
-    Regex::new(r"[^\s\S]").unwrap_or_else(|_| unreachable!("constant regex"))
-}
-
 /// Prices, percentages, times, dates, ratings, measures, ordinals.
 const BARRIERS: &str = r"(?x)
     (?:[$€£¥₹₩₽]|\b(?:r|us|au|ca|nz|hk|s|c|a)\$|\b(?:eur|usd|gbp|chf|inr|brl|mxn|aud|cad)\s?)\s?\d[\d.,]*(?:\s?[km]\b)?
@@ -209,7 +230,7 @@ const BARRIERS: &str = r"(?x)
   | \b\d{1,4}[/.\-]\d{1,2}[/.\-]\d{2,4}\b
   | \b\d{1,2}/\d{1,2}\b
   | \b\d+(?:[.,]\d+)?\s?(?:x\s?\d+(?:[.,]\d+)?\s?)?(?:sq\.?\s?(?:ft|m|yd)|sqft|sqm|m2|m²|km|cm|mm|kg|lbs?|ft|miles?|gb|tb|mb|ghz|mah|mp|kw|ml|\x22|k\b|nights?|noches|nuits|nachte|noites|days?|dias|jours|tage|weeks?|months?|years?|yrs?|hours?|mins?|minutes|seconds|secs?|guests?|adults?|adultos|adultes|kids?|children|teens?|people|persons?|pax|stars?|bedrooms?|beds?|baths?|bathrooms?|rooms?|floors?|steps|blocks?|stairs|seats?|pieces?|pcs)\b
-  | \b\d+(?:[.,]\d+)?\s?/\s?(?:5|10|100)\b
+  | \b\d(?:[.,]\d+)?/(?:5|10)\b | \b10/10\b
   | \b\d+(?:st|nd|rd|th|er|eme|o|a|º|ª)\b
 ";
 
@@ -283,13 +304,15 @@ fn is_char_start(c: u8) -> bool {
     (c & 0xC0) != 0x80
 }
 
-/// `f!ve`, `wh@t`, `ca$h`: a leet symbol between two alphanumerics.
+/// `f!ve`, `wh@t`, `ca$h`: a leet symbol inside a word (touching at least
+/// one letter, so `7|0|2` stays three digit tokens).
 fn is_inner_leet(b: &[u8], i: usize) -> bool {
     matches!(b[i], b'!' | b'@' | b'$' | b'|')
         && i > 0
         && i + 1 < b.len()
         && b[i - 1].is_ascii_alphanumeric()
         && b[i + 1].is_ascii_alphanumeric()
+        && (b[i - 1].is_ascii_alphabetic() || b[i + 1].is_ascii_alphabetic())
 }
 
 /// `si><`: "><" drawn as an x after letters.
@@ -301,12 +324,19 @@ fn classify(word: &str) -> Kind {
     if word.bytes().all(|c| c.is_ascii_digit()) {
         return Kind::Digits { lookalike: false };
     }
-    let plain = deleet(word);
-    if let Some(k) = number_word(&plain) {
+    let known = if word.bytes().all(|c| c.is_ascii_lowercase()) {
+        number_word(word)
+    } else {
+        number_word(&deleet(word))
+    };
+    if let Some(k) = known {
         return k;
     }
     if is_filler(word) {
         return Kind::Filler;
+    }
+    if glued_digits(word).is_some() {
+        return Kind::Glued;
     }
     let has_digit = word.bytes().any(|c| c.is_ascii_digit());
     let letters = word.bytes().filter(|c| c.is_ascii_alphabetic()).count();
@@ -354,24 +384,66 @@ fn lookalike_digit(c: u8) -> Option<u8> {
 }
 
 /// Digit words in English, Spanish, Portuguese, French and German (folded:
-/// lower case, no accents), plus homophones seen in disguises ("ate").
+/// lower case, no accents), plus homophones used as disguises ("won", "too",
+/// "for", "ate"); those only matter inside a chain of other digits.
 fn number_word(w: &str) -> Option<Kind> {
     let d = match w {
         "zero" | "oh" | "o" | "cero" | "null" | "nul" => 0,
-        "one" | "uno" | "una" | "un" | "une" | "um" | "uma" | "eins" | "ein" | "eine" => 1,
-        "two" | "dos" | "deux" | "dois" | "duas" | "zwei" | "zwo" => 2,
+        "one" | "won" | "uno" | "una" | "un" | "une" | "um" | "uma" | "eins" | "ein" | "eine" => 1,
+        "two" | "too" | "dos" | "deux" | "dois" | "duas" | "zwei" | "zwo" => 2,
         "three" | "tres" | "trois" | "drei" => 3,
-        "four" | "cuatro" | "quatre" | "quatro" | "vier" => 4,
+        "four" | "for" | "fore" | "cuatro" | "quatre" | "quatro" | "vier" => 4,
         "five" | "cinco" | "cinq" | "funf" | "fuenf" => 5,
         "six" | "seis" | "sechs" => 6,
         "seven" | "siete" | "sept" | "sete" | "sieben" => 7,
         "eight" | "ate" | "ocho" | "huit" | "oito" | "acht" => 8,
         "nine" | "niner" | "nueve" | "neuf" | "nove" | "neun" => 9,
+        "ten" | "diez" | "dez" | "dix" => return Some(Kind::Tens(1)),
+        "twenty" | "veinte" | "vinte" | "vingt" => return Some(Kind::Tens(2)),
+        "thirty" | "treinta" | "trinta" | "trente" => return Some(Kind::Tens(3)),
+        "forty" | "cuarenta" | "quarenta" | "quarante" => return Some(Kind::Tens(4)),
+        "fifty" | "cincuenta" | "cinquenta" | "cinquante" => return Some(Kind::Tens(5)),
+        "sixty" | "sesenta" | "sessenta" | "soixante" => return Some(Kind::Tens(6)),
+        "seventy" | "setenta" => return Some(Kind::Tens(7)),
+        "eighty" | "ochenta" | "oitenta" => return Some(Kind::Tens(8)),
+        "ninety" | "noventa" => return Some(Kind::Tens(9)),
+        "hundred" | "cien" | "cem" | "cent" => return Some(Kind::Hundred),
         "double" | "doble" | "doppel" | "dupla" | "duplo" => return Some(Kind::Times(2)),
         "triple" | "triplo" | "tripla" | "dreifach" => return Some(Kind::Times(3)),
         _ => return None,
     };
     Some(Kind::NumberWord(d))
+}
+
+/// `5five5` -> "555": runs of digits and number words with nothing between.
+fn glued_digits(word: &str) -> Option<String> {
+    let b = word.as_bytes();
+    if !(b.iter().any(u8::is_ascii_digit) && b.iter().any(u8::is_ascii_alphabetic)) {
+        return None;
+    }
+    let mut out = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        let digit = b[i].is_ascii_digit();
+        let mut j = i;
+        while j < b.len() && b[j].is_ascii_digit() == digit && (b[j].is_ascii_alphanumeric()) {
+            j += 1;
+        }
+        if j == i {
+            return None;
+        }
+        let run = &word[i..j];
+        if digit {
+            out.push_str(run);
+        } else {
+            match number_word(run) {
+                Some(Kind::NumberWord(d)) => out.push(char::from(b'0' + d)),
+                _ => return None,
+            }
+        }
+        i = j;
+    }
+    Some(out)
 }
 
 /// Words people put between the parts of a number they split on purpose.
@@ -425,7 +497,12 @@ fn chains(text: &str, tokens: &[Token]) -> Vec<(usize, usize)> {
     let mut fillers_since = 0;
     for (i, t) in tokens.iter().enumerate() {
         match t.kind {
-            Kind::Digits { .. } | Kind::NumberWord(_) | Kind::Times(_) => {
+            Kind::Digits { .. }
+            | Kind::NumberWord(_)
+            | Kind::Times(_)
+            | Kind::Tens(_)
+            | Kind::Hundred
+            | Kind::Glued => {
                 let joined = current
                     .filter(|&(_, last)| fillers_since <= 3 && gap_ok(text, tokens, last, i));
                 current = match joined {
@@ -491,9 +568,21 @@ fn looks_like_years(text: &str, chain: &[Token]) -> bool {
 fn chain_digits(text: &str, chain: &[Token]) -> String {
     let mut digits = String::new();
     let mut repeat = 1;
-    for t in chain {
+    for (i, t) in chain.iter().enumerate() {
         let word = &text[t.start..t.end];
         let mut piece: Vec<u8> = match t.kind {
+            Kind::Glued => glued_digits(word).unwrap_or_default().into_bytes(),
+            Kind::Tens(d) => {
+                // "seventy eight" is 78, "seventy" alone 70.
+                let unit_follows =
+                    matches!(chain.get(i + 1).map(|n| n.kind), Some(Kind::NumberWord(u)) if u > 0);
+                if unit_follows {
+                    vec![b'0' + d]
+                } else {
+                    vec![b'0' + d, b'0']
+                }
+            }
+            Kind::Hundred => vec![b'0', b'0'],
             Kind::Digits { lookalike: false } => word.bytes().collect(),
             Kind::Digits { lookalike: true } => word
                 .bytes()
@@ -536,7 +625,14 @@ fn context(text: &str, tokens: &[Token], first: usize, last: usize) -> (Option<C
         }
         i -= 1;
         seen += 1;
-        if let Some(c) = cue(&text[t.start..t.end]) {
+        let word = &text[t.start..t.end];
+        let area_code =
+            word == "code" && i > 0 && &text[tokens[i - 1].start..tokens[i - 1].end] == "area";
+        if let Some(c) = if area_code {
+            Some(Cue::Strong)
+        } else {
+            cue(word)
+        } {
             // The nearest specific cue decides; a weak "number" does not
             // override an earlier "confirmation" / "order".
             match (before, c) {
@@ -571,6 +667,15 @@ fn breaks_sentence(gap: &str) -> bool {
 }
 
 fn cue(word: &str) -> Option<Cue> {
+    // German compounds: "Kundennummer", "Rechnungsnummer" are identifiers,
+    // "Handynummer", "Telefonnummer" are phones.
+    if let Some(head) = word.strip_suffix("nummer").filter(|h| !h.is_empty()) {
+        let phone = matches!(
+            head,
+            "handy" | "telefon" | "ruf" | "mobil" | "mobilfunk" | "festnetz" | "whatsapp"
+        );
+        return Some(if phone { Cue::Strong } else { Cue::Veto });
+    }
     Some(match word {
         "call" | "calls" | "calling" | "text" | "texts" | "texting" | "txt" | "phone" | "ring"
         | "cell" | "cellphone" | "mobile" | "mob" | "sms" | "dial" | "tel" | "telephone"
@@ -580,7 +685,8 @@ fn cue(word: &str) -> Option<Cue> {
         | "telefone" | "contato" | "chama" | "appelle" | "appellez" | "appelez" | "portable"
         | "joindre" | "texto" | "ruf" | "rufen" | "anrufen" | "handy" | "handynummer"
         | "telefon" | "telefonnummer" | "mobil" | "erreichbar" | "melde" | "zelle" | "venmo"
-        | "pix" | "chave" | "paypal" | "cashapp" | "area" | "starts" | "ends" => Cue::Strong,
+        | "pix" | "chave" | "paypal" | "cashapp" | "area" | "starts" | "ends" | "cel" | "ph"
+        | "fone" | "fax" | "landline" | "hotline" | "tfno" | "tlf" | "buzz" => Cue::Strong,
         "number" | "num" | "numero" | "nummer" | "no" | "nr" | "my" | "mi" | "meu" | "mon"
         | "mein" => Cue::Weak,
         "order" | "orders" | "booking" | "reservation" | "reserva" | "reservierung" | "buchung"
@@ -592,7 +698,11 @@ fn cue(word: &str) -> Option<Cue> {
         | "apt" | "suite" | "parcel" | "shipment" | "sendung" | "commande" | "pedido"
         | "bestellung" | "item" | "listing" | "receipt" | "recibo" | "voucher" | "coupon"
         | "promo" | "card" | "license" | "plate" | "isbn" | "imei" | "vin" | "lot"
-        | "reservacion" | "localizador" => Cue::Veto,
+        | "reservacion" | "localizador" | "licence" | "membership" | "member" | "loyalty"
+        | "passport" | "permit" | "registration" | "reg" | "vat" | "tax" | "nif" | "cpf"
+        | "cnpj" | "dni" | "nie" | "ssn" | "dossier" | "protocolo" | "expediente" | "contract"
+        | "contrato" | "contrat" | "vertrag" | "customer" | "cliente" | "client" | "batch"
+        | "product" | "produit" | "producto" | "artikel" | "barcode" | "ean" | "upc" => Cue::Veto,
         _ => return None,
     })
 }
@@ -622,6 +732,7 @@ mod tests {
             "mi número es 55 1234 5678",
             "My cell: 98765 43210",
             "ring 0412 345 678 mate",
+            "Telefonnummer: 030 1234567",
             "7026806213",
         ] {
             assert!(found(s), "{s}");
@@ -658,6 +769,8 @@ mod tests {
             "La dirección es Calle Alcalá 61, 41022 Sevilla.",
             "tracking 4772 1509 2579 3091 4901 94",
             "Lockbox code is 950709, the key is on the hook",
+            "Meine Kundennummer ist 4711 0815 42",
+            "Membership no. 5512 3390 871",
             "built in 1993 and renovated in 2015",
             "₹139,600.00 for the bookshelf",
             "the Samsung WF45T6000AW is great",

@@ -3,9 +3,12 @@
 
 use super::*;
 use proptest::prelude::*;
+use std::sync::OnceLock;
 
-fn detector() -> Detector {
-    Detector::new(&DetectorConfig::default())
+/// Built once: compiling the patterns dominates a single analysis.
+fn detector() -> &'static Detector {
+    static DETECTOR: OnceLock<Detector> = OnceLock::new();
+    DETECTOR.get_or_init(|| Detector::new(&DetectorConfig::default()))
 }
 
 fn kinds(text: &str) -> Vec<ContactKind> {
@@ -253,7 +256,7 @@ fn jsonl_round_trip_and_errors() {
         "{\"id\":7,\"text\":\"4478\",\"history\":[\"call me\",\"555 201\"]}\n",
     );
     let mut out = Vec::new();
-    let result = detect_jsonl(&detector(), input.as_bytes(), &mut out);
+    let result = detect_jsonl(detector(), None, input.as_bytes(), &mut out);
     assert!(result.is_ok());
     let text = String::from_utf8(out).unwrap_or_default();
     let lines: Vec<serde_json::Value> = text
@@ -273,6 +276,27 @@ fn jsonl_round_trip_and_errors() {
     assert!(lines[3]["error"].is_string());
     assert_eq!(lines[4]["id"], 7);
     assert_eq!(lines[4]["has_contact"], true);
+    assert!(lines[0].get("action").is_none(), "no policy, no action");
+}
+
+#[test]
+fn jsonl_with_a_policy_reports_the_phase_action() {
+    let policy = ContactPolicy::from_yaml(include_str!("../../rules/contact.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let input = "{\"id\":\"a\",\"text\":\"call 512-555-0199\"}\n";
+    for (phase, expected) in [("pre_booking", "block"), ("post_booking", "mask")] {
+        let mut out = Vec::new();
+        detect_jsonl(
+            detector(),
+            Some((&policy, phase)),
+            input.as_bytes(),
+            &mut out,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let line: serde_json::Value =
+            serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null);
+        assert_eq!(line["action"], expected, "{phase}");
+    }
 }
 
 #[test]
@@ -331,4 +355,21 @@ proptest! {
             prop_assert!(text.is_char_boundary(det.start) && text.is_char_boundary(det.end));
         }
     }
+}
+
+#[test]
+fn one_message_can_carry_several_kinds() {
+    let k = kinds("WhatsApp me on +44 7911 123456 or jane.doe88@gmail.com");
+    for want in [
+        ContactKind::MessagingApp,
+        ContactKind::Phone,
+        ContactKind::Email,
+    ] {
+        assert!(k.contains(&want), "{want:?} missing from {k:?}");
+    }
+    let k = kinds("zelle me at 512-555-0199");
+    assert!(
+        k.contains(&ContactKind::Payment) && k.contains(&ContactKind::Phone),
+        "{k:?}"
+    );
 }

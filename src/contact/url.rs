@@ -12,6 +12,8 @@
 
 use regex::Regex;
 
+use super::pattern::compile;
+
 use super::normalize::Folded;
 use super::ContactKind;
 
@@ -31,6 +33,8 @@ pub struct UrlMatch {
 
 pub struct UrlFinder {
     link: Regex,
+    /// One dot as written in a host, to retry shorter hosts.
+    udot: Regex,
     search: Regex,
 }
 
@@ -228,10 +232,11 @@ impl UrlFinder {
             \b(?:google|search\s+(?:for\s+)?|look\s+(?:us\s+|me\s+)?up|find\s+us|busca(?:nos|r)?|pesquis[ae]|googeln?|cherche[zr]?)\b
             [^.!?\n]{0,60}?\b(?:book|reserv|order|buch|contact|call|agend|commande)\w*
             [^.!?\n]{0,40}?\b(?:direct\w*|site|website|web|no\s+fees?|without\s+(?:the\s+)?fees?|sin\s+comision\w*|sem\s+taxa\w*|ohne\s+gebuhr\w*|sans\s+frais|save|cheaper)
-          | \b(?:search\s+for|look\s+(?:us|me)\s+up|find\s+(?:us|me))\b[^.!?\n]{0,50}?\b(?:on|in)\s+(?:google|online|bing)\b";
+          | \b(?:search\s+for|look\s+(?:us|me)\s+up|find\s+(?:us|me))\b[^.!?\n]{0,50}?\b(?:on|in)\s+(?:google|online|bing|airbnb|vrbo|booking|etsy|yelp|thumbtack|fiverr|upwork|craigslist|ebay)\b";
         UrlFinder {
-            link: Regex::new(&link).unwrap_or_else(|_| never()),
-            search: Regex::new(search).unwrap_or_else(|_| never()),
+            link: compile(&link),
+            udot: compile(UDOT),
+            search: compile(search),
         }
     }
 
@@ -249,14 +254,31 @@ impl UrlFinder {
             };
             let path = c.name("path").map(|m| m.as_str()).unwrap_or("");
             let has_scheme = c.name("scheme").is_some();
-            match judge(host.as_str(), tld.as_str(), path, has_scheme, platform) {
-                Some(mut m) => {
-                    let end = trim_trailing(text, whole.start(), whole.end());
+            // The pattern is greedy ("site.com. thanks" reads "thanks" as the
+            // TLD): try the whole host, then without trailing labels.
+            let h = host.as_str();
+            let dots: Vec<usize> = self.udot.find_iter(h).map(|d| d.start()).collect();
+            let whole_host =
+                judge(h, tld.as_str(), path, has_scheme, platform).map(|m| (m, whole.end()));
+            let shorter = || {
+                dots.iter().rev().skip(1).find_map(|&cut| {
+                    let short = &h[..cut];
+                    let last = self.udot.find_iter(short).last()?;
+                    let tld = short[last.end()..].trim();
+                    judge(short, tld, "", has_scheme, platform).map(|m| (m, host.start() + cut))
+                })
+            };
+            match whole_host.or_else(shorter) {
+                Some((mut m, end)) => {
                     m.start = whole.start();
-                    m.end = end;
+                    m.end = trim_trailing(text, whole.start(), end);
                     out.push(m);
-                    pos = whole.end().max(pos + 1);
+                    pos = end.max(pos + 1);
                 }
+                // An unknown TLD stays unknown for every host inside this
+                // match, so skip it; otherwise a later label may start a
+                // valid host ("123.example.com").
+                None if !is_tld(tld.as_str()) => pos = whole.end().max(pos + 1),
                 None => pos = next_label(text, whole.start()),
             }
         }
@@ -281,10 +303,6 @@ impl Default for UrlFinder {
     }
 }
 
-fn never() -> Regex {
-    Regex::new(r"[^\s\S]").unwrap_or_else(|_| unreachable!("constant regex"))
-}
-
 fn next_label(text: &str, from: usize) -> usize {
     let b = text.as_bytes();
     let mut i = from;
@@ -307,24 +325,23 @@ pub fn is_tld(t: &str) -> bool {
     TLDS.contains(&t)
 }
 
-/// Whether `host` (labels joined by '.') is one of the platform's domains or
-/// a subdomain of one.
-pub fn is_platform_host(host: &str, platform: &[String]) -> bool {
+/// Whether a host, given as labels, is one of the platform's domains
+/// (lower case, no `www.`) or a subdomain of one.
+pub fn is_platform_host<S: AsRef<str>>(labels: &[S], platform: &[String]) -> bool {
     platform.iter().any(|d| {
-        let d = d.trim().trim_start_matches("www.").to_ascii_lowercase();
-        !d.is_empty() && (host == d || host.ends_with(&format!(".{d}")))
+        let wanted = d.split('.').count();
+        labels.len() >= wanted
+            && labels[labels.len() - wanted..]
+                .iter()
+                .map(AsRef::as_ref)
+                .eq(d.split('.'))
     })
 }
 
-fn host_labels(host: &str) -> Vec<String> {
-    let mut s = host.to_string();
-    for w in [" dot ", " punto ", " ponto ", " punkt ", " point "] {
-        s = s.replace(w, ".");
-    }
-    s.split(|c: char| matches!(c, '.' | ',' | '(' | ')' | '[' | ']' | '{' | '}'))
-        .map(str::trim)
+/// Labels of a host however its dots were written.
+fn host_labels(host: &str) -> Vec<&str> {
+    host.split(['.', ',', ' ', '(', ')', '[', ']', '{', '}'])
         .filter(|l| !l.is_empty() && !matches!(*l, "dot" | "punto" | "ponto" | "punkt" | "point"))
-        .map(str::to_string)
         .collect()
 }
 
@@ -335,7 +352,11 @@ fn judge(
     has_scheme: bool,
     platform: &[String],
 ) -> Option<UrlMatch> {
-    if !is_tld(tld) {
+    let bracketed = host.contains(['(', '[', '{']);
+    let has_path = !path.trim().is_empty();
+    // An unlisted TLD ("rb(.)gy/xyz") still counts when the dot is
+    // deliberately disguised or a scheme is given, and a path follows.
+    if !is_tld(tld) && !((bracketed || has_scheme) && has_path && (2..=3).contains(&tld.len())) {
         return None;
     }
     let labels = host_labels(host);
@@ -346,14 +367,12 @@ fn judge(
     {
         return None;
     }
-    let joined = labels.join(".");
-    let platform_host = is_platform_host(&joined, platform);
+    let platform_host = is_platform_host(&labels, platform);
     let tight = !host.contains(' ') && !host.contains(',') && !host.contains(['(', '[', '{']);
-    let worded = host.contains(['(', '[', '{'])
+    let worded = bracketed
         || host
             .split_whitespace()
             .any(|w| matches!(w, "dot" | "punto" | "ponto" | "punkt" | "point"));
-    let has_path = !path.trim().is_empty();
     let www = labels[0] == "www";
     let site = site_label(&labels);
     let known = KNOWN_SITES.contains(&site);
@@ -361,7 +380,10 @@ fn judge(
     if host.contains(',') && !has_path {
         return None;
     }
-    if !tight && !worded && !(evidence || tld == "com") {
+    let second_level = labels.len() >= 3
+        && matches!(labels[labels.len() - 2], "co" | "com" | "org" | "net")
+        && tld.len() == 2;
+    if !(tight || worded || evidence || tld == "com" || second_level) {
         // Spaced dot: "great. net price" is a sentence break.
         return None;
     }
@@ -385,21 +407,15 @@ fn judge(
 
 /// The registrable label: "instagram" in "www.instagram.com", "bbc" in
 /// "bbc.co.uk".
-fn site_label(labels: &[String]) -> &str {
+fn site_label<'a>(labels: &[&'a str]) -> &'a str {
     let n = labels.len();
     if n >= 3
-        && matches!(
-            labels[n - 2].as_str(),
-            "co" | "com" | "org" | "net" | "gov" | "ac"
-        )
+        && matches!(labels[n - 2], "co" | "com" | "org" | "net" | "gov" | "ac")
         && labels[n - 1].len() == 2
     {
-        return &labels[n - 3];
+        return labels[n - 3];
     }
-    labels
-        .get(n.saturating_sub(2))
-        .map(String::as_str)
-        .unwrap_or("")
+    labels.get(n.saturating_sub(2)).copied().unwrap_or("")
 }
 
 fn classify(site: &str, tld: &str, path: &str) -> (ContactKind, bool) {
@@ -448,6 +464,7 @@ mod tests {
             "calendly,com/bluewaveboats",
             "cozycottage•typeform•com/to/CMV",
             "Google Seaside Escape Cottage and book through the site, no fees",
+            "look us up on Airbnb, same flat",
         ] {
             assert_eq!(kinds(s).len(), 1, "{s}");
         }
