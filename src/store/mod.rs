@@ -107,16 +107,9 @@ pub struct Store {
     db: sled::Db,
     users: Tree,
     listings: Tree,
-    conversations: Tree,
-    conv_pairs: Tree,
-    user_convs: Tree,
-    messages: Tree,
-    client_ids: Tree,
-    events: Tree,
-    cursors: Tree,
-    bookings: Tree,
     signals: Tree,
-    flags: Tree,
+    /// The trees the writer's transactions cover (reads go to them directly).
+    trees: WriteTrees,
     writer: Writer,
 }
 
@@ -148,9 +141,7 @@ impl Store {
             .open()?;
         check_schema(&db, dir)?;
         let tree = |name: &str| db.open_tree(name);
-        let store = Store {
-            users: tree("users")?,
-            listings: tree("listings")?,
+        let trees = WriteTrees {
             conversations: tree("conversations")?,
             conv_pairs: tree("conv_pairs")?,
             user_convs: tree("user_convs")?,
@@ -159,24 +150,14 @@ impl Store {
             events: tree("events")?,
             cursors: tree("cursors")?,
             bookings: tree("bookings")?,
-            signals: tree("signals")?,
             flags: tree("flags")?,
-            writer: Writer::start(
-                db.clone(),
-                WriteTrees {
-                    conversations: tree("conversations")?,
-                    conv_pairs: tree("conv_pairs")?,
-                    user_convs: tree("user_convs")?,
-                    messages: tree("messages")?,
-                    client_ids: tree("client_ids")?,
-                    events: tree("events")?,
-                    cursors: tree("cursors")?,
-                    bookings: tree("bookings")?,
-                    flags: tree("flags")?,
-                },
-                config.durability,
-                publish,
-            ),
+        };
+        let store = Store {
+            users: tree("users")?,
+            listings: tree("listings")?,
+            signals: tree("signals")?,
+            writer: Writer::start(db.clone(), trees.clone(), config.durability, publish),
+            trees,
             db,
         };
         Ok(store)
@@ -228,7 +209,7 @@ impl Store {
     }
 
     pub fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
-        self.get(&self.conversations, id.as_bytes())
+        self.get(&self.trees.conversations, id.as_bytes())
     }
 
     pub fn conversation_for_pair(
@@ -236,8 +217,12 @@ impl Store {
         listing_id: &str,
         customer_id: &str,
     ) -> Result<Option<Conversation>, StoreError> {
-        match self.conv_pairs.get(keys::pair(listing_id, customer_id))? {
-            Some(id) => self.get(&self.conversations, &id),
+        match self
+            .trees
+            .conv_pairs
+            .get(keys::pair(listing_id, customer_id))?
+        {
+            Some(id) => self.get(&self.trees.conversations, &id),
             None => Ok(None),
         }
     }
@@ -263,10 +248,10 @@ impl Store {
     pub fn conversations_of(&self, user_id: &str) -> Result<Vec<Conversation>, StoreError> {
         let prefix = keys::user_conv_prefix(user_id);
         let mut list = Vec::new();
-        for entry in self.user_convs.scan_prefix(&prefix) {
+        for entry in self.trees.user_convs.scan_prefix(&prefix) {
             let (key, _) = entry?;
             let id = &key[prefix.len()..];
-            if let Some(c) = self.get::<Conversation>(&self.conversations, id)? {
+            if let Some(c) = self.get::<Conversation>(&self.trees.conversations, id)? {
                 list.push(c);
             }
         }
@@ -283,7 +268,8 @@ impl Store {
     ) -> Result<Vec<Message>, StoreError> {
         let start = keys::message(conversation_id, after.saturating_add(1));
         let end = keys::message(conversation_id, u64::MAX);
-        self.messages
+        self.trees
+            .messages
             .range(start..=end)
             .take(limit)
             .map(|entry| decode(&entry?.1))
@@ -296,12 +282,16 @@ impl Store {
         sender_id: &str,
         client_id: &str,
     ) -> Result<Option<Stored>, StoreError> {
-        let Some(value) = self.client_ids.get(keys::client(sender_id, client_id))? else {
+        let Some(value) = self
+            .trees
+            .client_ids
+            .get(keys::client(sender_id, client_id))?
+        else {
             return Ok(None);
         };
         let stored = match keys::blocked_flag(&value) {
-            Some(flag_id) => self.get(&self.flags, flag_id)?.map(Stored::Blocked),
-            None => self.get(&self.messages, &value)?.map(Stored::Message),
+            Some(flag_id) => self.get(&self.trees.flags, flag_id)?.map(Stored::Blocked),
+            None => self.get(&self.trees.messages, &value)?.map(Stored::Message),
         };
         stored
             .ok_or_else(|| StoreError::Corrupt("client_id index points at nothing".into()))
@@ -344,7 +334,7 @@ impl Store {
             content: String,
         }
         let mut recent = Vec::new();
-        for entry in self.messages.range(start..=end).rev().take(SCAN) {
+        for entry in self.trees.messages.range(start..=end).rev().take(SCAN) {
             let message: Brief = decode(&entry?.1)?;
             if message.sender_id == sender_id {
                 recent.push(message.content);
@@ -360,11 +350,11 @@ impl Store {
     /// Moderation records in id (time) order after `after`, at most `limit`.
     pub fn flags(&self, after: Option<&str>, limit: usize) -> Result<Vec<Flag>, StoreError> {
         let iter = match after {
-            Some(after) => self.flags.range::<&[u8], _>((
+            Some(after) => self.trees.flags.range::<&[u8], _>((
                 std::ops::Bound::Excluded(after.as_bytes()),
                 std::ops::Bound::Unbounded,
             )),
-            None => self.flags.iter(),
+            None => self.trees.flags.iter(),
         };
         iter.take(limit).map(|entry| decode(&entry?.1)).collect()
     }
@@ -391,7 +381,7 @@ impl Store {
     }
 
     pub fn booking(&self, id: &str) -> Result<Option<Booking>, StoreError> {
-        self.get(&self.bookings, id.as_bytes())
+        self.get(&self.trees.bookings, id.as_bytes())
     }
 
     /// Stores a booking and moves its conversation to post-booking at the booking's
@@ -415,6 +405,7 @@ impl Store {
     /// The user's last cursor (0 when nothing was ever logged for them).
     pub fn cursor(&self, user_id: &str) -> Result<u64, StoreError> {
         Ok(self
+            .trees
             .cursors
             .get(user_id.as_bytes())?
             .map_or(0, |v| keys::read_u64(&v)))
@@ -443,7 +434,7 @@ impl Store {
         let start = keys::event(user_id, after + 1);
         let end = keys::event(user_id, until);
         let mut frames = Vec::new();
-        for entry in self.events.range(start..=end).take(limit) {
+        for entry in self.trees.events.range(start..=end).take(limit) {
             let (key, value) = entry?;
             let json = std::str::from_utf8(&value)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?
