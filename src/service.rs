@@ -49,6 +49,13 @@ pub struct App {
     send_limiter: DefaultKeyedRateLimiter<String>,
 }
 
+/// What `prepare_send` concluded.
+enum Prepared {
+    /// Nothing to write: the answer is known.
+    Answered(SendReply),
+    Write(NewMessage),
+}
+
 fn send_reply(stored: Stored, created: bool) -> Result<SendReply, ApiError> {
     match stored {
         Stored::Message(message) => Ok(SendReply { message, created }),
@@ -202,29 +209,59 @@ impl App {
     }
 
     /// Stores and delivers a person's message, as contact moderation allows. A
-    /// retry with a used `client_id` gets the first answer again, without counting
-    /// against the rate limit.
+    /// retry with a used `client_id` gets the first answer again, even past the
+    /// rate limit.
     pub async fn send(
-        &self,
+        self: &Arc<Self>,
         caller: Caller,
         conversation_id: &str,
         input: SendInput,
     ) -> Result<SendReply, ApiError> {
         let caller = caller.require_person()?;
         input.validate(self.config.limits.max_message_chars)?;
-        if let Some(stored) = self.store.by_client_id(&caller.user_id, &input.client_id)? {
-            return send_reply(stored, false);
+        // The reads and the detection run on the blocking pool: a sled read waits
+        // while the writer commits, and must not stall an async worker (and every
+        // connection it serves) meanwhile.
+        let app = Arc::clone(self);
+        let conversation_id = conversation_id.to_owned();
+        let prepared =
+            tokio::task::spawn_blocking(move || app.prepare_send(caller, conversation_id, input))
+                .await
+                .map_err(|e| ApiError::Internal(format!("send task failed: {e}")))??;
+        let new = match prepared {
+            Prepared::Answered(reply) => return Ok(reply),
+            Prepared::Write(new) => new,
+        };
+        let (stored, created) = self.store.append_message(new).await?;
+        if created {
+            metrics::counter!("parleyd_messages_stored_total").increment(1);
         }
+        send_reply(stored, created)
+    }
+
+    /// Everything a send decides before writing: rate limit, participation and
+    /// moderation. Blocking.
+    fn prepare_send(
+        &self,
+        caller: Caller,
+        conversation_id: String,
+        input: SendInput,
+    ) -> Result<Prepared, ApiError> {
         if self.send_limiter.check_key(&caller.user_id).is_err() {
+            // A retry of a stored message is answered even past the limit; only
+            // then is it worth a read (the writer spots duplicates otherwise).
+            if let Some(stored) = self.store.by_client_id(&caller.user_id, &input.client_id)? {
+                return send_reply(stored, false).map(Prepared::Answered);
+            }
             metrics::counter!("parleyd_rate_limited_total").increment(1);
             return Err(ApiError::RateLimited(format!(
                 "more than {} messages per second; slow down",
                 self.config.limits.send_rate_per_second
             )));
         }
-        let conversation = self.conversation_of(&caller, conversation_id)?;
+        let conversation = self.conversation_of(&caller, &conversation_id)?;
         let history = self.store.recent_from(
-            conversation_id,
+            &conversation_id,
             &caller.user_id,
             self.moderator.history_len(),
         )?;
@@ -246,22 +283,15 @@ impl App {
                     .flatten()
                     .and_then(|l| l.address)
             });
-        let (stored, created) = self
-            .store
-            .append_message(NewMessage {
-                conversation_id: conversation_id.to_owned(),
-                sender_id: caller.user_id.clone(),
-                client_id: input.client_id,
-                content: outcome.content,
-                kind: MessageType::Text,
-                created_at: now,
-                moderation: outcome.moderated,
-            })
-            .await?;
-        if created {
-            metrics::counter!("parleyd_messages_stored_total").increment(1);
-        }
-        send_reply(stored, created)
+        Ok(Prepared::Write(NewMessage {
+            conversation_id,
+            sender_id: caller.user_id,
+            client_id: input.client_id,
+            content: outcome.content,
+            kind: MessageType::Text,
+            created_at: now,
+            moderation: outcome.moderated,
+        }))
     }
 
     /// The live composer check: what the policy would do with `content` in this

@@ -355,7 +355,10 @@ impl Connection {
         let mut shutdown = self.shutdown.clone();
 
         loop {
+            // Biased: answers to the client's own sends go out before more of its
+            // frames are taken in, and deliveries before both.
             tokio::select! {
+                biased;
                 _ = stopping(&mut shutdown) => {
                     return Ending::Close(1001, "server shutting down".into());
                 }

@@ -80,6 +80,10 @@ struct Args {
     /// Length of each message's content, in characters.
     #[arg(long, default_value_t = 80)]
     message_chars: usize,
+    /// Make every Nth message of each connection carry a phone number (which
+    /// the default rules block before a booking); 0 sends only neutral text.
+    #[arg(long, default_value_t = 0)]
+    contact_every: u64,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -143,7 +147,59 @@ async fn exercise(args: &Args, daemon: &Daemon) -> Result<(), String> {
     report.daemon_end = ProcessFigures::read(daemon.pid);
     report.generator_cpu = cpu_seconds("self");
     report.print(args);
+    print_daemon_metrics(daemon.addr, &report.metrics_before).await;
     Ok(())
+}
+
+/// The daemon's write-batch, flush and moderation metrics (from /metrics): the
+/// lines, and each unlabelled sample by name.
+async fn scrape_metrics(addr: SocketAddr) -> Option<(Vec<String>, BTreeMap<String, f64>)> {
+    let mut http = HttpConn::new(addr);
+    let body = match http.request("GET", "/metrics", "-", "").await {
+        Ok((200, body)) => body,
+        Ok((status, _)) => {
+            eprintln!("GET /metrics: HTTP {status}");
+            return None;
+        }
+        Err(e) => {
+            eprintln!("GET /metrics: {e}");
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&body);
+    let wanted = ["parleyd_write_batch", "parleyd_flush", "parleyd_contact"];
+    let (mut lines, mut values) = (Vec::new(), BTreeMap::new());
+    for line in text
+        .lines()
+        .filter(|l| wanted.iter().any(|w| l.starts_with(w)))
+    {
+        lines.push(line.to_owned());
+        if let Some((name, value)) = line.split_once(' ') {
+            values.insert(name.to_owned(), value.trim().parse::<f64>().unwrap_or(0.0));
+        }
+    }
+    Some((lines, values))
+}
+
+/// Prints the metrics at the end of the run, and the mean write batch of the
+/// measured run (the difference from the figures taken after the ramp).
+async fn print_daemon_metrics(addr: SocketAddr, before: &BTreeMap<String, f64>) {
+    let Some((lines, after)) = scrape_metrics(addr).await else {
+        return;
+    };
+    for line in &lines {
+        println!("metrics  {line}");
+    }
+    let delta =
+        |n: &str| after.get(n).copied().unwrap_or(0.0) - before.get(n).copied().unwrap_or(0.0);
+    let count = delta("parleyd_write_batch_size_count");
+    if count > 0.0 {
+        println!(
+            "write batches in run {count:.0}; mean size {:.2} ops; mean batch time {:.3} ms",
+            delta("parleyd_write_batch_size_sum") / count,
+            1000.0 * delta("parleyd_write_batch_seconds_sum") / count
+        );
+    }
 }
 
 /// Warns when this process may run out of file descriptors: the limit cannot be
@@ -253,6 +309,13 @@ fn write_config(args: &Args, dir: &Path) -> Result<PathBuf, String> {
     if let Some(durability) = &args.durability {
         config["storage"]["durability"] = durability.as_str().into();
     }
+    // The copy lives elsewhere, so a relative rules_dir must be resolved against
+    // the original config's directory (the daemon refuses to start without rules).
+    let rules = config["rules_dir"].as_str().unwrap_or("./rules").to_owned();
+    let base = args.config.parent().unwrap_or(Path::new("."));
+    let rules = std::fs::canonicalize(base.join(&rules))
+        .map_err(|e| format!("rules_dir {rules:?} of {}: {e}", args.config.display()))?;
+    config["rules_dir"] = rules.to_string_lossy().as_ref().into();
     let path = dir.join("config.yaml");
     let yaml = serde_yaml::to_string(&config).map_err(|e| e.to_string())?;
     std::fs::write(&path, yaml).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -512,6 +575,8 @@ struct Plan {
     drain: Duration,
     connections: usize,
     content: String,
+    /// Every Nth message carries a phone number (0: none).
+    contact_every: u64,
     handshakes: Semaphore,
 }
 
@@ -538,6 +603,7 @@ async fn load(
         drain: args.drain,
         connections: n,
         content: content(args.message_chars),
+        contact_every: args.contact_every,
         handshakes: Semaphore::new(args.ramp_concurrency.max(1)),
     });
     let (ready_tx, mut ready_rx) = mpsc::channel(1024);
@@ -566,6 +632,10 @@ async fn load(
         report.ramp.as_secs_f64(),
         args.duration
     );
+    report.metrics_before = scrape_metrics(daemon.addr)
+        .await
+        .map(|(_, values)| values)
+        .unwrap_or_default();
     let cpu_before = cpu_seconds(&daemon.pid.to_string());
     let _ = start_tx.send(Some(Instant::now() + Duration::from_millis(200)));
     let mut stats = Vec::with_capacity(n);
@@ -577,6 +647,9 @@ async fn load(
     report.daemon_cpu = cpu_seconds(&daemon.pid.to_string()) - cpu_before;
     stats
 }
+
+/// A message the default rules block before a booking (a phone number).
+const CONTACT_CONTENT: &str = "Please call me at +31 6 1234 5678 tonight about the flat.";
 
 /// Neutral text: no digits, so contact detection has nothing to find.
 fn content(chars: usize) -> String {
@@ -702,11 +775,17 @@ async fn write_loop(
             break;
         }
         written.max_lag = written.max_lag.max(scheduled.elapsed());
+        let with_contact = plan.contact_every > 0 && (written.sent + 1) % plan.contact_every == 0;
+        let content = if with_contact {
+            CONTACT_CONTENT
+        } else {
+            plan.content.as_str()
+        };
         let frame = format!(
             r#"{{"type":"send","conversation_id":"{conversation_id}","client_id":"{}.{}","content":"{}"}}"#,
             written.sent,
             plan.micros(),
-            plan.content
+            content
         );
         if let Err(e) = sink.send(WsMessage::text(frame)).await {
             written.failure = Some(e.to_string());
@@ -924,6 +1003,8 @@ struct Report {
     daemon_end: Option<ProcessFigures>,
     daemon_cpu: f64,
     generator_cpu: f64,
+    /// The daemon's metrics after the ramp, before the measured run.
+    metrics_before: BTreeMap<String, f64>,
 }
 
 fn histogram(samples: &[ConnStats], pick: fn(&ConnStats) -> &[u32]) -> Histogram<u64> {

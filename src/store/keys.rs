@@ -49,6 +49,27 @@ pub fn blocked_flag(value: &[u8]) -> Option<&[u8]> {
     value.strip_prefix(&[BLOCKED, SEP])
 }
 
+pub fn event_prefix(user_id: &str) -> Vec<u8> {
+    event_prefix_bytes(user_id.as_bytes())
+}
+
+pub fn event_prefix_bytes(user_id: &[u8]) -> Vec<u8> {
+    join(&[user_id, b""])
+}
+
+/// The user id at the front of an `event` key.
+pub fn user_of_event(key: &[u8]) -> &[u8] {
+    &key[..key.len().saturating_sub(9)]
+}
+
+/// The smallest key after every `event` key of `user_id` (ids never contain
+/// the separator, so no other id starts with `user_id` + separator + 1).
+pub fn after_user(user_id: &[u8]) -> Vec<u8> {
+    let mut key = user_id.to_vec();
+    key.push(SEP + 1);
+    key
+}
+
 pub fn event(user_id: &str, cursor: u64) -> Vec<u8> {
     join(&[user_id.as_bytes(), &cursor.to_be_bytes()])
 }
@@ -59,7 +80,7 @@ pub fn cursor_of_event(key: &[u8]) -> u64 {
 }
 
 /// A big-endian u64; a short value (never written by us) reads as 0.
-pub fn read_u64(bytes: &[u8]) -> u64 {
+fn read_u64(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
@@ -78,5 +99,8 @@ mod tests {
         assert!(message("c", 9) < message("c", 10));
         assert!(event("u", 255) < event("u", 256));
         assert_eq!(cursor_of_event(&event("u", 300)), 300);
+        assert_eq!(user_of_event(&event("ann", 7)), b"ann");
+        assert!(after_user(b"ann") > event("ann", u64::MAX));
+        assert!(after_user(b"ann") < event("ann2", 1));
     }
 }

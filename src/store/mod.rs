@@ -17,10 +17,12 @@
 //! | `messages`      | conversation `\0` seq     | `Message` JSON              |
 //! | `client_ids`    | sender `\0` client_id     | conversation `\0` seq       |
 //! | `events`        | user `\0` cursor          | the event frame JSON        |
-//! | `cursors`       | user                      | u64, the last cursor        |
 //! | `bookings`      | booking                   | `Booking` JSON              |
 //! | `signals`       | signal (uuid v7, ordered) | `Signal` JSON               |
 //! | `flags`         | flag (uuid v7, ordered)   | `Flag` JSON                 |
+//!
+//! A user's cursor is the last key of their `events` prefix; the writer keeps the
+//! ones it has seen in memory.
 //!
 //! A `client_ids` value is the message's key, or `0xFF` + flag id for a message
 //! that moderation blocked (so a retry gets the same answer).
@@ -44,6 +46,7 @@ use crate::model::{
 };
 
 use writer::{WriteTrees, Writer};
+use writes::Cursors;
 
 pub use writer::Publish;
 
@@ -148,7 +151,6 @@ impl Store {
             messages: tree("messages")?,
             client_ids: tree("client_ids")?,
             events: tree("events")?,
-            cursors: tree("cursors")?,
             bookings: tree("bookings")?,
             flags: tree("flags")?,
         };
@@ -156,7 +158,13 @@ impl Store {
             users: tree("users")?,
             listings: tree("listings")?,
             signals: tree("signals")?,
-            writer: Writer::start(db.clone(), trees.clone(), config.durability, publish),
+            writer: Writer::start(
+                db.clone(),
+                trees.clone(),
+                Cursors::load(&trees.events)?,
+                config.durability,
+                publish,
+            ),
             trees,
             db,
         };
@@ -404,11 +412,7 @@ impl Store {
 
     /// The user's last cursor (0 when nothing was ever logged for them).
     pub fn cursor(&self, user_id: &str) -> Result<u64, StoreError> {
-        Ok(self
-            .trees
-            .cursors
-            .get(user_id.as_bytes())?
-            .map_or(0, |v| keys::read_u64(&v)))
+        last_cursor(&self.trees.events, user_id)
     }
 
     /// The user's last cursor, once everything up to it is on disk: readers of the
@@ -446,6 +450,16 @@ impl Store {
         }
         Ok(frames)
     }
+}
+
+/// The cursor of the user's newest event: the last key under their prefix.
+fn last_cursor(events: &Tree, user_id: &str) -> Result<u64, StoreError> {
+    Ok(
+        match events.scan_prefix(keys::event_prefix(user_id)).next_back() {
+            Some(entry) => keys::cursor_of_event(&entry?.0),
+            None => 0,
+        },
+    )
 }
 
 fn check_schema(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {

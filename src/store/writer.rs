@@ -13,7 +13,7 @@ use sled::transaction::{TransactionError, UnabortableTransactionError};
 use sled::{Transactional, Tree};
 use tokio::sync::oneshot;
 
-use super::writes::Tx;
+use super::writes::{Cursors, Tx};
 use super::{Delivery, StoreError};
 use crate::config::Durability;
 
@@ -84,7 +84,6 @@ pub struct WriteTrees {
     pub messages: Tree,
     pub client_ids: Tree,
     pub events: Tree,
-    pub cursors: Tree,
     pub bookings: Tree,
     pub flags: Tree,
 }
@@ -114,13 +113,14 @@ impl Writer {
     pub fn start(
         db: sled::Db,
         trees: WriteTrees,
+        cursors: Cursors,
         durability: Durability,
         publish: Publish,
     ) -> Writer {
         let (queue, jobs) = mpsc::channel::<Box<dyn Job>>();
         let thread = std::thread::Builder::new()
             .name("parleyd-writer".into())
-            .spawn(move || write_loop(&db, &trees, durability, &publish, jobs))
+            .spawn(move || write_loop(&db, &trees, cursors, durability, &publish, jobs))
             .map_err(|e| tracing::error!(error = %e, "cannot start the writer thread"))
             .ok();
         Writer {
@@ -154,6 +154,7 @@ impl Writer {
 fn write_loop(
     db: &sled::Db,
     trees: &WriteTrees,
+    mut cursors: Cursors,
     durability: Durability,
     publish: &Publish,
     jobs: mpsc::Receiver<Box<dyn Job>>,
@@ -172,7 +173,6 @@ fn write_loop(
             &trees.messages,
             &trees.client_ids,
             &trees.events,
-            &trees.cursors,
             &trees.bookings,
             &trees.flags,
         )
@@ -184,7 +184,6 @@ fn write_loop(
                     messages,
                     client_ids,
                     events,
-                    cursors,
                     bookings,
                     flags,
                 )| {
@@ -195,10 +194,11 @@ fn write_loop(
                         messages,
                         client_ids,
                         events,
-                        cursors,
+                        cursors: &cursors,
                         bookings,
                         flags,
                     };
+                    cursors.begin();
                     let mut deliveries = deliveries.borrow_mut();
                     deliveries.clear();
                     for job in batch.borrow_mut().iter_mut() {
@@ -207,6 +207,9 @@ fn write_loop(
                     Ok::<(), sled::transaction::ConflictableTransactionError<StoreError>>(())
                 },
             );
+        if committed.is_ok() {
+            cursors.commit();
+        }
         let failure = match committed {
             Ok(()) if durability == Durability::GroupCommit => {
                 db.flush().err().map(StoreError::from)

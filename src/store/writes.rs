@@ -2,10 +2,13 @@
 //! everything first and writes last: an operation that fails must fail before its
 //! first write, because the batch's transaction goes on without it.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+use sled::Tree;
 
 use super::writer::OpResult;
 use super::{decode, encode, keys, Delivery, NewMessage, StoreError, Stored};
@@ -24,9 +27,68 @@ pub struct Tx<'a> {
     pub messages: &'a TransactionalTree,
     pub client_ids: &'a TransactionalTree,
     pub events: &'a TransactionalTree,
-    pub cursors: &'a TransactionalTree,
+    pub cursors: &'a Cursors,
     pub bookings: &'a TransactionalTree,
     pub flags: &'a TransactionalTree,
+}
+
+/// Each user's last cursor. Only the writer appends to event logs, so it keeps
+/// them all in memory, read once from the logs at start-up (sled deadlocks if a
+/// transaction reads its trees outside the transaction). `pending` holds what the
+/// transaction being built has taken: a retried transaction starts it afresh,
+/// and only a commit merges it into `committed`.
+pub struct Cursors {
+    committed: HashMap<String, u64>,
+    pending: RefCell<HashMap<String, u64>>,
+}
+
+impl Cursors {
+    /// Reads every user's last cursor: one seek to each user's first and last
+    /// event.
+    pub fn load(events: &Tree) -> Result<Cursors, StoreError> {
+        let mut committed = HashMap::new();
+        let mut from = Vec::new();
+        while let Some(entry) = events.range(from.as_slice()..).next() {
+            let (key, _) = entry?;
+            let user = keys::user_of_event(&key);
+            let last = match events
+                .scan_prefix(keys::event_prefix_bytes(user))
+                .next_back()
+            {
+                Some(entry) => keys::cursor_of_event(&entry?.0),
+                None => 0,
+            };
+            committed.insert(String::from_utf8_lossy(user).into_owned(), last);
+            from = keys::after_user(user);
+        }
+        Ok(Cursors {
+            committed,
+            pending: RefCell::default(),
+        })
+    }
+
+    /// Takes the user's next cursor for the transaction being built.
+    fn next(&self, user_id: &str) -> u64 {
+        let mut pending = self.pending.borrow_mut();
+        let last = pending
+            .get(user_id)
+            .or_else(|| self.committed.get(user_id))
+            .copied()
+            .unwrap_or(0);
+        pending.insert(user_id.to_owned(), last + 1);
+        last + 1
+    }
+
+    /// A transaction is (re)starting: forget what a failed attempt took.
+    pub fn begin(&self) {
+        self.pending.borrow_mut().clear();
+    }
+
+    /// The transaction committed: what it took is now in the logs.
+    pub fn commit(&mut self) {
+        let pending = std::mem::take(self.pending.get_mut());
+        self.committed.extend(pending);
+    }
 }
 
 /// Unwraps an operation's own result, or returns its failure (sled errors pass
@@ -44,21 +106,15 @@ fn get<T: DeserializeOwned>(tree: &TransactionalTree, key: &[u8]) -> OpResult<Op
     Ok(tree.get(key)?.map(|bytes| decode(&bytes)).transpose())
 }
 
-/// Appends `event` to the user's log: the next cursor comes from the user's
-/// counter, so log order is commit order.
+/// Appends `event` to the user's log with the user's next cursor: log order is
+/// commit order.
 fn log_event(
     tx: &Tx<'_>,
     user_id: &str,
     event: &UserEvent,
     out: &mut Vec<Delivery>,
 ) -> Result<(), UnabortableTransactionError> {
-    let cursor = tx
-        .cursors
-        .get(user_id.as_bytes())?
-        .map_or(0, |v| keys::read_u64(&v))
-        + 1;
-    tx.cursors
-        .insert(user_id.as_bytes(), &cursor.to_be_bytes())?;
+    let cursor = tx.cursors.next(user_id);
     let frame = Frame::logged(cursor, event);
     tx.events
         .insert(keys::event(user_id, cursor), frame.json.as_bytes())?;
