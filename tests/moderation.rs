@@ -159,8 +159,17 @@ async fn the_composer_check_stores_nothing() {
     .expect_error(404);
 }
 
-/// Waits until the daemon reports rule-set `version` (or a failure newer than
-/// `failures_before`), returning the status.
+/// The shipped policy with the pre-booking high-risk rule replaced by `rule`.
+fn high_risk_rule(shipped: &str, rule: &str) -> String {
+    const SHIPPED_RULE: &str = "high: { action: block, flag: true }";
+    assert!(
+        shipped.contains(SHIPPED_RULE),
+        "the shipped policy changed; update this test"
+    );
+    shipped.replacen(SHIPPED_RULE, &format!("high: {rule}"), 1)
+}
+
+/// Polls `GET /v1/admin/rules` until `accept` holds, returning the status.
 async fn rules_after(d: &Daemon, accept: impl Fn(&Value) -> bool) -> Value {
     guard("the rules to reload", async {
         loop {
@@ -194,15 +203,7 @@ async fn a_policy_edit_on_disk_changes_the_outcome_without_a_restart() {
         .expect_error(422);
 
     // A broken edit is rejected with its position; the old policy keeps serving.
-    let broken = shipped.replace(
-        "high: { action: block, flag: true }",
-        "high: { action: blok }",
-    );
-    assert_ne!(
-        broken, shipped,
-        "the shipped policy changed; update this test"
-    );
-    std::fs::write(&policy_path, &broken).unwrap();
+    std::fs::write(&policy_path, high_risk_rule(&shipped, "{ action: blok }")).unwrap();
     let status = rules_after(&d, |s| !s["last_failure"].is_null()).await;
     let error = &status["last_failure"]["errors"][0];
     assert!(
@@ -216,11 +217,7 @@ async fn a_policy_edit_on_disk_changes_the_outcome_without_a_restart() {
         .expect_error(422);
 
     // Fixing it to allow phone numbers before booking takes effect at once.
-    let allowing = shipped.replace(
-        "high: { action: block, flag: true }",
-        "high: { action: allow }",
-    );
-    std::fs::write(&policy_path, allowing).unwrap();
+    std::fs::write(&policy_path, high_risk_rule(&shipped, "{ action: allow }")).unwrap();
     let status = rules_after(&d, |s| s["version"].as_u64() > Some(1)).await;
     assert!(status["last_failure"].is_null(), "{status}");
     let sent = d.send(&p.customer, &p.conversation, "e-3", PHONE).await;
