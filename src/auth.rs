@@ -14,13 +14,6 @@ pub enum Role {
     Service,
 }
 
-impl Role {
-    /// Customers and providers are the people who take part in conversations.
-    pub fn is_person(self) -> bool {
-        matches!(self, Role::Customer | Role::Provider)
-    }
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,

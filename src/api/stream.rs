@@ -118,10 +118,6 @@ impl Streams {
             );
         }
     }
-
-    pub fn live(&self) -> usize {
-        self.live.load(Ordering::Acquire)
-    }
 }
 
 #[derive(Debug, Deserialize)]

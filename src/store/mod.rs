@@ -193,10 +193,6 @@ impl Store {
         Ok(())
     }
 
-    pub fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
-        self.get(&self.users, id.as_bytes())
-    }
-
     pub fn put_listing(&self, listing: &Listing) -> Result<(), StoreError> {
         self.listings
             .insert(listing.id.as_bytes(), encode(listing))?;
@@ -218,21 +214,6 @@ impl Store {
 
     pub fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
         self.get(&self.trees.conversations, id.as_bytes())
-    }
-
-    pub fn conversation_for_pair(
-        &self,
-        listing_id: &str,
-        customer_id: &str,
-    ) -> Result<Option<Conversation>, StoreError> {
-        match self
-            .trees
-            .conv_pairs
-            .get(keys::pair(listing_id, customer_id))?
-        {
-            Some(id) => self.get(&self.trees.conversations, &id),
-            None => Ok(None),
-        }
     }
 
     /// Opens the conversation between `customer_id` and the listing's provider, or
