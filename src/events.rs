@@ -25,6 +25,16 @@ pub enum UserEvent {
         read_at: String,
         unread_count: u64,
     },
+    /// `recipient_id`'s device received the conversation up to `seq`.
+    #[serde(rename = "receipt")]
+    DeliveryReceipt {
+        conversation_id: String,
+        recipient_id: String,
+        seq: u64,
+        delivered_at: String,
+        /// Always `delivered` (read receipts carry `read_at`).
+        status: &'static str,
+    },
     /// A conversation was opened or changed (phase, stage, booking).
     Conversation { conversation: Box<ConversationView> },
     /// To the sender only: contact moderation warned about, masked or blocked

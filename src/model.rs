@@ -297,6 +297,10 @@ pub struct ParticipantState {
     pub last_read_seq: u64,
     /// Messages from others after `last_read_seq`.
     pub unread_count: u64,
+    /// Highest `seq` this participant's device confirmed it received (reading
+    /// implies receiving).
+    #[serde(default)]
+    pub delivered_seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -341,6 +345,13 @@ impl Conversation {
         self.participants.iter_mut().find(|p| p.user_id == user_id)
     }
 
+    /// The other participants.
+    fn peers_of<'a>(&'a self, user_id: &'a str) -> impl Iterator<Item = &'a ParticipantState> {
+        self.participants
+            .iter()
+            .filter(move |p| p.user_id != user_id)
+    }
+
     /// What `user_id` sees of this conversation.
     pub fn view_for(&self, user_id: &str, card: Option<ContextCard>) -> ConversationView {
         let me = self.participant(user_id);
@@ -356,6 +367,16 @@ impl Conversation {
             last_message: self.last_message.clone(),
             unread_count: me.map_or(0, |p| p.unread_count),
             last_read_seq: me.map_or(0, |p| p.last_read_seq),
+            peer_delivered_seq: self
+                .peers_of(user_id)
+                .map(|p| p.delivered_seq)
+                .min()
+                .unwrap_or(0),
+            peer_read_seq: self
+                .peers_of(user_id)
+                .map(|p| p.last_read_seq)
+                .min()
+                .unwrap_or(0),
             listing: card.unwrap_or_else(|| self.listing_snapshot.clone()),
             created_at: self.created_at.clone(),
             updated_at: self.updated_at.clone(),
@@ -377,6 +398,10 @@ pub struct ConversationView {
     pub last_message: Option<MessageSummary>,
     pub unread_count: u64,
     pub last_read_seq: u64,
+    /// The other side has received my messages up to this `seq`…
+    pub peer_delivered_seq: u64,
+    /// …and read them up to this one.
+    pub peer_read_seq: u64,
     /// The listing context card.
     pub listing: ContextCard,
     pub created_at: String,

@@ -38,6 +38,12 @@ pub struct ReadReply {
     pub unread_count: u64,
 }
 
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DeliveredReply {
+    pub conversation_id: String,
+    pub delivered_seq: u64,
+}
+
 pub struct App {
     pub config: Config,
     pub store: Store,
@@ -364,6 +370,24 @@ impl App {
             conversation_id: conversation_id.to_owned(),
             last_read_seq,
             unread_count,
+        })
+    }
+
+    /// The caller's device received the conversation up to `seq`.
+    pub async fn delivered(
+        &self,
+        caller: Caller,
+        conversation_id: &str,
+        seq: u64,
+    ) -> Result<DeliveredReply, ApiError> {
+        let caller = caller.require_person()?;
+        let delivered_seq = self
+            .store
+            .mark_delivered(conversation_id, &caller.user_id, seq, &self.now())
+            .await?;
+        Ok(DeliveredReply {
+            conversation_id: conversation_id.to_owned(),
+            delivered_seq,
         })
     }
 

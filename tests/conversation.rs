@@ -467,3 +467,61 @@ async fn signals_are_accepted_and_invalid_ones_refused() {
     .expect_error(403);
     d.stop().await;
 }
+
+#[tokio::test]
+async fn delivery_receipts_reach_the_sender_and_reading_implies_delivery() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let mut customer = d.ws(&p.customer, None).await;
+    let mut provider = d.ws(&p.provider, None).await;
+    for i in 1..=3 {
+        customer
+            .send_acked(&p.conversation, &format!("c-{i}"), "hello")
+            .await;
+    }
+    // The provider's device confirms it received up to seq 2, over the stream.
+    provider.message_event(2).await;
+    provider
+        .send_json(json!({"type": "delivered", "conversation_id": p.conversation, "seq": 2}))
+        .await;
+    let receipt = customer
+        .next_where("a delivery receipt", |f| {
+            f["type"] == "receipt" && f["status"] == "delivered"
+        })
+        .await;
+    assert_eq!(receipt["recipient_id"], p.provider.id);
+    assert_eq!(receipt["seq"], 2);
+    let seen = d.listed(&p.customer, &p.conversation).await;
+    assert_eq!(seen["peer_delivered_seq"], 2);
+    assert_eq!(seen["peer_read_seq"], 0);
+
+    // Going backwards changes nothing; reading up to 3 implies delivery up to 3.
+    let reply = d
+        .post(
+            &format!("/v1/conversations/{}/delivered", p.conversation),
+            &p.provider.token,
+            json!({"seq": 1}),
+        )
+        .await;
+    reply.expect(200);
+    assert_eq!(reply.body["delivered_seq"], 2);
+    d.post(
+        &format!("/v1/conversations/{}/read", p.conversation),
+        &p.provider.token,
+        json!({"seq": 3}),
+    )
+    .await
+    .expect(200);
+    let seen = d.listed(&p.customer, &p.conversation).await;
+    assert_eq!(seen["peer_delivered_seq"], 3);
+    assert_eq!(seen["peer_read_seq"], 3);
+    // A stranger cannot confirm anything.
+    let stranger = Person::new("eve", "customer");
+    d.post(
+        &format!("/v1/conversations/{}/delivered", p.conversation),
+        &stranger.token,
+        json!({"seq": 1}),
+    )
+    .await
+    .expect_error(404);
+}

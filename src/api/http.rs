@@ -25,7 +25,7 @@ pub struct OpenConversation {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReadInput {
-    /// Mark the other side's messages up to and including this `seq` read.
+    /// Up to and including this `seq`.
     pub seq: u64,
 }
 
@@ -110,6 +110,13 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .and(who.clone())
         .and(json_body(limit))
         .then(mark_read);
+    let delivered = v1
+        .and(warp::path!("conversations" / String / "delivered"))
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(json_body(limit))
+        .then(mark_delivered);
     let typing = v1
         .and(warp::path!("conversations" / String / "typing"))
         .and(warp::post())
@@ -173,6 +180,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(send_message)
         .unify()
         .or(read)
+        .unify()
+        .or(delivered)
         .unify()
         .or(typing)
         .unify()
@@ -284,6 +293,24 @@ pub async fn mark_read(id: String, app: Arc<App>, who: Auth, body: Body<ReadInpu
     respond(
         StatusCode::OK,
         async { app.read(who?, &id, body?.seq).await }.await,
+    )
+}
+
+/// Confirms the caller's device received the conversation up to `seq` (the
+/// senders get a delivery receipt).
+#[utoipa::path(post, path = "/v1/conversations/{id}/delivered", request_body = ReadInput,
+    params(("id" = String, Path)),
+    responses((status = 200, body = crate::service::DeliveredReply), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn mark_delivered(
+    id: String,
+    app: Arc<App>,
+    who: Auth,
+    body: Body<ReadInput>,
+) -> Response {
+    respond(
+        StatusCode::OK,
+        async { app.delivered(who?, &id, body?.seq).await }.await,
     )
 }
 

@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         super::http::list_messages,
         super::http::send_message,
         super::http::mark_read,
+        super::http::mark_delivered,
         super::http::typing,
         super::http::create_booking,
         super::http::update_booking,

@@ -265,6 +265,10 @@ enum ClientFrame {
         conversation_id: String,
         seq: u64,
     },
+    Delivered {
+        conversation_id: String,
+        seq: u64,
+    },
     Typing {
         conversation_id: String,
     },
@@ -523,18 +527,44 @@ impl Connection {
                 conversation_id,
                 seq,
             } => {
-                let permit = inflight.clone().acquire_owned().await.ok()?;
-                let (app, caller, replies) =
-                    (self.app.clone(), self.caller.clone(), replies.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = app.read(caller, &conversation_id, seq).await {
-                        let _ = replies.send(error_frame(None, &e)).await;
-                    }
-                    drop(permit);
-                });
-                None
+                self.spawn_receipt(inflight, replies, move |app, caller| async move {
+                    app.read(caller, &conversation_id, seq).await.map(drop)
+                })
+                .await
+            }
+            ClientFrame::Delivered {
+                conversation_id,
+                seq,
+            } => {
+                self.spawn_receipt(inflight, replies, move |app, caller| async move {
+                    app.delivered(caller, &conversation_id, seq).await.map(drop)
+                })
+                .await
             }
         }
+    }
+
+    /// Runs a read or delivery receipt beside the connection (bounded by
+    /// `inflight`); only a failure is answered, with an `error` frame.
+    async fn spawn_receipt<F, Fut>(
+        &self,
+        inflight: &Arc<Semaphore>,
+        replies: &mpsc::Sender<String>,
+        receipt: F,
+    ) -> Option<String>
+    where
+        F: FnOnce(Arc<App>, Caller) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), ApiError>> + Send,
+    {
+        let permit = inflight.clone().acquire_owned().await.ok()?;
+        let (app, caller, replies) = (self.app.clone(), self.caller.clone(), replies.clone());
+        tokio::spawn(async move {
+            if let Err(e) = receipt(app, caller).await {
+                let _ = replies.send(error_frame(None, &e)).await;
+            }
+            drop(permit);
+        });
+        None
     }
 }
 

@@ -369,6 +369,27 @@ impl Store {
             .await
     }
 
+    /// Records that `recipient_id` received the conversation up to `seq`; the
+    /// other participants get a delivery `receipt`. Returns the delivered `seq`.
+    pub async fn mark_delivered(
+        &self,
+        conversation_id: &str,
+        recipient_id: &str,
+        seq: u64,
+        now: &str,
+    ) -> Result<u64, StoreError> {
+        let (conversation_id, recipient_id, now) = (
+            conversation_id.to_owned(),
+            recipient_id.to_owned(),
+            now.to_owned(),
+        );
+        self.writer
+            .run(move |tx, out| {
+                writes::mark_delivered(tx, &conversation_id, &recipient_id, seq, &now, out)
+            })
+            .await
+    }
+
     pub fn booking(&self, id: &str) -> Result<Option<Booking>, StoreError> {
         self.get(&self.trees.bookings, id.as_bytes())
     }

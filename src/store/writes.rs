@@ -144,6 +144,7 @@ pub fn open_conversation(
         user_id: user_id.to_owned(),
         last_read_seq: 0,
         unread_count: 0,
+        delivered_seq: 0,
     };
     let card = listing.card();
     let conversation = Conversation {
@@ -324,6 +325,7 @@ pub fn mark_read(
 
     // Checks done: write.
     reader.last_read_seq = target;
+    reader.delivered_seq = reader.delivered_seq.max(target);
     reader.unread_count = reader.unread_count.saturating_sub(newly_read.len() as u64);
     let state = (reader.last_read_seq, reader.unread_count);
     for (key, mut message) in newly_read {
@@ -344,6 +346,49 @@ pub fn mark_read(
         log_event(tx, &p.user_id, &event, out)?;
     }
     Ok(Ok(state))
+}
+
+/// Records that `recipient_id` received the conversation up to `seq` and tells
+/// the others. Returns the recipient's delivered `seq` afterwards.
+pub fn mark_delivered(
+    tx: &Tx<'_>,
+    conversation_id: &str,
+    recipient_id: &str,
+    seq: u64,
+    now: &str,
+    out: &mut Vec<Delivery>,
+) -> OpResult<u64> {
+    let conversation = check!(get::<Conversation>(
+        tx.conversations,
+        conversation_id.as_bytes()
+    )?);
+    let Some(mut conversation) = conversation else {
+        return Ok(Err(StoreError::NotFound("conversation")));
+    };
+    let last_seq = conversation.last_seq;
+    let Some(recipient) = conversation.participant_mut(recipient_id) else {
+        return Ok(Err(StoreError::NotFound("conversation")));
+    };
+    let target = seq.min(last_seq);
+    if target <= recipient.delivered_seq {
+        return Ok(Ok(recipient.delivered_seq));
+    }
+    recipient.delivered_seq = target;
+    tx.conversations
+        .insert(conversation_id.as_bytes(), encode(&conversation))?;
+    let event = UserEvent::DeliveryReceipt {
+        conversation_id: conversation_id.to_owned(),
+        recipient_id: recipient_id.to_owned(),
+        seq: target,
+        delivered_at: now.to_owned(),
+        status: "delivered",
+    };
+    for p in &conversation.participants {
+        if p.user_id != recipient_id {
+            log_event(tx, &p.user_id, &event, out)?;
+        }
+    }
+    Ok(Ok(target))
 }
 
 pub fn put_booking(
