@@ -152,10 +152,7 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     } else if rejection.is_not_found() {
         ApiError::NotFound("no such route".into())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        return Ok(json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &serde_json::json!({"error": {"code": "method_not_allowed", "message": "method not allowed on this route"}}),
-        ));
+        ApiError::MethodNotAllowed("method not allowed on this route".into())
     } else {
         tracing::debug!(?rejection, "unhandled rejection");
         ApiError::BadRequest("the request could not be understood".into())

@@ -211,44 +211,20 @@ pub fn append_message(
         .moderation
         .as_ref()
         .is_some_and(|m| m.note.action == Action::Block);
-    let seq = (!blocked).then_some(conversation.last_seq + 1);
-    let flag: Option<Flag> = new.moderation.as_ref().and_then(|m| {
-        m.flag.clone().map(|mut flag| {
-            flag.message_seq = seq;
-            flag
-        })
-    });
-    if blocked && flag.is_none() {
-        return Ok(Err(StoreError::Corrupt(
-            "a blocked message needs a moderation record".into(),
-        )));
+    if blocked {
+        // Checked before the first write: a block must leave its record.
+        let Some(flag) = new.moderation.as_ref().and_then(|m| m.flag.clone()) else {
+            return Ok(Err(StoreError::Corrupt(
+                "a blocked message needs a moderation record".into(),
+            )));
+        };
+        record_moderation(tx, new, None, out)?;
+        tx.client_ids
+            .insert(client_key.as_slice(), keys::blocked(&flag.id))?;
+        return Ok(Ok((Stored::Blocked(flag), true)));
     }
-
-    // Checks done: write.
-    if let Some(flag) = &flag {
-        tx.flags.insert(flag.id.as_bytes(), encode(flag))?;
-    }
-    if let Some(moderated) = &new.moderation {
-        if let Some(notice) = &moderated.notice {
-            let event = UserEvent::Moderation {
-                conversation_id: new.conversation_id.clone(),
-                client_id: new.client_id.clone(),
-                message_seq: seq,
-                action: moderated.note.action,
-                types: moderated.note.types.clone(),
-                notice: notice.clone(),
-            };
-            log_event(tx, &new.sender_id, &event, out)?;
-        }
-    }
-    let (Some(seq), false) = (seq, blocked) else {
-        if let Some(flag) = flag {
-            tx.client_ids
-                .insert(client_key.as_slice(), keys::blocked(&flag.id))?;
-            return Ok(Ok((Stored::Blocked(flag), true)));
-        }
-        return Ok(Err(StoreError::Corrupt("checked above".into())));
-    };
+    let seq = conversation.last_seq + 1;
+    record_moderation(tx, new, Some(seq), out)?;
     let message = Message {
         id: message_id.to_owned(),
         seq,
@@ -284,6 +260,39 @@ pub fn append_message(
         log_event(tx, &p.user_id, &event, out)?;
     }
     Ok(Ok((Stored::Message(message), true)))
+}
+
+/// Stores what moderation decided about a new message: the operators' record
+/// (pointing at `seq`, the stored message, absent when blocked) and the sender's
+/// `moderation` event.
+fn record_moderation(
+    tx: &Tx<'_>,
+    new: &NewMessage,
+    seq: Option<u64>,
+    out: &mut Vec<Delivery>,
+) -> Result<(), UnabortableTransactionError> {
+    let Some(moderated) = &new.moderation else {
+        return Ok(());
+    };
+    if let Some(flag) = &moderated.flag {
+        let flag = Flag {
+            message_seq: seq,
+            ..flag.clone()
+        };
+        tx.flags.insert(flag.id.as_bytes(), encode(&flag))?;
+    }
+    if let Some(notice) = &moderated.notice {
+        let event = UserEvent::Moderation {
+            conversation_id: new.conversation_id.clone(),
+            client_id: new.client_id.clone(),
+            message_seq: seq,
+            action: moderated.note.action,
+            types: moderated.note.types.clone(),
+            notice: notice.clone(),
+        };
+        log_event(tx, &new.sender_id, &event, out)?;
+    }
+    Ok(())
 }
 
 /// Returns the reader's `(last_read_seq, unread_count)` afterwards.
