@@ -6,6 +6,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod contact;
+pub mod domain;
 pub mod error;
 pub mod events;
 pub mod hub;

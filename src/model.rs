@@ -290,6 +290,19 @@ pub enum Stage {
     Cancelled,
 }
 
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Confirmed => "confirmed",
+            Stage::Preparation => "preparation",
+            Stage::Active => "active",
+            Stage::Completed => "completed",
+            Stage::Review => "review",
+            Stage::Cancelled => "cancelled",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ParticipantState {
     pub user_id: String,
@@ -330,9 +343,24 @@ pub struct Conversation {
     pub listing_snapshot: ContextCard,
     pub created_at: String,
     pub updated_at: String,
+    /// When the customer's first message arrived (the inquiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inquiry_at: Option<String>,
 }
 
 impl Conversation {
+    /// What automation keys this conversation's sequences by.
+    pub fn subject(&self) -> crate::domain::Subject {
+        crate::domain::Subject {
+            conversation_id: Some(self.id.clone()),
+            listing_id: Some(self.listing_id.clone()),
+            booking_id: self.booking_id.clone(),
+            customer_id: Some(self.customer_id.clone()),
+            provider_id: Some(self.provider_id.clone()),
+            user_id: None,
+        }
+    }
+
     pub fn is_participant(&self, user_id: &str) -> bool {
         self.participants.iter().any(|p| p.user_id == user_id)
     }
@@ -428,7 +456,7 @@ pub enum MessageStatus {
     Read,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Message {
     pub id: String,
     pub seq: u64,
@@ -445,6 +473,59 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub moderation: Option<Moderation>,
+    /// The rule and step that sent an automated message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automation: Option<Automation>,
+    /// Suggested next steps shown with the message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<SuggestedAction>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// The sender id of messages the platform itself sends.
+pub const SYSTEM_SENDER: &str = "system";
+
+/// Which automation sent a message, and to whom it speaks (only the recipient's
+/// unread count grows).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Automation {
+    pub rule: String,
+    pub step: String,
+    pub template: String,
+    pub recipient_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    BookNow,
+    ViewAvailability,
+    QuickReply,
+}
+
+/// A button offered with an automated message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuggestedAction {
+    #[serde(rename = "type")]
+    pub kind: ActionKind,
+    pub label: String,
+    /// What the client sends back or opens (e.g. a quick reply's text).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    /// Higher first.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// A file carried inline with a message (e.g. a calendar invite).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Attachment {
+    pub filename: String,
+    pub content_type: String,
+    pub content: String,
 }
 
 /// What contact moderation did to a delivered message.
@@ -530,6 +611,19 @@ pub struct Booking {
     pub stage: Stage,
     pub created_at: String,
     pub updated_at: String,
+}
+
+impl Booking {
+    pub fn subject(&self) -> crate::domain::Subject {
+        crate::domain::Subject {
+            conversation_id: Some(self.conversation_id.clone()),
+            listing_id: Some(self.listing_id.clone()),
+            booking_id: Some(self.id.clone()),
+            customer_id: Some(self.customer_id.clone()),
+            provider_id: Some(self.provider_id.clone()),
+            user_id: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -11,6 +11,7 @@ use crate::auth::{Authenticator, Caller, Role};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::contact::{Action, Analysis, ContactKind, Detector};
+use crate::domain::Subject;
 use crate::error::ApiError;
 use crate::events::Frame;
 use crate::hub::Hub;
@@ -297,6 +298,9 @@ impl App {
             kind: MessageType::Text,
             created_at: now,
             moderation: outcome.moderated,
+            automation: None,
+            actions: Vec::new(),
+            attachments: Vec::new(),
         }))
     }
 
@@ -523,8 +527,37 @@ impl App {
             },
             received_at: self.now(),
         };
-        self.store.put_signal(&signal)?;
-        self.store.durable().await?;
+        let subject = self.signal_subject(&signal)?;
+        self.store.put_signal(signal.clone(), subject).await?;
         Ok(signal)
+    }
+
+    /// What a signal is about, for the engine: the ids it names, and whether its
+    /// user is the customer or the provider (the listing's owner).
+    fn signal_subject(&self, signal: &Signal) -> Result<Subject, ApiError> {
+        let mut subject = Subject {
+            conversation_id: signal.conversation_id.clone(),
+            listing_id: signal.listing_id.clone(),
+            user_id: signal.user_id.clone(),
+            ..Subject::default()
+        };
+        if let Some(conversation) = match &signal.conversation_id {
+            Some(id) => self.store.conversation(id)?,
+            None => None,
+        } {
+            subject = Subject {
+                user_id: signal.user_id.clone(),
+                ..conversation.subject()
+            };
+        } else if let Some(listing) = match &signal.listing_id {
+            Some(id) => self.store.listing(id)?,
+            None => None,
+        } {
+            subject.provider_id = Some(listing.provider_id.clone());
+            if signal.user_id.as_ref() != Some(&listing.provider_id) {
+                subject.customer_id = signal.user_id.clone();
+            }
+        }
+        Ok(subject)
     }
 }

@@ -104,3 +104,38 @@ mod tests {
         assert!(after_user(b"ann") < event("ann2", 1));
     }
 }
+
+pub fn domain(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+pub fn domain_seq(key: &[u8]) -> u64 {
+    key.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+/// A timer: due time first, so the tree is ordered by when things fire.
+/// Times before the epoch sort as the epoch (nothing is planned that early).
+pub fn timer(due_ms: i64, instance: &str, step: &str) -> Vec<u8> {
+    let due = u64::try_from(due_ms).unwrap_or(0).to_be_bytes();
+    let mut key = Vec::with_capacity(8 + instance.len() + 1 + step.len());
+    key.extend_from_slice(&due);
+    key.extend_from_slice(instance.as_bytes());
+    key.push(SEP);
+    key.extend_from_slice(step.as_bytes());
+    key
+}
+
+/// The first key of timers due after `due_ms`.
+pub fn timers_after(due_ms: i64) -> [u8; 8] {
+    (u64::try_from(due_ms).unwrap_or(0).saturating_add(1)).to_be_bytes()
+}
+
+/// `(due_ms, instance, step)` of a timer key.
+pub fn parse_timer(key: &[u8]) -> Option<(i64, String, String)> {
+    let (due, rest) = key.split_at_checked(8)?;
+    let due = i64::try_from(u64::from_be_bytes(due.try_into().ok()?)).ok()?;
+    let split = rest.iter().rposition(|&b| b == SEP)?;
+    let instance = std::str::from_utf8(&rest[..split]).ok()?;
+    let step = std::str::from_utf8(&rest[split + 1..]).ok()?;
+    Some((due, instance.to_owned(), step.to_owned()))
+}

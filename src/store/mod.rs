@@ -21,12 +21,17 @@
 //! | `signals`       | signal (uuid v7, ordered) | `Signal` JSON               |
 //! | `flags`         | flag (uuid v7, ordered)   | `Flag` JSON                 |
 //!
+//! and the automation engine's trees, described in `automation.rs`. Every write
+//! that the engine should know about queues a domain event in the same
+//! transaction.
+//!
 //! A user's cursor is the last key of their `events` prefix; the writer keeps the
 //! ones it has seen in memory.
 //!
 //! A `client_ids` value is the message's key, or `0xFF` + flag id for a message
 //! that moderation blocked (so a retry gets the same answer).
 
+mod automation;
 mod keys;
 mod writer;
 mod writes;
@@ -39,15 +44,17 @@ use serde::Serialize;
 use sled::Tree;
 
 use crate::config::StorageConfig;
+use crate::domain::Subject;
 use crate::events::Frame;
 use crate::model::{
-    Booking, ContextCard, Conversation, Flag, Listing, Message, MessageType, Moderation, Signal,
-    User,
+    Attachment, Automation, Booking, ContextCard, Conversation, Flag, Listing, Message,
+    MessageType, Moderation, Signal, SuggestedAction, User,
 };
 
 use writer::{WriteTrees, Writer};
 use writes::Cursors;
 
+pub use automation::{Change, Firing};
 pub use writer::Publish;
 
 /// Bumped whenever the layout above changes incompatibly.
@@ -85,6 +92,10 @@ pub struct NewMessage {
     pub kind: MessageType,
     pub created_at: String,
     pub moderation: Option<Moderated>,
+    /// Set on automated messages only.
+    pub automation: Option<Automation>,
+    pub actions: Vec<SuggestedAction>,
+    pub attachments: Vec<Attachment>,
 }
 
 /// What contact moderation decided about a new message, to be stored with it.
@@ -110,10 +121,11 @@ pub struct Store {
     db: sled::Db,
     users: Tree,
     listings: Tree,
-    signals: Tree,
     /// The trees the writer's transactions cover (reads go to them directly).
     trees: WriteTrees,
     writer: Writer,
+    /// Woken after every committed write batch.
+    committed: Arc<tokio::sync::Notify>,
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
@@ -153,18 +165,25 @@ impl Store {
             events: tree("events")?,
             bookings: tree("bookings")?,
             flags: tree("flags")?,
+            signals: tree("signals")?,
+            domain: tree("domain")?,
+            instances: tree("instances")?,
+            timers: tree("timers")?,
+            subjects: tree("subjects")?,
         };
+        let committed = Arc::new(tokio::sync::Notify::new());
         let store = Store {
             users: tree("users")?,
             listings: tree("listings")?,
-            signals: tree("signals")?,
             writer: Writer::start(
                 db.clone(),
                 trees.clone(),
                 Cursors::load(&trees.events)?,
                 config.durability,
                 publish,
+                Arc::clone(&committed),
             ),
+            committed,
             trees,
             db,
         };
@@ -407,9 +426,22 @@ impl Store {
             .await
     }
 
-    pub fn put_signal(&self, signal: &Signal) -> Result<(), StoreError> {
-        self.signals.insert(signal.id.as_bytes(), encode(signal))?;
-        Ok(())
+    /// Stores a signal and queues it for the engine as a domain event about
+    /// `subject`; resolves once durable.
+    pub async fn put_signal(&self, signal: Signal, subject: Subject) -> Result<(), StoreError> {
+        self.writer
+            .run(move |tx, _| writes::put_signal(tx, &signal, &subject))
+            .await
+    }
+
+    pub fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
+        self.get(&self.users, id.as_bytes())
+    }
+
+    /// Woken after every committed write batch: the engine waits on it for new
+    /// domain events.
+    pub fn committed(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.committed)
     }
 
     /// The user's last cursor (0 when nothing was ever logged for them).

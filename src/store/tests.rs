@@ -35,6 +35,9 @@ fn message(conversation_id: &str, sender: &str, client_id: &str) -> NewMessage {
         kind: MessageType::Text,
         created_at: "2026-11-25T00:00:00.000Z".into(),
         moderation: None,
+        automation: None,
+        actions: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 

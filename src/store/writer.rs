@@ -13,7 +13,7 @@ use sled::transaction::{TransactionError, UnabortableTransactionError};
 use sled::{Transactional, Tree};
 use tokio::sync::oneshot;
 
-use super::writes::{Cursors, Tx};
+use super::writes::{Cursors, DomainSeq, Tx};
 use super::{Delivery, StoreError};
 use crate::config::Durability;
 
@@ -86,6 +86,11 @@ pub struct WriteTrees {
     pub events: Tree,
     pub bookings: Tree,
     pub flags: Tree,
+    pub signals: Tree,
+    pub domain: Tree,
+    pub instances: Tree,
+    pub timers: Tree,
+    pub subjects: Tree,
 }
 
 #[derive(Clone)]
@@ -116,11 +121,22 @@ impl Writer {
         cursors: Cursors,
         durability: Durability,
         publish: Publish,
+        committed: Arc<tokio::sync::Notify>,
     ) -> Writer {
         let (queue, jobs) = mpsc::channel::<Box<dyn Job>>();
         let thread = std::thread::Builder::new()
             .name("parleyd-writer".into())
-            .spawn(move || write_loop(&db, &trees, cursors, durability, &publish, jobs))
+            .spawn(move || {
+                let domain_seq = DomainSeq::load(&trees.domain);
+                let state = LoopState {
+                    cursors,
+                    domain_seq,
+                    durability,
+                    publish,
+                    committed,
+                };
+                write_loop(&db, &trees, state, jobs)
+            })
             .map_err(|e| tracing::error!(error = %e, "cannot start the writer thread"))
             .ok();
         Writer {
@@ -151,12 +167,20 @@ impl Writer {
     }
 }
 
+/// What the writer thread keeps between batches.
+struct LoopState {
+    cursors: Cursors,
+    domain_seq: DomainSeq,
+    durability: Durability,
+    publish: Publish,
+    /// Woken after every committed batch (the automation engine waits on it).
+    committed: Arc<tokio::sync::Notify>,
+}
+
 fn write_loop(
     db: &sled::Db,
     trees: &WriteTrees,
-    mut cursors: Cursors,
-    durability: Durability,
-    publish: &Publish,
+    mut state: LoopState,
     jobs: mpsc::Receiver<Box<dyn Job>>,
 ) {
     // Ends when the last `Writer` handle has been dropped.
@@ -166,6 +190,8 @@ fn write_loop(
         let started = std::time::Instant::now();
         let batch = RefCell::new(batch);
         let deliveries = RefCell::new(Vec::new());
+        let (cursors, domain_seq) = (&state.cursors, &state.domain_seq);
+        // sled implements transactions over tuples of up to 14 trees.
         let committed = (
             &trees.conversations,
             &trees.conv_pairs,
@@ -175,6 +201,11 @@ fn write_loop(
             &trees.events,
             &trees.bookings,
             &trees.flags,
+            &trees.signals,
+            &trees.domain,
+            &trees.instances,
+            &trees.timers,
+            &trees.subjects,
         )
             .transaction(
                 |(
@@ -186,6 +217,11 @@ fn write_loop(
                     events,
                     bookings,
                     flags,
+                    signals,
+                    domain,
+                    instances,
+                    timers,
+                    subjects,
                 )| {
                     let tx = Tx {
                         conversations,
@@ -194,11 +230,18 @@ fn write_loop(
                         messages,
                         client_ids,
                         events,
-                        cursors: &cursors,
+                        cursors,
                         bookings,
                         flags,
+                        signals,
+                        domain,
+                        domain_seq,
+                        instances,
+                        timers,
+                        subjects,
                     };
                     cursors.begin();
+                    domain_seq.begin();
                     let mut deliveries = deliveries.borrow_mut();
                     deliveries.clear();
                     for job in batch.borrow_mut().iter_mut() {
@@ -208,10 +251,11 @@ fn write_loop(
                 },
             );
         if committed.is_ok() {
-            cursors.commit();
+            state.cursors.commit();
+            state.domain_seq.commit();
         }
         let failure = match committed {
-            Ok(()) if durability == Durability::GroupCommit => {
+            Ok(()) if state.durability == Durability::GroupCommit => {
                 db.flush().err().map(StoreError::from)
             }
             Ok(()) => None,
@@ -225,8 +269,9 @@ fn write_loop(
             Some(e) => tracing::error!(error = %e, "write batch failed"),
             None => {
                 for delivery in deliveries.into_inner() {
-                    publish(&delivery);
+                    (state.publish)(&delivery);
                 }
+                state.committed.notify_one();
             }
         }
         for job in batch {

@@ -2,7 +2,7 @@
 //! everything first and writes last: an operation that fails must fail before its
 //! first write, because the batch's transaction goes on without it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -13,10 +13,11 @@ use sled::Tree;
 use super::writer::OpResult;
 use super::{decode, encode, keys, Delivery, NewMessage, StoreError, Stored};
 use crate::contact::Action;
+use crate::domain::{DomainEvent, Subject};
 use crate::events::{Frame, UserEvent};
 use crate::model::{
-    Booking, ContextCard, Conversation, Flag, Listing, Message, MessageStatus, ParticipantState,
-    Phase,
+    Booking, ContextCard, Conversation, Flag, Listing, Message, MessageStatus, MessageType,
+    ParticipantState, Phase, Signal, SYSTEM_SENDER,
 };
 
 /// The trees of one write transaction.
@@ -30,6 +31,13 @@ pub struct Tx<'a> {
     pub cursors: &'a Cursors,
     pub bookings: &'a TransactionalTree,
     pub flags: &'a TransactionalTree,
+    pub signals: &'a TransactionalTree,
+    /// The automation engine's queue of domain events.
+    pub domain: &'a TransactionalTree,
+    pub domain_seq: &'a DomainSeq,
+    pub instances: &'a TransactionalTree,
+    pub timers: &'a TransactionalTree,
+    pub subjects: &'a TransactionalTree,
 }
 
 /// Each user's last cursor. Only the writer appends to event logs, so it keeps
@@ -89,6 +97,50 @@ impl Cursors {
         let pending = std::mem::take(self.pending.get_mut());
         self.committed.extend(pending);
     }
+}
+
+/// The last domain event number, kept by the writer like [`Cursors`]. The engine
+/// removes the events it has processed, so after a restart numbering goes on
+/// from the last one still queued; nothing outside the queue refers to them.
+pub struct DomainSeq {
+    committed: u64,
+    pending: Cell<Option<u64>>,
+}
+
+impl DomainSeq {
+    pub fn load(domain: &Tree) -> DomainSeq {
+        let committed = match domain.last() {
+            Ok(Some((key, _))) => keys::domain_seq(&key),
+            _ => 0,
+        };
+        DomainSeq {
+            committed,
+            pending: Cell::new(None),
+        }
+    }
+
+    fn next(&self) -> u64 {
+        let next = self.pending.get().unwrap_or(self.committed) + 1;
+        self.pending.set(Some(next));
+        next
+    }
+
+    pub fn begin(&self) {
+        self.pending.set(None);
+    }
+
+    pub fn commit(&mut self) {
+        if let Some(last) = self.pending.take() {
+            self.committed = last;
+        }
+    }
+}
+
+/// Queues a domain event for the automation engine, in this transaction.
+pub fn emit(tx: &Tx<'_>, mut event: DomainEvent) -> Result<(), UnabortableTransactionError> {
+    event.seq = tx.domain_seq.next();
+    tx.domain.insert(&keys::domain(event.seq), encode(&event))?;
+    Ok(())
 }
 
 /// Unwraps an operation's own result, or returns its failure (sled errors pass
@@ -161,6 +213,7 @@ pub fn open_conversation(
         listing_snapshot: card.clone(),
         created_at: now.to_owned(),
         updated_at: now.to_owned(),
+        inquiry_at: None,
     };
     tx.conversations
         .insert(new_id.as_bytes(), encode(&conversation))?;
@@ -173,6 +226,20 @@ pub fn open_conversation(
         };
         log_event(tx, &p.user_id, &event, out)?;
     }
+    emit(
+        tx,
+        DomainEvent {
+            seq: 0,
+            name: "conversation_opened".into(),
+            aliases: Vec::new(),
+            at: now.to_owned(),
+            subject: Subject {
+                user_id: Some(customer_id.to_owned()),
+                ..conversation.subject()
+            },
+            data: serde_json::Value::Null,
+        },
+    )?;
     Ok(Ok((conversation, true)))
 }
 
@@ -204,7 +271,11 @@ pub fn append_message(
         tx.conversations,
         new.conversation_id.as_bytes()
     )?);
-    let Some(mut conversation) = conversation.filter(|c| c.is_participant(&new.sender_id)) else {
+    let may_send = |c: &Conversation| {
+        c.is_participant(&new.sender_id)
+            || (new.automation.is_some() && new.sender_id == SYSTEM_SENDER)
+    };
+    let Some(mut conversation) = conversation.filter(may_send) else {
         return Ok(Err(StoreError::NotFound("conversation")));
     };
     let blocked = new
@@ -237,6 +308,9 @@ pub fn append_message(
         created_at: new.created_at.clone(),
         read_at: None,
         moderation: new.moderation.as_ref().map(|m| m.note.clone()),
+        automation: new.automation.clone(),
+        actions: new.actions.clone(),
+        attachments: new.attachments.clone(),
     };
     let message_key = keys::message(&new.conversation_id, seq);
     tx.messages
@@ -246,11 +320,17 @@ pub fn append_message(
     conversation.last_seq = seq;
     conversation.last_message = Some(message.summary());
     conversation.updated_at = new.created_at.clone();
+    // An automated message speaks to one participant; a person's to the others.
+    let unread_for = |user_id: &str| match &new.automation {
+        Some(automation) => automation.recipient_id == user_id,
+        None => user_id != new.sender_id,
+    };
     for p in &mut conversation.participants {
-        if p.user_id != new.sender_id {
+        if unread_for(&p.user_id) {
             p.unread_count += 1;
         }
     }
+    let names = message_event_names(&mut conversation, &message);
     tx.conversations
         .insert(new.conversation_id.as_bytes(), encode(&conversation))?;
     let event = UserEvent::Message {
@@ -259,7 +339,48 @@ pub fn append_message(
     for p in &conversation.participants {
         log_event(tx, &p.user_id, &event, out)?;
     }
+    let (name, aliases) = names;
+    emit(
+        tx,
+        DomainEvent {
+            seq: 0,
+            name,
+            aliases,
+            at: message.created_at.clone(),
+            subject: Subject {
+                user_id: Some(message.sender_id.clone()),
+                ..conversation.subject()
+            },
+            data: serde_json::json!({
+                "seq": message.seq,
+                "content": message.content,
+                "type": message.kind,
+                "automation": message.automation,
+            }),
+        },
+    )?;
     Ok(Ok((Stored::Message(message), true)))
+}
+
+/// The domain event names of a new message: `message_sent` with who replied, or
+/// `inquiry_received` for the customer's first message before booking (recorded
+/// in `conversation`); `automated_message_sent` for automation's own.
+fn message_event_names(
+    conversation: &mut Conversation,
+    message: &Message,
+) -> (String, Vec<String>) {
+    if message.kind != MessageType::Text {
+        return ("automated_message_sent".into(), Vec::new());
+    }
+    let alias = if message.sender_id == conversation.provider_id {
+        "provider_replied"
+    } else if conversation.inquiry_at.is_none() && conversation.phase == Phase::PreBooking {
+        conversation.inquiry_at = Some(message.created_at.clone());
+        "inquiry_received"
+    } else {
+        "customer_replied"
+    };
+    ("message_sent".into(), vec![alias.to_owned()])
 }
 
 /// Stores what moderation decided about a new message: the operators' record
@@ -413,6 +534,7 @@ pub fn put_booking(
     let Some(mut conversation) = conversation else {
         return Ok(Err(StoreError::NotFound("conversation")));
     };
+    let previous = check!(get::<Booking>(tx.bookings, booking.id.as_bytes())?);
     tx.bookings.insert(booking.id.as_bytes(), encode(booking))?;
     conversation.phase = Phase::PostBooking;
     conversation.stage = Some(booking.stage);
@@ -426,5 +548,58 @@ pub fn put_booking(
         };
         log_event(tx, &p.user_id, &event, out)?;
     }
+    emit(tx, booking_event(booking, previous.as_ref()))?;
     Ok(Ok(conversation))
+}
+
+/// `booking_created` or `booking_updated`, with aliases saying what changed:
+/// `booking_rescheduled` for a new period, `booking_{stage}` for a (new) stage.
+fn booking_event(booking: &Booking, previous: Option<&Booking>) -> DomainEvent {
+    let stage = booking.stage.as_str();
+    let (name, mut aliases) = match previous {
+        None => ("booking_created", vec![format!("booking_{stage}")]),
+        Some(before) => {
+            let mut aliases = Vec::new();
+            if before.start != booking.start || before.end != booking.end {
+                aliases.push("booking_rescheduled".to_owned());
+            }
+            if before.stage != booking.stage {
+                aliases.push(format!("booking_{stage}"));
+            }
+            ("booking_updated", aliases)
+        }
+    };
+    aliases.dedup();
+    DomainEvent {
+        seq: 0,
+        name: name.into(),
+        aliases,
+        at: booking.updated_at.clone(),
+        subject: booking.subject(),
+        data: serde_json::json!({
+            "start": booking.start,
+            "end": booking.end,
+            "stage": booking.stage,
+            "previous": previous.map(|b| serde_json::json!({
+                "start": b.start, "end": b.end, "stage": b.stage,
+            })),
+        }),
+    }
+}
+
+/// Stores a marketplace signal and queues it for the engine.
+pub fn put_signal(tx: &Tx<'_>, signal: &Signal, subject: &Subject) -> OpResult<()> {
+    tx.signals.insert(signal.id.as_bytes(), encode(signal))?;
+    emit(
+        tx,
+        DomainEvent {
+            seq: 0,
+            name: signal.kind.clone(),
+            aliases: Vec::new(),
+            at: signal.received_at.clone(),
+            subject: subject.clone(),
+            data: signal.data.clone(),
+        },
+    )?;
+    Ok(Ok(()))
 }

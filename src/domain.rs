@@ -1,0 +1,218 @@
+//! Domain events: what happened in the marketplace (a message, a booking, a
+//! signal), as the automation engine sees it. The store writes each one in the
+//! same transaction as the change that caused it, so the engine never misses an
+//! event and never sees one whose change was rolled back.
+
+use serde::{Deserialize, Serialize};
+
+/// What an event (or a sequence instance) is about. Every field is optional: a
+/// signal may name only a user and a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listing_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booking_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<String>,
+    /// Who acted: a message's sender, a signal's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+}
+
+impl Subject {
+    /// Every person the subject involves.
+    pub fn users(&self) -> impl Iterator<Item = &str> {
+        [&self.customer_id, &self.provider_id, &self.user_id]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+    }
+
+    /// Whether an event about `self` concerns something about `other`: they
+    /// agree on every id both name (people: at least one in common) and share at
+    /// least one. So a reply in a conversation stops that conversation's
+    /// sequences, and `unsubscribed` naming only a user stops all of theirs.
+    pub fn concerns(&self, other: &Subject) -> bool {
+        let mut shared = false;
+        for (a, b) in [
+            (&self.conversation_id, &other.conversation_id),
+            (&self.listing_id, &other.listing_id),
+            (&self.booking_id, &other.booking_id),
+        ] {
+            if let (Some(a), Some(b)) = (a, b) {
+                if a != b {
+                    return false;
+                }
+                shared = true;
+            }
+        }
+        let mine: Vec<&str> = self.users().collect();
+        let theirs: Vec<&str> = other.users().collect();
+        if !mine.is_empty() && !theirs.is_empty() {
+            if !mine.iter().any(|u| theirs.contains(u)) {
+                return false;
+            }
+            shared = true;
+        }
+        shared
+    }
+
+    /// The index keys under which instances about this subject are found:
+    /// one per id it names.
+    pub fn index_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for (kind, id) in [
+            ("c", &self.conversation_id),
+            ("l", &self.listing_id),
+            ("b", &self.booking_id),
+        ] {
+            if let Some(id) = id {
+                keys.push(format!("{kind}\0{id}"));
+            }
+        }
+        for user in self.users() {
+            let key = format!("u\0{user}");
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+}
+
+/// One thing that happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainEvent {
+    /// Position in the engine's queue (assigned by the store).
+    #[serde(default)]
+    pub seq: u64,
+    /// `message_sent`, `conversation_opened`, `booking_created`,
+    /// `booking_updated`, or a signal's type.
+    pub name: String,
+    /// More specific names a rule can listen to: `inquiry_received`,
+    /// `provider_replied`, `customer_replied`, `booking_confirmed`,
+    /// `booking_rescheduled`, `booking_cancelled`, `booking_{stage}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// When it happened (RFC 3339, the daemon's clock).
+    pub at: String,
+    #[serde(flatten)]
+    pub subject: Subject,
+    /// Details: a message's seq and content, a booking's period, a signal's data.
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl DomainEvent {
+    /// Whether the event goes by `name` (its own or an alias).
+    pub fn is(&self, name: &str) -> bool {
+        self.name == name || self.aliases.iter().any(|a| a == name)
+    }
+}
+
+/// A running sequence: one rule applied to one subject. Its steps' times are
+/// fixed when it starts (or is re-planned); what they send is decided when they
+/// fire, from the rules then in force.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    /// `{rule}/{anchor}`: one instance of a rule per booking, conversation, or
+    /// listing and customer at a time.
+    pub id: String,
+    pub rule: String,
+    /// Unique per run; with the step name, the idempotency key of what it sends.
+    pub run: String,
+    pub subject: Subject,
+    /// The event that started it (rules and templates can read it).
+    pub trigger: DomainEvent,
+    pub steps: Vec<PlannedStep>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Waiting for its timer.
+    Pending,
+    Sent,
+    /// Fired, but its condition was false or its template could not be filled.
+    Skipped,
+    /// Its time had passed when it was planned, or re-planning removed it.
+    Dropped,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    pub name: String,
+    /// Due time, milliseconds since the Unix epoch.
+    pub due_ms: i64,
+    pub state: StepState,
+    /// Why it was skipped or dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Instance {
+    pub fn id_for(rule: &str, subject: &Subject) -> String {
+        let anchor = match (
+            &subject.booking_id,
+            &subject.conversation_id,
+            &subject.listing_id,
+            &subject.customer_id,
+        ) {
+            (Some(b), _, _, _) => format!("b:{b}"),
+            (None, Some(c), _, _) => format!("c:{c}"),
+            (None, None, Some(l), Some(u)) => format!("l:{l}:{u}"),
+            (None, None, Some(l), None) => format!("l:{l}"),
+            (None, None, None, _) => format!("u:{}", subject.users().next().unwrap_or("")),
+        };
+        format!("{rule}/{anchor}")
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &PlannedStep> {
+        self.steps.iter().filter(|s| s.state == StepState::Pending)
+    }
+}
+
+/// A due (or future) step, as the scheduler reads it from its timer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    pub due_ms: i64,
+    pub instance: String,
+    pub step: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(conversation: Option<&str>, users: &[&str]) -> Subject {
+        Subject {
+            conversation_id: conversation.map(str::to_owned),
+            customer_id: users.first().map(|u| u.to_string()),
+            provider_id: users.get(1).map(|u| u.to_string()),
+            ..Subject::default()
+        }
+    }
+
+    #[test]
+    fn concerns_needs_agreement_and_something_shared() {
+        let instance = subject(Some("c1"), &["alice", "bob"]);
+        assert!(subject(Some("c1"), &["bob"]).concerns(&instance));
+        assert!(!subject(Some("c2"), &["alice", "bob"]).concerns(&instance));
+        let only_user = Subject {
+            user_id: Some("alice".into()),
+            ..Subject::default()
+        };
+        assert!(only_user.concerns(&instance));
+        let stranger = Subject {
+            user_id: Some("carol".into()),
+            ..Subject::default()
+        };
+        assert!(!stranger.concerns(&instance));
+        assert!(!Subject::default().concerns(&instance));
+    }
+}
