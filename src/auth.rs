@@ -128,13 +128,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Parses a token lifetime such as `30m`, `1h`, `7d` (jiff's friendly duration format).
 pub fn parse_ttl(text: &str) -> Result<i64, String> {
-    let invalid = |e: jiff::Error| format!("{text:?} is not a duration like 30m, 1h or 7d: {e}");
-    let span: jiff::Span = text.parse().map_err(invalid)?;
-    // A token's lifetime is a fixed length of time: a day is 24 hours here.
-    let duration = span
-        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .map_err(invalid)?;
-    let seconds = duration.as_secs();
+    let seconds = crate::clock::parse_duration(text)?.as_secs();
     if seconds <= 0 {
         return Err(format!("{text:?} must be a positive duration"));
     }

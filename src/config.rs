@@ -37,8 +37,18 @@ pub enum ConfigError {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// Rule files (contact.yaml…), reloaded when they change.
+    /// Rule files (contact.yaml, sequences…), reloaded when they change.
     pub rules_dir: PathBuf,
+    /// Message templates, reloaded with the rules.
+    #[serde(default = "default_templates_dir")]
+    pub templates_dir: PathBuf,
+    /// Rhai plugins, reloaded with the rules.
+    #[serde(default = "default_plugins_dir")]
+    pub plugins_dir: PathBuf,
+    /// `system` (the wall clock) or `manual` (time moves only through
+    /// `POST /v1/admin/clock`; for tests and demos, needs `--dev`).
+    #[serde(default)]
+    pub clock: ClockMode,
     pub auth: AuthConfig,
     #[serde(default)]
     pub contact: ContactConfig,
@@ -50,6 +60,22 @@ pub struct Config {
     pub stream: StreamConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+}
+
+fn default_templates_dir() -> PathBuf {
+    PathBuf::from("./templates")
+}
+
+fn default_plugins_dir() -> PathBuf {
+    PathBuf::from("./plugins")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockMode {
+    #[default]
+    System,
+    Manual,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -224,7 +250,12 @@ impl Config {
     /// Relative paths in the file are relative to the file, so the daemon finds
     /// `rules/` beside its `config.yaml` whatever directory it is started from.
     fn resolve_relative_to(&mut self, base: &Path) {
-        for dir in [&mut self.data_dir, &mut self.rules_dir] {
+        for dir in [
+            &mut self.data_dir,
+            &mut self.rules_dir,
+            &mut self.templates_dir,
+            &mut self.plugins_dir,
+        ] {
             if dir.is_relative() {
                 *dir = base.join(&*dir);
             }
@@ -293,6 +324,14 @@ impl Config {
     }
 
     /// True while either secret is the one shipped in the example config.
+    pub fn rule_dirs(&self) -> crate::rules::RuleDirs {
+        crate::rules::RuleDirs {
+            rules: self.rules_dir.clone(),
+            templates: self.templates_dir.clone(),
+            plugins: self.plugins_dir.clone(),
+        }
+    }
+
     pub fn uses_example_secrets(&self) -> bool {
         self.auth.jwt_secret == EXAMPLE_JWT_SECRET || self.auth.service_key == EXAMPLE_SERVICE_KEY
     }

@@ -62,6 +62,20 @@ impl Subject {
         shared
     }
 
+    /// `self`, with what it lacks taken from `other`.
+    pub fn or(self, other: &Subject) -> Subject {
+        Subject {
+            conversation_id: self
+                .conversation_id
+                .or_else(|| other.conversation_id.clone()),
+            listing_id: self.listing_id.or_else(|| other.listing_id.clone()),
+            booking_id: self.booking_id.or_else(|| other.booking_id.clone()),
+            customer_id: self.customer_id.or_else(|| other.customer_id.clone()),
+            provider_id: self.provider_id.or_else(|| other.provider_id.clone()),
+            user_id: self.user_id.or_else(|| other.user_id.clone()),
+        }
+    }
+
     /// The index keys under which instances about this subject are found:
     /// one per id it names.
     pub fn index_keys(&self) -> Vec<String> {

@@ -15,7 +15,7 @@ use crate::model::{ConversationView, Message};
 pub enum UserEvent {
     /// A message was stored in one of the user's conversations (their own included,
     /// so every device of the sender sees it too).
-    Message { message: Message },
+    Message { message: Box<Message> },
     /// `reader_id` has read the conversation up to `seq`; `unread_count` is the
     /// reader's count after it.
     Receipt {

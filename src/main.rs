@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use parleyd::auth::{parse_ttl, Authenticator, Role};
 use parleyd::config::Config;
 use parleyd::contact::{detect_jsonl, Detector};
+use parleyd::rules::RuleDirs;
 
 #[derive(Parser)]
 #[command(
@@ -31,8 +32,16 @@ enum Command {
         #[arg(long)]
         dev: bool,
     },
-    /// Validate the rule files under DIR/rules (default: the config's rules_dir).
+    /// Validate DIR/rules, DIR/templates and DIR/plugins (default: the config's
+    /// directories).
     Check {
+        dir: Option<PathBuf>,
+        #[arg(long, default_value = "config.yaml")]
+        config: PathBuf,
+    },
+    /// Run the rule tests in DIR/rules/tests (default: the config's rules_dir/tests)
+    /// on a virtual clock, printing what each test's timeline sent.
+    TestRules {
         dir: Option<PathBuf>,
         #[arg(long, default_value = "config.yaml")]
         config: PathBuf,
@@ -64,6 +73,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config, dev } => serve(config, dev),
         Command::Check { dir, config } => check(dir, &config),
+        Command::TestRules { dir, config } => test_rules(dir, &config),
         Command::Detect { stage, config } => detect(stage.as_deref(), &config),
         Command::Token {
             sub,
@@ -87,6 +97,12 @@ fn serve(path: PathBuf, dev: bool) -> ExitCode {
     if config.uses_example_secrets() && !dev {
         return fail(format!(
             "{} uses the example secrets; set auth.jwt_secret and auth.service_key (or PARLEYD_JWT_SECRET and PARLEYD_SERVICE_KEY), or pass --dev for a local trial",
+            path.display()
+        ));
+    }
+    if config.clock == parleyd::config::ClockMode::Manual && !dev {
+        return fail(format!(
+            "{}: clock: manual stops time for everything; it is for tests and demos and needs --dev",
             path.display()
         ));
     }
@@ -117,17 +133,46 @@ fn serve(path: PathBuf, dev: bool) -> ExitCode {
     })
 }
 
-fn check(dir: Option<PathBuf>, config: &std::path::Path) -> ExitCode {
-    let rules_dir = match dir {
-        Some(dir) => dir.join("rules"),
-        None => match Config::load(config) {
-            Ok(config) => config.rules_dir,
-            Err(e) => return fail(e),
-        },
+fn test_rules(dir: Option<PathBuf>, config: &std::path::Path) -> ExitCode {
+    let dirs = match rule_dirs(dir, config) {
+        Ok(dirs) => dirs,
+        Err(code) => return code,
     };
-    match parleyd::rules::load(&rules_dir) {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let tests = dirs.rules.join("tests");
+    match runtime.block_on(parleyd::ruletest::run_all(&dirs, &tests)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => fail(e),
+    }
+}
+
+/// The rule directories under DIR, or the config's.
+fn rule_dirs(dir: Option<PathBuf>, config: &std::path::Path) -> Result<RuleDirs, ExitCode> {
+    match dir {
+        Some(dir) => Ok(RuleDirs::under(&dir)),
+        None => Config::load(config).map(|c| c.rule_dirs()).map_err(fail),
+    }
+}
+
+fn check(dir: Option<PathBuf>, config: &std::path::Path) -> ExitCode {
+    let dirs = match rule_dirs(dir, config) {
+        Ok(dirs) => dirs,
+        Err(code) => return code,
+    };
+    match parleyd::rules::load(&dirs) {
         Ok(set) => {
-            println!("{}: {} files valid", rules_dir.display(), set.files.len());
+            println!(
+                "{}: {} files valid ({} sequences, {} templates, {} plugins)",
+                dirs.rules.display(),
+                set.files.len(),
+                set.sequences.len(),
+                set.templates.len(),
+                set.plugins.len()
+            );
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -150,7 +195,7 @@ fn detect(stage: Option<&str>, config_path: &std::path::Path) -> ExitCode {
     let detector = Detector::new(&contact.detector());
     let rules = match (stage, &config) {
         (None, _) => None,
-        (Some(_), Some(config)) => match parleyd::rules::load(&config.rules_dir) {
+        (Some(_), Some(config)) => match parleyd::rules::load(&config.rule_dirs()) {
             Ok(rules) => Some(rules),
             Err(errors) => {
                 for e in errors {

@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::api::{self, Streams};
-use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::config::{ClockMode, Config};
+use crate::engine::Engine;
 use crate::hub::Hub;
 use crate::rules::{RuleError, Rules, Watcher};
 use crate::service::App;
@@ -43,17 +44,26 @@ pub async fn run(
         &config.storage,
         Arc::new(move |d: &Delivery| publish_to.publish(&d.user_id, &d.frame)),
     )?;
-    let clock = Arc::new(SystemClock);
+    // A manual clock starts at the wall clock's time and moves only when told.
+    let manual_clock = (config.clock == ClockMode::Manual)
+        .then(|| Arc::new(ManualClock::starting_at(jiff::Timestamp::now())));
+    let clock: Arc<dyn Clock> = match &manual_clock {
+        Some(manual) => manual.clone(),
+        None => Arc::new(SystemClock),
+    };
     let rules_clock = clock.clone();
     let rules = Rules::open(
-        &config.rules_dir,
+        config.rule_dirs(),
         Box::new(move || crate::model::format_time(rules_clock.now())),
     )
     .map_err(StartError::Rules)?;
     let rules = Arc::new(rules);
     let _watcher = Watcher::start(rules.clone())?;
     let reload_on_hangup = tokio::spawn(reload_on_hangup(rules.clone()));
-    let app = Arc::new(App::new(config, store, hub, rules, clock));
+    let engine = Arc::new(Engine::new(store.clone(), rules.clone(), clock.clone()));
+    let automation = tokio::spawn(engine.clone().run());
+    let app =
+        Arc::new(App::new(config, store, hub, rules, clock).with_automation(engine, manual_clock));
     let streams = Arc::new(Streams::default());
     let metrics = crate::telemetry::metrics();
     let upkeep = tokio::spawn({
@@ -79,6 +89,7 @@ pub async fn run(
     streams.closed(STREAM_CLOSE_TIMEOUT).await;
     upkeep.abort();
     reload_on_hangup.abort();
+    automation.abort();
     app.store.flush()?;
     tracing::info!("stopped cleanly");
     Ok(())

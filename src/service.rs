@@ -8,10 +8,11 @@ use std::sync::Arc;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::auth::{Authenticator, Caller, Role};
-use crate::clock::Clock;
+use crate::clock::{Clock, ManualClock};
 use crate::config::Config;
 use crate::contact::{Action, Analysis, ContactKind, Detector};
 use crate::domain::Subject;
+use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::events::Frame;
 use crate::hub::Hub;
@@ -54,6 +55,23 @@ pub struct App {
     moderator: Moderator,
     clock: Arc<dyn Clock>,
     send_limiter: DefaultKeyedRateLimiter<String>,
+    engine: Option<Arc<Engine>>,
+    /// Present when the config asks for a manual clock (tests, demos).
+    manual_clock: Option<Arc<ManualClock>>,
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClockInput {
+    /// Move the clock forward by this much, e.g. `24h`.
+    pub advance: Option<String>,
+    /// Or to this time (RFC 3339); never backwards.
+    pub to: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ClockReply {
+    pub now: String,
 }
 
 /// What `prepare_send` concluded.
@@ -117,7 +135,47 @@ impl App {
             config,
             store,
             clock,
+            engine: None,
+            manual_clock: None,
         }
+    }
+
+    /// Attaches the automation engine (woken when the clock moves) and the
+    /// manual clock, if the config asks for one.
+    pub fn with_automation(
+        mut self,
+        engine: Arc<Engine>,
+        manual_clock: Option<Arc<ManualClock>>,
+    ) -> App {
+        self.engine = Some(engine);
+        self.manual_clock = manual_clock;
+        self
+    }
+
+    /// Moves the manual clock (`clock: manual` only); due steps fire at once.
+    pub fn move_clock(&self, caller: Caller, input: ClockInput) -> Result<ClockReply, ApiError> {
+        caller.require(&[Role::Operator])?;
+        let clock = self.manual_clock.as_ref().ok_or_else(|| {
+            ApiError::Conflict("the clock is the system clock; set clock: manual to move it".into())
+        })?;
+        let now = match (input.advance, input.to) {
+            (Some(by), None) => {
+                let by = crate::clock::parse_duration(&by).map_err(ApiError::Unprocessable)?;
+                clock.advance(by).map_err(ApiError::Unprocessable)?
+            }
+            (None, Some(to)) => clock.set(crate::model::parse_time("to", &to)?),
+            _ => {
+                return Err(ApiError::Unprocessable(
+                    "give either advance (e.g. 24h) or to (an RFC 3339 time)".into(),
+                ))
+            }
+        };
+        if let Some(engine) = &self.engine {
+            engine.wake_scheduler();
+        }
+        Ok(ClockReply {
+            now: format_time(now),
+        })
     }
 
     pub fn now(&self) -> String {

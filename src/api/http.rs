@@ -158,6 +158,13 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(who.clone())
         .then(admin_rules);
+    let admin_clock = v1
+        .and(warp::path!("admin" / "clock"))
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(json_body(limit))
+        .then(admin_clock);
     let admin_flags = v1
         .and(warp::path!("admin" / "flags"))
         .and(warp::get())
@@ -196,6 +203,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(admin_rules)
         .unify()
         .or(admin_flags)
+        .unify()
+        .or(admin_clock)
         .unify()
         .boxed()
 }
@@ -384,6 +393,20 @@ pub async fn analyze_contact(
     security(("bearer" = [])))]
 pub async fn admin_rules(app: Arc<App>, who: Auth) -> Response {
     respond(StatusCode::OK, who.and_then(|c| app.rules_status(c)))
+}
+
+/// Moves the manual clock (config `clock: manual`, started with `--dev`); steps
+/// that fall due fire at once. 409 with the system clock.
+#[utoipa::path(post, path = "/v1/admin/clock", request_body = crate::service::ClockInput,
+    responses((status = 200, body = crate::service::ClockReply), (status = 409, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_clock(
+    app: Arc<App>,
+    who: Auth,
+    body: Body<crate::service::ClockInput>,
+) -> Response {
+    respond(StatusCode::OK, (|| app.move_clock(who?, body?))())
 }
 
 /// Masked, blocked and flagged messages with their original text (operators only).

@@ -27,6 +27,7 @@ use utoipa::{Modify, OpenApi};
         super::http::analyze_contact,
         super::http::admin_rules,
         super::http::admin_flags,
+        super::http::admin_clock,
         super::stream::long_poll,
         stream_doc,
         healthz_doc,

@@ -309,13 +309,25 @@ fn write_config(args: &Args, dir: &Path) -> Result<PathBuf, String> {
     if let Some(durability) = &args.durability {
         config["storage"]["durability"] = durability.as_str().into();
     }
-    // The copy lives elsewhere, so a relative rules_dir must be resolved against
-    // the original config's directory (the daemon refuses to start without rules).
-    let rules = config["rules_dir"].as_str().unwrap_or("./rules").to_owned();
+    // The copy lives elsewhere, so relative rule directories must be resolved
+    // against the original config's directory (the daemon refuses to start
+    // without rules; templates and plugins are optional).
     let base = args.config.parent().unwrap_or(Path::new("."));
-    let rules = std::fs::canonicalize(base.join(&rules))
-        .map_err(|e| format!("rules_dir {rules:?} of {}: {e}", args.config.display()))?;
-    config["rules_dir"] = rules.to_string_lossy().as_ref().into();
+    for (key, default) in [
+        ("rules_dir", "./rules"),
+        ("templates_dir", "./templates"),
+        ("plugins_dir", "./plugins"),
+    ] {
+        let relative = config[key].as_str().unwrap_or(default).to_owned();
+        if let Ok(resolved) = std::fs::canonicalize(base.join(&relative)) {
+            config[key] = resolved.to_string_lossy().as_ref().into();
+        } else if key == "rules_dir" {
+            return Err(format!(
+                "rules_dir {relative:?} of {} does not exist",
+                args.config.display()
+            ));
+        }
+    }
     let path = dir.join("config.yaml");
     let yaml = serde_yaml::to_string(&config).map_err(|e| e.to_string())?;
     std::fs::write(&path, yaml).map_err(|e| format!("cannot write {}: {e}", path.display()))?;

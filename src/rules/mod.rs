@@ -1,12 +1,18 @@
-//! Rules are data: the files under `rules/` are loaded and validated as one
-//! immutable [`RuleSet`]. A reload builds a whole new set and swaps it in
-//! atomically; a set with any error never replaces the running one, and its errors
-//! (file, line, column, message) stay visible until a good set loads.
+//! Rules are data: the files under `rules/`, `templates/` and `plugins/` are
+//! loaded and validated as one immutable [`RuleSet`]. A reload builds a whole new
+//! set and swaps it in atomically; a set with any error never replaces the
+//! running one, and its errors (file, line, column, message) stay visible until
+//! a good set loads.
 //!
 //! Start-up, `parleyd check`, a file change and SIGHUP all go through [`load`].
 
+pub mod plugins;
+pub mod script;
+pub mod sequences;
+pub mod templates;
 mod watch;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +21,9 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::contact::policy::{ContactPolicy, PolicyError};
+use plugins::Plugin;
+use sequences::{RuleFile, Sequence};
+use templates::{Template, TemplateSpec};
 
 pub use watch::Watcher;
 
@@ -49,57 +58,280 @@ impl RuleError {
             message: message.into(),
         }
     }
+
+    /// An error about `near`, located at its first occurrence in the file's
+    /// text (the start of the file if it is not found); `offset` is a position
+    /// inside `near` (a script error's line and column).
+    fn near(
+        file: &Path,
+        text: &str,
+        near: &str,
+        offset: Option<(usize, usize)>,
+        message: String,
+    ) -> RuleError {
+        let (mut line, mut column) = locate(text, near);
+        if let Some((l, c)) = offset {
+            if l > 1 {
+                (line, column) = (line + l - 1, c);
+            } else {
+                column += c - 1;
+            }
+        }
+        RuleError {
+            file: file.display().to_string(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    fn yaml(file: &Path, e: &serde_yaml::Error) -> RuleError {
+        let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+        RuleError {
+            file: file.display().to_string(),
+            line,
+            column,
+            message: e.to_string(),
+        }
+    }
 }
 
-/// Everything loaded from the rules directory.
+/// 1-based line and column of `needle`'s first occurrence in `text`.
+fn locate(text: &str, needle: &str) -> (usize, usize) {
+    let first_line = needle.lines().next().unwrap_or(needle).trim();
+    let Some(at) = (!first_line.is_empty())
+        .then(|| text.find(first_line))
+        .flatten()
+    else {
+        return (1, 1);
+    };
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = at - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// Where the three kinds of rule files live.
+#[derive(Debug, Clone)]
+pub struct RuleDirs {
+    pub rules: PathBuf,
+    pub templates: PathBuf,
+    pub plugins: PathBuf,
+}
+
+impl RuleDirs {
+    /// `rules/`, `templates/` and `plugins/` under one directory.
+    pub fn under(root: &Path) -> RuleDirs {
+        RuleDirs {
+            rules: root.join("rules"),
+            templates: root.join("templates"),
+            plugins: root.join("plugins"),
+        }
+    }
+}
+
+/// Everything loaded from the rule directories.
 #[derive(Debug)]
 pub struct RuleSet {
     pub contact: ContactPolicy,
+    pub sequences: Vec<Sequence>,
+    pub templates: BTreeMap<String, Template>,
+    pub plugins: Vec<Plugin>,
     /// The files the set was built from.
     pub files: Vec<String>,
 }
 
-/// Loads and validates every rule file under `dir`, collecting all errors rather
-/// than stopping at the first.
-pub fn load(dir: &Path) -> Result<RuleSet, Vec<RuleError>> {
-    let mut errors = Vec::new();
-    let mut files = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        vec![RuleError::whole_file(
-            dir,
-            format!("cannot read the rules directory: {e}"),
-        )]
-    })?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    paths.sort();
-    for path in &paths {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name != CONTACT_POLICY_FILE {
-            errors.push(RuleError::whole_file(
-                path,
-                format!("unknown rule file; expected {CONTACT_POLICY_FILE}"),
-            ));
-        }
-        files.push(path.display().to_string());
+impl RuleSet {
+    pub fn sequence(&self, name: &str) -> Option<&Sequence> {
+        self.sequences.iter().find(|s| s.name == name)
     }
-    let contact_path = dir.join(CONTACT_POLICY_FILE);
-    let contact = match std::fs::read_to_string(&contact_path) {
-        Ok(text) => ContactPolicy::from_yaml(&text)
-            .map_err(|e| errors.push(policy_error(&contact_path, e)))
-            .ok(),
+}
+
+/// The files in `dir` with extension `ext`, sorted; a missing directory is
+/// empty when `optional`.
+fn files_in(dir: &Path, exts: &[&str], optional: bool) -> Result<Vec<PathBuf>, RuleError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => {
-            errors.push(RuleError::whole_file(
-                &contact_path,
-                format!("cannot read the contact policy: {e}"),
-            ));
-            None
+            return Err(RuleError::whole_file(
+                dir,
+                format!("cannot read the directory: {e}"),
+            ))
         }
     };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| exts.iter().any(|e| x == *e)))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+/// Reads the files of one kind, recording unreadable ones.
+fn read_all(
+    dir: &Path,
+    exts: &[&str],
+    optional: bool,
+    files: &mut Vec<String>,
+    errors: &mut Vec<RuleError>,
+) -> Vec<(PathBuf, String)> {
+    let paths = match files_in(dir, exts, optional) {
+        Ok(paths) => paths,
+        Err(e) => {
+            errors.push(e);
+            return Vec::new();
+        }
+    };
+    let mut read = Vec::new();
+    for path in paths {
+        files.push(path.display().to_string());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => read.push((path, text)),
+            Err(e) => errors.push(RuleError::whole_file(&path, format!("cannot read: {e}"))),
+        }
+    }
+    read
+}
+
+const YAML: &[&str] = &["yaml", "yml"];
+
+/// The templates that compiled, and the ids of all defined (so a step naming
+/// one with an error is not also reported as naming a missing one).
+fn load_templates(
+    dir: &Path,
+    files: &mut Vec<String>,
+    errors: &mut Vec<RuleError>,
+) -> (BTreeMap<String, Template>, BTreeSet<String>) {
+    let mut templates = BTreeMap::new();
+    let mut defined = BTreeSet::new();
+    for (path, text) in read_all(dir, YAML, true, files, errors) {
+        let specs: BTreeMap<String, TemplateSpec> = match serde_yaml::from_str(&text) {
+            Ok(specs) => specs,
+            Err(e) => {
+                errors.push(RuleError::yaml(&path, &e));
+                continue;
+            }
+        };
+        for (id, spec) in specs {
+            if !defined.insert(id.clone()) {
+                errors.push(RuleError::near(
+                    &path,
+                    &text,
+                    &format!("{id}:"),
+                    None,
+                    format!("template {id} is defined twice"),
+                ));
+                continue;
+            }
+            match Template::compile(&id, &spec) {
+                Ok(t) => {
+                    templates.insert(id, t);
+                }
+                Err(problems) => errors.extend(
+                    problems
+                        .into_iter()
+                        .map(|p| RuleError::near(&path, &text, &p.near, None, p.message)),
+                ),
+            }
+        }
+    }
+    (templates, defined)
+}
+
+fn load_sequences(
+    dir: &Path,
+    templates: &BTreeSet<String>,
+    files: &mut Vec<String>,
+    errors: &mut Vec<RuleError>,
+) -> (Option<ContactPolicy>, Vec<Sequence>) {
+    let mut contact = None;
+    let mut sequences: Vec<Sequence> = Vec::new();
+    for (path, text) in read_all(dir, YAML, false, files, errors) {
+        if path.file_name().is_some_and(|n| n == CONTACT_POLICY_FILE) {
+            match ContactPolicy::from_yaml(&text) {
+                Ok(policy) => contact = Some(policy),
+                Err(e) => errors.push(policy_error(&path, e)),
+            }
+            continue;
+        }
+        let file: RuleFile = match serde_yaml::from_str(&text) {
+            Ok(file) => file,
+            Err(e) => {
+                errors.push(RuleError::yaml(&path, &e));
+                continue;
+            }
+        };
+        let shown = path.display().to_string();
+        for spec in file.sequences {
+            let name = spec.name.clone();
+            match Sequence::compile(spec, &shown, |t| templates.contains(t)) {
+                Ok(sequence) if sequences.iter().any(|s| s.name == name) => {
+                    errors.push(RuleError::near(
+                        &path,
+                        &text,
+                        &format!("name: {name}"),
+                        None,
+                        format!(
+                            "sequence {name} is defined twice (also in {})",
+                            sequence.file
+                        ),
+                    ));
+                }
+                Ok(sequence) => sequences.push(sequence),
+                Err(problems) => errors.extend(
+                    problems
+                        .into_iter()
+                        .map(|p| RuleError::near(&path, &text, &p.near, p.offset, p.message)),
+                ),
+            }
+        }
+    }
+    if contact.is_none() && !errors.iter().any(|e| e.file.ends_with(CONTACT_POLICY_FILE)) {
+        errors.push(RuleError::whole_file(
+            &dir.join(CONTACT_POLICY_FILE),
+            "the contact policy is missing",
+        ));
+    }
+    (contact, sequences)
+}
+
+fn load_plugins(dir: &Path, files: &mut Vec<String>, errors: &mut Vec<RuleError>) -> Vec<Plugin> {
+    let mut plugins = Vec::new();
+    for (path, text) in read_all(dir, &["rhai"], true, files, errors) {
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match Plugin::compile(&name, &path.display().to_string(), &text) {
+            Ok(plugin) => plugins.push(plugin),
+            Err(e) => errors.push(RuleError {
+                file: path.display().to_string(),
+                line: e.line.max(1),
+                column: e.column.max(1),
+                message: e.message,
+            }),
+        }
+    }
+    plugins
+}
+
+/// Loads and validates every rule, template and plugin file, collecting all
+/// errors rather than stopping at the first.
+pub fn load(dirs: &RuleDirs) -> Result<RuleSet, Vec<RuleError>> {
+    let mut errors = Vec::new();
+    let mut files = Vec::new();
+    let (templates, defined) = load_templates(&dirs.templates, &mut files, &mut errors);
+    let (contact, sequences) = load_sequences(&dirs.rules, &defined, &mut files, &mut errors);
+    let plugins = load_plugins(&dirs.plugins, &mut files, &mut errors);
     match contact {
-        Some(contact) if errors.is_empty() => Ok(RuleSet { contact, files }),
+        Some(contact) if errors.is_empty() => Ok(RuleSet {
+            contact,
+            sequences,
+            templates,
+            plugins,
+            files,
+        }),
         _ => Err(errors),
     }
 }
@@ -139,7 +371,7 @@ pub struct RulesStatus {
 
 /// The running rule set and its reload history.
 pub struct Rules {
-    dir: PathBuf,
+    dirs: RuleDirs,
     current: ArcSwap<RuleSet>,
     status: ArcSwap<RulesStatus>,
     version: AtomicU64,
@@ -149,10 +381,10 @@ pub struct Rules {
 impl Rules {
     /// Loads the set for start-up; any error refuses to start.
     pub fn open(
-        dir: &Path,
+        dirs: RuleDirs,
         now: Box<dyn Fn() -> String + Send + Sync>,
     ) -> Result<Rules, Vec<RuleError>> {
-        let set = load(dir)?;
+        let set = load(&dirs)?;
         let status = RulesStatus {
             version: 1,
             loaded_at: now(),
@@ -160,7 +392,7 @@ impl Rules {
             last_failure: None,
         };
         Ok(Rules {
-            dir: dir.to_owned(),
+            dirs,
             current: ArcSwap::from_pointee(set),
             status: ArcSwap::from_pointee(status),
             version: AtomicU64::new(1),
@@ -168,8 +400,8 @@ impl Rules {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    pub fn dirs(&self) -> &RuleDirs {
+        &self.dirs
     }
 
     /// The set in force now; cheap, and stable for as long as it is held.
@@ -183,7 +415,7 @@ impl Rules {
 
     /// Loads the directory again; swaps the new set in only if it is valid.
     pub fn reload(&self) -> Result<u64, Vec<RuleError>> {
-        match load(&self.dir) {
+        match load(&self.dirs) {
             Ok(set) => {
                 let version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
                 let status = RulesStatus {

@@ -1,4 +1,5 @@
-//! Hot reload: a debounced file watcher over the rules directory. An editor's
+//! Hot reload: a debounced file watcher over the rule, template and plugin
+//! directories. An editor's
 //! save is several file events; the debouncer folds them into one reload.
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ pub struct Watcher {
 
 impl Watcher {
     pub fn start(rules: Arc<Rules>) -> notify::Result<Watcher> {
-        let dir = rules.dir().to_owned();
+        let dirs = rules.dirs().clone();
         let mut debouncer = new_debouncer(QUIET, None, move |result: DebounceEventResult| {
             match result {
                 Ok(events) if events.iter().any(|e| !e.kind.is_access()) => {
@@ -35,7 +36,13 @@ impl Watcher {
                 }
             }
         })?;
-        debouncer.watch(&dir, RecursiveMode::Recursive)?;
+        debouncer.watch(&dirs.rules, RecursiveMode::Recursive)?;
+        // Templates and plugins are optional directories.
+        for dir in [&dirs.templates, &dirs.plugins] {
+            if dir.is_dir() {
+                debouncer.watch(dir, RecursiveMode::Recursive)?;
+            }
+        }
         Ok(Watcher {
             _debouncer: debouncer,
         })

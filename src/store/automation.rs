@@ -26,11 +26,11 @@ use crate::model::Message;
 #[derive(Debug, Clone)]
 pub enum Change {
     /// Starts the instance unless one with its id is running.
-    Start(Instance),
+    Start(Box<Instance>),
     /// Stops the instance: its pending steps will not fire.
     Stop(String),
-    /// Moves the instance's pending steps: each to a new time, or dropped
-    /// (`None`, with the reason).
+    /// Moves the instance's pending (and dropped) steps: each to a new time, or
+    /// dropped (with the reason).
     Replan {
         instance: String,
         steps: Vec<(String, Result<i64, String>)>,
@@ -147,13 +147,19 @@ pub fn apply_change(tx: &Tx<'_>, change: &Change) -> OpResult<bool> {
                 Err(e) => return Ok(Err(e)),
             };
             remove_timers(tx, &instance)?;
+            // Steps already sent or skipped stay so; a dropped one whose new
+            // time is ahead is pending again.
             for step in instance
                 .steps
                 .iter_mut()
-                .filter(|s| s.state == StepState::Pending)
+                .filter(|s| matches!(s.state, StepState::Pending | StepState::Dropped))
             {
                 match steps.iter().find(|(name, _)| *name == step.name) {
-                    Some((_, Ok(due))) => step.due_ms = *due,
+                    Some((_, Ok(due))) => {
+                        step.due_ms = *due;
+                        step.state = StepState::Pending;
+                        step.note = None;
+                    }
                     Some((_, Err(reason))) => {
                         step.state = StepState::Dropped;
                         step.note = Some(reason.clone());

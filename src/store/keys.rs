@@ -84,27 +84,6 @@ fn read_u64(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefixes_do_not_leak_between_ids() {
-        assert!(!user_conv("ann2", "c").starts_with(&user_conv_prefix("ann")));
-        assert!(user_conv("ann", "c").starts_with(&user_conv_prefix("ann")));
-    }
-
-    #[test]
-    fn numbers_sort_numerically() {
-        assert!(message("c", 9) < message("c", 10));
-        assert!(event("u", 255) < event("u", 256));
-        assert_eq!(cursor_of_event(&event("u", 300)), 300);
-        assert_eq!(user_of_event(&event("ann", 7)), b"ann");
-        assert!(after_user(b"ann") > event("ann", u64::MAX));
-        assert!(after_user(b"ann") < event("ann2", 1));
-    }
-}
-
 pub fn domain(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
@@ -138,4 +117,25 @@ pub fn parse_timer(key: &[u8]) -> Option<(i64, String, String)> {
     let instance = std::str::from_utf8(&rest[..split]).ok()?;
     let step = std::str::from_utf8(&rest[split + 1..]).ok()?;
     Some((due, instance.to_owned(), step.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_do_not_leak_between_ids() {
+        assert!(!user_conv("ann2", "c").starts_with(&user_conv_prefix("ann")));
+        assert!(user_conv("ann", "c").starts_with(&user_conv_prefix("ann")));
+    }
+
+    #[test]
+    fn numbers_sort_numerically() {
+        assert!(message("c", 9) < message("c", 10));
+        assert!(event("u", 255) < event("u", 256));
+        assert_eq!(cursor_of_event(&event("u", 300)), 300);
+        assert_eq!(user_of_event(&event("ann", 7)), b"ann");
+        assert!(after_user(b"ann") > event("ann", u64::MAX));
+        assert!(after_user(b"ann") < event("ann2", 1));
+    }
 }

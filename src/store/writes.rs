@@ -334,7 +334,7 @@ pub fn append_message(
     tx.conversations
         .insert(new.conversation_id.as_bytes(), encode(&conversation))?;
     let event = UserEvent::Message {
-        message: message.clone(),
+        message: Box::new(message.clone()),
     };
     for p in &conversation.participants {
         log_event(tx, &p.user_id, &event, out)?;

@@ -52,6 +52,10 @@ pub struct Launch {
     /// `(key, value)` replacements in config.yaml, e.g. `("send_burst", "1000")`:
     /// the line `  key: old` becomes `  key: value`.
     pub config: Vec<(&'static str, String)>,
+    /// Run the shipped automation rules. Off by default: tests of the transport
+    /// count messages, and the shipped sequences add their own (an inquiry's
+    /// acknowledgement); those tests run with the shipped contact policy alone.
+    pub automation: bool,
 }
 
 /// A running `parleyd serve --dev`, killed (SIGKILL) when dropped.
@@ -66,16 +70,38 @@ pub struct Daemon {
     pub http: reqwest::Client,
 }
 
-/// A config file for the daemon: the repo's, or a temporary copy with edits.
-fn write_config(scratch: &Path, edits: &[(&'static str, String)]) -> PathBuf {
-    if edits.is_empty() {
-        return repo_config();
+/// A copy of the repo's rules directory with only the contact policy.
+fn contact_rules_only(scratch: &Path) -> PathBuf {
+    let dir = scratch.join("rules");
+    std::fs::create_dir_all(&dir).expect("rules dir");
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules/contact.yaml");
+    std::fs::copy(shipped, dir.join("contact.yaml")).expect("copy contact.yaml");
+    dir
+}
+
+/// A config file for the daemon: a temporary copy of the repo's with edits.
+fn write_config(scratch: &Path, launch: &Launch) -> PathBuf {
+    let mut edits = launch.config.clone();
+    if !launch.automation && !edits.iter().any(|(k, _)| *k == "rules_dir") {
+        edits.push((
+            "rules_dir",
+            contact_rules_only(scratch).display().to_string(),
+        ));
     }
     let mut text = std::fs::read_to_string(repo_config()).expect("read config.yaml");
     // Relative paths are relative to the config file, which now lives elsewhere:
-    // keep pointing at the repo's rules unless the test sets its own.
-    let repo_rules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules");
-    let defaults = [("rules_dir", repo_rules.display().to_string())];
+    // keep pointing at the repo's rule directories unless the test sets its own.
+    let repo = |dir: &str| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(dir)
+            .display()
+            .to_string()
+    };
+    let defaults = [
+        ("rules_dir", repo("rules")),
+        ("templates_dir", repo("templates")),
+        ("plugins_dir", repo("plugins")),
+    ];
     let overridden = |key: &str| edits.iter().any(|(k, _)| *k == key);
     let extra: Vec<(&'static str, String)> = defaults
         .into_iter()
@@ -140,6 +166,7 @@ impl Daemon {
 
     pub async fn launch(launch: Launch) -> Daemon {
         let scratch = tempfile::tempdir().expect("scratch dir");
+        let config = write_config(scratch.path(), &launch);
         let (data_dir, owned) = match launch.data_dir {
             Some(dir) => (dir, None),
             None => {
@@ -147,7 +174,6 @@ impl Daemon {
                 (dir.path().to_owned(), Some(dir))
             }
         };
-        let config = write_config(scratch.path(), &launch.config);
         let log = std::fs::File::create(scratch.path().join("daemon.log")).expect("log file");
         let mut child = serve_command(&config, &data_dir)
             .stdout(Stdio::piped())

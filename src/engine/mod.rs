@@ -1,0 +1,260 @@
+//! The automation engine: domain events from the store are evaluated against the
+//! rule set in force; the outcome (start, stop or re-plan sequence instances) is
+//! written back in one transaction with the event's acknowledgement. Due steps
+//! are fired by [`scheduler`], which renders their templates with the rules in
+//! force *then* and sends through the same transactional path as a person's
+//! message.
+//!
+//! What happens to running sequences when rules change: an instance keeps the
+//! step times planned when it started; each step's template, condition, actions
+//! and recipient are read from the current rules when it fires, by name. A step
+//! whose sequence or step name has disappeared is skipped (recorded on the
+//! instance). Stop and re-plan events are those of the current rules.
+
+mod context;
+pub mod invite;
+pub mod scheduler;
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::clock::Clock;
+use crate::domain::{DomainEvent, Instance, PlannedStep, StepState};
+use crate::model::{format_time, Booking};
+use crate::rules::plugins::PluginAction;
+use crate::rules::sequences::{Anchor, Sequence};
+use crate::rules::{RuleSet, Rules};
+use crate::store::{Change, Store, StoreError};
+
+pub use context::Loaded;
+
+/// Events read from the queue at a time.
+const BATCH: usize = 256;
+
+pub struct Engine {
+    store: Store,
+    rules: Arc<Rules>,
+    clock: Arc<dyn Clock>,
+    /// Woken when new timers may be due sooner than the scheduler thinks.
+    timers_changed: Arc<Notify>,
+}
+
+fn timestamp(text: &str) -> Option<jiff::Timestamp> {
+    text.parse().ok()
+}
+
+impl Engine {
+    pub fn new(store: Store, rules: Arc<Rules>, clock: Arc<dyn Clock>) -> Engine {
+        Engine {
+            store,
+            rules,
+            clock,
+            timers_changed: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Wakes the scheduler (after the clock moved, or new timers).
+    pub fn wake_scheduler(&self) {
+        self.timers_changed.notify_one();
+    }
+
+    /// Processes every queued domain event, in order; returns how many.
+    pub async fn drain(&self) -> Result<usize, StoreError> {
+        let mut processed = 0;
+        loop {
+            let events = self.store.domain_events(BATCH)?;
+            if events.is_empty() {
+                return Ok(processed);
+            }
+            // Acknowledgements accumulate; anything else is applied before the
+            // next event is evaluated, which must see its effect.
+            let mut pending = Vec::new();
+            for event in &events {
+                let rules = self.rules.current();
+                let changes = self.evaluate(&rules, event)?;
+                let effective = changes.len() > 1;
+                pending.extend(changes);
+                if effective {
+                    self.store
+                        .apply_changes(std::mem::take(&mut pending))
+                        .await?;
+                    self.wake_scheduler();
+                }
+            }
+            if !pending.is_empty() {
+                self.store.apply_changes(pending).await?;
+            }
+            processed += events.len();
+            metrics::counter!("parleyd_engine_events_total").increment(events.len() as u64);
+        }
+    }
+
+    /// What one event changes; always ends with its acknowledgement.
+    fn evaluate(&self, rules: &RuleSet, event: &DomainEvent) -> Result<Vec<Change>, StoreError> {
+        let _span = tracing::debug_span!("rules", event = %event.name, seq = event.seq).entered();
+        let mut changes = Vec::new();
+        let mut loaded: Option<Loaded> = None;
+        let plugin_actions: Vec<PluginAction> = if rules.plugins.is_empty() {
+            Vec::new()
+        } else {
+            let event_value = serde_json::to_value(event).unwrap_or_default();
+            let argument = crate::rules::script::Context::default()
+                .with("event", &event_value)
+                .as_map();
+            rules
+                .plugins
+                .iter()
+                .flat_map(|p| p.on_event(argument.clone()))
+                .collect()
+        };
+
+        let listens = |s: &Sequence| {
+            s.stop_on.iter().chain(&s.replan_on).any(|n| event.is(n))
+                || plugin_actions
+                    .iter()
+                    .any(|a| matches!(a, PluginAction::Stop(name) if *name == s.name))
+        };
+        if rules.sequences.iter().any(listens) {
+            for instance in self.store.instances_about(event)? {
+                if !event.subject.concerns(&instance.subject) {
+                    continue;
+                }
+                let Some(sequence) = rules.sequence(&instance.rule) else {
+                    continue;
+                };
+                let stopped_by_plugin = plugin_actions
+                    .iter()
+                    .any(|a| matches!(a, PluginAction::Stop(name) if *name == sequence.name));
+                if stopped_by_plugin || sequence.stop_on.iter().any(|n| event.is(n)) {
+                    tracing::debug!(instance = %instance.id, "stopped");
+                    changes.push(Change::Stop(instance.id.clone()));
+                } else if sequence.replan_on.iter().any(|n| event.is(n)) {
+                    let context = self.loaded(&mut loaded, event)?;
+                    let steps = plan(sequence, event, context.booking.as_ref())
+                        .into_iter()
+                        .map(|s| {
+                            let due = match s.state {
+                                StepState::Pending => Ok(s.due_ms),
+                                _ => Err(s.note.unwrap_or_default()),
+                            };
+                            (s.name, due)
+                        })
+                        .collect();
+                    changes.push(Change::Replan {
+                        instance: instance.id.clone(),
+                        steps,
+                    });
+                }
+            }
+        }
+
+        let started_by_plugin = |s: &Sequence| {
+            plugin_actions
+                .iter()
+                .any(|a| matches!(a, PluginAction::Start(name) if *name == s.name))
+        };
+        for sequence in &rules.sequences {
+            if !(event.is(&sequence.trigger) || started_by_plugin(sequence)) {
+                continue;
+            }
+            let context = self.loaded(&mut loaded, event)?;
+            if let Some(when) = &sequence.when {
+                match when.test(&context.script_context(&*self.clock)) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::error!(file = %sequence.file, sequence = %sequence.name,
+                            error = %e, "sequence condition failed; not started");
+                        metrics::counter!("parleyd_rule_errors_total").increment(1);
+                        continue;
+                    }
+                }
+            }
+            let subject = context.subject(event);
+            let instance = Instance {
+                id: Instance::id_for(&sequence.name, &subject),
+                rule: sequence.name.clone(),
+                run: uuid::Uuid::now_v7().to_string(),
+                subject,
+                trigger: event.clone(),
+                steps: plan(sequence, event, context.booking.as_ref()),
+            };
+            changes.push(Change::Start(Box::new(instance)));
+        }
+        changes.push(Change::Ack(event.seq));
+        Ok(changes)
+    }
+
+    fn loaded<'a>(
+        &self,
+        slot: &'a mut Option<Loaded>,
+        event: &DomainEvent,
+    ) -> Result<&'a Loaded, StoreError> {
+        if slot.is_none() {
+            *slot = Some(Loaded::read(&self.store, &event.subject, event)?);
+        }
+        Ok(slot.as_ref().expect("just filled"))
+    }
+
+    pub fn now(&self) -> String {
+        format_time(self.clock.now())
+    }
+}
+
+/// When each step of `sequence` is due, for a run triggered by `event`. A step
+/// whose time is before the event (a day-before reminder for a booking made
+/// this morning) or that needs a booking there is none of, is dropped.
+pub fn plan(
+    sequence: &Sequence,
+    event: &DomainEvent,
+    booking: Option<&Booking>,
+) -> Vec<PlannedStep> {
+    let at = timestamp(&event.at);
+    let period = booking.and_then(|b| Some((timestamp(&b.start)?, timestamp(&b.end)?)));
+    sequence
+        .steps
+        .iter()
+        .map(|step| {
+            let anchor = match (step.at, period) {
+                (Anchor::Trigger, _) => at.ok_or("the event has no time"),
+                (Anchor::Start, Some((start, _))) => Ok(start),
+                (Anchor::End, Some((_, end))) => Ok(end),
+                (Anchor::Midpoint, Some((start, end))) => Ok(start + end.duration_since(start) / 2),
+                (_, None) => Err("no booking to anchor it to"),
+            };
+            let due = anchor
+                .map_err(str::to_owned)
+                .and_then(|a| a.checked_add(step.offset).map_err(|e| e.to_string()))
+                .and_then(|due| match at {
+                    Some(at) if due < at => Err(format!(
+                        "due at {}, before the event that planned it",
+                        format_time(due)
+                    )),
+                    _ => Ok(due),
+                });
+            match due {
+                Ok(due) => PlannedStep {
+                    name: step.name.clone(),
+                    due_ms: due.as_millisecond(),
+                    state: StepState::Pending,
+                    note: None,
+                },
+                Err(note) => PlannedStep {
+                    name: step.name.clone(),
+                    due_ms: 0,
+                    state: StepState::Dropped,
+                    note: Some(note),
+                },
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,209 @@
+//! The durable scheduler: pending steps are timers in sled, ordered by due
+//! time. A due step is rendered from the rules in force and sent in one
+//! transaction that also removes its timer (see `store::automation::fire`):
+//! exactly once, across crashes. The loop sleeps until the earliest timer (at
+//! most a second, so a manual clock's moves are seen promptly even unwoken).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Engine, Loaded};
+use crate::domain::{Instance, Timer};
+use crate::model::{Automation, SYSTEM_SENDER};
+use crate::rules::plugins::TEMPLATE_VARS;
+use crate::rules::sequences::{Party, Sender};
+use crate::store::{Firing, NewMessage, StoreError};
+
+/// Timers read at a time.
+const BATCH: usize = 64;
+/// The longest the loop sleeps without looking.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+impl Engine {
+    /// Fires every step due by the clock's now; returns how many fired.
+    pub async fn fire_due(&self) -> Result<usize, StoreError> {
+        let mut fired = 0;
+        loop {
+            let now = self.clock.now().as_millisecond();
+            let due = self.store.due_timers(now, BATCH)?;
+            if due.is_empty() {
+                return Ok(fired);
+            }
+            for timer in due {
+                let firing = self.prepare(&timer).await?;
+                let result = match &firing {
+                    Firing::Send(_) => "sent",
+                    Firing::Skip(reason) => {
+                        tracing::info!(instance = %timer.instance, step = %timer.step, %reason, "step skipped");
+                        "skipped"
+                    }
+                };
+                if self.store.fire(timer, firing).await?.is_some() || result == "skipped" {
+                    metrics::counter!("parleyd_automation_steps_total", "result" => result)
+                        .increment(1);
+                }
+                fired += 1;
+            }
+        }
+    }
+
+    /// Decides what a due step sends, from the rules in force now.
+    async fn prepare(&self, timer: &Timer) -> Result<Firing, StoreError> {
+        let Some(instance) = self.store.instance(&timer.instance)? else {
+            return Ok(Firing::Skip("the sequence is no longer running".into()));
+        };
+        let rules = self.rules.current();
+        let Some(sequence) = rules.sequence(&instance.rule) else {
+            return Ok(Firing::Skip(format!(
+                "sequence {} is no longer in the rules",
+                instance.rule
+            )));
+        };
+        let Some(step) = sequence.step(&timer.step) else {
+            return Ok(Firing::Skip(format!(
+                "sequence {} no longer has a step {}",
+                instance.rule, timer.step
+            )));
+        };
+        let Some(conversation_id) = self.conversation_for(&instance).await? else {
+            return Ok(Firing::Skip(
+                "no conversation to send in (the listing or customer is unknown)".into(),
+            ));
+        };
+        let subject = crate::domain::Subject {
+            conversation_id: Some(conversation_id.clone()),
+            ..instance.subject.clone()
+        };
+        let loaded = Loaded::read(&self.store, &subject, &instance.trigger)?;
+        let Some(conversation) = &loaded.conversation else {
+            return Ok(Firing::Skip("the conversation is gone".into()));
+        };
+        let mut context = loaded.script_context(&*self.clock);
+        let plugin_vars: serde_json::Map<String, serde_json::Value> = rules
+            .plugins
+            .iter()
+            .filter(|p| p.has(TEMPLATE_VARS))
+            .filter_map(|p| p.call(TEMPLATE_VARS, context.as_map()).ok())
+            .filter_map(|v| match v {
+                serde_json::Value::Object(map) => Some(map),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        context = context.with("plugin", &plugin_vars.into());
+        if let Some(when) = &step.when {
+            match when.test(&context) {
+                Ok(true) => {}
+                Ok(false) => return Ok(Firing::Skip("its condition is false".into())),
+                Err(e) => return Ok(Firing::Skip(format!("its condition failed: {e}"))),
+            }
+        }
+        let Some(template) = rules.templates.get(&step.template) else {
+            return Ok(Firing::Skip(format!("no template {}", step.template)));
+        };
+        let content = match template.render(&context) {
+            Ok(text) => text,
+            Err(reason) => return Ok(Firing::Skip(reason)),
+        };
+        let recipient_id = match step.to {
+            Party::Customer => conversation.customer_id.clone(),
+            Party::Provider => conversation.provider_id.clone(),
+        };
+        let sender_id = match step.sender {
+            Sender::System => SYSTEM_SENDER.to_owned(),
+            Sender::Provider => conversation.provider_id.clone(),
+            Sender::Customer => conversation.customer_id.clone(),
+        };
+        let mut actions = step.actions.clone();
+        actions.sort_by_key(|a| std::cmp::Reverse(a.priority));
+        let now = self.now();
+        let attachments = match (step.invite, &loaded.booking) {
+            (false, _) => Vec::new(),
+            (true, Some(booking)) => {
+                let title = loaded
+                    .listing
+                    .as_ref()
+                    .map_or("Booking", |l| l.title.as_str());
+                let address = loaded.listing.as_ref().and_then(|l| l.address.as_deref());
+                super::invite::invite(booking, title, address, &now)
+                    .into_iter()
+                    .collect()
+            }
+            (true, None) => {
+                return Ok(Firing::Skip("an invite needs a booking".into()));
+            }
+        };
+        Ok(Firing::Send(Box::new(NewMessage {
+            conversation_id,
+            sender_id,
+            client_id: format!("auto:{}:{}", instance.run, step.name),
+            content,
+            kind: sequence.kind,
+            created_at: now,
+            moderation: None,
+            automation: Some(Automation {
+                rule: sequence.name.clone(),
+                step: step.name.clone(),
+                template: step.template.clone(),
+                recipient_id,
+            }),
+            actions,
+            attachments,
+        })))
+    }
+
+    /// The conversation a step speaks in: the instance's, or the customer's
+    /// conversation about its listing (opened if need be, e.g. for a customer
+    /// who viewed a listing but never wrote).
+    async fn conversation_for(&self, instance: &Instance) -> Result<Option<String>, StoreError> {
+        if let Some(id) = &instance.subject.conversation_id {
+            return Ok(Some(id.clone()));
+        }
+        let (Some(listing_id), Some(customer_id)) =
+            (&instance.subject.listing_id, &instance.subject.customer_id)
+        else {
+            return Ok(None);
+        };
+        let Some(listing) = self.store.listing(listing_id)? else {
+            return Ok(None);
+        };
+        if listing.provider_id == *customer_id {
+            return Ok(None);
+        }
+        let (conversation, _) = self
+            .store
+            .open_conversation(&listing, customer_id, &self.now())
+            .await?;
+        Ok(Some(conversation.id))
+    }
+
+    /// Runs the engine and the scheduler until the task is dropped: domain
+    /// events as they commit, steps as they fall due.
+    pub async fn run(self: Arc<Self>) {
+        let engine = Arc::clone(&self);
+        let events = async move {
+            let committed = engine.store.committed();
+            loop {
+                if let Err(e) = engine.drain().await {
+                    tracing::error!(error = %e, "automation engine");
+                }
+                let _ = tokio::time::timeout(MAX_SLEEP, committed.notified()).await;
+            }
+        };
+        let timers = async move {
+            loop {
+                if let Err(e) = self.fire_due().await {
+                    tracing::error!(error = %e, "automation scheduler");
+                }
+                let now = self.clock.now().as_millisecond();
+                let sleep = match self.store.next_due() {
+                    Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now).max(0) as u64),
+                    _ => MAX_SLEEP,
+                };
+                let _ = tokio::time::timeout(sleep.min(MAX_SLEEP), self.timers_changed.notified())
+                    .await;
+            }
+        };
+        tokio::join!(events, timers);
+    }
+}

@@ -1,0 +1,272 @@
+//! Sequences: a trigger event starts timed steps that send templated messages,
+//! until a stop event. Nudge sequences time their steps from the trigger
+//! (`after: 24h`); booking milestones anchor them to the booking (`at: start`,
+//! `after: -24h`). Both are the same mechanism, written in `rules/*.yaml`:
+//!
+//! ```yaml
+//! sequences:
+//!   - name: inquiry_follow_up
+//!     trigger: inquiry_received
+//!     stop_on: [provider_replied, booking_created]
+//!     steps:
+//!       - name: follow_up
+//!         after: 24h
+//!         template: inquiry_follow_up
+//!         to: customer
+//! ```
+
+use serde::Deserialize;
+
+use super::script::Expr;
+use crate::model::{MessageType, SuggestedAction};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    #[serde(default)]
+    pub sequences: Vec<SequenceSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The event (or alias) that starts the sequence.
+    pub trigger: String,
+    /// Rhai condition on the trigger's context; the sequence starts only if true.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// `nudge` (default) or `automated`: the `type` of the messages it sends.
+    #[serde(default = "nudge", rename = "type")]
+    pub kind: MessageType,
+    /// Events that end the sequence: its pending steps are cancelled.
+    #[serde(default)]
+    pub stop_on: Vec<String>,
+    /// Events that re-plan the pending steps from the booking as it is now
+    /// (e.g. `booking_rescheduled`).
+    #[serde(default)]
+    pub replan_on: Vec<String>,
+    pub steps: Vec<StepSpec>,
+}
+
+fn nudge() -> MessageType {
+    MessageType::Nudge
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Anchor {
+    /// When the trigger happened.
+    #[default]
+    Trigger,
+    /// The booking's start, end, or the middle of its period.
+    Start,
+    End,
+    Midpoint,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Party {
+    Customer,
+    Provider,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sender {
+    /// The platform, shown as `system` (default).
+    #[default]
+    System,
+    Provider,
+    Customer,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub name: String,
+    #[serde(default)]
+    pub at: Anchor,
+    /// Offset from the anchor, e.g. `24h`, `-24h`, `90m`; default 0.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Rhai condition checked when the step is due; false skips it.
+    #[serde(default)]
+    pub when: Option<String>,
+    pub template: String,
+    pub to: Party,
+    #[serde(default, rename = "as")]
+    pub sender: Sender,
+    #[serde(default)]
+    pub actions: Vec<SuggestedAction>,
+    /// Attach the booking as a calendar invite (.ics).
+    #[serde(default)]
+    pub invite: bool,
+}
+
+#[derive(Debug)]
+pub struct Sequence {
+    pub name: String,
+    pub file: String,
+    pub trigger: String,
+    pub when: Option<Expr>,
+    pub kind: MessageType,
+    pub stop_on: Vec<String>,
+    pub replan_on: Vec<String>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug)]
+pub struct Step {
+    pub name: String,
+    pub at: Anchor,
+    pub offset: jiff::SignedDuration,
+    pub when: Option<Expr>,
+    pub template: String,
+    pub to: Party,
+    pub sender: Sender,
+    pub actions: Vec<SuggestedAction>,
+    pub invite: bool,
+}
+
+/// A problem in a sequence, with the text it concerns (to locate it).
+#[derive(Debug)]
+pub struct SpecError {
+    pub near: String,
+    /// Line and column inside `near` (for script errors), 1-based.
+    pub offset: Option<(usize, usize)>,
+    pub message: String,
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn condition(source: &Option<String>, what: &str, errors: &mut Vec<SpecError>) -> Option<Expr> {
+    let source = source.as_ref()?;
+    Expr::compile(source)
+        .map_err(|e| {
+            errors.push(SpecError {
+                near: source.clone(),
+                offset: Some((e.line.max(1), e.column.max(1))),
+                message: format!("{what}: {}", e.message),
+            })
+        })
+        .ok()
+}
+
+impl Sequence {
+    /// Compiles a sequence; `template_exists` checks step templates.
+    pub fn compile(
+        spec: SequenceSpec,
+        file: &str,
+        template_exists: impl Fn(&str) -> bool,
+    ) -> Result<Sequence, Vec<SpecError>> {
+        let mut errors = Vec::new();
+        let at_name = |message: String| SpecError {
+            near: format!("name: {}", spec.name),
+            offset: None,
+            message,
+        };
+        if !is_name(&spec.name) {
+            errors.push(at_name(format!(
+                "sequence name {:?} must be lower_snake_case",
+                spec.name
+            )));
+        }
+        for event in std::iter::once(&spec.trigger)
+            .chain(&spec.stop_on)
+            .chain(&spec.replan_on)
+        {
+            if !is_name(event) {
+                errors.push(SpecError {
+                    near: event.clone(),
+                    offset: None,
+                    message: format!("{event:?} is not an event name (lower_snake_case)"),
+                });
+            }
+        }
+        if spec.kind == MessageType::Text {
+            errors.push(at_name(format!(
+                "sequence {}: type is nudge or automated",
+                spec.name
+            )));
+        }
+        if spec.steps.is_empty() {
+            errors.push(at_name(format!("sequence {} has no steps", spec.name)));
+        }
+        let when = condition(&spec.when, &format!("sequence {}", spec.name), &mut errors);
+        let mut steps: Vec<Step> = Vec::new();
+        for step in spec.steps {
+            let what = format!("sequence {}, step {}", spec.name, step.name);
+            let near = format!("name: {}", step.name);
+            if !is_name(&step.name) || steps.iter().any(|s| s.name == step.name) {
+                errors.push(SpecError {
+                    near: near.clone(),
+                    offset: None,
+                    message: format!("{what}: step names must be unique lower_snake_case"),
+                });
+            }
+            let offset = match step.after.as_deref().map(crate::clock::parse_duration) {
+                None => jiff::SignedDuration::ZERO,
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    errors.push(SpecError {
+                        near: format!("after: {}", step.after.clone().unwrap_or_default()),
+                        offset: None,
+                        message: format!("{what}: {e}"),
+                    });
+                    jiff::SignedDuration::ZERO
+                }
+            };
+            if step.at == Anchor::Trigger && offset.is_negative() {
+                errors.push(SpecError {
+                    near,
+                    offset: None,
+                    message: format!("{what}: a step cannot come before its trigger"),
+                });
+            }
+            if !template_exists(&step.template) {
+                errors.push(SpecError {
+                    near: format!("template: {}", step.template),
+                    offset: None,
+                    message: format!("{what}: no template {:?} in templates/", step.template),
+                });
+            }
+            steps.push(Step {
+                when: condition(&step.when, &what, &mut errors),
+                name: step.name,
+                at: step.at,
+                offset,
+                template: step.template,
+                to: step.to,
+                sender: step.sender,
+                actions: step.actions,
+                invite: step.invite,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Sequence {
+            name: spec.name,
+            file: file.to_owned(),
+            trigger: spec.trigger,
+            when,
+            kind: spec.kind,
+            stop_on: spec.stop_on,
+            replan_on: spec.replan_on,
+            steps,
+        })
+    }
+
+    pub fn step(&self, name: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+}
