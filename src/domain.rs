@@ -34,15 +34,19 @@ impl Subject {
     }
 
     /// Whether an event about `self` concerns something about `other`: they
-    /// agree on every id both name (people: at least one in common) and share at
-    /// least one. So a reply in a conversation stops that conversation's
-    /// sequences, and `unsubscribed` naming only a user stops all of theirs.
+    /// agree on every id both name and share at least one, and the event's
+    /// actor (if any) is one of `other`'s people. So a reply in a conversation
+    /// stops that conversation's sequences, `unsubscribed` naming only a user
+    /// stops all of theirs, and another customer's booking of the same listing
+    /// stops nothing of this customer's.
     pub fn concerns(&self, other: &Subject) -> bool {
         let mut shared = false;
         for (a, b) in [
             (&self.conversation_id, &other.conversation_id),
             (&self.listing_id, &other.listing_id),
             (&self.booking_id, &other.booking_id),
+            (&self.customer_id, &other.customer_id),
+            (&self.provider_id, &other.provider_id),
         ] {
             if let (Some(a), Some(b)) = (a, b) {
                 if a != b {
@@ -51,13 +55,14 @@ impl Subject {
                 shared = true;
             }
         }
-        let mine: Vec<&str> = self.users().collect();
-        let theirs: Vec<&str> = other.users().collect();
-        if !mine.is_empty() && !theirs.is_empty() {
-            if !mine.iter().any(|u| theirs.contains(u)) {
-                return false;
+        if let Some(actor) = &self.user_id {
+            let mut theirs = other.users().peekable();
+            if theirs.peek().is_some() {
+                if !theirs.any(|u| u == actor) {
+                    return false;
+                }
+                shared = true;
             }
-            shared = true;
         }
         shared
     }
@@ -215,8 +220,10 @@ mod tests {
     #[test]
     fn concerns_needs_agreement_and_something_shared() {
         let instance = subject(Some("c1"), &["alice", "bob"]);
-        assert!(subject(Some("c1"), &["bob"]).concerns(&instance));
+        assert!(subject(Some("c1"), &["alice"]).concerns(&instance));
         assert!(!subject(Some("c2"), &["alice", "bob"]).concerns(&instance));
+        // Another customer of the same provider.
+        assert!(!subject(None, &["carol", "bob"]).concerns(&instance));
         let only_user = Subject {
             user_id: Some("alice".into()),
             ..Subject::default()

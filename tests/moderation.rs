@@ -14,10 +14,6 @@ fn digits(text: &str) -> String {
     text.chars().filter(char::is_ascii_digit).collect()
 }
 
-fn operator() -> Person {
-    Person::new("ops", "operator")
-}
-
 #[tokio::test]
 async fn a_phone_number_before_booking_is_blocked_and_kept_for_operators_only() {
     let d = Daemon::start().await;
@@ -167,21 +163,6 @@ fn high_risk_rule(shipped: &str, rule: &str) -> String {
         "the shipped policy changed; update this test"
     );
     shipped.replacen(SHIPPED_RULE, &format!("high: {rule}"), 1)
-}
-
-/// Polls `GET /v1/admin/rules` until `accept` holds, returning the status.
-async fn rules_after(d: &Daemon, accept: impl Fn(&Value) -> bool) -> Value {
-    guard("the rules to reload", async {
-        loop {
-            let status = d.get("/v1/admin/rules", &operator().token).await;
-            status.expect(200);
-            if accept(&status.body) {
-                return status.body;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await
 }
 
 #[tokio::test]

@@ -38,6 +38,8 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     /// Woken when new timers may be due sooner than the scheduler thinks.
     timers_changed: Arc<Notify>,
+    /// One drain at a time: the events loop and the scheduler both drain.
+    draining: tokio::sync::Mutex<()>,
 }
 
 fn timestamp(text: &str) -> Option<jiff::Timestamp> {
@@ -51,6 +53,7 @@ impl Engine {
             rules,
             clock,
             timers_changed: Arc::new(Notify::new()),
+            draining: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -69,6 +72,7 @@ impl Engine {
 
     /// Processes every queued domain event, in order; returns how many.
     pub async fn drain(&self) -> Result<usize, StoreError> {
+        let _one_at_a_time = self.draining.lock().await;
         let mut processed = 0;
         loop {
             let events = self.store.domain_events(BATCH)?;
@@ -106,10 +110,7 @@ impl Engine {
         let plugin_actions: Vec<PluginAction> = if rules.plugins.is_empty() {
             Vec::new()
         } else {
-            let event_value = serde_json::to_value(event).unwrap_or_default();
-            let argument = crate::rules::script::Context::default()
-                .with("event", &event_value)
-                .as_map();
+            let argument = rhai::serde::to_dynamic(event).unwrap_or(rhai::Dynamic::UNIT);
             rules
                 .plugins
                 .iter()

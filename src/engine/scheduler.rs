@@ -21,9 +21,12 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 impl Engine {
     /// Fires every step due by the clock's now; returns how many fired.
+    /// Queued events are processed first: a stop that happened before a step
+    /// fell due (a reply, then a clock jump past the next nudge) must cancel it.
     pub async fn fire_due(&self) -> Result<usize, StoreError> {
         let mut fired = 0;
         loop {
+            self.drain().await?;
             let now = self.clock.now().as_millisecond();
             let due = self.store.due_timers(now, BATCH)?;
             if due.is_empty() {

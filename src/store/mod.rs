@@ -434,6 +434,22 @@ impl Store {
             .await
     }
 
+    /// The customer's conversation about a listing, if one is open.
+    pub fn conversation_between(
+        &self,
+        listing_id: &str,
+        customer_id: &str,
+    ) -> Result<Option<Conversation>, StoreError> {
+        match self
+            .trees
+            .conv_pairs
+            .get(keys::pair(listing_id, customer_id))?
+        {
+            Some(id) => self.get(&self.trees.conversations, &id),
+            None => Ok(None),
+        }
+    }
+
     pub fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
         self.get(&self.users, id.as_bytes())
     }

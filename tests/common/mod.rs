@@ -730,3 +730,22 @@ pub async fn serve_expecting_refusal(data_dir: &Path) -> (ExitStatus, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+pub fn operator() -> Person {
+    Person::new("ops", "operator")
+}
+
+/// Polls `GET /v1/admin/rules` until `accept` holds, returning the status.
+pub async fn rules_after(d: &Daemon, accept: impl Fn(&Value) -> bool) -> Value {
+    guard("the rules to reload", async {
+        loop {
+            let status = d.get("/v1/admin/rules", &operator().token).await;
+            status.expect(200);
+            if accept(&status.body) {
+                return status.body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}

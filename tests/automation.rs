@@ -1,0 +1,416 @@
+//! Automation end to end: the daemon runs the shipped rules (or an edited copy)
+//! with a manual clock that the test moves through `POST /v1/admin/clock`.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Copies the shipped rules, templates and plugins into `dir`, returning the
+/// config edits that point the daemon at the copy.
+fn copy_rules(dir: &Path) -> Vec<(&'static str, String)> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut edits = Vec::new();
+    for (key, name) in [
+        ("rules_dir", "rules"),
+        ("templates_dir", "templates"),
+        ("plugins_dir", "plugins"),
+    ] {
+        let to = dir.join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(repo.join(name)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+        edits.push((key, to.display().to_string()));
+    }
+    edits
+}
+
+async fn start(data_dir: Option<&Path>, rules: Option<&Path>) -> Daemon {
+    let mut config = vec![("clock", "manual".to_owned())];
+    if let Some(dir) = rules {
+        config.extend(copy_rules(dir));
+    }
+    Daemon::launch(Launch {
+        data_dir: data_dir.map(Path::to_owned),
+        config,
+        automation: true,
+    })
+    .await
+}
+
+/// Moves the daemon's clock by `by` (e.g. `4h`); returns the time now.
+async fn advance(d: &Daemon, by: &str) -> jiff::Timestamp {
+    let reply = d
+        .post("/v1/admin/clock", &operator().token, json!({"advance": by}))
+        .await;
+    reply.expect(200);
+    reply.body["now"].as_str().unwrap().parse().unwrap()
+}
+
+fn time_of(message: &Value) -> jiff::Timestamp {
+    message["created_at"].as_str().unwrap().parse().unwrap()
+}
+
+fn hours(h: i64) -> jiff::SignedDuration {
+    jiff::SignedDuration::from_hours(h)
+}
+
+fn sent_by_template<'a>(messages: &'a [Value], template: &str) -> Vec<&'a Value> {
+    messages
+        .iter()
+        .filter(|m| m["automation"]["template"] == template)
+        .collect()
+}
+
+/// Waits until the conversation holds an automated message from `template`.
+async fn automated(d: &Daemon, who: &Person, conversation: &str, template: &str) -> Value {
+    guard(&format!("an automated {template} message"), async {
+        loop {
+            let messages = d.messages(who, conversation).await;
+            if let Some(m) = sent_by_template(&messages, template).first() {
+                return (*m).clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+/// Long enough for the scheduler, woken by the clock's move, to have sent
+/// anything that was due (it also looks at least once a second unwoken).
+async fn scheduler_settles() {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
+async fn give_open_dates(d: &Daemon, p: &Pair, dates: &[&str]) {
+    d.put(
+        &format!("/v1/listings/{}", p.listing_id),
+        SERVICE_KEY,
+        json!({"title": "Sunset kayak tour", "provider_id": p.provider.id,
+               "response_time": "within an hour", "availability": dates}),
+    )
+    .await
+    .expect(200);
+}
+
+#[tokio::test]
+async fn a_sequence_fires_at_its_virtual_times_and_stops_when_the_provider_replies() {
+    let d = start(None, None).await;
+    let p = pair(&d).await;
+    give_open_dates(&d, &p, &["2031-05-01", "2031-05-02"]).await;
+    let asked = d
+        .send(&p.customer, &p.conversation, "q-1", "Hi! Free in May?")
+        .await;
+    asked.expect(201);
+    let t0 = time_of(&asked.body["message"]);
+
+    let ack = automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
+    assert_eq!(time_of(&ack), t0);
+    assert_eq!(ack["type"], "nudge");
+    assert_eq!(ack["sender_id"], "system");
+    assert_eq!(ack["automation"]["rule"], "inquiry_follow_up");
+    assert_eq!(ack["automation"]["recipient_id"], p.customer.id);
+    assert!(
+        ack["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Thanks Carla! Pablo has your question about Sunset kayak tour"),
+        "{ack}"
+    );
+
+    advance(&d, "4h").await;
+    let reminder = automated(&d, &p.provider, &p.conversation, "provider_reply_reminder").await;
+    assert_eq!(time_of(&reminder), t0 + hours(4));
+    assert_eq!(reminder["automation"]["recipient_id"], p.provider.id);
+    let labels: Vec<&str> = reminder["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["Yes, it's available", "Sorry, not available"]);
+
+    advance(&d, "20h").await;
+    let follow_up = automated(&d, &p.customer, &p.conversation, "inquiry_follow_up").await;
+    assert_eq!(time_of(&follow_up), t0 + hours(24));
+    assert!(
+        follow_up["content"]
+            .as_str()
+            .unwrap()
+            .contains("2 open dates"),
+        "{follow_up}"
+    );
+    assert_eq!(follow_up["actions"][0]["type"], "book_now");
+
+    d.send(&p.provider, &p.conversation, "r-1", "Yes, both days!")
+        .await
+        .expect(201);
+    advance(&d, "48h").await;
+    scheduler_settles().await;
+    let messages = d.messages(&p.customer, &p.conversation).await;
+    assert!(
+        sent_by_template(&messages, "inquiry_final").is_empty(),
+        "the provider replied: no final nudge"
+    );
+    // Each side's unread count grew only with what was addressed to it.
+    assert_eq!(
+        d.listed(&p.customer, &p.conversation).await["unread_count"],
+        3
+    );
+    assert_eq!(
+        d.listed(&p.provider, &p.conversation).await["unread_count"],
+        2
+    );
+}
+
+#[tokio::test]
+async fn rescheduling_a_booking_moves_its_milestones_and_the_confirmation_has_an_invite() {
+    let d = start(None, None).await;
+    let p = pair(&d).await;
+    let t0 = advance(&d, "0s").await;
+    let at = |h: i64| (t0 + hours(h)).to_string();
+    let booked = d
+        .post(
+            "/v1/bookings",
+            SERVICE_KEY,
+            json!({"conversation_id": p.conversation, "start": at(72), "end": at(80)}),
+        )
+        .await;
+    booked.expect(201);
+    let booking_id = booked.body["id"].as_str().unwrap().to_owned();
+
+    let confirmation = automated(&d, &p.customer, &p.conversation, "booking_confirmation").await;
+    assert_eq!(confirmation["type"], "automated");
+    let invite = &confirmation["attachments"][0];
+    assert_eq!(invite["filename"], "booking.ics");
+    let ics = invite["content"].as_str().unwrap();
+    let start_72h = (t0 + hours(72)).strftime("%Y%m%dT%H%M%SZ").to_string();
+    assert!(ics.contains(&format!("DTSTART:{start_72h}")), "{ics}");
+
+    d.patch(
+        &format!("/v1/bookings/{booking_id}"),
+        SERVICE_KEY,
+        json!({"start": at(120), "end": at(128)}),
+    )
+    .await
+    .expect(200);
+    // Past the old day-before time (48h), then to the new one (96h).
+    advance(&d, "48h").await;
+    scheduler_settles().await;
+    advance(&d, "48h").await;
+    let reminder = automated(&d, &p.customer, &p.conversation, "booking_day_before").await;
+    assert_eq!(time_of(&reminder), t0 + hours(96), "{reminder}");
+    let messages = d.messages(&p.customer, &p.conversation).await;
+    assert_eq!(sent_by_template(&messages, "booking_day_before").len(), 1);
+    assert!(sent_by_template(&messages, "booking_started").is_empty());
+
+    advance(&d, "24h").await;
+    let started = automated(&d, &p.customer, &p.conversation, "booking_started").await;
+    assert_eq!(time_of(&started), t0 + hours(120));
+}
+
+#[tokio::test]
+async fn a_step_scheduled_before_a_crash_fires_once_after_the_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let p = {
+        let d = start(Some(data.path()), None).await;
+        let p = pair(&d).await;
+        d.send(&p.customer, &p.conversation, "q-1", "Hello?")
+            .await
+            .expect(201);
+        automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
+        p
+        // Dropped: killed with SIGKILL, the reminder still pending.
+    };
+    let d = start(Some(data.path()), None).await;
+    advance(&d, "4h").await;
+    automated(&d, &p.provider, &p.conversation, "provider_reply_reminder").await;
+    advance(&d, "1h").await;
+    scheduler_settles().await;
+    let messages = d.messages(&p.customer, &p.conversation).await;
+    assert_eq!(sent_by_template(&messages, "inquiry_ack").len(), 1);
+    assert_eq!(
+        sent_by_template(&messages, "provider_reply_reminder").len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_broken_rule_edit_is_rejected_while_the_old_rules_serve_and_the_fix_goes_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(None, Some(dir.path())).await;
+    let rules = dir.path().join("rules/inquiry.yaml");
+    let shipped = std::fs::read_to_string(&rules).unwrap();
+    std::fs::write(
+        &rules,
+        shipped.replacen("after: 24h", "after: a day or so", 1),
+    )
+    .unwrap();
+    let status = rules_after(&d, |s| !s["last_failure"].is_null()).await;
+    let error = &status["last_failure"]["errors"][0];
+    assert!(
+        error["file"].as_str().unwrap().ends_with("inquiry.yaml"),
+        "{error}"
+    );
+    let line = shipped
+        .lines()
+        .position(|l| l.contains("after: 24h"))
+        .unwrap()
+        + 1;
+    assert_eq!(error["line"], line, "{error}");
+    assert_eq!(status["version"], 1);
+
+    // The old rules still acknowledge an inquiry.
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "q-1", "Hi")
+        .await
+        .expect(201);
+    automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
+
+    // The fix, with a new acknowledgement text, is live for the next inquiry.
+    std::fs::write(&rules, &shipped).unwrap();
+    let templates = dir.path().join("templates/inquiry.yaml");
+    let text = std::fs::read_to_string(&templates).unwrap();
+    std::fs::write(
+        &templates,
+        text.replacen("Thanks {customer.name}!", "Welcome {customer.name}!", 1),
+    )
+    .unwrap();
+    let status = rules_after(&d, |s| {
+        s["version"].as_u64() > Some(1) && s["last_failure"].is_null()
+    })
+    .await;
+    assert!(status["files"].as_array().unwrap().len() >= 5, "{status}");
+    let other = Person::new("cust-2", "customer");
+    let opened = d
+        .post(
+            "/v1/conversations",
+            &other.token,
+            json!({"listing_id": p.listing_id}),
+        )
+        .await;
+    opened.expect(201);
+    let conversation = opened.body["id"].as_str().unwrap().to_owned();
+    d.put("/v1/users/cust-2", SERVICE_KEY, json!({"name": "Dora"}))
+        .await
+        .expect(200);
+    d.send(&other, &conversation, "q-2", "Hello")
+        .await
+        .expect(201);
+    let ack = automated(&d, &other, &conversation, "inquiry_ack").await;
+    assert!(
+        ack["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Welcome Dora!"),
+        "{ack}"
+    );
+}
+
+#[tokio::test]
+async fn a_runaway_plugin_is_stopped_by_its_budget_and_the_daemon_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    let d = start(None, Some(dir.path())).await;
+    std::fs::write(
+        dir.path().join("plugins/spin.rhai"),
+        "// Never returns.\nfn on_event(event) {\n    loop { }\n}\n",
+    )
+    .unwrap();
+    rules_after(&d, |s| s["version"].as_u64() > Some(1)).await;
+
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "q-1", "Hi")
+        .await
+        .expect(201);
+    // The rest of the pipeline goes on: the shipped sequence still answers.
+    automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
+    let metrics = d
+        .http
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let errors = metrics
+        .lines()
+        .find(|l| l.starts_with("parleyd_plugin_errors_total{plugin=\"spin\"}"))
+        .unwrap_or_else(|| panic!("no plugin error counted:\n{metrics}"));
+    let count: f64 = errors.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 1.0, "{errors}");
+    let log = d.log();
+    assert!(
+        log.contains("spin.rhai") && log.contains("budget"),
+        "the log names the plugin and why: {log}"
+    );
+    d.call(reqwest::Method::GET, "/healthz", None, None)
+        .await
+        .expect(200);
+}
+
+#[tokio::test]
+async fn the_clock_only_moves_for_operators_and_only_when_manual() {
+    let d = Daemon::start().await;
+    let refused = d
+        .post(
+            "/v1/admin/clock",
+            &operator().token,
+            json!({"advance": "1h"}),
+        )
+        .await;
+    refused.expect_error(409);
+    let d = start(None, None).await;
+    let customer = Person::new("c", "customer");
+    d.post("/v1/admin/clock", &customer.token, json!({"advance": "1h"}))
+        .await
+        .expect_error(403);
+    d.post(
+        "/v1/admin/clock",
+        &operator().token,
+        json!({"advance": "-1h"}),
+    )
+    .await
+    .expect_error(422);
+}
+
+#[test]
+fn the_shipped_rule_tests_pass_and_a_broken_set_fails_check() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_parleyd"))
+            .args(args)
+            .current_dir(repo)
+            .output()
+            .unwrap()
+    };
+    let tests = run(&["test-rules", "."]);
+    let out = String::from_utf8_lossy(&tests.stdout);
+    assert!(tests.status.success(), "{out}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    copy_rules(dir.path());
+    let template = dir.path().join("templates/booking.yaml");
+    let text = std::fs::read_to_string(&template).unwrap();
+    std::fs::write(
+        &template,
+        text.replacen("{listing.title}", "{listing.titel}", 1),
+    )
+    .unwrap();
+    let check = run(&["check", dir.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success());
+    assert!(
+        err.contains("booking.yaml:") && err.contains("{listing.titel}"),
+        "{err}"
+    );
+}
