@@ -290,13 +290,7 @@ impl World {
             dirs.clone(),
             Box::new(move || format_time(rules_clock.now())),
         )
-        .map_err(|errors| {
-            errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
+        .map_err(|errors| crate::rules::error_lines(&errors))?;
         let rules = Arc::new(rules);
         let engine = Engine::new(store.clone(), rules.clone(), clock.clone());
         let app = Arc::new(App::new(config, store, hub, rules, clock.clone()));

@@ -20,7 +20,7 @@ use crate::store::{Delivery, Store, StoreError};
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the rules are invalid:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    #[error("the rules are invalid:\n{}", crate::rules::error_lines(.0))]
     Rules(Vec<RuleError>),
     #[error("cannot watch the rules directory: {0}")]
     Watch(#[from] notify::Error),

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use crate::clock::Clock;
 use crate::domain::{DomainEvent, Instance, PlannedStep, StepState};
 use crate::model::{format_time, Booking};
-use crate::rules::plugins::PluginAction;
+use crate::rules::plugins::{PluginAction, ON_EVENT};
 use crate::rules::sequences::{Anchor, Sequence};
 use crate::rules::{RuleSet, Rules};
 use crate::store::{Change, Store, StoreError};
@@ -55,14 +55,6 @@ impl Engine {
             timers_changed: Arc::new(Notify::new()),
             draining: tokio::sync::Mutex::new(()),
         }
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
     }
 
     /// Wakes the scheduler (after the clock moved, or new timers).
@@ -107,7 +99,8 @@ impl Engine {
         let _span = tracing::debug_span!("rules", event = %event.name, seq = event.seq).entered();
         let mut changes = Vec::new();
         let mut loaded: Option<Loaded> = None;
-        let plugin_actions: Vec<PluginAction> = if rules.plugins.is_empty() {
+        let reacting = rules.plugins.iter().any(|p| p.has(ON_EVENT));
+        let plugin_actions: Vec<PluginAction> = if !reacting {
             Vec::new()
         } else {
             let argument = rhai::serde::to_dynamic(event).unwrap_or(rhai::Dynamic::UNIT);
@@ -181,8 +174,15 @@ impl Engine {
                 }
             }
             let subject = context.subject(event);
+            let id = Instance::id_for(&sequence.name, &subject);
+            // Already running (a second message of a conversation whose
+            // sequence starts on message_sent): nothing to write. The writer
+            // checks again, so a race only costs a no-op.
+            if self.store.instance(&id)?.is_some() {
+                continue;
+            }
             let instance = Instance {
-                id: Instance::id_for(&sequence.name, &subject),
+                id,
                 rule: sequence.name.clone(),
                 run: uuid::Uuid::now_v7().to_string(),
                 subject,

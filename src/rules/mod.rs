@@ -49,6 +49,15 @@ impl std::fmt::Display for RuleError {
     }
 }
 
+/// Errors one per line, as `parleyd check` prints them.
+pub fn error_lines(errors: &[RuleError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl RuleError {
     fn whole_file(file: &Path, message: impl Into<String>) -> RuleError {
         RuleError {

@@ -227,7 +227,16 @@ async fn another_schema_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(store(dir.path()));
     {
-        let db = sled::open(dir.path()).unwrap();
+        // sled's background flusher may hold the file lock a moment longer.
+        let mut db = sled::open(dir.path());
+        for _ in 0..100 {
+            if db.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            db = sled::open(dir.path());
+        }
+        let db = db.unwrap();
         let meta = db.open_tree("meta").unwrap();
         meta.insert("schema_version", &99u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
