@@ -133,7 +133,7 @@ impl Engine {
                     changes.push(Change::Stop(instance.id.clone()));
                 } else if sequence.replan_on.iter().any(|n| event.is(n)) {
                     let context = self.loaded(&mut loaded, event)?;
-                    let steps = plan(sequence, event, context.booking.as_ref())
+                    let steps = plan(sequence, &instance.trigger, event, context.booking.as_ref())
                         .into_iter()
                         .map(|s| {
                             let due = match s.state {
@@ -187,7 +187,7 @@ impl Engine {
                 run: uuid::Uuid::now_v7().to_string(),
                 subject,
                 trigger: event.clone(),
-                steps: plan(sequence, event, context.booking.as_ref()),
+                steps: plan(sequence, event, event, context.booking.as_ref()),
             };
             changes.push(Change::Start(Box::new(instance)));
         }
@@ -211,14 +211,17 @@ impl Engine {
     }
 }
 
-/// When each step of `sequence` is due, for a run triggered by `event`. A step
-/// whose time is before the event (a day-before reminder for a booking made
-/// this morning) or that needs a booking there is none of, is dropped.
+/// When each step of `sequence` is due, for a run triggered by `trigger` and
+/// planned (or re-planned) on `event`. A step whose time is before `event` (a
+/// day-before reminder for a booking made this morning) or that needs a
+/// booking there is none of, is dropped.
 pub fn plan(
     sequence: &Sequence,
+    trigger: &DomainEvent,
     event: &DomainEvent,
     booking: Option<&Booking>,
 ) -> Vec<PlannedStep> {
+    let triggered = timestamp(&trigger.at);
     let at = timestamp(&event.at);
     let period = booking.and_then(|b| Some((timestamp(&b.start)?, timestamp(&b.end)?)));
     sequence
@@ -226,7 +229,7 @@ pub fn plan(
         .iter()
         .map(|step| {
             let anchor = match (step.at, period) {
-                (Anchor::Trigger, _) => at.ok_or("the event has no time"),
+                (Anchor::Trigger, _) => triggered.ok_or("the trigger has no time"),
                 (Anchor::Start, Some((start, _))) => Ok(start),
                 (Anchor::End, Some((_, end))) => Ok(end),
                 (Anchor::Midpoint, Some((start, end))) => Ok(start + end.duration_since(start) / 2),
