@@ -76,7 +76,17 @@ impl Engine {
             let mut pending = Vec::new();
             for event in &events {
                 let rules = self.rules.current();
-                let changes = self.evaluate(&rules, event)?;
+                let changes = match self.evaluate(&rules, event) {
+                    Ok(changes) => changes,
+                    // An unreadable record must not hold up every later event.
+                    Err(StoreError::Corrupt(e)) => {
+                        tracing::error!(seq = event.seq, event = %event.name, error = %e,
+                            "domain event skipped: a record it needs is unreadable");
+                        metrics::counter!("parleyd_engine_skipped_events_total").increment(1);
+                        vec![Change::Ack(event.seq)]
+                    }
+                    Err(e) => return Err(e),
+                };
                 let effective = changes.len() > 1;
                 pending.extend(changes);
                 if effective {

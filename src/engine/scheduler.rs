@@ -33,7 +33,12 @@ impl Engine {
                 return Ok(fired);
             }
             for timer in due {
-                let firing = self.prepare(&timer).await?;
+                let firing = match self.prepare(&timer).await {
+                    Ok(firing) => firing,
+                    // Recorded as a skip, so one bad record cannot stall the rest.
+                    Err(StoreError::Corrupt(e)) => Firing::Skip(format!("unreadable record: {e}")),
+                    Err(e) => return Err(e),
+                };
                 let result = match &firing {
                     Firing::Send(_) => "sent",
                     Firing::Skip(reason) => {

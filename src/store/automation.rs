@@ -198,7 +198,13 @@ pub fn fire(
             tx.timers.remove(key)?;
             return Ok(Ok(None));
         }
-        Err(e) => return Ok(Err(e)),
+        Err(e) => {
+            // An unreadable instance cannot be sent for; clearing its timer
+            // keeps it from blocking the timers behind it.
+            tracing::error!(instance = %timer.instance, error = %e, "timer dropped: its instance is unreadable");
+            tx.timers.remove(key)?;
+            return Ok(Ok(None));
+        }
     };
     let Some(index) = instance
         .steps

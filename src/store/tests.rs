@@ -319,3 +319,63 @@ async fn events_are_published_in_commit_order_after_commit() {
     assert_eq!(prov, vec![Some(1), Some(2)]);
     assert_eq!(seen.len(), 4);
 }
+
+#[tokio::test]
+async fn an_unreadable_instance_drops_its_timer_instead_of_blocking_the_others() {
+    use crate::domain::{DomainEvent, Instance, PlannedStep, StepState, Subject, Timer};
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let instance = |id: &str, due_ms: i64| Instance {
+        id: id.into(),
+        rule: "r".into(),
+        run: format!("run-{id}"),
+        subject: Subject {
+            conversation_id: Some(format!("conv-{id}")),
+            ..Subject::default()
+        },
+        trigger: DomainEvent {
+            seq: 1,
+            name: "e".into(),
+            aliases: Vec::new(),
+            at: "2030-01-01T00:00:00Z".into(),
+            subject: Subject::default(),
+            data: serde_json::Value::Null,
+        },
+        steps: vec![PlannedStep {
+            name: "s".into(),
+            due_ms,
+            state: StepState::Pending,
+            note: None,
+        }],
+    };
+    store
+        .apply_changes(vec![
+            Change::Start(Box::new(instance("a", 1_000))),
+            Change::Start(Box::new(instance("b", 2_000))),
+        ])
+        .await
+        .unwrap();
+    store
+        .trees
+        .instances
+        .insert("a", &b"{not json"[..])
+        .unwrap();
+    let due = store.due_timers(5_000, 10).unwrap();
+    assert_eq!(due.len(), 2);
+    let first = Timer {
+        due_ms: 1_000,
+        instance: "a".into(),
+        step: "s".into(),
+    };
+    assert_eq!(due[0], first);
+    let fired = store
+        .fire(first, Firing::Skip("test".into()))
+        .await
+        .unwrap();
+    assert!(fired.is_none());
+    assert_eq!(
+        store.next_due().unwrap(),
+        Some(2_000),
+        "the next timer is up"
+    );
+}
