@@ -226,8 +226,9 @@ async fn a_step_scheduled_before_a_crash_fires_once_after_the_restart() {
             .await
             .expect(201);
         automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
+        // Killed with the reminder still pending.
+        d.crash().await;
         p
-        // Dropped: killed with SIGKILL, the reminder still pending.
     };
     let d = start(Some(data.path()), None).await;
     advance(&d, "4h").await;

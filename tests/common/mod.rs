@@ -242,6 +242,16 @@ impl Daemon {
         status
     }
 
+    /// SIGKILL (a crash: nothing flushed, no goodbye), waiting until the
+    /// process is gone and its data directory free.
+    pub async fn crash(mut self) {
+        let child = self.child.as_mut().expect("daemon is running");
+        guard("the daemon to die", child.kill())
+            .await
+            .expect("kill parleyd");
+        self.child = None;
+    }
+
     /// SIGTERM, then asserts a clean exit (status 0).
     pub async fn stop(mut self) {
         self.terminate();
