@@ -290,19 +290,6 @@ pub enum Stage {
     Cancelled,
 }
 
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Confirmed => "confirmed",
-            Stage::Preparation => "preparation",
-            Stage::Active => "active",
-            Stage::Completed => "completed",
-            Stage::Review => "review",
-            Stage::Cancelled => "cancelled",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ParticipantState {
     pub user_id: String,

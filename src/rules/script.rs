@@ -104,7 +104,6 @@ impl From<Box<EvalAltResult>> for ScriptError {
 /// A compiled expression (a condition or a template value).
 #[derive(Debug, Clone)]
 pub struct Expr {
-    pub source: String,
     ast: AST,
 }
 
@@ -113,10 +112,7 @@ impl Expr {
         let ast = engine()
             .compile_expression(source)
             .map_err(|e| error_at(e.1, e.0.to_string()))?;
-        Ok(Expr {
-            source: source.to_owned(),
-            ast,
-        })
+        Ok(Expr { ast })
     }
 
     pub fn eval(&self, context: &Context) -> Result<Dynamic, ScriptError> {

@@ -555,7 +555,7 @@ pub fn put_booking(
 /// `booking_created` or `booking_updated`, with aliases saying what changed:
 /// `booking_rescheduled` for a new period, `booking_{stage}` for a (new) stage.
 fn booking_event(booking: &Booking, previous: Option<&Booking>) -> DomainEvent {
-    let stage = booking.stage.as_str();
+    let stage = crate::moderation::stage_name(booking.stage);
     let (name, mut aliases) = match previous {
         None => ("booking_created", vec![format!("booking_{stage}")]),
         Some(before) => {
