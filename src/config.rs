@@ -60,6 +60,8 @@ pub struct Config {
     pub stream: StreamConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    #[serde(default)]
+    pub notify: NotifyConfig,
 }
 
 fn default_templates_dir() -> PathBuf {
@@ -218,6 +220,95 @@ impl Default for LoggingConfig {
     }
 }
 
+/// Where notifications go out, and how hard the outbox tries. A channel whose
+/// endpoint is unset is off: notifications routed to it skip it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// `smtp://host:port` (plain, e.g. a local relay), `smtp://…?tls=required`
+    /// (STARTTLS) or `smtps://user:pass@host` (TLS). `PARLEYD_SMTP_URL`.
+    pub smtp_url: Option<String>,
+    /// The `From` of every email.
+    pub email_from: String,
+    /// The marketplace's push service: JSON POSTs. `PARLEYD_PUSH_URL`.
+    pub push_url: Option<String>,
+    /// The SMS provider's HTTP API: JSON POSTs. `PARLEYD_SMS_URL`.
+    pub sms_url: Option<String>,
+    /// The marketplace backend's webhook receiver. `PARLEYD_WEBHOOK_URL`.
+    pub webhook_url: Option<String>,
+    /// Signs webhooks (HMAC-SHA256). `PARLEYD_WEBHOOK_SECRET`.
+    pub webhook_secret: Option<String>,
+    /// How long one attempt may take.
+    pub timeout: String,
+    /// Attempts before a delivery moves to the dead-letter list.
+    pub max_attempts: u32,
+    /// The first retry's delay; each later one doubles, up to `retry_max`,
+    /// with up to 20% jitter.
+    pub retry_base: String,
+    pub retry_max: String,
+    /// Deliveries in flight at once per channel.
+    pub concurrency: usize,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            smtp_url: None,
+            email_from: "parleyd <notifications@localhost>".into(),
+            push_url: None,
+            sms_url: None,
+            webhook_url: None,
+            webhook_secret: None,
+            timeout: "10s".into(),
+            max_attempts: 5,
+            retry_base: "2s".into(),
+            retry_max: "15m".into(),
+            concurrency: 32,
+        }
+    }
+}
+
+impl NotifyConfig {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (key, value) in [
+            ("timeout", &self.timeout),
+            ("retry_base", &self.retry_base),
+            ("retry_max", &self.retry_max),
+        ] {
+            if let Err(e) = crate::clock::parse_duration(value) {
+                problems.push(format!("notify.{key}: {e}"));
+            }
+        }
+        for (key, url) in [
+            ("push_url", &self.push_url),
+            ("sms_url", &self.sms_url),
+            ("webhook_url", &self.webhook_url),
+        ] {
+            if let Some(url) = url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    problems.push(format!("notify.{key}: {url:?} is not an http(s) URL"));
+                }
+            }
+        }
+        if let Some(url) = &self.smtp_url {
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                problems.push("notify.smtp_url must start with smtp:// or smtps://".into());
+            }
+        }
+        if self.webhook_url.is_some() && self.webhook_secret.as_deref().unwrap_or("").len() < 16 {
+            problems.push("notify.webhook_secret (at least 16 bytes) is needed to sign webhooks".into());
+        }
+        if self.email_from.parse::<lettre::message::Mailbox>().is_err() {
+            problems.push(format!("notify.email_from: {:?} is not an address", self.email_from));
+        }
+        if self.max_attempts == 0 || self.concurrency == 0 {
+            problems.push("notify.max_attempts and notify.concurrency must be > 0".into());
+        }
+        problems
+    }
+}
+
 impl Config {
     /// Reads the file, applies `PARLEYD_*` overrides and validates the result.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -278,6 +369,18 @@ impl Config {
         if let Some(key) = var("PARLEYD_SERVICE_KEY") {
             self.auth.service_key = key;
         }
+        let notify = &mut self.notify;
+        for (name, slot) in [
+            ("PARLEYD_SMTP_URL", &mut notify.smtp_url),
+            ("PARLEYD_PUSH_URL", &mut notify.push_url),
+            ("PARLEYD_SMS_URL", &mut notify.sms_url),
+            ("PARLEYD_WEBHOOK_URL", &mut notify.webhook_url),
+            ("PARLEYD_WEBHOOK_SECRET", &mut notify.webhook_secret),
+        ] {
+            if let Some(value) = var(name) {
+                *slot = Some(value).filter(|v| !v.is_empty());
+            }
+        }
         Ok(())
     }
 
@@ -292,6 +395,7 @@ impl Config {
         if let Err(e) = crate::auth::parse_ttl(&self.auth.default_token_ttl) {
             problems.push(format!("auth.default_token_ttl: {e}"));
         }
+        problems.extend(self.notify.problems());
         if self.limits.send_rate_per_second == 0 || self.limits.send_burst == 0 {
             problems.push("limits.send_rate_per_second and limits.send_burst must be > 0".into());
         }

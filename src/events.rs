@@ -47,6 +47,10 @@ pub enum UserEvent {
         types: Vec<ContactKind>,
         notice: String,
     },
+    /// An in-app notification (routed by `rules/routing.yaml`).
+    Notification {
+        notification: Box<crate::notify::record::NotificationView>,
+    },
 }
 
 #[derive(Serialize)]

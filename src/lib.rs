@@ -13,6 +13,7 @@ pub mod events;
 pub mod hub;
 pub mod model;
 pub mod moderation;
+pub mod notify;
 pub mod rules;
 pub mod ruletest;
 pub mod server;

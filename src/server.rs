@@ -12,6 +12,8 @@ use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::config::{ClockMode, Config};
 use crate::engine::Engine;
 use crate::hub::Hub;
+use crate::notify::router::Enabled;
+use crate::notify::worker::Outbox;
 use crate::rules::{RuleError, Rules, Watcher};
 use crate::service::App;
 use crate::store::{Delivery, Store, StoreError};
@@ -24,6 +26,8 @@ pub enum StartError {
     Rules(Vec<RuleError>),
     #[error("cannot watch the rules directory: {0}")]
     Watch(#[from] notify::Error),
+    #[error("notification channels: {0}")]
+    Notify(String),
 }
 
 /// How long shutdown waits for open streams to say goodbye.
@@ -60,8 +64,20 @@ pub async fn run(
     let rules = Arc::new(rules);
     let _watcher = Watcher::start(rules.clone())?;
     let reload_on_hangup = tokio::spawn(reload_on_hangup(rules.clone()));
-    let engine = Arc::new(Engine::new(store.clone(), rules.clone(), clock.clone()));
+    let engine = Arc::new(
+        Engine::new(store.clone(), rules.clone(), clock.clone())
+            .with_channels(Enabled::from_config(&config.notify)),
+    );
     let automation = tokio::spawn(engine.clone().run());
+    let outbox = Outbox::new(
+        store.clone(),
+        clock.clone(),
+        rules.clone(),
+        &config.notify,
+        engine.outbox_wakers(),
+    )
+    .map_err(StartError::Notify)?;
+    let delivery = tokio::spawn(Arc::new(outbox).run());
     let app =
         Arc::new(App::new(config, store, hub, rules, clock).with_automation(engine, manual_clock));
     let streams = Arc::new(Streams::default());
@@ -90,6 +106,7 @@ pub async fn run(
     upkeep.abort();
     reload_on_hangup.abort();
     automation.abort();
+    delivery.abort();
     app.store.flush()?;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -22,6 +22,7 @@ use crate::model::{
     Signal, SignalInput, User, UserInput,
 };
 use crate::moderation::{self, Moderator, Submission};
+use crate::notify::record::{Lane, Notification};
 use crate::rules::{Rules, RulesStatus};
 use crate::store::{NewMessage, Store, Stored};
 
@@ -44,6 +45,26 @@ pub struct ReadReply {
 pub struct DeliveredReply {
     pub conversation_id: String,
     pub delivered_seq: u64,
+}
+
+/// `GET /v1/admin/outbox`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct OutboxReport {
+    /// Entries waiting in each lane (due now or later).
+    pub queued: std::collections::BTreeMap<String, usize>,
+    pub dead: Vec<DeadLetter>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DeadLetter {
+    pub notification_id: String,
+    pub channel: Lane,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub user_id: Option<String>,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub failed_at: Option<String>,
 }
 
 pub struct App {
@@ -410,6 +431,63 @@ impl App {
     ) -> Result<Vec<Flag>, ApiError> {
         caller.require(&[Role::Operator])?;
         Ok(self.store.flags(after, limit.clamp(1, 500))?)
+    }
+
+    /// The outbox for operators: what waits in each lane, and the dead letters.
+    pub fn outbox(&self, caller: Caller) -> Result<OutboxReport, ApiError> {
+        caller.require(&[Role::Operator])?;
+        let queued = Lane::ALL
+            .iter()
+            .map(|lane| (lane.name().to_owned(), self.store.queued_in(*lane)))
+            .collect();
+        let dead = self
+            .store
+            .dead_letters(1000)?
+            .into_iter()
+            .filter_map(|(n, lane)| {
+                let d = n.delivery(lane)?;
+                Some(DeadLetter {
+                    notification_id: n.id.clone(),
+                    channel: lane,
+                    kind: n.kind.clone(),
+                    user_id: n.user_id.clone(),
+                    attempts: d.attempts,
+                    error: d.note.clone(),
+                    failed_at: d.updated_at.clone(),
+                })
+            })
+            .collect();
+        Ok(OutboxReport { queued, dead })
+    }
+
+    /// One notification with the state of each of its channels.
+    pub fn notification(&self, caller: Caller, id: &str) -> Result<Notification, ApiError> {
+        caller.require(&[Role::Operator])?;
+        self.store
+            .notification(id)?
+            .ok_or_else(|| ApiError::not_found("notification"))
+    }
+
+    /// Puts a dead delivery back in its queue with fresh attempts.
+    pub async fn redrive(
+        &self,
+        caller: Caller,
+        id: &str,
+        channel: &str,
+    ) -> Result<Notification, ApiError> {
+        caller.require(&[Role::Operator])?;
+        let lane: Lane = serde_json::from_value(serde_json::Value::String(channel.to_owned()))
+            .map_err(|_| ApiError::not_found("dead letter"))?;
+        let now = self.clock.now().as_millisecond();
+        if !self.store.redrive(id, lane, now).await? {
+            return Err(ApiError::not_found("dead letter"));
+        }
+        if let Some(engine) = &self.engine {
+            engine.wake_scheduler();
+        }
+        self.store
+            .notification(id)?
+            .ok_or_else(|| ApiError::not_found("notification"))
     }
 
     pub fn rules_status(&self, caller: Caller) -> Result<RulesStatus, ApiError> {

@@ -173,7 +173,28 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .and(warp::query::<FlagsQuery>())
         .then(admin_flags);
 
-    put_user
+    let admin_outbox = v1
+        .and(warp::path!("admin" / "outbox"))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .then(admin_outbox);
+    let admin_notification = v1
+        .and(warp::path!("admin" / "notifications" / String))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .then(admin_notification);
+    let admin_redrive = v1
+        .and(warp::path!("admin" / "outbox" / "dead" / String / String / "redrive"))
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(who.clone())
+        .then(admin_redrive);
+
+    // Each group is boxed: one long `.or()` chain makes a type that takes
+    // rustc minutes to check.
+    let people = put_user
         .or(put_listing)
         .unify()
         .or(open_conversation)
@@ -192,21 +213,28 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(typing)
         .unify()
-        .or(create_booking)
-        .unify()
+        .boxed();
+    let service = create_booking
         .or(update_booking)
         .unify()
         .or(signal)
         .unify()
         .or(analyze)
         .unify()
-        .or(admin_rules)
-        .unify()
+        .boxed();
+    let admin = admin_rules
         .or(admin_flags)
         .unify()
         .or(admin_clock)
         .unify()
-        .boxed()
+        .or(admin_outbox)
+        .unify()
+        .or(admin_notification)
+        .unify()
+        .or(admin_redrive)
+        .unify()
+        .boxed();
+    people.or(service).unify().or(admin).unify().boxed()
 }
 
 /// Registers or replaces a user (the marketplace backend).
@@ -415,5 +443,36 @@ pub async fn admin_clock(
     security(("bearer" = [])))]
 pub async fn admin_flags(app: Arc<App>, who: Auth, query: FlagsQuery) -> Response {
     let result = who.and_then(|c| app.flags(c, query.after.as_deref(), query.limit.unwrap_or(100)));
+    respond(StatusCode::OK, result)
+}
+
+/// The notification outbox: entries waiting per lane, and the dead-letter list.
+#[utoipa::path(get, path = "/v1/admin/outbox",
+    responses((status = 200, body = crate::service::OutboxReport), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_outbox(app: Arc<App>, who: Auth) -> Response {
+    respond(StatusCode::OK, who.and_then(|c| app.outbox(c)))
+}
+
+/// One notification and the state of each of its channels.
+#[utoipa::path(get, path = "/v1/admin/notifications/{id}",
+    params(("id" = String, Path, description = "notification id")),
+    responses((status = 200, body = crate::notify::record::Notification), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_notification(id: String, app: Arc<App>, who: Auth) -> Response {
+    respond(StatusCode::OK, who.and_then(|c| app.notification(c, &id)))
+}
+
+/// Re-drives a dead delivery: back in its channel's queue, due now, attempts reset.
+#[utoipa::path(post, path = "/v1/admin/outbox/dead/{id}/{channel}/redrive",
+    params(("id" = String, Path, description = "notification id"),
+           ("channel" = String, Path, description = "push, email, sms or webhook")),
+    responses((status = 200, body = crate::notify::record::Notification), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_redrive(id: String, channel: String, app: Arc<App>, who: Auth) -> Response {
+    let result = match who {
+        Ok(caller) => app.redrive(caller, &id, &channel).await,
+        Err(e) => Err(e),
+    };
     respond(StatusCode::OK, result)
 }

@@ -86,9 +86,7 @@ impl Loaded {
     /// The context scripts and templates read.
     pub fn script_context(&self, clock: &dyn Clock) -> Context {
         let person = |id: &Option<String>, user: &Option<User>| match (id, user) {
-            (_, Some(u)) => {
-                json!({"id": u.id, "name": u.name, "email": u.email, "timezone": u.timezone})
-            }
+            (_, Some(u)) => person_value(u),
             (Some(id), None) => json!({"id": id, "name": null, "email": null, "timezone": null}),
             (None, None) => Value::Null,
         };
@@ -119,6 +117,11 @@ impl Loaded {
             .with("event", &event)
             .with("now", &Value::String(format_time(clock.now())))
     }
+}
+
+/// A person as templates see them (`{customer.name}`, `{recipient.email}`).
+pub fn person_value(u: &User) -> Value {
+    json!({"id": u.id, "name": u.name, "email": u.email, "timezone": u.timezone})
 }
 
 /// A booking with its times also split into date and time of day (UTC).

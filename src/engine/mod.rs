@@ -22,12 +22,14 @@ use tokio::sync::Notify;
 use crate::clock::Clock;
 use crate::domain::{DomainEvent, Instance, PlannedStep, StepState};
 use crate::model::{format_time, Booking};
+use crate::notify::router::{self, Enabled};
+use crate::notify::Wakers;
 use crate::rules::plugins::{PluginAction, ON_EVENT};
 use crate::rules::sequences::{Anchor, Sequence};
 use crate::rules::{RuleSet, Rules};
 use crate::store::{Change, Store, StoreError};
 
-pub use context::Loaded;
+pub use context::{person_value, Loaded};
 
 /// Events read from the queue at a time.
 const BATCH: usize = 256;
@@ -40,6 +42,10 @@ pub struct Engine {
     timers_changed: Arc<Notify>,
     /// One drain at a time: the events loop and the scheduler both drain.
     draining: tokio::sync::Mutex<()>,
+    /// The outbound channels notifications may use.
+    channels: Enabled,
+    /// Wakes the outbox when notifications are queued or the clock moves.
+    outbox: Arc<Wakers>,
 }
 
 fn timestamp(text: &str) -> Option<jiff::Timestamp> {
@@ -54,12 +60,28 @@ impl Engine {
             clock,
             timers_changed: Arc::new(Notify::new()),
             draining: tokio::sync::Mutex::new(()),
+            channels: Enabled::default(),
+            outbox: Arc::default(),
         }
     }
 
-    /// Wakes the scheduler (after the clock moved, or new timers).
+    /// Routes notifications to these outbound channels too (in-app only
+    /// without it).
+    pub fn with_channels(mut self, channels: Enabled) -> Engine {
+        self.channels = channels;
+        self
+    }
+
+    /// What wakes the outbox's lanes.
+    pub fn outbox_wakers(&self) -> Arc<Wakers> {
+        Arc::clone(&self.outbox)
+    }
+
+    /// Wakes the scheduler and the outbox (after the clock moved, or new
+    /// timers or notifications).
     pub fn wake_scheduler(&self) {
         self.timers_changed.notify_one();
+        self.outbox.wake_all();
     }
 
     /// Processes every queued domain event, in order; returns how many.
@@ -200,6 +222,25 @@ impl Engine {
                 steps: plan(sequence, event, event, context.booking.as_ref()),
             };
             changes.push(Change::Start(Box::new(instance)));
+        }
+
+        let routing = &rules.routing;
+        let routed = routing.routes.iter().any(|r| r.on.iter().any(|n| event.is(n)))
+            || (self.channels.webhook && routing.webhooks.iter().any(|n| event.is(n)));
+        if routed {
+            let loaded = self.loaded(&mut loaded, event)?;
+            let input = router::Input {
+                rules,
+                event,
+                loaded,
+                context: &loaded.script_context(&*self.clock),
+                store: &self.store,
+                enabled: self.channels,
+                now: self.clock.now(),
+            };
+            for notification in router::route(&input)? {
+                changes.push(Change::Notify(Box::new(notification)));
+            }
         }
         changes.push(Change::Ack(event.seq));
         Ok(changes)

@@ -7,6 +7,7 @@
 //! Start-up, `parleyd check`, a file change and SIGHUP all go through [`load`].
 
 pub mod plugins;
+pub mod routing;
 pub mod script;
 pub mod sequences;
 pub mod templates;
@@ -22,6 +23,7 @@ use serde::Serialize;
 
 use crate::contact::policy::{ContactPolicy, PolicyError};
 use plugins::Plugin;
+use routing::{Routing, RoutingSpec, ROUTING_FILE};
 use sequences::{RuleFile, Sequence};
 use templates::{Template, TemplateSpec};
 
@@ -146,6 +148,7 @@ pub struct RuleSet {
     pub sequences: Vec<Sequence>,
     pub templates: BTreeMap<String, Template>,
     pub plugins: Vec<Plugin>,
+    pub routing: Routing,
     /// The files the set was built from.
     pub files: Vec<String>,
 }
@@ -248,19 +251,44 @@ fn load_templates(
     (templates, defined)
 }
 
-fn load_sequences(
+/// What `rules/` holds: the contact policy, routing, and sequence files.
+struct RuleFiles {
+    contact: Option<ContactPolicy>,
+    sequences: Vec<Sequence>,
+    routing: Routing,
+}
+
+fn load_rule_files(
     dir: &Path,
     templates: &BTreeSet<String>,
     files: &mut Vec<String>,
     errors: &mut Vec<RuleError>,
-) -> (Option<ContactPolicy>, Vec<Sequence>) {
+) -> RuleFiles {
     let mut contact = None;
+    let mut routing = Routing::default();
     let mut sequences: Vec<Sequence> = Vec::new();
     for (path, text) in read_all(dir, YAML, false, files, errors) {
         if path.file_name().is_some_and(|n| n == CONTACT_POLICY_FILE) {
             match ContactPolicy::from_yaml(&text) {
                 Ok(policy) => contact = Some(policy),
                 Err(e) => errors.push(policy_error(&path, e)),
+            }
+            continue;
+        }
+        if path.file_name().is_some_and(|n| n == ROUTING_FILE) {
+            let compiled = serde_yaml::from_str::<RoutingSpec>(&text)
+                .map_err(|e| vec![RuleError::yaml(&path, &e)])
+                .and_then(|spec| {
+                    Routing::compile(spec, |t| templates.contains(t)).map_err(|problems| {
+                        problems
+                            .into_iter()
+                            .map(|p| RuleError::near(&path, &text, &p.near, p.offset, p.message))
+                            .collect()
+                    })
+                });
+            match compiled {
+                Ok(compiled) => routing = compiled,
+                Err(e) => errors.extend(e),
             }
             continue;
         }
@@ -302,7 +330,11 @@ fn load_sequences(
             "the contact policy is missing",
         ));
     }
-    (contact, sequences)
+    RuleFiles {
+        contact,
+        sequences,
+        routing,
+    }
 }
 
 fn load_plugins(dir: &Path, files: &mut Vec<String>, errors: &mut Vec<RuleError>) -> Vec<Plugin> {
@@ -331,12 +363,13 @@ pub fn load(dirs: &RuleDirs) -> Result<RuleSet, Vec<RuleError>> {
     let mut errors = Vec::new();
     let mut files = Vec::new();
     let (templates, defined) = load_templates(&dirs.templates, &mut files, &mut errors);
-    let (contact, sequences) = load_sequences(&dirs.rules, &defined, &mut files, &mut errors);
+    let loaded = load_rule_files(&dirs.rules, &defined, &mut files, &mut errors);
     let plugins = load_plugins(&dirs.plugins, &mut files, &mut errors);
-    match contact {
+    match loaded.contact {
         Some(contact) if errors.is_empty() => Ok(RuleSet {
             contact,
-            sequences,
+            sequences: loaded.sequences,
+            routing: loaded.routing,
             templates,
             plugins,
             files,

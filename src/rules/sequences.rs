@@ -141,14 +141,18 @@ pub struct SpecError {
     pub message: String,
 }
 
-fn is_name(s: &str) -> bool {
+pub(super) fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-fn condition(source: &Option<String>, what: &str, errors: &mut Vec<SpecError>) -> Option<Expr> {
+pub(super) fn condition(
+    source: &Option<String>,
+    what: &str,
+    errors: &mut Vec<SpecError>,
+) -> Option<Expr> {
     let source = source.as_ref()?;
     Expr::compile(source)
         .map_err(|e| {

@@ -53,6 +53,12 @@ const ROOTS: &[(&str, Option<&[&str]>)] = &[
     ("event", None),
     ("plugin", None),
     ("now", Some(&[])),
+    // Notification templates only: whom it is for, the message it is about,
+    // and (the digest) what it gathers.
+    ("recipient", Some(PERSON)),
+    ("message", Some(&["content", "seq", "sender_name"])),
+    ("notification", Some(&["type", "priority"])),
+    ("digest", None),
 ];
 
 const PERSON: &[&str] = &["id", "name", "email", "timezone"];
@@ -67,13 +73,30 @@ enum Part {
 pub struct Template {
     pub id: String,
     parts: Vec<Part>,
+    subject: Option<Vec<Part>>,
+    html: Option<Vec<Part>>,
     vars: Vec<(String, Expr)>,
+}
+
+/// A notification's rendering: the text, and an email's subject and HTML body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub subject: Option<String>,
+    pub text: String,
+    pub html: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
     pub text: String,
+    /// Notifications: the email subject and push title.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Notifications: the email's HTML part. Placeholders are HTML-escaped,
+    /// except those whose name ends in `_html` (e.g. `{digest.items_html}`).
+    #[serde(default)]
+    pub html: Option<String>,
     /// Values computed in Rhai from the context, read as `{vars.NAME}`.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
@@ -138,12 +161,26 @@ fn parse(text: &str) -> Result<Vec<Part>, String> {
 impl Template {
     pub fn compile(id: &str, spec: &TemplateSpec) -> Result<Template, Vec<TemplateError>> {
         let mut errors = Vec::new();
-        let parts = parse(&spec.text).map_err(|message| {
-            vec![TemplateError {
-                near: spec.text.clone(),
-                message: format!("template {id}: {message}"),
-            }]
-        })?;
+        let mut parse_field = |text: &str| {
+            parse(text)
+                .map_err(|message| {
+                    errors.push(TemplateError {
+                        near: text.to_owned(),
+                        message: format!("template {id}: {message}"),
+                    })
+                })
+                .ok()
+        };
+        let parts = parse_field(&spec.text);
+        let subject = spec.subject.as_deref().map(&mut parse_field);
+        let html = spec.html.as_deref().map(&mut parse_field);
+        let (Some(parts), Some(subject), Some(html)) = (
+            parts,
+            subject.map_or(Some(None), |s| s.map(Some)),
+            html.map_or(Some(None), |h| h.map(Some)),
+        ) else {
+            return Err(errors);
+        };
         let mut vars = Vec::new();
         for (name, source) in &spec.vars {
             match Expr::compile(source) {
@@ -154,7 +191,11 @@ impl Template {
                 }),
             }
         }
-        for part in &parts {
+        let every_part = parts
+            .iter()
+            .chain(subject.iter().flatten())
+            .chain(html.iter().flatten());
+        for part in every_part {
             let Part::Value(path) = part else { continue };
             if let Err(message) = check_path(path, &spec.vars) {
                 errors.push(TemplateError {
@@ -169,12 +210,37 @@ impl Template {
         Ok(Template {
             id: id.to_owned(),
             parts,
+            subject,
+            html,
             vars,
         })
     }
 
     /// The text with every placeholder filled, or why it cannot be.
     pub fn render(&self, context: &Context) -> Result<String, String> {
+        let context = self.with_vars(context)?;
+        self.fill(&self.parts, &context, false)
+    }
+
+    /// Text, subject and HTML, each with every placeholder filled.
+    pub fn render_all(&self, context: &Context) -> Result<Rendered, String> {
+        let context = self.with_vars(context)?;
+        Ok(Rendered {
+            text: self.fill(&self.parts, &context, false)?,
+            subject: self
+                .subject
+                .as_ref()
+                .map(|p| self.fill(p, &context, false))
+                .transpose()?,
+            html: self
+                .html
+                .as_ref()
+                .map(|p| self.fill(p, &context, true))
+                .transpose()?,
+        })
+    }
+
+    fn with_vars(&self, context: &Context) -> Result<Context, String> {
         let mut computed = serde_json::Map::new();
         for (name, expr) in &self.vars {
             let value = expr
@@ -183,9 +249,12 @@ impl Template {
                 .map_err(|e| format!("template {}: var {name}: {}", self.id, e.message))?;
             computed.insert(name.clone(), value);
         }
-        let context = context.clone().with("vars", &computed.into());
+        Ok(context.clone().with("vars", &computed.into()))
+    }
+
+    fn fill(&self, parts: &[Part], context: &Context, html: bool) -> Result<String, String> {
         let mut text = String::new();
-        for part in &self.parts {
+        for part in parts {
             match part {
                 Part::Text(t) => text.push_str(t),
                 Part::Value(path) => {
@@ -196,7 +265,12 @@ impl Template {
                             path.join(".")
                         )
                     })?;
-                    text.push_str(&shown);
+                    let raw = path.last().is_some_and(|p| p.ends_with("_html"));
+                    if html && !raw {
+                        text.push_str(&escape_html(&shown));
+                    } else {
+                        text.push_str(&shown);
+                    }
                 }
             }
         }
@@ -234,6 +308,21 @@ fn check_path(path: &[String], vars: &BTreeMap<String, String>) -> Result<(), St
     }
 }
 
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// How a value reads in a message; nothing for null (a gap).
 fn display(value: &serde_json::Value) -> Option<String> {
     match value {
@@ -262,6 +351,8 @@ mod tests {
     fn spec(text: &str, vars: &[(&str, &str)]) -> TemplateSpec {
         TemplateSpec {
             text: text.into(),
+            subject: None,
+            html: None,
             vars: vars
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -312,5 +403,26 @@ mod tests {
             assert!(Template::compile("t", &spec(bad, &[])).is_err(), "{bad}");
         }
         assert!(Template::compile("t", &spec("x", &[("v", "1 +")])).is_err());
+    }
+
+    #[test]
+    fn html_parts_escape_values_except_html_ones() {
+        let t = Template::compile(
+            "t",
+            &TemplateSpec {
+                subject: Some("New from {customer.name}".into()),
+                html: Some("<p>{message.content}</p>{digest.items_html}".into()),
+                ..spec("{message.content}", &[])
+            },
+        )
+        .unwrap();
+        let context = Context::default()
+            .with("customer", &serde_json::json!({"name": "Ana"}))
+            .with("message", &serde_json::json!({"content": "a <b> & c"}))
+            .with("digest", &serde_json::json!({"items_html": "<ul></ul>"}));
+        let r = t.render_all(&context).unwrap();
+        assert_eq!(r.subject.as_deref(), Some("New from Ana"));
+        assert_eq!(r.text, "a <b> & c");
+        assert_eq!(r.html.as_deref(), Some("<p>a &lt;b&gt; &amp; c</p><ul></ul>"));
     }
 }

@@ -35,6 +35,9 @@ pub enum Change {
         instance: String,
         steps: Vec<(String, Result<i64, String>)>,
     },
+    /// A notification to queue (it exists already after a crash and replay:
+    /// then nothing changes).
+    Notify(Box<crate::notify::record::Notification>),
     /// The engine is done with this domain event.
     Ack(u64),
 }
@@ -170,6 +173,7 @@ pub fn apply_change(tx: &Tx<'_>, change: &Change) -> OpResult<bool> {
             insert_timers(tx, &instance)?;
             save_or_finish(tx, &instance).map(|r| r.map(|()| true))
         }
+        Change::Notify(notification) => super::outbox::create(tx, notification),
         Change::Ack(seq) => {
             tx.domain.remove(&keys::domain(*seq))?;
             Ok(Ok(true))

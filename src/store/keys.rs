@@ -80,7 +80,7 @@ pub fn cursor_of_event(key: &[u8]) -> u64 {
 }
 
 /// A big-endian u64; a short value (never written by us) reads as 0.
-fn read_u64(bytes: &[u8]) -> u64 {
+pub fn read_u64(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 

@@ -21,7 +21,8 @@
 //! | `signals`       | signal (uuid v7, ordered) | `Signal` JSON               |
 //! | `flags`         | flag (uuid v7, ordered)   | `Flag` JSON                 |
 //!
-//! and the automation engine's trees, described in `automation.rs`. Every write
+//! and the automation engine's trees, described in `automation.rs`, and the
+//! notification outbox, described in `outbox.rs`. Every write
 //! that the engine should know about queues a domain event in the same
 //! transaction.
 //!
@@ -33,6 +34,7 @@
 
 mod automation;
 mod keys;
+mod outbox;
 mod writer;
 mod writes;
 
@@ -55,6 +57,7 @@ use writer::{WriteTrees, Writer};
 use writes::Cursors;
 
 pub use automation::{Change, Firing};
+pub use outbox::Due;
 pub use writer::Publish;
 
 /// Bumped whenever the layout above changes incompatibly.
@@ -170,6 +173,7 @@ impl Store {
             instances: tree("instances")?,
             timers: tree("timers")?,
             subjects: tree("subjects")?,
+            outbox: tree("outbox")?,
         };
         let committed = Arc::new(tokio::sync::Notify::new());
         let store = Store {

@@ -91,6 +91,7 @@ pub struct WriteTrees {
     pub instances: Tree,
     pub timers: Tree,
     pub subjects: Tree,
+    pub outbox: Tree,
 }
 
 #[derive(Clone)]
@@ -206,6 +207,7 @@ fn write_loop(
             &trees.instances,
             &trees.timers,
             &trees.subjects,
+            &trees.outbox,
         )
             .transaction(
                 |(
@@ -222,6 +224,7 @@ fn write_loop(
                     instances,
                     timers,
                     subjects,
+                    outbox,
                 )| {
                     let tx = Tx {
                         conversations,
@@ -239,6 +242,7 @@ fn write_loop(
                         instances,
                         timers,
                         subjects,
+                        outbox,
                     };
                     cursors.begin();
                     domain_seq.begin();

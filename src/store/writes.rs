@@ -38,6 +38,8 @@ pub struct Tx<'a> {
     pub instances: &'a TransactionalTree,
     pub timers: &'a TransactionalTree,
     pub subjects: &'a TransactionalTree,
+    /// Notifications and their delivery queues (`outbox.rs`).
+    pub outbox: &'a TransactionalTree,
 }
 
 /// Each user's last cursor. Only the writer appends to event logs, so it keeps
@@ -160,7 +162,7 @@ fn get<T: DeserializeOwned>(tree: &TransactionalTree, key: &[u8]) -> OpResult<Op
 
 /// Appends `event` to the user's log with the user's next cursor: log order is
 /// commit order.
-fn log_event(
+pub(super) fn log_event(
     tx: &Tx<'_>,
     user_id: &str,
     event: &UserEvent,
