@@ -297,10 +297,15 @@ impl NotifyConfig {
             }
         }
         if self.webhook_url.is_some() && self.webhook_secret.as_deref().unwrap_or("").len() < 16 {
-            problems.push("notify.webhook_secret (at least 16 bytes) is needed to sign webhooks".into());
+            problems.push(
+                "notify.webhook_secret (at least 16 bytes) is needed to sign webhooks".into(),
+            );
         }
         if self.email_from.parse::<lettre::message::Mailbox>().is_err() {
-            problems.push(format!("notify.email_from: {:?} is not an address", self.email_from));
+            problems.push(format!(
+                "notify.email_from: {:?} is not an address",
+                self.email_from
+            ));
         }
         if self.max_attempts == 0 || self.concurrency == 0 {
             problems.push("notify.max_attempts and notify.concurrency must be > 0".into());

@@ -186,7 +186,9 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .and(who.clone())
         .then(admin_notification);
     let admin_redrive = v1
-        .and(warp::path!("admin" / "outbox" / "dead" / String / String / "redrive"))
+        .and(warp::path!(
+            "admin" / "outbox" / "dead" / String / String / "redrive"
+        ))
         .and(warp::post())
         .and(with_app.clone())
         .and(who.clone())

@@ -225,7 +225,10 @@ impl Engine {
         }
 
         let routing = &rules.routing;
-        let routed = routing.routes.iter().any(|r| r.on.iter().any(|n| event.is(n)))
+        let routed = routing
+            .routes
+            .iter()
+            .any(|r| r.on.iter().any(|n| event.is(n)))
             || (self.channels.webhook && routing.webhooks.iter().any(|n| event.is(n)));
         if routed {
             let loaded = self.loaded(&mut loaded, event)?;

@@ -117,7 +117,10 @@ impl Channels {
                 self.email(notification, to).await
             }
             Lane::Push => {
-                let url = self.push_url.as_deref().ok_or_else(|| missing("push_url"))?;
+                let url = self
+                    .push_url
+                    .as_deref()
+                    .ok_or_else(|| missing("push_url"))?;
                 let body = json!({
                     "id": key,
                     "notification_id": notification.id,
@@ -214,16 +217,22 @@ impl Channels {
             .parse()
             .map_err(|e| SendError::Permanent(format!("recipient {to:?}: {e}")))?;
         let body = match &notification.html {
-            Some(html) => MultiPart::alternative_plain_html(notification.text.clone(), html.clone()),
+            Some(html) => {
+                MultiPart::alternative_plain_html(notification.text.clone(), html.clone())
+            }
             None => MultiPart::mixed().singlepart(SinglePart::plain(notification.text.clone())),
         };
-        let body = notification
-            .attachments
-            .iter()
-            .fold(MultiPart::mixed().multipart(body), |mixed, a| {
-                let kind = ContentType::parse(&a.content_type).unwrap_or(ContentType::TEXT_PLAIN);
-                mixed.singlepart(Attachment::new(a.filename.clone()).body(a.content.clone(), kind))
-            });
+        let body =
+            notification
+                .attachments
+                .iter()
+                .fold(MultiPart::mixed().multipart(body), |mixed, a| {
+                    let kind =
+                        ContentType::parse(&a.content_type).unwrap_or(ContentType::TEXT_PLAIN);
+                    mixed.singlepart(
+                        Attachment::new(a.filename.clone()).body(a.content.clone(), kind),
+                    )
+                });
         let email = lettre::Message::builder()
             .from(self.from.clone())
             .to(to)

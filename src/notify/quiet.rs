@@ -115,8 +115,14 @@ mod tests {
     #[test]
     fn no_window_no_hold() {
         let mut u = user("UTC", "10:00", "10:00");
-        assert_eq!(release(at("2030-01-07T10:00:00Z"), &u), at("2030-01-07T10:00:00Z"));
+        assert_eq!(
+            release(at("2030-01-07T10:00:00Z"), &u),
+            at("2030-01-07T10:00:00Z")
+        );
         u.quiet_hours = None;
-        assert_eq!(release(at("2030-01-07T10:00:00Z"), &u), at("2030-01-07T10:00:00Z"));
+        assert_eq!(
+            release(at("2030-01-07T10:00:00Z"), &u),
+            at("2030-01-07T10:00:00Z")
+        );
     }
 }

@@ -190,9 +190,14 @@ impl Notification {
 pub enum Outcome {
     Delivered,
     /// Try again at this time.
-    Retry { at_ms: i64, error: String },
+    Retry {
+        at_ms: i64,
+        error: String,
+    },
     Dead(String),
     Suppressed(String),
     /// Not now: held (quiet hours) until this time; not an attempt.
-    Hold { until_ms: i64 },
+    Hold {
+        until_ms: i64,
+    },
 }

@@ -249,9 +249,10 @@ fn notification(
         )
         .with(
             "message",
-            &message.map_or(serde_json::Value::Null, |m| {
-                json!({"content": m.content, "seq": m.seq, "sender_name": sender_name})
-            }),
+            &message.map_or(
+                serde_json::Value::Null,
+                |m| json!({"content": m.content, "seq": m.seq, "sender_name": sender_name}),
+            ),
         )
         .with(
             "notification",
@@ -267,7 +268,9 @@ fn notification(
         event: input.event.name.clone(),
         conversation_id: input.loaded.conversation.as_ref().map(|c| c.id.clone()),
         message_seq: message.map(|m| m.seq),
-        title: rendered.subject.unwrap_or_else(|| route.name.replace('_', " ")),
+        title: rendered
+            .subject
+            .unwrap_or_else(|| route.name.replace('_', " ")),
         text: rendered.text,
         html: rendered.html,
         attachments: message.map(|m| m.attachments.clone()).unwrap_or_default(),

@@ -28,8 +28,8 @@ use crate::engine::person_value;
 use crate::model::format_time;
 use crate::rules::routing::{Priority, Unless};
 use crate::rules::script::Context;
-use crate::rules::Rules;
 use crate::rules::templates::escape_html;
+use crate::rules::Rules;
 use crate::store::{Due, Store, StoreError};
 
 /// The longest a lane sleeps without looking (a manual clock's moves are
@@ -164,7 +164,11 @@ impl Outbox {
         let now = self.clock.now();
         let notification = match self.store.notification(&entry.id) {
             Ok(Some(n)) => n,
-            Ok(None) => return self.finish(lane, entry, Outcome::Suppressed("gone".into())).await,
+            Ok(None) => {
+                return self
+                    .finish(lane, entry, Outcome::Suppressed("gone".into()))
+                    .await
+            }
             Err(StoreError::Corrupt(e)) => {
                 tracing::error!(id = %entry.id, error = %e, "unreadable notification dropped");
                 return self.finish(lane, entry, Outcome::Dead(e)).await;
@@ -172,7 +176,9 @@ impl Outbox {
             Err(e) => return Err(e),
         };
         let Some(delivery) = notification.delivery(lane).cloned() else {
-            return self.finish(lane, entry, Outcome::Suppressed("gone".into())).await;
+            return self
+                .finish(lane, entry, Outcome::Suppressed("gone".into()))
+                .await;
         };
         let user = match &notification.user_id {
             Some(id) => self.store.user(id)?,
@@ -310,23 +316,22 @@ impl Outbox {
         let now = self.clock.now();
         let items = self.store.batched(user_id)?;
         let user = self.store.user(user_id)?;
-        let batched = |n: &Notification| -> Vec<ChannelDelivery> {
-            n.deliveries
-                .iter()
-                .filter(|d| d.state == DeliveryState::Batched)
-                .cloned()
-                .collect()
-        };
         let respects_quiet = items
             .iter()
-            .flat_map(|n| batched(n))
-            .any(|d| d.quiet_hours);
+            .flat_map(|n| &n.deliveries)
+            .any(|d| d.state == DeliveryState::Batched && d.quiet_hours);
         if let (true, Some(user)) = (respects_quiet, &user) {
             let release = quiet::release(now, user);
             if release > now {
                 return self
                     .store
-                    .flush_digest(user_id, due_ms, Vec::new(), None, Some(release.as_millisecond()))
+                    .flush_digest(
+                        user_id,
+                        due_ms,
+                        Vec::new(),
+                        None,
+                        Some(release.as_millisecond()),
+                    )
                     .await;
             }
         }
@@ -475,7 +480,10 @@ mod tests {
         };
         for (attempt, full) in [(1, 2.0), (2, 4.0), (3, 8.0), (6, 60.0), (30, 60.0)] {
             let wait = retry.backoff(attempt).as_secs_f64();
-            assert!(wait <= full && wait >= full * 0.8, "attempt {attempt}: {wait}");
+            assert!(
+                wait <= full && wait >= full * 0.8,
+                "attempt {attempt}: {wait}"
+            );
         }
     }
 }

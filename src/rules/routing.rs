@@ -45,7 +45,9 @@ pub struct DigestSpec {
     pub template: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     Low,
@@ -209,7 +211,9 @@ impl Route {
             message,
         };
         if !is_name(&spec.name) {
-            errors.push(at_name(format!("{what}: the name must be lower_snake_case")));
+            errors.push(at_name(format!(
+                "{what}: the name must be lower_snake_case"
+            )));
         }
         if spec.on.is_empty() {
             errors.push(at_name(format!("{what}: `on` names no event")));
@@ -247,7 +251,9 @@ impl Route {
         }
         if let (Some(grace), Some(max)) = (read_grace, max_delay) {
             if grace > max {
-                errors.push(at_name(format!("{what}: read_grace is longer than max_delay")));
+                errors.push(at_name(format!(
+                    "{what}: read_grace is longer than max_delay"
+                )));
             }
         }
         let fallback = spec.fallback.and_then(|f| {

@@ -423,6 +423,9 @@ mod tests {
         let r = t.render_all(&context).unwrap();
         assert_eq!(r.subject.as_deref(), Some("New from Ana"));
         assert_eq!(r.text, "a <b> & c");
-        assert_eq!(r.html.as_deref(), Some("<p>a &lt;b&gt; &amp; c</p><ul></ul>"));
+        assert_eq!(
+            r.html.as_deref(),
+            Some("<p>a &lt;b&gt; &amp; c</p><ul></ul>")
+        );
     }
 }

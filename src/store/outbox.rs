@@ -76,7 +76,8 @@ fn schedule_digest(tx: &Tx<'_>, user_id: &str, due_ms: i64) -> OpResult<()> {
         if current <= due_ms {
             return Ok(Ok(()));
         }
-        tx.outbox.remove(queue_key(Lane::Digest, current, user_id))?;
+        tx.outbox
+            .remove(queue_key(Lane::Digest, current, user_id))?;
     }
     tx.outbox
         .insert(digest_key(user_id), &(due_ms as u64).to_be_bytes())?;
@@ -138,7 +139,8 @@ pub fn begin_attempt(
     delivery.attempts += 1;
     delivery.due_ms = lease_until_ms;
     tx.outbox.insert(queue_key(lane, lease_until_ms, id), &[])?;
-    tx.outbox.insert(notification_key(id), encode(&notification))?;
+    tx.outbox
+        .insert(notification_key(id), encode(&notification))?;
     Ok(Ok(Some(notification)))
 }
 
@@ -196,7 +198,8 @@ pub fn finish(
             delivery.note = Some(reason.clone());
         }
     }
-    tx.outbox.insert(notification_key(id), encode(&notification))?;
+    tx.outbox
+        .insert(notification_key(id), encode(&notification))?;
     if lane == Lane::InApp && *outcome == Outcome::Delivered {
         if let Some(user) = &notification.user_id {
             let event = UserEvent::Notification {
@@ -227,7 +230,8 @@ pub fn redrive(tx: &Tx<'_>, id: &str, lane: Lane, now_ms: i64) -> OpResult<bool>
     delivery.due_ms = now_ms;
     tx.outbox.remove(dead_key(id, lane))?;
     tx.outbox.insert(queue_key(lane, now_ms, id), &[])?;
-    tx.outbox.insert(notification_key(id), encode(&notification))?;
+    tx.outbox
+        .insert(notification_key(id), encode(&notification))?;
     Ok(Ok(true))
 }
 
@@ -260,7 +264,8 @@ pub fn flush_digest(
                 delivery.note = digest.map(|d| format!("in digest {}", d.id));
             }
         }
-        tx.outbox.insert(notification_key(id), encode(&notification))?;
+        tx.outbox
+            .insert(notification_key(id), encode(&notification))?;
     }
     if let Some(digest) = digest {
         if let Err(e) = create(tx, digest)? {
@@ -328,10 +333,7 @@ impl Store {
     }
 
     /// The dead-letter list, in notification order: `(notification, lane)`.
-    pub fn dead_letters(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<(Notification, Lane)>, StoreError> {
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<(Notification, Lane)>, StoreError> {
         let mut dead = Vec::new();
         for entry in self.trees.outbox.scan_prefix(b"x").take(limit) {
             let (key, _) = entry?;
@@ -350,7 +352,10 @@ impl Store {
         Ok(dead)
     }
 
-    pub async fn create_notification(&self, notification: Notification) -> Result<bool, StoreError> {
+    pub async fn create_notification(
+        &self,
+        notification: Notification,
+    ) -> Result<bool, StoreError> {
         self.writer
             .run(move |tx, _| create(tx, &notification))
             .await

@@ -36,6 +36,13 @@ fn repo_config() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config.yaml")
 }
 
+/// An HTTP client. reqwest is built without a default TLS provider (the
+/// daemon picks ring); plain-HTTP tests still need one installed.
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// Waits for `fut`, failing the test with `what` if the guard runs out.
 pub async fn guard<F: std::future::Future>(what: &str, fut: F) -> F::Output {
     match tokio::time::timeout(GUARD, fut).await {
@@ -197,7 +204,7 @@ impl Daemon {
             data_dir,
             _owned_data: owned,
             scratch,
-            http: reqwest::Client::new(),
+            http: client(),
         };
         if addr.is_none() {
             panic!(
@@ -296,7 +303,7 @@ impl Daemon {
     ) -> Reply {
         // A client of its own: a refused body may leave the connection unusable
         // (see `a_refused_body_does_not_break_the_next_request`).
-        let mut req = reqwest::Client::new()
+        let mut req = client()
             .request(method, self.url(path))
             .header("content-type", "application/json")
             .body(body);
