@@ -1,6 +1,7 @@
 //! `parleyd test-rules`: rule tests on a virtual clock. Each test is a timeline
 //! of events (messages, signals, bookings) at virtual times and the automated
-//! messages expected (template, recipient, time), or forbidden. It runs the
+//! messages (template, recipient, time) and notifications (type, recipient,
+//! time, channels) expected, or forbidden. It runs the
 //! real service, store and engine in process, on a temporary data directory,
 //! with a manual clock that jumps from one due step to the next: "72 hours
 //! later" takes milliseconds. Each test prints the timeline of what was sent,
@@ -14,9 +15,13 @@
 //!       - { at: 30h, message: { from: provider, text: "Yes!" } }
 //!     expect:
 //!       - { template: inquiry_follow_up, to: customer, at: 24h }
+//!       - { notification: new_message, to: customer, channels: [in_app, push, email] }
 //!     forbid:
 //!       - { template: inquiry_final }
 //! ```
+//!
+//! Notifications are routed as if every channel had an endpoint (and the
+//! fixture people an email and a phone), so a test shows where they would go.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +37,7 @@ use crate::model::{
     format_time, BookingInput, BookingPatch, ListingInput, Message, SendInput, SignalInput, Stage,
     UserInput,
 };
+use crate::notify::router::Enabled;
 use crate::rules::{RuleDirs, Rules};
 use crate::service::App;
 use crate::store::Store;
@@ -124,6 +130,12 @@ fn customer() -> Who {
 struct Expectation {
     #[serde(default)]
     template: Option<String>,
+    /// A notification of this type (`rules/routing.yaml`) instead of a message.
+    #[serde(default)]
+    notification: Option<String>,
+    /// The notification's channels, fallbacks included, in any order.
+    #[serde(default)]
+    channels: Option<Vec<String>>,
     #[serde(default)]
     to: Option<Who>,
     #[serde(default)]
@@ -149,10 +161,13 @@ impl Texts {
     }
 }
 
-/// An automated message as the test sees it.
+/// An automated message or a notification, as the test sees it.
 struct Sent {
     offset: jiff::SignedDuration,
+    /// The message's template, or the notification's type.
     template: String,
+    /// A notification's channels; `None` for a message.
+    channels: Option<Vec<String>>,
     to: Who,
     content: String,
 }
@@ -174,7 +189,17 @@ impl Expectation {
                 return Ok(false);
             }
         }
-        Ok(self.template.as_ref().is_none_or(|t| *t == sent.template)
+        let kind_matches = match (&self.notification, &sent.channels) {
+            (Some(kind), Some(channels)) => {
+                *kind == sent.template
+                    && self.channels.as_ref().is_none_or(|want| {
+                        want.len() == channels.len() && want.iter().all(|c| channels.contains(c))
+                    })
+            }
+            (None, None) => self.template.as_ref().is_none_or(|t| *t == sent.template),
+            _ => false,
+        };
+        Ok(kind_matches
             && self.to.is_none_or(|to| to == sent.to)
             && self.contains.as_ref().is_none_or(|texts| {
                 texts
@@ -188,6 +213,12 @@ impl Expectation {
         let mut parts = Vec::new();
         if let Some(t) = &self.template {
             parts.push(format!("template {t}"));
+        }
+        if let Some(n) = &self.notification {
+            parts.push(format!("notification {n}"));
+        }
+        if let Some(c) = &self.channels {
+            parts.push(format!("on {}", c.join(", ")));
         }
         if let Some(to) = self.to {
             parts.push(format!("to {to:?}").to_lowercase());
@@ -292,7 +323,13 @@ impl World {
         )
         .map_err(|errors| crate::rules::error_lines(&errors))?;
         let rules = Arc::new(rules);
-        let engine = Engine::new(store.clone(), rules.clone(), clock.clone());
+        let engine =
+            Engine::new(store.clone(), rules.clone(), clock.clone()).with_channels(Enabled {
+                push: true,
+                email: true,
+                sms: true,
+                webhook: false,
+            });
         let app = Arc::new(App::new(config, store, hub, rules, clock.clone()));
         let service = caller("marketplace", Role::Service);
         let dates: Vec<String> = (1..=4).map(|d| format!("2030-02-{:02}", d * 3)).collect();
@@ -309,7 +346,8 @@ impl World {
             ("provider", "Bruno", &test.provider),
         ] {
             let user: UserInput = merged(
-                serde_json::json!({"name": name, "timezone": "Europe/Paris"}),
+                serde_json::json!({"name": name, "timezone": "Europe/Paris",
+                    "email": format!("{id}@example.test"), "phone": "+33600000000"}),
                 overrides,
             )?;
             app.put_user(service.clone(), id, user)
@@ -470,6 +508,7 @@ impl World {
                 sent.push(Sent {
                     offset: at.duration_since(self.start),
                     template: automation.template,
+                    channels: None,
                     to: if automation.recipient_id == conversation.customer_id {
                         Who::Customer
                     } else {
@@ -478,6 +517,27 @@ impl World {
                     content: m.content,
                 });
             }
+        }
+        for n in self.app.store.notifications().map_err(|e| e.to_string())? {
+            let (Some(user), Ok(at)) = (&n.user_id, n.created_at.parse::<jiff::Timestamp>()) else {
+                continue;
+            };
+            sent.push(Sent {
+                offset: at.duration_since(self.start),
+                to: if user == "customer" {
+                    Who::Customer
+                } else {
+                    Who::Provider
+                },
+                channels: Some(
+                    n.deliveries
+                        .iter()
+                        .map(|d| d.channel.name().to_owned())
+                        .collect(),
+                ),
+                template: n.kind,
+                content: n.title,
+            });
         }
         sent.sort_by_key(|s| s.offset);
         Ok(sent)
@@ -513,12 +573,18 @@ async fn run_one(dirs: &RuleDirs, test: &RuleTest) -> Result<String, String> {
     let sent = world.sent()?;
     let mut report = String::new();
     for s in &sent {
+        let what = match &s.channels {
+            Some(channels) => format!("[{}] {}", channels.join(", "), s.content),
+            None => s.content.clone(),
+        };
         report.push_str(&format!(
-            "       {:>7}  to {:<8}  {:<24} {}\n",
+            "       {:>7}  to {:<8}  {:<24} {what}\n",
             show(s.offset),
             format!("{:?}", s.to).to_lowercase(),
-            s.template,
-            s.content
+            match &s.channels {
+                Some(_) => format!("notify:{}", s.template),
+                None => s.template.clone(),
+            },
         ));
     }
     let mut problems = Vec::new();

@@ -291,6 +291,15 @@ impl Store {
         self.get(&self.trees.outbox, &notification_key(id))
     }
 
+    /// Every notification, oldest first (for rule tests: a small store).
+    pub fn notifications(&self) -> Result<Vec<Notification>, StoreError> {
+        self.trees
+            .outbox
+            .scan_prefix(b"n")
+            .map(|entry| decode(&entry?.1))
+            .collect()
+    }
+
     /// Up to `limit` entries of `lane` due by `now_ms`, earliest first.
     pub fn due_in(&self, lane: Lane, now_ms: i64, limit: usize) -> Result<Vec<Due>, StoreError> {
         let start = queue_key(lane, 0, "");
