@@ -468,6 +468,17 @@ impl App {
             .ok_or_else(|| ApiError::not_found("notification"))
     }
 
+    /// A user's latest notifications with each channel's state.
+    pub fn notifications_of(
+        &self,
+        caller: Caller,
+        user_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Notification>, ApiError> {
+        caller.require(&[Role::Operator])?;
+        Ok(self.store.notifications_of(user_id, limit.clamp(1, 500))?)
+    }
+
     /// Puts a dead delivery back in its queue with fresh attempts.
     pub async fn redrive(
         &self,

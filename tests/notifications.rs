@@ -302,20 +302,41 @@ async fn eventually<T>(
     .await
 }
 
-/// The in-app `notification` of type `kind` on `who`'s event log.
-async fn in_app(d: &Daemon, who: &Person, kind: &str) -> Value {
-    guard(&format!("an in-app {kind} notification"), async {
+/// The latest notification of type `kind` for `who` (operators' view).
+async fn notification_for(d: &Daemon, who: &Person, kind: &str) -> Value {
+    guard(&format!("a {kind} notification"), async {
         loop {
-            let (events, _) = d.poll(who, 0, 1).await;
-            if let Some(n) = events
+            let reply = d
+                .get(
+                    &format!("/v1/admin/users/{}/notifications", who.id),
+                    &operator().token,
+                )
+                .await;
+            reply.expect(200);
+            if let Some(n) = reply
+                .body
+                .as_array()
+                .unwrap()
                 .iter()
-                .find(|e| e["type"] == "notification" && e["notification"]["type"] == kind)
+                .rev()
+                .find(|n| n["type"] == kind)
             {
-                return n["notification"].clone();
+                return n.clone();
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
+}
+
+/// The in-app `notification` events of type `kind` on `who`'s event log.
+async fn in_app(d: &Daemon, who: &Person, kind: &str) -> Vec<Value> {
+    let (events, _) = d.poll(who, 0, 0).await;
+    events
+        .into_iter()
+        .filter(|e| e["type"] == "notification" && e["notification"]["type"] == kind)
+        .map(|e| e["notification"].clone())
+        .collect()
 }
 
 async fn admin_notification(d: &Daemon, id: &str) -> Value {
@@ -445,7 +466,7 @@ async fn booking_confirmation_goes_out_by_email_with_its_invite_push_and_a_signe
     .await;
     assert_eq!(sms.body["to"], CUSTOMER_PHONE);
     advance(&w.d, "1h").await;
-    let n = in_app(&w.d, &w.p.customer, "booking_confirmation").await;
+    let n = notification_for(&w.d, &w.p.customer, "booking_confirmation").await;
     let record = delivery_state(&w.d, n["id"].as_str().unwrap(), "sms", "delivered").await;
     assert_eq!(delivery(&record, "sms")["attempts"], 1);
     assert_eq!(w.http.hits("/sms").len(), 1);
@@ -466,7 +487,7 @@ async fn a_receiver_failing_three_times_gets_exactly_one_delivery_across_a_crash
     )
     .await
     .expect(201);
-    let n = in_app(&w.d, &w.p.customer, "new_message").await;
+    let n = notification_for(&w.d, &w.p.customer, "new_message").await;
     let id = n["id"].as_str().unwrap().to_owned();
 
     // Two failures, then the daemon dies with the delivery pending.
@@ -519,7 +540,7 @@ async fn a_permanently_failing_receiver_ends_in_the_dead_letter_list_and_can_be_
     )
     .await
     .expect(201);
-    let n = in_app(&w.d, &w.p.customer, "new_message").await;
+    let n = notification_for(&w.d, &w.p.customer, "new_message").await;
     let id = n["id"].as_str().unwrap().to_owned();
     let dead = eventually("the dead letter", &w.d, Some("1m"), || {
         let hits = w.http.hits("/push");
@@ -618,7 +639,7 @@ async fn quiet_hours_hold_a_message_until_they_end_while_a_critical_one_goes_thr
     w.d.send(&w.p.provider, &w.p.conversation, "m1", "See you soon")
         .await
         .expect(201);
-    let n = in_app(&w.d, &w.p.customer, "new_message").await;
+    let n = notification_for(&w.d, &w.p.customer, "new_message").await;
     let id = n["id"].as_str().unwrap();
     // Past the read grace, still quiet: held until the quiet hours end.
     advance(&w.d, "10m").await;
@@ -702,6 +723,10 @@ async fn a_digest_gathers_three_promotions_into_one_email() {
         "one email for all three"
     );
     assert!(w.smtp.to("other@example.test").is_empty());
+    // In the app, each promotion showed at once, on its own.
+    let shown = in_app(&w.d, &w.p.customer, "promotion").await;
+    let titles: Vec<&str> = shown.iter().map(|n| n["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["Spring sale", "Kayak week", "Bring a friend"]);
 }
 
 #[tokio::test]
@@ -715,7 +740,7 @@ async fn a_message_read_in_the_app_within_the_grace_period_sends_no_email_or_pus
     )
     .await
     .expect(201);
-    let read = in_app(&w.d, &w.p.customer, "new_message").await;
+    let read = notification_for(&w.d, &w.p.customer, "new_message").await;
     w.d.post(
         &format!("/v1/conversations/{}/read", w.p.conversation),
         &w.p.customer.token,

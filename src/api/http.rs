@@ -47,6 +47,13 @@ pub struct FlagsQuery {
     pub limit: Option<usize>,
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LimitQuery {
+    /// At most this many (1-500, default 50).
+    pub limit: Option<usize>,
+}
+
 pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let limit = app.config.limits.max_body_bytes;
     let with_app = {
@@ -185,6 +192,13 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .and(with_app.clone())
         .and(who.clone())
         .then(admin_notification);
+    let admin_user_notifications = v1
+        .and(warp::path!("admin" / "users" / String / "notifications"))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(warp::query::<LimitQuery>())
+        .then(admin_user_notifications);
     let admin_redrive = v1
         .and(warp::path!(
             "admin" / "outbox" / "dead" / String / String / "redrive"
@@ -234,6 +248,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(admin_notification)
         .unify()
         .or(admin_redrive)
+        .unify()
+        .or(admin_user_notifications)
         .unify()
         .boxed();
     people.or(service).unify().or(admin).unify().boxed()
@@ -463,6 +479,24 @@ pub async fn admin_outbox(app: Arc<App>, who: Auth) -> Response {
     security(("bearer" = [])))]
 pub async fn admin_notification(id: String, app: Arc<App>, who: Auth) -> Response {
     respond(StatusCode::OK, who.and_then(|c| app.notification(c, &id)))
+}
+
+/// A user's latest notifications (oldest first) with each channel's state.
+#[utoipa::path(get, path = "/v1/admin/users/{id}/notifications",
+    params(("id" = String, Path, description = "user id"), LimitQuery),
+    responses((status = 200, body = [crate::notify::record::Notification]), (status = 403, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn admin_user_notifications(
+    id: String,
+    app: Arc<App>,
+    who: Auth,
+    query: LimitQuery,
+) -> Response {
+    let limit = query.limit.unwrap_or(50);
+    respond(
+        StatusCode::OK,
+        who.and_then(|c| app.notifications_of(c, &id, limit)),
+    )
 }
 
 /// Re-drives a dead delivery: back in its channel's queue, due now, attempts reset.

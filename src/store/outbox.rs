@@ -10,6 +10,7 @@
 //! | `x` id `\0` lane (1 byte)             | empty: the dead-letter list    |
 //! | `b` user `\0` id                      | empty: waiting for a digest    |
 //! | `w` user                              | due ms of the user's digest    |
+//! | `u` user `\0` id                      | empty: the user's notifications |
 //!
 //! A digest's queue entry is `q` + the digest lane + due + the user id.
 //! Queue keys lead with the due time, so each lane is read in order of when
@@ -56,6 +57,10 @@ fn batch_key(user_id: &str, id: &str) -> Vec<u8> {
     [batch_prefix(user_id), id.as_bytes().to_vec()].concat()
 }
 
+fn user_prefix(user_id: &str) -> Vec<u8> {
+    [b"u", user_id.as_bytes(), &[SEP]].concat()
+}
+
 fn digest_key(user_id: &str) -> Vec<u8> {
     [b"w", user_id.as_bytes()].concat()
 }
@@ -94,6 +99,12 @@ pub fn create(tx: &Tx<'_>, notification: &Notification) -> OpResult<bool> {
     }
     tx.outbox
         .insert(notification_key(&notification.id), encode(notification))?;
+    if let Some(user) = &notification.user_id {
+        tx.outbox.insert(
+            [user_prefix(user), notification.id.as_bytes().to_vec()].concat(),
+            &[],
+        )?;
+    }
     for delivery in &notification.deliveries {
         match (delivery.state, &notification.user_id) {
             (DeliveryState::Pending, _) => {
@@ -289,6 +300,25 @@ pub struct Due {
 impl Store {
     pub fn notification(&self, id: &str) -> Result<Option<Notification>, StoreError> {
         self.get(&self.trees.outbox, &notification_key(id))
+    }
+
+    /// The user's latest `limit` notifications, oldest first.
+    pub fn notifications_of(
+        &self,
+        user_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let prefix = user_prefix(user_id);
+        let mut found = Vec::new();
+        for entry in self.trees.outbox.scan_prefix(&prefix).rev().take(limit) {
+            let (key, _) = entry?;
+            let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            if let Some(n) = self.notification(&id)? {
+                found.push(n);
+            }
+        }
+        found.reverse();
+        Ok(found)
     }
 
     /// Every notification, oldest first (for rule tests: a small store).
