@@ -564,6 +564,24 @@ async fn a_permanently_failing_receiver_ends_in_the_dead_letter_list_and_can_be_
     );
     // The email went on regardless of push being down.
     assert_eq!(delivery(&record, "email")["state"], "delivered");
+    let metrics =
+        w.d.http
+            .get(w.d.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("parleyd_deliveries_total")
+                && l.contains("channel=\"push\"")
+                && l.contains("result=\"dead\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
 
     // Not for a customer, and not for a delivery that is not dead.
     w.d.post(

@@ -207,7 +207,10 @@ impl Outbox {
             .begin_attempt(&entry.id, lane, lease.as_millisecond())
             .await?
         else {
-            return Ok(());
+            // Answered meanwhile (a re-drive raced it): just drop this entry.
+            return self
+                .finish(lane, entry, Outcome::Suppressed("no longer pending".into()))
+                .await;
         };
         let leased = Due {
             due_ms: lease.as_millisecond(),
@@ -290,12 +293,15 @@ impl Outbox {
         if let Outcome::Dead(error) = &outcome {
             tracing::warn!(lane = lane.name(), id = %entry.id, %error, "delivery moved to the dead-letter list");
         }
-        metrics::counter!("parleyd_deliveries_total", "channel" => lane.name(), "result" => result)
-            .increment(1);
         let at = format_time(self.clock.now());
-        self.store
+        let recorded = self
+            .store
             .finish_delivery(&entry.id, lane, entry.due_ms, outcome, at)
             .await?;
+        if recorded {
+            metrics::counter!("parleyd_deliveries_total", "channel" => lane.name(), "result" => result)
+                .increment(1);
+        }
         Ok(())
     }
 
