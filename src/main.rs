@@ -166,10 +166,11 @@ fn check(dir: Option<PathBuf>, config: &std::path::Path) -> ExitCode {
     match parleyd::rules::load(&dirs) {
         Ok(set) => {
             println!(
-                "{}: {} files valid ({} sequences, {} templates, {} plugins)",
+                "{}: {} files valid ({} sequences, {} notification rules, {} templates, {} plugins)",
                 dirs.rules.display(),
                 set.files.len(),
                 set.sequences.len(),
+                set.routing.routes.len(),
                 set.templates.len(),
                 set.plugins.len()
             );

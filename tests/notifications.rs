@@ -795,35 +795,81 @@ async fn a_message_read_in_the_app_within_the_grace_period_sends_no_email_or_pus
 }
 
 #[tokio::test]
-async fn a_broken_routing_edit_is_rejected_at_its_line() {
+async fn routing_reloads_live_and_a_broken_edit_is_rejected_at_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for sub in ["rules", "templates", "plugins"] {
-        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    let mut config = Vec::new();
+    for (key, sub) in [
+        ("rules_dir", "rules"),
+        ("templates_dir", "templates"),
+        ("plugins_dir", "plugins"),
+    ] {
+        let to = dir.path().join(sub);
+        std::fs::create_dir_all(&to).unwrap();
         for entry in std::fs::read_dir(repo.join(sub)).unwrap() {
             let path = entry.unwrap().path();
             if path.is_file() {
-                std::fs::copy(&path, dir.path().join(sub).join(path.file_name().unwrap())).unwrap();
+                std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
             }
         }
+        config.push((key, to.display().to_string()));
     }
+    let smtp = SmtpSink::start().await;
+    let d = Daemon::launch(Launch {
+        data_dir: None,
+        automation: true,
+        config: [
+            config,
+            vec![
+                ("clock", "manual".into()),
+                ("smtp_url", format!("smtp://127.0.0.1:{}", smtp.port)),
+            ],
+        ]
+        .concat(),
+    })
+    .await;
+    let p = pair(&d).await;
+    set_customer(&d, &p, json!({})).await;
+
+    // A broken edit: reported at its line, the old routing stays in force.
     let routing = dir.path().join("rules/routing.yaml");
     let text = std::fs::read_to_string(&routing).unwrap();
-    let broken = text.replacen(
-        "quiet_hours: ignore",
-        "quiet_hours: ignore\n    read_grace: soon",
-        1,
-    );
-    std::fs::write(&routing, broken).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_parleyd"))
-        .arg("check")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let broken = text.replacen("    read_grace: 2m\n", "    read_grace: soon\n", 1);
+    let line = broken
+        .lines()
+        .position(|l| l.contains("read_grace: soon"))
+        .unwrap()
+        + 1;
+    std::fs::write(&routing, &broken).unwrap();
+    let status = rules_after(&d, |s| !s["last_failure"].is_null()).await;
+    let error = &status["last_failure"]["errors"][0];
     assert!(
-        err.contains("routing.yaml:") && err.contains("read_grace"),
-        "{err}"
+        error["file"].as_str().unwrap().ends_with("routing.yaml"),
+        "{error}"
     );
+    assert_eq!(error["line"], line, "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("read_grace"),
+        "{error}"
+    );
+
+    // The fix, with a new subject in the template: both in force together.
+    let templates = dir.path().join("templates/notifications.yaml");
+    let t = std::fs::read_to_string(&templates).unwrap();
+    std::fs::write(&templates, t.replace("New message from", "Fresh news from")).unwrap();
+    std::fs::write(&routing, &text).unwrap();
+    rules_after(&d, |s| {
+        s["last_failure"].is_null() && s["version"].as_u64() >= Some(2)
+    })
+    .await;
+
+    d.send(&p.provider, &p.conversation, "m1", "The kayak is ready")
+        .await
+        .expect(201);
+    eventually("the email with the new subject", &d, Some("1m"), || {
+        smtp.to(CUSTOMER_EMAIL)
+            .into_iter()
+            .find(|m| m.contains("Subject: Fresh news from Pablo"))
+    })
+    .await;
 }
