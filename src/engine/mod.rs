@@ -228,7 +228,7 @@ impl Engine {
         let routed = routing
             .routes
             .iter()
-            .any(|r| r.on.iter().any(|n| event.is(n)))
+            .any(|r| router::may_route(r, event, self.channels))
             || (self.channels.webhook && routing.webhooks.iter().any(|n| event.is(n)));
         if routed {
             let loaded = self.loaded(&mut loaded, event)?;

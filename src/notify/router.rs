@@ -35,7 +35,7 @@ impl Enabled {
         }
     }
 
-    fn has(&self, channel: Channel) -> bool {
+    pub fn has(&self, channel: Channel) -> bool {
         match channel {
             Channel::InApp => true,
             Channel::Push => self.push,
@@ -43,6 +43,17 @@ impl Enabled {
             Channel::Sms => self.sms,
         }
     }
+}
+
+/// Whether `route` can reach anyone here: it raises `event` and one of its
+/// channels is usable. Checked before anything is read for the event.
+pub fn may_route(route: &Route, event: &DomainEvent, enabled: Enabled) -> bool {
+    route.on.iter().any(|n| event.is(n))
+        && route
+            .channels
+            .iter()
+            .chain(route.fallback.iter().flat_map(|f| &f.channels))
+            .any(|c| enabled.has(*c))
 }
 
 /// What the router reads about one event.
@@ -71,7 +82,7 @@ pub fn route(input: &Input<'_>) -> Result<Vec<Notification>, StoreError> {
         .routing
         .routes
         .iter()
-        .filter(|r| r.on.iter().any(|n| event.is(n)))
+        .filter(|r| may_route(r, event, *enabled))
     {
         let recipients: Vec<String> = recipients(route.to, input, message.as_ref())
             .into_iter()
