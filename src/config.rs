@@ -248,6 +248,9 @@ pub struct NotifyConfig {
     pub retry_max: String,
     /// Deliveries in flight at once per channel.
     pub concurrency: usize,
+    /// Finished notifications (every channel delivered or suppressed) are
+    /// forgotten this long after they were raised; dead ones are kept.
+    pub retention: String,
 }
 
 impl Default for NotifyConfig {
@@ -264,6 +267,7 @@ impl Default for NotifyConfig {
             retry_base: "2s".into(),
             retry_max: "15m".into(),
             concurrency: 32,
+            retention: "30d".into(),
         }
     }
 }
@@ -275,6 +279,7 @@ impl NotifyConfig {
             ("timeout", &self.timeout),
             ("retry_base", &self.retry_base),
             ("retry_max", &self.retry_max),
+            ("retention", &self.retention),
         ] {
             if let Err(e) = crate::clock::parse_duration(value) {
                 problems.push(format!("notify.{key}: {e}"));

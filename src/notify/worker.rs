@@ -35,6 +35,10 @@ use crate::store::{Due, Store, StoreError};
 /// The longest a lane sleeps without looking (a manual clock's moves are
 /// also signalled, but a missed wake-up costs at most this).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How often finished notifications past their retention are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Notifications looked at per prune transaction.
+const PRUNE_BATCH: usize = 1000;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
@@ -76,6 +80,7 @@ pub struct Outbox {
     channels: Channels,
     retry: Retry,
     concurrency: usize,
+    retention: SignedDuration,
     wakers: Arc<Wakers>,
 }
 
@@ -94,15 +99,45 @@ impl Outbox {
             channels: Channels::new(config)?,
             retry: Retry::from_config(config)?,
             concurrency: config.concurrency,
+            retention: crate::clock::parse_duration(&config.retention)?,
             wakers,
         })
     }
 
-    /// Runs every lane until the task is dropped.
+    /// Runs every lane, and the retention sweep, until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         let lanes = Lane::ALL.map(|lane| tokio::spawn(Arc::clone(&self).run_lane(lane)));
-        for lane in lanes {
-            let _ = lane.await;
+        let mut every = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            every.tick().await;
+            if let Err(e) = self.prune().await {
+                tracing::error!(error = %e, "notification retention sweep");
+            }
+            if lanes.iter().all(|l| l.is_finished()) {
+                return;
+            }
+        }
+    }
+
+    /// Forgets finished notifications older than the retention period.
+    pub async fn prune(&self) -> Result<usize, StoreError> {
+        let cutoff = self
+            .clock
+            .now()
+            .checked_sub(self.retention)
+            .unwrap_or(Timestamp::MIN);
+        let cutoff = format_time(cutoff);
+        let (mut total, mut after) = (0, None);
+        loop {
+            let (forgotten, next) = self
+                .store
+                .prune_notifications(&cutoff, after.as_deref(), PRUNE_BATCH)
+                .await?;
+            total += forgotten;
+            match next {
+                Some(id) => after = Some(id),
+                None => return Ok(total),
+            }
         }
     }
 

@@ -289,6 +289,35 @@ pub fn flush_digest(
     Ok(Ok(()))
 }
 
+/// Whether a notification is finished with: every delivery delivered or
+/// suppressed. A dead one stays for operators until re-driven.
+fn finished(notification: &Notification) -> bool {
+    notification.deliveries.iter().all(|d| {
+        matches!(
+            d.state,
+            DeliveryState::Delivered | DeliveryState::Suppressed
+        )
+    })
+}
+
+/// Forgets the finished notifications among `ids` (checked again here).
+pub fn forget(tx: &Tx<'_>, ids: &[String]) -> OpResult<usize> {
+    let mut forgotten = 0;
+    for id in ids {
+        let notification = match get_notification(tx, id)? {
+            Ok(Some(n)) if finished(&n) => n,
+            _ => continue,
+        };
+        tx.outbox.remove(notification_key(id))?;
+        if let Some(user) = &notification.user_id {
+            tx.outbox
+                .remove([user_prefix(user), id.as_bytes().to_vec()].concat())?;
+        }
+        forgotten += 1;
+    }
+    Ok(Ok(forgotten))
+}
+
 /// A queue entry that has fallen due.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Due {
@@ -389,6 +418,47 @@ impl Store {
             dead.push((n, lane));
         }
         Ok(dead)
+    }
+
+    /// Looks at up to `limit` notifications after the id `after` and forgets
+    /// the finished ones created before `before` (RFC 3339). Returns how many
+    /// it forgot and where to go on from, `None` once it reached notifications
+    /// recent enough to keep (ids are time-ordered, uuid v7).
+    pub async fn prune_notifications(
+        &self,
+        before: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(usize, Option<String>), StoreError> {
+        let start = match after {
+            Some(id) => [notification_key(id), vec![0]].concat(),
+            None => b"n".to_vec(),
+        };
+        let mut old = Vec::new();
+        let mut next = None;
+        for entry in self.trees.outbox.range(start..).take(limit) {
+            let (key, value) = entry?;
+            if !key.starts_with(b"n") {
+                next = None;
+                break;
+            }
+            let id = String::from_utf8_lossy(&key[1..]).into_owned();
+            match decode::<Notification>(&value) {
+                Ok(n) if n.created_at.as_str() >= before => {
+                    next = None;
+                    break;
+                }
+                Ok(n) if finished(&n) => old.push(id.clone()),
+                _ => {}
+            }
+            next = Some(id);
+        }
+        let forgotten = if old.is_empty() {
+            0
+        } else {
+            self.writer.run(move |tx, _| forget(tx, &old)).await?
+        };
+        Ok((forgotten, next))
     }
 
     pub async fn create_notification(

@@ -379,3 +379,66 @@ async fn an_unreadable_instance_drops_its_timer_instead_of_blocking_the_others()
         "the next timer is up"
     );
 }
+
+fn notification(
+    created_at: &str,
+    state: crate::notify::record::DeliveryState,
+) -> crate::notify::record::Notification {
+    use crate::notify::record::{ChannelDelivery, Lane};
+    crate::notify::record::Notification {
+        id: uuid::Uuid::now_v7().to_string(),
+        kind: "new_message".into(),
+        priority: crate::rules::routing::Priority::High,
+        user_id: Some("cust".into()),
+        created_at: created_at.into(),
+        event: "message_sent".into(),
+        conversation_id: None,
+        message_seq: None,
+        title: "t".into(),
+        text: "x".into(),
+        html: None,
+        attachments: Vec::new(),
+        payload: serde_json::Value::Null,
+        deliveries: vec![ChannelDelivery {
+            state,
+            ..ChannelDelivery::new(Lane::Email, 0)
+        }],
+    }
+}
+
+#[tokio::test]
+async fn retention_forgets_old_finished_notifications_only() {
+    use crate::notify::record::DeliveryState;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path()).await;
+    let old_done = notification("2030-01-01T00:00:00.000Z", DeliveryState::Delivered);
+    let old_dead = notification("2030-01-01T00:00:01.000Z", DeliveryState::Dead);
+    let old_pending = notification("2030-01-01T00:00:02.000Z", DeliveryState::Pending);
+    let new_done = notification("2030-03-01T00:00:00.000Z", DeliveryState::Delivered);
+    for n in [&old_done, &old_dead, &old_pending, &new_done] {
+        assert!(store.create_notification(n.clone()).await.unwrap());
+    }
+    // One notification per call: the scan goes on from where it stopped.
+    let mut after: Option<String> = None;
+    let mut forgotten = 0;
+    loop {
+        let (n, next) = store
+            .prune_notifications("2030-02-01T00:00:00.000Z", after.as_deref(), 1)
+            .await
+            .unwrap();
+        forgotten += n;
+        match next {
+            Some(id) => after = Some(id),
+            None => break,
+        }
+    }
+    assert_eq!(forgotten, 1);
+    assert!(store.notification(&old_done.id).unwrap().is_none());
+    let kept: Vec<String> = store
+        .notifications_of("cust", 10)
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(kept, [old_dead.id, old_pending.id, new_done.id]);
+}
