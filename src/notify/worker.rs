@@ -104,19 +104,23 @@ impl Outbox {
         })
     }
 
-    /// Runs every lane, and the retention sweep, until the task is dropped.
+    /// Runs every lane, and the retention sweep, until the task is dropped
+    /// (which stops them all).
     pub async fn run(self: Arc<Self>) {
-        let lanes = Lane::ALL.map(|lane| tokio::spawn(Arc::clone(&self).run_lane(lane)));
-        let mut every = tokio::time::interval(PRUNE_EVERY);
-        loop {
-            every.tick().await;
-            if let Err(e) = self.prune().await {
-                tracing::error!(error = %e, "notification retention sweep");
-            }
-            if lanes.iter().all(|l| l.is_finished()) {
-                return;
-            }
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in Lane::ALL {
+            tasks.spawn(Arc::clone(&self).run_lane(lane));
         }
+        tasks.spawn(async move {
+            let mut every = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                every.tick().await;
+                if let Err(e) = self.prune().await {
+                    tracing::error!(error = %e, "notification retention sweep");
+                }
+            }
+        });
+        while tasks.join_next().await.is_some() {}
     }
 
     /// Forgets finished notifications older than the retention period.
