@@ -93,7 +93,17 @@ pub fn route(input: &Input<'_>) -> Result<Vec<Notification>, StoreError> {
         }
         for recipient in recipients {
             told.push(recipient.clone());
-            let user = input.store.user(&recipient)?;
+            // The customer and provider are loaded already; only a signal's
+            // user may be someone else.
+            let loaded = [&input.loaded.customer, &input.loaded.provider]
+                .into_iter()
+                .flatten()
+                .find(|u| u.id == recipient)
+                .cloned();
+            let user = match loaded {
+                Some(user) => Some(user),
+                None => input.store.user(&recipient)?,
+            };
             if route.promotional && user.as_ref().is_some_and(|u| u.unsubscribed_promotional) {
                 continue;
             }

@@ -219,23 +219,24 @@ impl Outbox {
                 .finish(lane, entry, Outcome::Suppressed("gone".into()))
                 .await;
         };
+        if let Some(reason) = self.not_needed(&notification, &delivery)? {
+            return self.finish(lane, entry, Outcome::Suppressed(reason)).await;
+        }
+        if lane == Lane::InApp {
+            self.record_latency(lane, &notification, now);
+            return self.finish(lane, entry, Outcome::Delivered).await;
+        }
+        // Read now, not when routed: quiet hours and addresses may have changed.
         let user = match &notification.user_id {
             Some(id) => self.store.user(id)?,
             None => None,
         };
-        if let Some(reason) = self.not_needed(&notification, &delivery)? {
-            return self.finish(lane, entry, Outcome::Suppressed(reason)).await;
-        }
         if let (true, Some(user)) = (delivery.quiet_hours, &user) {
             let release = quiet::release(now, user);
             if release > now {
                 let until_ms = release.as_millisecond();
                 return self.finish(lane, entry, Outcome::Hold { until_ms }).await;
             }
-        }
-        if lane == Lane::InApp {
-            self.record_latency(lane, &notification, now);
-            return self.finish(lane, entry, Outcome::Delivered).await;
         }
         let attempt = delivery.attempts + 1;
         let lease = now
