@@ -144,10 +144,6 @@ impl Notification {
         self.deliveries.iter().find(|d| d.channel == lane)
     }
 
-    pub fn delivery_mut(&mut self, lane: Lane) -> Option<&mut ChannelDelivery> {
-        self.deliveries.iter_mut().find(|d| d.channel == lane)
-    }
-
     /// A fallback's `delivered` condition: one of the other channels got it.
     pub fn delivered_elsewhere(&self, lane: Lane) -> bool {
         self.deliveries

@@ -16,6 +16,8 @@
 //! Queue keys lead with the due time, so each lane is read in order of when
 //! things fall due.
 
+use sled::transaction::UnabortableTransactionError;
+
 use super::writer::OpResult;
 use super::writes::{log_event, Tx};
 use super::{decode, encode, Delivery, Store, StoreError};
@@ -65,12 +67,46 @@ fn digest_key(user_id: &str) -> Vec<u8> {
     [b"w", user_id.as_bytes()].concat()
 }
 
-fn get_notification(tx: &Tx<'_>, id: &str) -> OpResult<Option<Notification>> {
-    Ok(tx
-        .outbox
-        .get(notification_key(id))?
-        .map(|bytes| decode(&bytes))
-        .transpose())
+/// The notification `id`, read in the transaction. One that cannot be read
+/// is logged and treated as gone: its queue entries are dropped instead of
+/// coming round forever, and no operation fails halfway through its writes.
+fn get_notification(
+    tx: &Tx<'_>,
+    id: &str,
+) -> Result<Option<Notification>, UnabortableTransactionError> {
+    let Some(bytes) = tx.outbox.get(notification_key(id))? else {
+        return Ok(None);
+    };
+    match decode(&bytes) {
+        Ok(notification) => Ok(Some(notification)),
+        Err(e) => {
+            tracing::error!(id, error = %e, "unreadable notification ignored");
+            Ok(None)
+        }
+    }
+}
+
+/// The notification `id` and the index of its `lane` delivery, if that
+/// delivery is in `state`.
+fn delivery_in(
+    tx: &Tx<'_>,
+    id: &str,
+    lane: Lane,
+    state: DeliveryState,
+) -> Result<Option<(Notification, usize)>, UnabortableTransactionError> {
+    Ok(get_notification(tx, id)?.and_then(|n| {
+        let index = n
+            .deliveries
+            .iter()
+            .position(|d| d.channel == lane && d.state == state)?;
+        Some((n, index))
+    }))
+}
+
+fn save(tx: &Tx<'_>, notification: &Notification) -> Result<(), UnabortableTransactionError> {
+    tx.outbox
+        .insert(notification_key(&notification.id), encode(notification))?;
+    Ok(())
 }
 
 /// Sets the user's digest to fall due at `due_ms` unless it already falls due
@@ -97,8 +133,7 @@ pub fn create(tx: &Tx<'_>, notification: &Notification) -> OpResult<bool> {
     if tx.outbox.get(notification_key(&notification.id))?.is_some() {
         return Ok(Ok(false));
     }
-    tx.outbox
-        .insert(notification_key(&notification.id), encode(notification))?;
+    save(tx, notification)?;
     if let Some(user) = &notification.user_id {
         tx.outbox.insert(
             [user_prefix(user), notification.id.as_bytes().to_vec()].concat(),
@@ -135,23 +170,15 @@ pub fn begin_attempt(
     lane: Lane,
     lease_until_ms: i64,
 ) -> OpResult<Option<Notification>> {
-    let mut notification = match get_notification(tx, id)? {
-        Ok(Some(n)) => n,
-        Ok(None) => return Ok(Ok(None)),
-        Err(e) => return Ok(Err(e)),
-    };
-    let Some(delivery) = notification.delivery_mut(lane) else {
+    let Some((mut notification, i)) = delivery_in(tx, id, lane, DeliveryState::Pending)? else {
         return Ok(Ok(None));
     };
-    if delivery.state != DeliveryState::Pending {
-        return Ok(Ok(None));
-    }
+    let delivery = &mut notification.deliveries[i];
     tx.outbox.remove(queue_key(lane, delivery.due_ms, id))?;
     delivery.attempts += 1;
     delivery.due_ms = lease_until_ms;
     tx.outbox.insert(queue_key(lane, lease_until_ms, id), &[])?;
-    tx.outbox
-        .insert(notification_key(id), encode(&notification))?;
+    save(tx, &notification)?;
     Ok(Ok(Some(notification)))
 }
 
@@ -169,20 +196,10 @@ pub fn finish(
     out: &mut Vec<Delivery>,
 ) -> OpResult<bool> {
     tx.outbox.remove(queue_key(lane, due_ms, id))?;
-    let mut notification = match get_notification(tx, id)? {
-        Ok(Some(n)) => n,
-        Ok(None) => return Ok(Ok(false)),
-        Err(e) => {
-            tracing::error!(id, error = %e, "unreadable notification left out of its queue");
-            return Ok(Ok(false));
-        }
-    };
-    let Some(delivery) = notification.delivery_mut(lane) else {
+    let Some((mut notification, i)) = delivery_in(tx, id, lane, DeliveryState::Pending)? else {
         return Ok(Ok(false));
     };
-    if delivery.state != DeliveryState::Pending {
-        return Ok(Ok(false));
-    }
+    let delivery = &mut notification.deliveries[i];
     tx.outbox.remove(queue_key(lane, delivery.due_ms, id))?;
     delivery.updated_at = Some(at.to_owned());
     match outcome {
@@ -209,8 +226,7 @@ pub fn finish(
             delivery.note = Some(reason.clone());
         }
     }
-    tx.outbox
-        .insert(notification_key(id), encode(&notification))?;
+    save(tx, &notification)?;
     if lane == Lane::InApp && *outcome == Outcome::Delivered {
         if let Some(user) = &notification.user_id {
             let event = UserEvent::Notification {
@@ -225,24 +241,16 @@ pub fn finish(
 /// Puts a dead delivery back in its queue, due at `now_ms`, with its attempts
 /// reset. `false` if it is not dead.
 pub fn redrive(tx: &Tx<'_>, id: &str, lane: Lane, now_ms: i64) -> OpResult<bool> {
-    let mut notification = match get_notification(tx, id)? {
-        Ok(Some(n)) => n,
-        Ok(None) => return Ok(Ok(false)),
-        Err(e) => return Ok(Err(e)),
-    };
-    let Some(delivery) = notification.delivery_mut(lane) else {
+    let Some((mut notification, i)) = delivery_in(tx, id, lane, DeliveryState::Dead)? else {
         return Ok(Ok(false));
     };
-    if delivery.state != DeliveryState::Dead {
-        return Ok(Ok(false));
-    }
+    let delivery = &mut notification.deliveries[i];
     delivery.state = DeliveryState::Pending;
     delivery.attempts = 0;
     delivery.due_ms = now_ms;
     tx.outbox.remove(dead_key(id, lane))?;
     tx.outbox.insert(queue_key(lane, now_ms, id), &[])?;
-    tx.outbox
-        .insert(notification_key(id), encode(&notification))?;
+    save(tx, &notification)?;
     Ok(Ok(true))
 }
 
@@ -264,10 +272,8 @@ pub fn flush_digest(
         if tx.outbox.remove(batch_key(user_id, id))?.is_none() {
             continue;
         }
-        let mut notification = match get_notification(tx, id)? {
-            Ok(Some(n)) => n,
-            Ok(None) => continue,
-            Err(e) => return Ok(Err(e)),
+        let Some(mut notification) = get_notification(tx, id)? else {
+            continue;
         };
         for delivery in &mut notification.deliveries {
             if delivery.state == DeliveryState::Batched {
@@ -275,8 +281,7 @@ pub fn flush_digest(
                 delivery.note = digest.map(|d| format!("in digest {}", d.id));
             }
         }
-        tx.outbox
-            .insert(notification_key(id), encode(&notification))?;
+        save(tx, &notification)?;
     }
     if let Some(digest) = digest {
         if let Err(e) = create(tx, digest)? {
@@ -304,9 +309,8 @@ fn finished(notification: &Notification) -> bool {
 pub fn forget(tx: &Tx<'_>, ids: &[String]) -> OpResult<usize> {
     let mut forgotten = 0;
     for id in ids {
-        let notification = match get_notification(tx, id)? {
-            Ok(Some(n)) if finished(&n) => n,
-            _ => continue,
+        let Some(notification) = get_notification(tx, id)?.filter(finished) else {
+            continue;
         };
         tx.outbox.remove(notification_key(id))?;
         if let Some(user) = &notification.user_id {
