@@ -173,19 +173,17 @@ fn duration(
     match crate::clock::parse_duration(text) {
         Ok(d) if !d.is_negative() => Some(d),
         Ok(_) => {
-            errors.push(SpecError {
-                near: format!("{key}: {text}"),
-                offset: None,
-                message: format!("{what}: {key} cannot be negative"),
-            });
+            errors.push(SpecError::at(
+                format!("{key}: {text}"),
+                format!("{what}: {key} cannot be negative"),
+            ));
             None
         }
         Err(e) => {
-            errors.push(SpecError {
-                near: format!("{key}: {text}"),
-                offset: None,
-                message: format!("{what}: {key}: {e}"),
-            });
+            errors.push(SpecError::at(
+                format!("{key}: {text}"),
+                format!("{what}: {key}: {e}"),
+            ));
             None
         }
     }
@@ -205,11 +203,7 @@ impl Route {
     ) -> Result<Route, Vec<SpecError>> {
         let what = format!("notification {}", spec.name);
         let mut errors = Vec::new();
-        let at_name = |message: String| SpecError {
-            near: format!("name: {}", spec.name),
-            offset: None,
-            message,
-        };
+        let at_name = |message: String| SpecError::at(format!("name: {}", spec.name), message);
         if !is_name(&spec.name) {
             errors.push(at_name(format!(
                 "{what}: the name must be lower_snake_case"
@@ -219,11 +213,10 @@ impl Route {
             errors.push(at_name(format!("{what}: `on` names no event")));
         }
         for event in spec.on.iter().filter(|e| !is_name(e)) {
-            errors.push(SpecError {
-                near: event.clone(),
-                offset: None,
-                message: format!("{what}: {event:?} is not an event name"),
-            });
+            errors.push(SpecError::at(
+                event.clone(),
+                format!("{what}: {event:?} is not an event name"),
+            ));
         }
         if spec.channels.is_empty() || !unique(&spec.channels) {
             errors.push(at_name(format!(
@@ -231,11 +224,10 @@ impl Route {
             )));
         }
         if !template_exists(&spec.template) {
-            errors.push(SpecError {
-                near: format!("template: {}", spec.template),
-                offset: None,
-                message: format!("{what}: no template {:?} in templates/", spec.template),
-            });
+            errors.push(SpecError::at(
+                format!("template: {}", spec.template),
+                format!("{what}: no template {:?} in templates/", spec.template),
+            ));
         }
         if spec.quiet_hours == QuietHoursPolicy::Ignore && spec.priority != Priority::Critical {
             errors.push(at_name(format!(
@@ -305,36 +297,32 @@ impl Routing {
         for route in spec.notifications {
             let name = route.name.clone();
             match Route::compile(route, &template_exists) {
-                Ok(_) if routes.iter().any(|r| r.name == name) => errors.push(SpecError {
-                    near: format!("name: {name}"),
-                    offset: None,
-                    message: format!("notification {name} is defined twice"),
-                }),
+                Ok(_) if routes.iter().any(|r| r.name == name) => errors.push(SpecError::at(
+                    format!("name: {name}"),
+                    format!("notification {name} is defined twice"),
+                )),
                 Ok(route) => routes.push(route),
                 Err(e) => errors.extend(e),
             }
         }
         if let Some(digest) = &spec.digest {
             if !template_exists(&digest.template) {
-                errors.push(SpecError {
-                    near: format!("template: {}", digest.template),
-                    offset: None,
-                    message: format!("digest: no template {:?} in templates/", digest.template),
-                });
+                errors.push(SpecError::at(
+                    format!("template: {}", digest.template),
+                    format!("digest: no template {:?} in templates/", digest.template),
+                ));
             }
         } else if routes.iter().any(|r| r.batch) {
-            errors.push(SpecError {
-                near: "batch: true".into(),
-                offset: None,
-                message: "batched notifications need `digest: {template: …}`".into(),
-            });
+            errors.push(SpecError::at(
+                "batch: true",
+                "batched notifications need `digest: {template: …}`".into(),
+            ));
         }
         for event in spec.webhooks.iter().filter(|e| !is_name(e)) {
-            errors.push(SpecError {
-                near: event.clone(),
-                offset: None,
-                message: format!("webhooks: {event:?} is not an event name"),
-            });
+            errors.push(SpecError::at(
+                event.clone(),
+                format!("webhooks: {event:?} is not an event name"),
+            ));
         }
         if !errors.is_empty() {
             return Err(errors);

@@ -141,6 +141,17 @@ pub struct SpecError {
     pub message: String,
 }
 
+impl SpecError {
+    /// An error about the text `near` (located in the file by it).
+    pub fn at(near: impl Into<String>, message: String) -> SpecError {
+        SpecError {
+            near: near.into(),
+            offset: None,
+            message,
+        }
+    }
+}
+
 pub(super) fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -173,11 +184,7 @@ impl Sequence {
         template_exists: impl Fn(&str) -> bool,
     ) -> Result<Sequence, Vec<SpecError>> {
         let mut errors = Vec::new();
-        let at_name = |message: String| SpecError {
-            near: format!("name: {}", spec.name),
-            offset: None,
-            message,
-        };
+        let at_name = |message: String| SpecError::at(format!("name: {}", spec.name), message);
         if !is_name(&spec.name) {
             errors.push(at_name(format!(
                 "sequence name {:?} must be lower_snake_case",
@@ -189,11 +196,10 @@ impl Sequence {
             .chain(&spec.replan_on)
         {
             if !is_name(event) {
-                errors.push(SpecError {
-                    near: event.clone(),
-                    offset: None,
-                    message: format!("{event:?} is not an event name (lower_snake_case)"),
-                });
+                errors.push(SpecError::at(
+                    event.clone(),
+                    format!("{event:?} is not an event name (lower_snake_case)"),
+                ));
             }
         }
         if spec.kind == MessageType::Text {
@@ -211,21 +217,19 @@ impl Sequence {
             let what = format!("sequence {}, step {}", spec.name, step.name);
             let near = format!("name: {}", step.name);
             if !is_name(&step.name) || steps.iter().any(|s| s.name == step.name) {
-                errors.push(SpecError {
-                    near: near.clone(),
-                    offset: None,
-                    message: format!("{what}: step names must be unique lower_snake_case"),
-                });
+                errors.push(SpecError::at(
+                    near.clone(),
+                    format!("{what}: step names must be unique lower_snake_case"),
+                ));
             }
             let offset = match step.after.as_deref().map(crate::clock::parse_duration) {
                 None => jiff::SignedDuration::ZERO,
                 Some(Ok(d)) => d,
                 Some(Err(e)) => {
-                    errors.push(SpecError {
-                        near: format!("after: {}", step.after.clone().unwrap_or_default()),
-                        offset: None,
-                        message: format!("{what}: {e}"),
-                    });
+                    errors.push(SpecError::at(
+                        format!("after: {}", step.after.clone().unwrap_or_default()),
+                        format!("{what}: {e}"),
+                    ));
                     jiff::SignedDuration::ZERO
                 }
             };
@@ -237,11 +241,10 @@ impl Sequence {
                 });
             }
             if !template_exists(&step.template) {
-                errors.push(SpecError {
-                    near: format!("template: {}", step.template),
-                    offset: None,
-                    message: format!("{what}: no template {:?} in templates/", step.template),
-                });
+                errors.push(SpecError::at(
+                    format!("template: {}", step.template),
+                    format!("{what}: no template {:?} in templates/", step.template),
+                ));
             }
             steps.push(Step {
                 when: condition(&step.when, &what, &mut errors),
