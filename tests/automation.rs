@@ -9,29 +9,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-/// Copies the shipped rules, templates and plugins into `dir`, returning the
-/// config edits that point the daemon at the copy.
-fn copy_rules(dir: &Path) -> Vec<(&'static str, String)> {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut edits = Vec::new();
-    for (key, name) in [
-        ("rules_dir", "rules"),
-        ("templates_dir", "templates"),
-        ("plugins_dir", "plugins"),
-    ] {
-        let to = dir.join(name);
-        std::fs::create_dir_all(&to).unwrap();
-        for entry in std::fs::read_dir(repo.join(name)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_file() {
-                std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-            }
-        }
-        edits.push((key, to.display().to_string()));
-    }
-    edits
-}
-
 async fn start(data_dir: Option<&Path>, rules: Option<&Path>) -> Daemon {
     let mut config = vec![("clock", "manual".to_owned())];
     if let Some(dir) = rules {

@@ -797,23 +797,7 @@ async fn a_message_read_in_the_app_within_the_grace_period_sends_no_email_or_pus
 #[tokio::test]
 async fn routing_reloads_live_and_a_broken_edit_is_rejected_at_its_line() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut config = Vec::new();
-    for (key, sub) in [
-        ("rules_dir", "rules"),
-        ("templates_dir", "templates"),
-        ("plugins_dir", "plugins"),
-    ] {
-        let to = dir.path().join(sub);
-        std::fs::create_dir_all(&to).unwrap();
-        for entry in std::fs::read_dir(repo.join(sub)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_file() {
-                std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-            }
-        }
-        config.push((key, to.display().to_string()));
-    }
+    let config = copy_rules(dir.path());
     let smtp = SmtpSink::start().await;
     let d = Daemon::launch(Launch {
         data_dir: None,
