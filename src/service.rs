@@ -487,8 +487,14 @@ impl App {
         channel: &str,
     ) -> Result<Notification, ApiError> {
         caller.require(&[Role::Operator])?;
-        let lane: Lane = serde_json::from_value(serde_json::Value::String(channel.to_owned()))
-            .map_err(|_| ApiError::not_found("dead letter"))?;
+        let lane = Lane::ALL
+            .into_iter()
+            .find(|l| l.name() == channel)
+            .ok_or_else(|| {
+                ApiError::Unprocessable(format!(
+                    "{channel:?} is not a channel: push, email, sms, webhook or in_app"
+                ))
+            })?;
         let now = self.clock.now().as_millisecond();
         if !self.store.redrive(id, lane, now).await? {
             return Err(ApiError::not_found("dead letter"));

@@ -598,6 +598,13 @@ async fn a_permanently_failing_receiver_ends_in_the_dead_letter_list_and_can_be_
     )
     .await
     .expect(404);
+    w.d.post(
+        &format!("/v1/admin/outbox/dead/{id}/pigeon/redrive"),
+        &operator().token,
+        json!({}),
+    )
+    .await
+    .expect(422);
 
     w.http.fail("/push", 0, 200);
     w.d.post(

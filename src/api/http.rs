@@ -503,7 +503,7 @@ pub async fn admin_user_notifications(
 #[utoipa::path(post, path = "/v1/admin/outbox/dead/{id}/{channel}/redrive",
     params(("id" = String, Path, description = "notification id"),
            ("channel" = String, Path, description = "push, email, sms or webhook")),
-    responses((status = 200, body = crate::notify::record::Notification), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, body = crate::notify::record::Notification), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn admin_redrive(id: String, channel: String, app: Arc<App>, who: Auth) -> Response {
     let result = match who {
