@@ -216,30 +216,38 @@ impl Channels {
         let to: Mailbox = to
             .parse()
             .map_err(|e| SendError::Permanent(format!("recipient {to:?}: {e}")))?;
-        let body = match &notification.html {
-            Some(html) => {
-                MultiPart::alternative_plain_html(notification.text.clone(), html.clone())
-            }
-            None => MultiPart::mixed().singlepart(SinglePart::plain(notification.text.clone())),
-        };
-        let body =
-            notification
-                .attachments
-                .iter()
-                .fold(MultiPart::mixed().multipart(body), |mixed, a| {
-                    let kind =
-                        ContentType::parse(&a.content_type).unwrap_or(ContentType::TEXT_PLAIN);
-                    mixed.singlepart(
-                        Attachment::new(a.filename.clone()).body(a.content.clone(), kind),
-                    )
-                });
-        let email = lettre::Message::builder()
+        let builder = lettre::Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(notification.title.clone())
-            .message_id(Some(format!("<{}.email@parleyd>", notification.id)))
-            .multipart(body)
-            .map_err(|e| SendError::Permanent(format!("cannot build the email: {e}")))?;
+            .message_id(Some(format!("<{}.email@parleyd>", notification.id)));
+        let text = notification.text.clone();
+        let attachments: Vec<SinglePart> = notification
+            .attachments
+            .iter()
+            .map(|a| {
+                let kind = ContentType::parse(&a.content_type).unwrap_or(ContentType::TEXT_PLAIN);
+                Attachment::new(a.filename.clone()).body(a.content.clone(), kind)
+            })
+            .collect();
+        // Plain text, or text and HTML as alternatives; attachments wrap
+        // either in multipart/mixed.
+        let built = match (&notification.html, attachments.is_empty()) {
+            (None, true) => builder.singlepart(SinglePart::plain(text)),
+            (Some(html), true) => {
+                builder.multipart(MultiPart::alternative_plain_html(text, html.clone()))
+            }
+            (html, false) => {
+                let mixed = match html {
+                    Some(html) => MultiPart::mixed()
+                        .multipart(MultiPart::alternative_plain_html(text, html.clone())),
+                    None => MultiPart::mixed().singlepart(SinglePart::plain(text)),
+                };
+                builder.multipart(attachments.into_iter().fold(mixed, MultiPart::singlepart))
+            }
+        };
+        let email =
+            built.map_err(|e| SendError::Permanent(format!("cannot build the email: {e}")))?;
         match smtp.send(email).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_permanent() => Err(SendError::Permanent(format!("SMTP: {e}"))),
