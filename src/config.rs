@@ -138,6 +138,7 @@ pub struct StorageConfig {
     pub durability: Durability,
     pub flush_every_ms: u64,
     pub cache_capacity_mb: u64,
+    pub hot_conversations: usize,
 }
 
 impl Default for StorageConfig {
@@ -146,6 +147,7 @@ impl Default for StorageConfig {
             durability: Durability::GroupCommit,
             flush_every_ms: 500,
             cache_capacity_mb: 256,
+            hot_conversations: 20_000,
         }
     }
 }

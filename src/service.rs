@@ -305,15 +305,38 @@ impl App {
     ) -> Result<SendReply, ApiError> {
         let caller = caller.require_person()?;
         input.validate(self.config.limits.max_message_chars)?;
-        // The reads and the detection run on the blocking pool: a sled read waits
-        // while the writer commits, and must not stall an async worker (and every
-        // connection it serves) meanwhile.
-        let app = Arc::clone(self);
-        let conversation_id = conversation_id.to_owned();
-        let prepared =
-            tokio::task::spawn_blocking(move || app.prepare_send(caller, conversation_id, input))
+        let limited = self.send_limiter.check_key(&caller.user_id).is_err();
+        let in_memory = match limited {
+            false => self.store.send_context(
+                conversation_id,
+                &caller.user_id,
+                self.moderator.history_len(),
+            ),
+            true => None,
+        };
+        let prepared = match in_memory {
+            // An active conversation: nothing to read, so no detour.
+            Some((conversation, history)) => {
+                if !conversation.is_participant(&caller.user_id) {
+                    return Err(ApiError::not_found("conversation"));
+                }
+                let new =
+                    self.moderate_send(caller, conversation_id, input, &conversation, history);
+                Prepared::Write(new)
+            }
+            // Anything read from sled is read on the blocking pool: a sled read
+            // waits while the writer commits, and must not stall an async worker
+            // (and every connection it serves) meanwhile.
+            None => {
+                let app = Arc::clone(self);
+                let conversation_id = conversation_id.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    app.prepare_send(caller, conversation_id, input, limited)
+                })
                 .await
-                .map_err(|e| ApiError::Internal(format!("send task failed: {e}")))??;
+                .map_err(|e| ApiError::Internal(format!("send task failed: {e}")))??
+            }
+        };
         let new = match prepared {
             Prepared::Answered(reply) => return Ok(reply),
             Prepared::Write(new) => new,
@@ -325,15 +348,16 @@ impl App {
         send_reply(stored, created)
     }
 
-    /// Everything a send decides before writing: rate limit, participation and
-    /// moderation. Blocking.
+    /// A send whose context is not in memory, or whose sender is over the rate
+    /// limit: reads from sled, so it runs on the blocking pool.
     fn prepare_send(
         &self,
         caller: Caller,
         conversation_id: String,
         input: SendInput,
+        limited: bool,
     ) -> Result<Prepared, ApiError> {
-        if self.send_limiter.check_key(&caller.user_id).is_err() {
+        if limited {
             // A retry of a stored message is answered even past the limit; only
             // then is it worth a read (the writer spots duplicates otherwise).
             if let Some(stored) = self.store.by_client_id(&caller.user_id, &input.client_id)? {
@@ -351,15 +375,30 @@ impl App {
             &caller.user_id,
             self.moderator.history_len(),
         )?;
+        let new = self.moderate_send(caller, &conversation_id, input, &conversation, history);
+        Ok(Prepared::Write(new))
+    }
+
+    /// The message to store, as contact moderation decides given the
+    /// conversation and the sender's previous messages.
+    fn moderate_send(
+        &self,
+        caller: Caller,
+        conversation_id: &str,
+        input: SendInput,
+        conversation: &Conversation,
+        history: Vec<String>,
+    ) -> NewMessage {
         let now = self.now();
         let rules = self.rules.current();
         let submission = Submission {
-            conversation: &conversation,
+            conversation,
             sender_id: &caller.user_id,
             client_id: &input.client_id,
             content: &input.content,
             at: &now,
         };
+        // The listing is read (from sled) only when a contact detail is found.
         let outcome = self
             .moderator
             .moderate(&rules.contact, &submission, &history, || {
@@ -369,8 +408,8 @@ impl App {
                     .flatten()
                     .and_then(|l| l.address)
             });
-        Ok(Prepared::Write(NewMessage {
-            conversation_id,
+        NewMessage {
+            conversation_id: conversation_id.to_owned(),
             sender_id: caller.user_id,
             client_id: input.client_id,
             content: outcome.content,
@@ -380,7 +419,7 @@ impl App {
             automation: None,
             actions: Vec::new(),
             attachments: Vec::new(),
-        }))
+        }
     }
 
     /// The live composer check: what the policy would do with `content` in this

@@ -33,6 +33,7 @@
 //! that moderation blocked (so a retry gets the same answer).
 
 mod automation;
+mod hot;
 mod keys;
 mod outbox;
 mod writer;
@@ -53,6 +54,7 @@ use crate::model::{
     MessageType, Moderation, Signal, SuggestedAction, User,
 };
 
+use hot::HotConversations;
 use writer::{WriteTrees, Writer};
 use writes::Cursors;
 
@@ -127,6 +129,8 @@ pub struct Store {
     /// The trees the writer's transactions cover (reads go to them directly).
     trees: WriteTrees,
     writer: Writer,
+    /// Recently active conversations, kept by the writer.
+    hot: Arc<HotConversations>,
     /// Woken after every committed write batch.
     committed: Arc<tokio::sync::Notify>,
 }
@@ -176,6 +180,7 @@ impl Store {
             outbox: tree("outbox")?,
         };
         let committed = Arc::new(tokio::sync::Notify::new());
+        let hot = Arc::new(HotConversations::new(config.hot_conversations));
         let store = Store {
             users: tree("users")?,
             listings: tree("listings")?,
@@ -183,10 +188,12 @@ impl Store {
                 db.clone(),
                 trees.clone(),
                 Cursors::load(&trees.events)?,
+                Arc::clone(&hot),
                 config.durability,
                 publish,
                 Arc::clone(&committed),
             ),
+            hot,
             committed,
             trees,
             db,
@@ -236,6 +243,9 @@ impl Store {
     }
 
     pub fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
+        if let Some(conversation) = self.hot.conversation(id) {
+            return Ok(Some(Conversation::clone(&conversation)));
+        }
         self.get(&self.trees.conversations, id.as_bytes())
     }
 
@@ -324,39 +334,63 @@ impl Store {
     }
 
     /// The sender's last `n` messages in a conversation, oldest first (for
-    /// detecting contact details split across messages).
+    /// detecting contact details split across messages): from memory for an
+    /// active conversation, else from among its last messages on disk.
     pub fn recent_from(
         &self,
         conversation_id: &str,
         sender_id: &str,
         n: usize,
     ) -> Result<Vec<String>, StoreError> {
-        // Enough to find n of the sender's messages in a lively conversation
-        // without reading a long monologue of the other side.
-        const SCAN: usize = 20;
         if n == 0 {
             return Ok(Vec::new());
         }
+        if let Some(recent) = self.hot.recent(conversation_id, sender_id, n) {
+            return Ok(recent);
+        }
+        // Enough to find n of the sender's messages in a lively conversation
+        // without reading a long monologue of the other side.
+        const SCAN: usize = 20;
         let start = keys::message(conversation_id, 0);
         let end = keys::message(conversation_id, u64::MAX);
-        /// Only the two fields needed, so the rest is skipped, not allocated.
+        /// Only the fields needed, so the rest is skipped, not allocated.
         #[derive(serde::Deserialize)]
         struct Brief {
+            seq: u64,
             sender_id: String,
             content: String,
         }
-        let mut recent = Vec::new();
+        let mut last_seq = 0;
+        let mut scanned = Vec::new();
         for entry in self.trees.messages.range(start..=end).rev().take(SCAN) {
             let message: Brief = decode(&entry?.1)?;
-            if message.sender_id == sender_id {
-                recent.push(message.content);
-                if recent.len() == n {
-                    break;
-                }
-            }
+            last_seq = last_seq.max(message.seq);
+            scanned.push((message.sender_id, message.content));
         }
-        recent.reverse();
-        Ok(recent)
+        scanned.reverse();
+        self.hot.fill_recent(conversation_id, last_seq, &scanned);
+        let mine: Vec<String> = scanned
+            .into_iter()
+            .filter(|(sender, _)| sender == sender_id)
+            .map(|(_, content)| content)
+            .collect();
+        Ok(mine[mine.len().saturating_sub(n)..].to_vec())
+    }
+
+    /// A send's context if it is all in memory: the conversation and the
+    /// sender's last `n` messages. `None` means it has to be read from disk.
+    pub fn send_context(
+        &self,
+        conversation_id: &str,
+        sender_id: &str,
+        n: usize,
+    ) -> Option<(Arc<Conversation>, Vec<String>)> {
+        let conversation = self.hot.conversation(conversation_id)?;
+        let recent = match n {
+            0 => Vec::new(),
+            n => self.hot.recent(conversation_id, sender_id, n)?,
+        };
+        Some((conversation, recent))
     }
 
     /// Moderation records in id (time) order after `after`, at most `limit`.

@@ -13,6 +13,7 @@ use sled::transaction::{TransactionError, UnabortableTransactionError};
 use sled::{Transactional, Tree};
 use tokio::sync::oneshot;
 
+use super::hot::{HotConversations, HotWrites};
 use super::writes::{Cursors, DomainSeq, Tx};
 use super::{Delivery, StoreError};
 use crate::config::Durability;
@@ -120,6 +121,7 @@ impl Writer {
         db: sled::Db,
         trees: WriteTrees,
         cursors: Cursors,
+        hot: Arc<HotConversations>,
         durability: Durability,
         publish: Publish,
         committed: Arc<tokio::sync::Notify>,
@@ -131,6 +133,7 @@ impl Writer {
                 let domain_seq = DomainSeq::load(&trees.domain);
                 let state = LoopState {
                     cursors,
+                    hot: HotWrites::new(hot),
                     domain_seq,
                     durability,
                     publish,
@@ -171,6 +174,7 @@ impl Writer {
 /// What the writer thread keeps between batches.
 struct LoopState {
     cursors: Cursors,
+    hot: HotWrites,
     domain_seq: DomainSeq,
     durability: Durability,
     publish: Publish,
@@ -191,7 +195,7 @@ fn write_loop(
         let started = std::time::Instant::now();
         let batch = RefCell::new(batch);
         let deliveries = RefCell::new(Vec::new());
-        let (cursors, domain_seq) = (&state.cursors, &state.domain_seq);
+        let (cursors, hot, domain_seq) = (&state.cursors, &state.hot, &state.domain_seq);
         // sled implements transactions over tuples of up to 14 trees.
         let committed = (
             &trees.conversations,
@@ -234,6 +238,7 @@ fn write_loop(
                         client_ids,
                         events,
                         cursors,
+                        hot,
                         bookings,
                         flags,
                         signals,
@@ -245,6 +250,7 @@ fn write_loop(
                         outbox,
                     };
                     cursors.begin();
+                    hot.begin();
                     domain_seq.begin();
                     let mut deliveries = deliveries.borrow_mut();
                     deliveries.clear();
@@ -256,6 +262,7 @@ fn write_loop(
             );
         if committed.is_ok() {
             state.cursors.commit();
+            state.hot.commit();
             state.domain_seq.commit();
         }
         let failure = match committed {

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 use sled::Tree;
 
+use super::hot::HotWrites;
 use super::writer::OpResult;
 use super::{decode, encode, keys, Delivery, NewMessage, StoreError, Stored};
 use crate::contact::Action;
@@ -29,6 +30,8 @@ pub struct Tx<'a> {
     pub client_ids: &'a TransactionalTree,
     pub events: &'a TransactionalTree,
     pub cursors: &'a Cursors,
+    /// Conversations as this transaction sees them (`hot.rs`).
+    pub hot: &'a HotWrites,
     pub bookings: &'a TransactionalTree,
     pub flags: &'a TransactionalTree,
     pub signals: &'a TransactionalTree,
@@ -160,6 +163,31 @@ fn get<T: DeserializeOwned>(tree: &TransactionalTree, key: &[u8]) -> OpResult<Op
     Ok(tree.get(key)?.map(|bytes| decode(&bytes)).transpose())
 }
 
+/// A conversation as this transaction sees it: from the writer's memory when it
+/// is there, else from sled (remembered from then on, once this commits).
+fn read_conversation(tx: &Tx<'_>, id: &str) -> OpResult<Option<Conversation>> {
+    if let Some(conversation) = tx.hot.get(id) {
+        return Ok(Ok(Some(conversation)));
+    }
+    let read = check!(get::<Conversation>(tx.conversations, id.as_bytes())?);
+    if let Some(conversation) = &read {
+        tx.hot.touch(conversation);
+    }
+    Ok(Ok(read))
+}
+
+/// The only way a conversation record is written, so the writer's memory of it
+/// never differs from sled.
+fn put_conversation(
+    tx: &Tx<'_>,
+    conversation: &Conversation,
+) -> Result<(), UnabortableTransactionError> {
+    tx.conversations
+        .insert(conversation.id.as_bytes(), encode(conversation))?;
+    tx.hot.touch(conversation);
+    Ok(())
+}
+
 /// Appends `event` to the user's log with the user's next cursor: log order is
 /// commit order.
 pub(super) fn log_event(
@@ -189,7 +217,8 @@ pub fn open_conversation(
 ) -> OpResult<(Conversation, bool)> {
     let pair = keys::pair(&listing.id, customer_id);
     if let Some(id) = tx.conv_pairs.get(&pair)? {
-        let existing = check!(get::<Conversation>(tx.conversations, &id)?);
+        let id = String::from_utf8_lossy(&id);
+        let existing = check!(read_conversation(tx, &id)?);
         return Ok(existing
             .map(|c| (c, false))
             .ok_or_else(|| StoreError::Corrupt("conversation index points at nothing".into())));
@@ -217,8 +246,7 @@ pub fn open_conversation(
         updated_at: now.to_owned(),
         inquiry_at: None,
     };
-    tx.conversations
-        .insert(new_id.as_bytes(), encode(&conversation))?;
+    put_conversation(tx, &conversation)?;
     tx.conv_pairs.insert(pair.as_slice(), new_id.as_bytes())?;
     for p in &conversation.participants {
         tx.user_convs
@@ -269,10 +297,7 @@ pub fn append_message(
     if let Some(stored) = check!(stored_under(tx, &client_key)?) {
         return Ok(Ok((stored, false)));
     }
-    let conversation = check!(get::<Conversation>(
-        tx.conversations,
-        new.conversation_id.as_bytes()
-    )?);
+    let conversation = check!(read_conversation(tx, &new.conversation_id)?);
     let may_send = |c: &Conversation| {
         c.is_participant(&new.sender_id)
             || (new.automation.is_some() && new.sender_id == SYSTEM_SENDER)
@@ -333,8 +358,8 @@ pub fn append_message(
         }
     }
     let names = message_event_names(&mut conversation, &message);
-    tx.conversations
-        .insert(new.conversation_id.as_bytes(), encode(&conversation))?;
+    put_conversation(tx, &conversation)?;
+    tx.hot.appended(&message);
     let event = UserEvent::Message {
         message: Box::new(message.clone()),
     };
@@ -427,10 +452,7 @@ pub fn mark_read(
     now: &str,
     out: &mut Vec<Delivery>,
 ) -> OpResult<(u64, u64)> {
-    let conversation = check!(get::<Conversation>(
-        tx.conversations,
-        conversation_id.as_bytes()
-    )?);
+    let conversation = check!(read_conversation(tx, conversation_id)?);
     let Some(mut conversation) = conversation.filter(|c| c.is_participant(reader_id)) else {
         return Ok(Err(StoreError::NotFound("conversation")));
     };
@@ -465,8 +487,7 @@ pub fn mark_read(
         message.read_at = Some(now.to_owned());
         tx.messages.insert(key.as_slice(), encode(&message))?;
     }
-    tx.conversations
-        .insert(conversation_id.as_bytes(), encode(&conversation))?;
+    put_conversation(tx, &conversation)?;
     let event = UserEvent::Receipt {
         conversation_id: conversation_id.to_owned(),
         reader_id: reader_id.to_owned(),
@@ -490,10 +511,7 @@ pub fn mark_delivered(
     now: &str,
     out: &mut Vec<Delivery>,
 ) -> OpResult<u64> {
-    let conversation = check!(get::<Conversation>(
-        tx.conversations,
-        conversation_id.as_bytes()
-    )?);
+    let conversation = check!(read_conversation(tx, conversation_id)?);
     let Some(mut conversation) = conversation else {
         return Ok(Err(StoreError::NotFound("conversation")));
     };
@@ -506,8 +524,7 @@ pub fn mark_delivered(
         return Ok(Ok(recipient.delivered_seq));
     }
     recipient.delivered_seq = target;
-    tx.conversations
-        .insert(conversation_id.as_bytes(), encode(&conversation))?;
+    put_conversation(tx, &conversation)?;
     let event = UserEvent::DeliveryReceipt {
         conversation_id: conversation_id.to_owned(),
         recipient_id: recipient_id.to_owned(),
@@ -529,10 +546,7 @@ pub fn put_booking(
     card: &ContextCard,
     out: &mut Vec<Delivery>,
 ) -> OpResult<Conversation> {
-    let conversation = check!(get::<Conversation>(
-        tx.conversations,
-        booking.conversation_id.as_bytes()
-    )?);
+    let conversation = check!(read_conversation(tx, &booking.conversation_id)?);
     let Some(mut conversation) = conversation else {
         return Ok(Err(StoreError::NotFound("conversation")));
     };
@@ -542,8 +556,7 @@ pub fn put_booking(
     conversation.stage = Some(booking.stage);
     conversation.booking_id = Some(booking.id.clone());
     conversation.updated_at = booking.updated_at.clone();
-    tx.conversations
-        .insert(conversation.id.as_bytes(), encode(&conversation))?;
+    put_conversation(tx, &conversation)?;
     for p in &conversation.participants {
         let event = UserEvent::Conversation {
             conversation: Box::new(conversation.view_for(&p.user_id, Some(card.clone()))),
