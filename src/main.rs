@@ -69,6 +69,9 @@ enum Command {
     },
 }
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config, dev } => serve(config, dev),
