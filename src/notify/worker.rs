@@ -1,6 +1,6 @@
 //! The outbox worker: one loop per lane reads the lane's due entries in order
 //! and dispatches each in its own task, at most `concurrency` at a time per
-//! lane, so a channel that is down (slow timeouts, errors) never holds back
+//! lane (in-app: one at a time, in order), so a channel that is down (slow timeouts, errors) never holds back
 //! the others.
 //!
 //! An attempt is recorded (and flushed) before it is made; its queue entry
@@ -146,7 +146,14 @@ impl Outbox {
     }
 
     async fn run_lane(self: Arc<Self>, lane: Lane) {
-        let permits = Arc::new(Semaphore::new(self.concurrency));
+        // In-app deliveries are appended to the user's event log, where the app
+        // shows them in log order: one at a time keeps that the order they were
+        // raised in. They are local writes, so there is no wait to overlap.
+        let concurrency = match lane {
+            Lane::InApp => 1,
+            _ => self.concurrency,
+        };
+        let permits = Arc::new(Semaphore::new(concurrency));
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         let wake = self.wakers.lane(lane);
         loop {
