@@ -146,7 +146,7 @@ impl Default for StorageConfig {
         StorageConfig {
             durability: Durability::GroupCommit,
             flush_every_ms: 500,
-            cache_capacity_mb: 256,
+            cache_capacity_mb: 128,
             hot_conversations: 20_000,
         }
     }
