@@ -205,3 +205,53 @@ async fn a_policy_edit_on_disk_changes_the_outcome_without_a_restart() {
     sent.expect(201);
     assert_eq!(sent.body["message"]["content"], PHONE);
 }
+
+async fn customer_sends(d: &Daemon, p: &Pair, client_id: &str, text: &str) -> Reply {
+    d.send(&p.customer, &p.conversation, client_id, text).await
+}
+
+/// A send to an active conversation is moderated from the daemon's memory of
+/// it: a number split over three messages is still caught, a booking made
+/// after the conversation was remembered still changes the policy, and after a
+/// restart the history is read from disk again.
+#[tokio::test]
+async fn split_numbers_and_bookings_are_seen_by_sends_to_an_active_conversation() {
+    let data = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(data.path()).await;
+    let p = pair(&d).await;
+    customer_sends(&d, &p, "s-1", "call me").await.expect(201);
+    customer_sends(&d, &p, "s-2", "555 201").await.expect(201);
+    assert_eq!(
+        customer_sends(&d, &p, "s-3", "4478")
+            .await
+            .expect_error(422),
+        "blocked"
+    );
+    // A clean message in between does not hide the next split number.
+    customer_sends(&d, &p, "s-4", "see you at 5")
+        .await
+        .expect(201);
+    d.stop().await;
+
+    let d = Daemon::start_in(data.path()).await;
+    customer_sends(&d, &p, "r-1", "my cell").await.expect(201);
+    customer_sends(&d, &p, "r-2", "555 201").await.expect(201);
+    assert_eq!(
+        customer_sends(&d, &p, "r-3", "4478")
+            .await
+            .expect_error(422),
+        "blocked"
+    );
+
+    d.post(
+        "/v1/bookings",
+        SERVICE_KEY,
+        json!({"conversation_id": p.conversation, "start": "2026-12-01T10:00:00Z",
+               "end": "2026-12-01T12:00:00Z", "stage": "confirmed"}),
+    )
+    .await
+    .expect(201);
+    customer_sends(&d, &p, "b-1", PHONE).await.expect(201);
+    let seen = d.messages(&p.provider, &p.conversation).await;
+    assert_eq!(seen.last().unwrap()["content"], PHONE);
+}
