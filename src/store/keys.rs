@@ -49,6 +49,26 @@ pub fn blocked_flag(value: &[u8]) -> Option<&[u8]> {
     value.strip_prefix(&[BLOCKED, SEP])
 }
 
+/// Marks an `events` value as "the message stored under this key": a message
+/// event is logged for every participant, and a reference instead of two
+/// copies of the message keeps the log's values small (sled copies a node's
+/// values whenever it rewrites the node). Other events are JSON frames, which
+/// start with `{`.
+const MESSAGE_REF: u8 = 0x01;
+
+pub fn message_ref(conversation_id: &str, seq: u64) -> Vec<u8> {
+    let key = message(conversation_id, seq);
+    let mut value = Vec::with_capacity(1 + key.len());
+    value.push(MESSAGE_REF);
+    value.extend_from_slice(&key);
+    value
+}
+
+/// The message key of an `events` value written by [`message_ref`].
+pub fn referenced_message(value: &[u8]) -> Option<&[u8]> {
+    value.strip_prefix(&[MESSAGE_REF])
+}
+
 pub fn event_prefix(user_id: &str) -> Vec<u8> {
     event_prefix_bytes(user_id.as_bytes())
 }
@@ -127,6 +147,16 @@ mod tests {
     fn prefixes_do_not_leak_between_ids() {
         assert!(!user_conv("ann2", "c").starts_with(&user_conv_prefix("ann")));
         assert!(user_conv("ann", "c").starts_with(&user_conv_prefix("ann")));
+    }
+
+    #[test]
+    fn a_message_reference_is_never_a_frame() {
+        let value = message_ref("c1", 7);
+        assert_eq!(
+            referenced_message(&value),
+            Some(message("c1", 7).as_slice())
+        );
+        assert_eq!(referenced_message(br#"{"cursor":1}"#), None);
     }
 
     #[test]

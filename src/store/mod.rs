@@ -16,7 +16,7 @@
 //! | `user_convs`    | user `\0` conversation    | empty                       |
 //! | `messages`      | conversation `\0` seq     | `Message` JSON              |
 //! | `client_ids`    | sender `\0` client_id     | conversation `\0` seq       |
-//! | `events`        | user `\0` cursor          | the event frame JSON        |
+//! | `events`        | user `\0` cursor          | event frame JSON, or `0x01` + message key |
 //! | `bookings`      | booking                   | `Booking` JSON              |
 //! | `signals`       | signal (uuid v7, ordered) | `Signal` JSON               |
 //! | `flags`         | flag (uuid v7, ordered)   | `Flag` JSON                 |
@@ -48,7 +48,7 @@ use sled::Tree;
 
 use crate::config::StorageConfig;
 use crate::domain::Subject;
-use crate::events::Frame;
+use crate::events::{Frame, UserEvent};
 use crate::model::{
     Attachment, Automation, Booking, ContextCard, Conversation, Flag, Listing, Message,
     MessageType, Moderation, Signal, SuggestedAction, User,
@@ -63,7 +63,13 @@ pub use outbox::Due;
 pub use writer::Publish;
 
 /// Bumped whenever the layout above changes incompatibly.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The oldest layout this version still reads as it is. Version 2 added message
+/// references to `events` (version 1 logged only frames, which 2 still reads),
+/// so opening a version 1 directory only records the new version: from then on
+/// an older parleyd refuses it instead of misreading a reference.
+const READS_SCHEMA_FROM: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -528,13 +534,31 @@ impl Store {
         let mut frames = Vec::new();
         for entry in self.trees.events.range(start..=end).take(limit) {
             let (key, value) = entry?;
-            let json = std::str::from_utf8(&value)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?
-                .into();
-            frames.push(Frame {
-                cursor: Some(keys::cursor_of_event(&key)),
-                json,
-            });
+            let cursor = keys::cursor_of_event(&key);
+            let frame = match keys::referenced_message(&value) {
+                Some(message_key) => {
+                    let message: Message = self
+                        .get(&self.trees.messages, message_key)?
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!(
+                                "event {cursor} of {user_id} points at no message"
+                            ))
+                        })?;
+                    Frame::logged(
+                        cursor,
+                        &UserEvent::Message {
+                            message: Box::new(message),
+                        },
+                    )
+                }
+                None => Frame {
+                    cursor: Some(cursor),
+                    json: std::str::from_utf8(&value)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?
+                        .into(),
+                },
+            };
+            frames.push(frame);
         }
         Ok(frames)
     }
@@ -559,9 +583,12 @@ fn check_schema(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
                 .try_into()
                 .map(u32::from_be_bytes)
                 .map_err(|_| StoreError::Schema("schema_version is unreadable".into()))?;
-            if found != SCHEMA_VERSION {
+            if (READS_SCHEMA_FROM..SCHEMA_VERSION).contains(&found) {
+                tracing::info!(from = found, to = SCHEMA_VERSION, "data directory upgraded");
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+            } else if found != SCHEMA_VERSION {
                 return Err(StoreError::Schema(format!(
-                    "data directory {} has schema version {found}; this parleyd reads version {SCHEMA_VERSION}. Use a parleyd that matches it, or another data_dir",
+                    "data directory {} has schema version {found}; this parleyd reads versions {READS_SCHEMA_FROM} to {SCHEMA_VERSION}. Use a parleyd that matches it, or another data_dir",
                     dir.display()
                 )));
             }

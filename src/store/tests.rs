@@ -222,30 +222,66 @@ async fn everything_survives_a_reopen() {
     assert_eq!(logged(&store, "prov"), 3);
 }
 
+/// Opens a closed store's database directly.
+fn open_raw(dir: &Path) -> sled::Db {
+    // sled's background flusher may hold the file lock a moment longer.
+    let mut db = sled::open(dir);
+    for _ in 0..100 {
+        if db.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        db = sled::open(dir);
+    }
+    db.unwrap()
+}
+
+/// Writes `version` as the data directory's schema version.
+fn set_schema_version(dir: &Path, version: u32) {
+    let db = open_raw(dir);
+    let meta = db.open_tree("meta").unwrap();
+    meta.insert("schema_version", &version.to_be_bytes())
+        .unwrap();
+    db.flush().unwrap();
+}
+
 #[tokio::test]
 async fn another_schema_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(store(dir.path()));
-    {
-        // sled's background flusher may hold the file lock a moment longer.
-        let mut db = sled::open(dir.path());
-        for _ in 0..100 {
-            if db.is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            db = sled::open(dir.path());
-        }
-        let db = db.unwrap();
-        let meta = db.open_tree("meta").unwrap();
-        meta.insert("schema_version", &99u32.to_be_bytes()).unwrap();
-        db.flush().unwrap();
-    }
+    set_schema_version(dir.path(), 99);
     let err = Store::open(dir.path(), &config(), Arc::new(|_: &Delivery| {}))
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("schema version 99"), "{err}");
+}
+
+#[tokio::test]
+async fn a_version_1_directory_is_read_and_marked_version_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, c) = open(dir.path()).await;
+    let before = store.events_between("cust", 0, u64::MAX, 100).unwrap();
+    drop(store);
+    set_schema_version(dir.path(), 1);
+
+    let store = Store::open(dir.path(), &config(), Arc::new(|_: &Delivery| {})).unwrap();
+    let after = store.events_between("cust", 0, u64::MAX, 100).unwrap();
+    let json = |frames: &[Frame]| {
+        frames
+            .iter()
+            .map(|f| f.json.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(json(&after), json(&before));
+    store
+        .append_message(message(&c.id, "cust", "after"))
+        .await
+        .unwrap();
+    drop(store);
+    let db = open_raw(dir.path());
+    let version = db.open_tree("meta").unwrap().get("schema_version").unwrap();
+    assert_eq!(version.as_deref(), Some(&2u32.to_be_bytes()[..]));
 }
 
 #[tokio::test]

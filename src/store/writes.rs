@@ -198,8 +198,14 @@ pub(super) fn log_event(
 ) -> Result<(), UnabortableTransactionError> {
     let cursor = tx.cursors.next(user_id);
     let frame = Frame::logged(cursor, event);
-    tx.events
-        .insert(keys::event(user_id, cursor), frame.json.as_bytes())?;
+    let key = keys::event(user_id, cursor);
+    match event {
+        UserEvent::Message { message } => tx.events.insert(
+            key,
+            keys::message_ref(&message.conversation_id, message.seq),
+        )?,
+        _ => tx.events.insert(key, frame.json.as_bytes())?,
+    };
     out.push(Delivery {
         user_id: user_id.to_owned(),
         frame: Arc::new(frame),
