@@ -1,7 +1,7 @@
 //! The outbox worker: one loop per lane reads the lane's due entries in order
 //! and dispatches each in its own task, at most `concurrency` at a time per
-//! lane (in-app: one at a time, in order), so a channel that is down (slow timeouts, errors) never holds back
-//! the others.
+//! lane (in-app: one at a time, in order), so a channel that is down (slow
+//! timeouts, errors) never holds back the others.
 //!
 //! An attempt is recorded (and flushed) before it is made; its queue entry
 //! moves to the end of its lease, so a crash mid-attempt retries it then, with
