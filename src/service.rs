@@ -306,13 +306,11 @@ impl App {
         let caller = caller.require_person()?;
         input.validate(self.config.limits.max_message_chars)?;
         let limited = self.send_limiter.check_key(&caller.user_id).is_err();
-        let in_memory = match limited {
-            false => self.store.send_context(
-                conversation_id,
-                &caller.user_id,
-                self.moderator.history_len(),
-            ),
-            true => None,
+        let in_memory = if limited {
+            None
+        } else {
+            let n = self.moderator.history_len();
+            self.store.send_context(conversation_id, &caller.user_id, n)
         };
         let prepared = match in_memory {
             // An active conversation: nothing to read, so no detour.

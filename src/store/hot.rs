@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock};
 use crate::model::{Conversation, Message};
 
 /// Messages remembered per sender; a longer history is read from sled.
-pub const KEPT_PER_SENDER: usize = 8;
+const KEPT_PER_SENDER: usize = 8;
 
 /// One conversation as last committed.
 #[derive(Debug)]
@@ -33,6 +33,22 @@ pub struct HotConversation {
 }
 
 impl HotConversation {
+    /// The sender's last `n` messages, oldest first, if remembered.
+    pub fn recent(&self, sender_id: &str, n: usize) -> Option<Vec<String>> {
+        if n > KEPT_PER_SENDER {
+            return None;
+        }
+        let recent = self.recent.as_ref()?;
+        let mine = recent.iter().find(|(s, _)| s == sender_id);
+        Some(mine.map_or_else(Vec::new, |(_, messages)| {
+            messages
+                .iter()
+                .skip(messages.len().saturating_sub(n))
+                .cloned()
+                .collect()
+        }))
+    }
+
     fn with_messages(&self, conversation: Conversation, appended: &[(String, String)]) -> Self {
         // The history stays valid only if it ended where these messages begin.
         let continues = self.conversation.last_seq + appended.len() as u64 == conversation.last_seq;
@@ -113,23 +129,6 @@ impl HotConversations {
 
     pub fn conversation(&self, id: &str) -> Option<Arc<Conversation>> {
         self.get(id).map(|hot| Arc::clone(&hot.conversation))
-    }
-
-    /// The sender's last `n` messages, oldest first, if remembered.
-    pub fn recent(&self, id: &str, sender_id: &str, n: usize) -> Option<Vec<String>> {
-        if n > KEPT_PER_SENDER {
-            return None;
-        }
-        let hot = self.get(id)?;
-        let recent = hot.recent.as_ref()?;
-        let mine = recent.iter().find(|(s, _)| s == sender_id);
-        Some(mine.map_or_else(Vec::new, |(_, messages)| {
-            messages
-                .iter()
-                .skip(messages.len().saturating_sub(n))
-                .cloned()
-                .collect()
-        }))
     }
 
     /// Stores the history a reader scanned (its messages oldest first), if the
@@ -276,29 +275,30 @@ mod tests {
         writes.commit();
     }
 
+    fn recent(shared: &HotConversations, sender: &str, n: usize) -> Option<Vec<String>> {
+        shared.get("c1")?.recent(sender, n)
+    }
+
     #[test]
     fn history_is_kept_only_from_a_scan_that_matches() {
         let shared = Arc::new(HotConversations::new(100));
         let mut writes = HotWrites::new(Arc::clone(&shared));
         send(&mut writes, "c1", "ann", &["one", "two"]);
         assert_eq!(shared.conversation("c1").unwrap().last_seq, 2);
-        assert_eq!(shared.recent("c1", "ann", 3), None, "not filled yet");
+        assert_eq!(recent(&shared, "ann", 3), None, "not filled yet");
 
         // A scan that saw only the first message raced the second: dropped.
         shared.fill_recent("c1", 1, &[("ann".into(), "one".into())]);
-        assert_eq!(shared.recent("c1", "ann", 3), None);
+        assert_eq!(recent(&shared, "ann", 3), None);
 
         let scanned = [("ann".into(), "one".into()), ("ann".into(), "two".into())];
         shared.fill_recent("c1", 2, &scanned);
-        assert_eq!(shared.recent("c1", "ann", 3).unwrap(), ["one", "two"]);
-        assert_eq!(shared.recent("c1", "bob", 3).unwrap(), Vec::<String>::new());
+        assert_eq!(recent(&shared, "ann", 3).unwrap(), ["one", "two"]);
+        assert_eq!(recent(&shared, "bob", 3).unwrap(), Vec::<String>::new());
 
         send(&mut writes, "c1", "ann", &["three", "four"]);
-        assert_eq!(
-            shared.recent("c1", "ann", 3).unwrap(),
-            ["two", "three", "four"]
-        );
-        assert_eq!(shared.recent("c1", "ann", KEPT_PER_SENDER + 1), None);
+        assert_eq!(recent(&shared, "ann", 3).unwrap(), ["two", "three", "four"]);
+        assert_eq!(recent(&shared, "ann", KEPT_PER_SENDER + 1), None);
     }
 
     #[test]

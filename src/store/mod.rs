@@ -351,7 +351,8 @@ impl Store {
         if n == 0 {
             return Ok(Vec::new());
         }
-        if let Some(recent) = self.hot.recent(conversation_id, sender_id, n) {
+        let remembered = self.hot.get(conversation_id);
+        if let Some(recent) = remembered.and_then(|hot| hot.recent(sender_id, n)) {
             return Ok(recent);
         }
         // Enough to find n of the sender's messages in a lively conversation
@@ -391,12 +392,12 @@ impl Store {
         sender_id: &str,
         n: usize,
     ) -> Option<(Arc<Conversation>, Vec<String>)> {
-        let conversation = self.hot.conversation(conversation_id)?;
+        let hot = self.hot.get(conversation_id)?;
         let recent = match n {
             0 => Vec::new(),
-            n => self.hot.recent(conversation_id, sender_id, n)?,
+            n => hot.recent(sender_id, n)?,
         };
-        Some((conversation, recent))
+        Some((Arc::clone(&hot.conversation), recent))
     }
 
     /// Moderation records in id (time) order after `after`, at most `limit`.
