@@ -22,15 +22,6 @@ async fn start(data_dir: Option<&Path>, rules: Option<&Path>) -> Daemon {
     .await
 }
 
-/// Moves the daemon's clock by `by` (e.g. `4h`); returns the time now.
-async fn advance(d: &Daemon, by: &str) -> jiff::Timestamp {
-    let reply = d
-        .post("/v1/admin/clock", &operator().token, json!({"advance": by}))
-        .await;
-    reply.expect(200);
-    reply.body["now"].as_str().unwrap().parse().unwrap()
-}
-
 fn time_of(message: &Value) -> jiff::Timestamp {
     message["created_at"].as_str().unwrap().parse().unwrap()
 }

@@ -14,6 +14,21 @@ fn digits(text: &str) -> String {
     text.chars().filter(char::is_ascii_digit).collect()
 }
 
+async fn confirm_booking(d: &Daemon, p: &Pair) {
+    d.post(
+        "/v1/bookings",
+        SERVICE_KEY,
+        json!({"conversation_id": p.conversation, "start": "2026-12-01T10:00:00Z",
+               "end": "2026-12-01T12:00:00Z", "stage": "confirmed"}),
+    )
+    .await
+    .expect(201);
+}
+
+async fn customer_sends(d: &Daemon, p: &Pair, client_id: &str, text: &str) -> Reply {
+    d.send(&p.customer, &p.conversation, client_id, text).await
+}
+
 #[tokio::test]
 async fn a_phone_number_before_booking_is_blocked_and_kept_for_operators_only() {
     let d = Daemon::start().await;
@@ -104,14 +119,7 @@ async fn an_invitation_to_another_app_is_masked_for_the_recipient() {
 async fn the_same_number_after_confirmation_is_delivered() {
     let d = Daemon::start().await;
     let p = pair(&d).await;
-    d.post(
-        "/v1/bookings",
-        SERVICE_KEY,
-        json!({"conversation_id": p.conversation, "start": "2026-12-01T10:00:00Z",
-               "end": "2026-12-01T12:00:00Z", "stage": "confirmed"}),
-    )
-    .await
-    .expect(201);
+    confirm_booking(&d, &p).await;
     let mut provider = d.ws(&p.provider, None).await;
     let sent = d.send(&p.customer, &p.conversation, "p-1", PHONE).await;
     sent.expect(201);
@@ -206,10 +214,6 @@ async fn a_policy_edit_on_disk_changes_the_outcome_without_a_restart() {
     assert_eq!(sent.body["message"]["content"], PHONE);
 }
 
-async fn customer_sends(d: &Daemon, p: &Pair, client_id: &str, text: &str) -> Reply {
-    d.send(&p.customer, &p.conversation, client_id, text).await
-}
-
 /// A send to an active conversation is moderated from the daemon's memory of
 /// it: a number split over three messages is still caught, a booking made
 /// after the conversation was remembered still changes the policy, and after a
@@ -243,14 +247,7 @@ async fn split_numbers_and_bookings_are_seen_by_sends_to_an_active_conversation(
         "blocked"
     );
 
-    d.post(
-        "/v1/bookings",
-        SERVICE_KEY,
-        json!({"conversation_id": p.conversation, "start": "2026-12-01T10:00:00Z",
-               "end": "2026-12-01T12:00:00Z", "stage": "confirmed"}),
-    )
-    .await
-    .expect(201);
+    confirm_booking(&d, &p).await;
     customer_sends(&d, &p, "b-1", PHONE).await.expect(201);
     let seen = d.messages(&p.provider, &p.conversation).await;
     assert_eq!(seen.last().unwrap()["content"], PHONE);

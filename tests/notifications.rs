@@ -272,14 +272,6 @@ async fn set_customer(d: &Daemon, p: &Pair, extra: Value) {
         .expect(200);
 }
 
-async fn advance(d: &Daemon, by: &str) -> jiff::Timestamp {
-    let reply = d
-        .post("/v1/admin/clock", &operator().token, json!({"advance": by}))
-        .await;
-    reply.expect(200);
-    reply.body["now"].as_str().unwrap().parse().unwrap()
-}
-
 /// Polls `check` until it gives a value, advancing the clock by `step` between
 /// tries when one is given.
 async fn eventually<T>(

@@ -775,6 +775,15 @@ pub fn operator() -> Person {
     Person::new("ops", "operator")
 }
 
+/// Moves the daemon's (manual) clock by `by` (e.g. `4h`); returns the time now.
+pub async fn advance(d: &Daemon, by: &str) -> jiff::Timestamp {
+    let reply = d
+        .post("/v1/admin/clock", &operator().token, json!({"advance": by}))
+        .await;
+    reply.expect(200);
+    reply.body["now"].as_str().unwrap().parse().unwrap()
+}
+
 /// Polls `GET /v1/admin/rules` until `accept` holds, returning the status.
 pub async fn rules_after(d: &Daemon, accept: impl Fn(&Value) -> bool) -> Value {
     guard("the rules to reload", async {
