@@ -295,7 +295,8 @@ pub struct ParticipantState {
     pub user_id: String,
     /// Highest `seq` this participant has marked read.
     pub last_read_seq: u64,
-    /// Messages from others after `last_read_seq`.
+    /// Messages for this participant (see [`Message::is_for`]) after
+    /// `last_read_seq`.
     pub unread_count: u64,
     /// Highest `seq` this participant's device confirmed it received (reading
     /// implies receiving).
@@ -468,6 +469,20 @@ pub struct Message {
     pub actions: Vec<SuggestedAction>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
+}
+
+impl Message {
+    /// Whether the message is addressed to `user_id`: an automated message
+    /// speaks to its one recipient, a person's message to every other
+    /// participant. A message's audience is its sender and these recipients;
+    /// only a recipient's unread count, read marks (`status`, `read_at`),
+    /// receipts and notification read grace ever move because of it.
+    pub fn is_for(&self, user_id: &str) -> bool {
+        match &self.automation {
+            Some(automation) => automation.recipient_id == user_id,
+            None => user_id != self.sender_id,
+        }
+    }
 }
 
 /// The sender id of messages the platform itself sends.

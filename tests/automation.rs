@@ -383,3 +383,140 @@ fn the_shipped_rule_tests_pass_and_a_broken_set_fails_check() {
         "{err}"
     );
 }
+
+/// Asserts that each side's unread count is the number of messages for them
+/// (an automated message is for its recipient, a person's for the other side)
+/// that have no `read_at`, and that nobody's read marks landed on a message
+/// that was not for them.
+async fn assert_counts_follow_audience(d: &Daemon, p: &Pair) {
+    let history = d.messages(&p.customer, &p.conversation).await;
+    for who in [&p.customer, &p.provider] {
+        let for_me = |m: &&Value| match m["automation"]["recipient_id"].as_str() {
+            Some(recipient) => recipient == who.id,
+            None => m["sender_id"] != who.id.as_str(),
+        };
+        let unread = history
+            .iter()
+            .filter(for_me)
+            .filter(|m| m["read_at"].is_null())
+            .count();
+        assert_eq!(
+            d.listed(who, &p.conversation).await["unread_count"],
+            unread,
+            "{}'s unread count against {history:#?}",
+            who.id
+        );
+    }
+    for m in &history {
+        assert_eq!(
+            m["status"] == "read",
+            m["read_at"].is_string(),
+            "status and read_at agree: {m}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_automated_message_is_read_only_by_the_person_it_is_for() {
+    let data = tempfile::tempdir().unwrap();
+    let d = start(Some(data.path()), None).await;
+    let p = pair(&d).await;
+    let mut customer = d.ws(&p.customer, None).await;
+    let mut provider = d.ws(&p.provider, None).await;
+
+    // seq 1: the inquiry; seq 2: its acknowledgement, for the customer; seq 3:
+    // the customer's follow-up.
+    d.send(&p.customer, &p.conversation, "q-1", "Hi! Free in May?")
+        .await
+        .expect(201);
+    let ack = automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
+    assert_eq!(ack["seq"], 2);
+    d.send(
+        &p.customer,
+        &p.conversation,
+        "q-2",
+        "Two adults, by the way",
+    )
+    .await
+    .expect(201);
+    assert_eq!(
+        d.listed(&p.provider, &p.conversation).await["unread_count"],
+        2
+    );
+
+    let read = d
+        .post(
+            &format!("/v1/conversations/{}/read", p.conversation),
+            &p.provider.token,
+            json!({"seq": 2}),
+        )
+        .await;
+    read.expect(200);
+    assert_eq!(
+        read.body["unread_count"], 1,
+        "the follow-up is still unread"
+    );
+    let history = d.messages(&p.provider, &p.conversation).await;
+    assert_eq!(history[0]["status"], "read");
+    assert_eq!(
+        history[1]["status"], "sent",
+        "the ack is the customer's to read"
+    );
+    assert!(history[1]["read_at"].is_null());
+    assert_counts_follow_audience(&d, &p).await;
+    // The customer hears that their inquiry was read.
+    let receipt = customer.next_of("receipt").await;
+    assert_eq!(receipt["reader_id"], p.provider.id.as_str());
+    assert_eq!(
+        d.listed(&p.customer, &p.conversation).await["peer_read_seq"],
+        2
+    );
+
+    // The mirror: seq 4 is the reminder for the provider; seq 5 their reply.
+    advance(&d, "4h").await;
+    let reminder = automated(&d, &p.provider, &p.conversation, "provider_reply_reminder").await;
+    assert_eq!(reminder["seq"], 4);
+    d.send(&p.provider, &p.conversation, "r-1", "Yes, both days!")
+        .await
+        .expect(201);
+    assert_eq!(
+        d.listed(&p.customer, &p.conversation).await["unread_count"],
+        2
+    );
+    let read = d
+        .post(
+            &format!("/v1/conversations/{}/read", p.conversation),
+            &p.customer.token,
+            json!({"seq": 4}),
+        )
+        .await;
+    read.expect(200);
+    assert_eq!(
+        read.body["unread_count"], 1,
+        "the provider's reply is unread"
+    );
+    let history = d.messages(&p.customer, &p.conversation).await;
+    assert_eq!(history[1]["status"], "read", "the ack was for the customer");
+    assert_eq!(
+        history[3]["status"], "sent",
+        "the reminder is the provider's"
+    );
+    assert_counts_follow_audience(&d, &p).await;
+    // Nothing of the provider's was read: no receipt reaches them. The next
+    // frame they see is the customer's message sent after the read.
+    d.send(&p.customer, &p.conversation, "q-3", "Great!")
+        .await
+        .expect(201);
+    let next = provider
+        .next_where("the receipt of seq 2 or the message q-3", |f| {
+            (f["type"] == "receipt" && f["seq"] != 2) || f["message"]["client_id"] == "q-3"
+        })
+        .await;
+    assert_eq!(next["type"], "message", "{next}");
+
+    // The counts are the same after a crash.
+    d.crash().await;
+    let d = start(Some(data.path()), None).await;
+    assert_counts_follow_audience(&d, &p).await;
+    d.stop().await;
+}

@@ -165,16 +165,16 @@ fn recipients(to: Recipient, input: &Input<'_>, message: Option<&Message>) -> Ve
         Recipient::Provider => loaded.provider_id.iter().cloned().collect(),
         Recipient::User => input.event.subject.user_id.iter().cloned().collect(),
         Recipient::Recipient => match (message, &loaded.conversation) {
-            (Some(m), _) if m.automation.is_some() => m
-                .automation
-                .iter()
-                .map(|a| a.recipient_id.clone())
-                .collect(),
             (Some(m), Some(c)) => c
                 .participants
                 .iter()
-                .filter(|p| p.user_id != m.sender_id)
+                .filter(|p| m.is_for(&p.user_id))
                 .map(|p| p.user_id.clone())
+                .collect(),
+            (Some(m), None) => m
+                .automation
+                .iter()
+                .map(|a| a.recipient_id.clone())
                 .collect(),
             _ => Vec::new(),
         },

@@ -353,13 +353,8 @@ pub fn append_message(
     conversation.last_seq = seq;
     conversation.last_message = Some(message.summary());
     conversation.updated_at = new.created_at.clone();
-    // An automated message speaks to one participant; a person's to the others.
-    let unread_for = |user_id: &str| match &new.automation {
-        Some(automation) => automation.recipient_id == user_id,
-        None => user_id != new.sender_id,
-    };
     for p in &mut conversation.participants {
-        if unread_for(&p.user_id) {
+        if message.is_for(&p.user_id) {
             p.unread_count += 1;
         }
     }
@@ -449,6 +444,10 @@ fn record_moderation(
     Ok(())
 }
 
+/// Marks the messages up to `seq` that are for `reader_id` (see
+/// [`Message::is_for`]) read. The receipt goes to the reader's own devices
+/// and to the people whose messages were read; messages for someone else (an
+/// automated note to the other side, the reader's own) stay as they are.
 /// Returns the reader's `(last_read_seq, unread_count)` afterwards.
 pub fn mark_read(
     tx: &Tx<'_>,
@@ -463,32 +462,57 @@ pub fn mark_read(
         return Ok(Err(StoreError::NotFound("conversation")));
     };
     let last_seq = conversation.last_seq;
+    let Some(reader) = conversation.participant(reader_id) else {
+        return Ok(Err(StoreError::NotFound("conversation")));
+    };
+    let (read_before, unread_before) = (reader.last_read_seq, reader.unread_count);
+    let target = seq.min(last_seq);
+    if target <= read_before {
+        return Ok(Ok((read_before, unread_before)));
+    }
+    let newly_read = check!(messages_for(
+        tx,
+        conversation_id,
+        reader_id,
+        read_before + 1..=target
+    )?);
+    let unread = match unread_before.checked_sub(newly_read.len() as u64) {
+        Some(unread) => unread,
+        None => {
+            // The count and the messages disagree: a bug in whatever wrote the
+            // count. Say so loudly, and repair it from the messages themselves.
+            let later = check!(messages_for(
+                tx,
+                conversation_id,
+                reader_id,
+                target + 1..=last_seq
+            )?);
+            tracing::error!(
+                conversation_id,
+                reader_id,
+                unread_before,
+                newly_read = newly_read.len(),
+                recounted = later.len(),
+                "unread count was lower than the unread messages; recounted"
+            );
+            metrics::counter!("parleyd_unread_count_repairs_total").increment(1);
+            later.len() as u64
+        }
+    };
+
+    // Checks done: write.
     let Some(reader) = conversation.participant_mut(reader_id) else {
         return Ok(Err(StoreError::NotFound("conversation")));
     };
-    let target = seq.min(last_seq);
-    if target <= reader.last_read_seq {
-        return Ok(Ok((reader.last_read_seq, reader.unread_count)));
-    }
-    let mut newly_read = Vec::new();
-    for s in reader.last_read_seq + 1..=target {
-        let key = keys::message(conversation_id, s);
-        let Some(message) = check!(get::<Message>(tx.messages, &key)?) else {
-            return Ok(Err(StoreError::Corrupt(format!(
-                "message {s} of {conversation_id} is missing"
-            ))));
-        };
-        if message.sender_id != reader_id {
-            newly_read.push((key, message));
-        }
-    }
-
-    // Checks done: write.
     reader.last_read_seq = target;
     reader.delivered_seq = reader.delivered_seq.max(target);
-    reader.unread_count = reader.unread_count.saturating_sub(newly_read.len() as u64);
-    let state = (reader.last_read_seq, reader.unread_count);
+    reader.unread_count = unread;
+    let state = (target, unread);
+    let mut told = vec![reader_id.to_owned()];
     for (key, mut message) in newly_read {
+        if conversation.is_participant(&message.sender_id) && !told.contains(&message.sender_id) {
+            told.push(message.sender_id.clone());
+        }
         message.status = MessageStatus::Read;
         message.read_at = Some(now.to_owned());
         tx.messages.insert(key.as_slice(), encode(&message))?;
@@ -499,12 +523,34 @@ pub fn mark_read(
         reader_id: reader_id.to_owned(),
         seq: target,
         read_at: now.to_owned(),
-        unread_count: state.1,
+        unread_count: unread,
     };
-    for p in &conversation.participants {
-        log_event(tx, &p.user_id, &event, out)?;
+    for user_id in &told {
+        log_event(tx, user_id, &event, out)?;
     }
     Ok(Ok(state))
+}
+
+/// The messages in `seqs` that are for `user_id`, with their keys.
+fn messages_for(
+    tx: &Tx<'_>,
+    conversation_id: &str,
+    user_id: &str,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> OpResult<Vec<(Vec<u8>, Message)>> {
+    let mut found = Vec::new();
+    for s in seqs {
+        let key = keys::message(conversation_id, s);
+        let Some(message) = check!(get::<Message>(tx.messages, &key)?) else {
+            return Ok(Err(StoreError::Corrupt(format!(
+                "message {s} of {conversation_id} is missing"
+            ))));
+        };
+        if message.is_for(user_id) {
+            found.push((key, message));
+        }
+    }
+    Ok(Ok(found))
 }
 
 /// Records that `recipient_id` received the conversation up to `seq` and tells
