@@ -24,7 +24,7 @@ use crate::model::{
 use crate::moderation::{self, Moderator, Submission};
 use crate::notify::record::{Lane, Notification};
 use crate::rules::{Rules, RulesStatus};
-use crate::store::{NewMessage, Store, Stored};
+use crate::store::{send_fingerprint, NewMessage, Store, Stored};
 
 /// The reply to a send: the stored message, and whether this call stored it.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -358,7 +358,14 @@ impl App {
         if limited {
             // A retry of a stored message is answered even past the limit; only
             // then is it worth a read (the writer spots duplicates otherwise).
-            if let Some(stored) = self.store.by_client_id(&caller.user_id, &input.client_id)? {
+            let fingerprint = send_fingerprint(&conversation_id, &input.content);
+            let replayed = self.store.replay_send(
+                &caller.user_id,
+                &input.client_id,
+                &conversation_id,
+                &fingerprint,
+            )?;
+            if let Some(stored) = replayed {
                 return send_reply(stored, false).map(Prepared::Answered);
             }
             metrics::counter!("parleyd_rate_limited_total").increment(1);
@@ -407,6 +414,7 @@ impl App {
                     .and_then(|l| l.address)
             });
         NewMessage {
+            fingerprint: Some(send_fingerprint(conversation_id, &input.content)),
             conversation_id: conversation_id.to_owned(),
             sender_id: caller.user_id,
             client_id: input.client_id,

@@ -232,6 +232,77 @@ async fn a_client_id_is_stored_once_over_http_and_the_stream() {
 }
 
 #[tokio::test]
+async fn a_client_id_reused_for_another_message_is_a_conflict_naming_its_conversation() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    // A second conversation of the same customer, about another listing.
+    d.put(
+        "/v1/listings/listing-2",
+        SERVICE_KEY,
+        json!({"title": "Night kayak tour", "provider_id": p.provider.id}),
+    )
+    .await
+    .expect(200);
+    let other = d
+        .post(
+            "/v1/conversations",
+            &p.customer.token,
+            json!({"listing_id": "listing-2"}),
+        )
+        .await;
+    other.expect(201);
+    let other = other.body["id"].as_str().unwrap().to_owned();
+
+    let first = d.send(&p.customer, &p.conversation, "x1", "Hello").await;
+    first.expect(201);
+    // Another conversation, then other content: both refused, naming where
+    // the client id lives; a true retry still gets the first answer.
+    let elsewhere = d.send(&p.customer, &other, "x1", "Hello").await;
+    assert_eq!(elsewhere.expect_error(409), "client_id_conflict");
+    let message = elsewhere.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&p.conversation), "{message}");
+    let edited = d.send(&p.customer, &p.conversation, "x1", "Hello?").await;
+    assert_eq!(edited.expect_error(409), "client_id_conflict");
+    let retry = d.send(&p.customer, &p.conversation, "x1", "Hello").await;
+    retry.expect(200);
+    assert_eq!(retry.body["message"], first.body["message"]);
+
+    // The same over the stream: an error frame with the code.
+    let mut ws = d.ws(&p.customer, None).await;
+    ws.send_message(&other, "x1", "Hello").await;
+    let answer = ws.answer("x1").await;
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert_eq!(answer["error"]["code"], "client_id_conflict");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&p.conversation),
+        "{answer}"
+    );
+
+    // A blocked message's client id follows the same rule (the shipped
+    // pre-booking policy blocks a phone number).
+    let blocked = d
+        .send(&p.customer, &p.conversation, "b1", "call me on 0612345678")
+        .await;
+    blocked.expect_error(422);
+    let blocked_again = d
+        .send(&p.customer, &p.conversation, "b1", "call me on 0612345678")
+        .await;
+    assert_eq!(blocked_again.status, 422, "{:?}", blocked_again.body);
+    let reused = d.send(&p.customer, &p.conversation, "b1", "see you").await;
+    assert_eq!(reused.expect_error(409), "client_id_conflict");
+
+    assert!(
+        d.messages(&p.customer, &other).await.is_empty(),
+        "nothing stored in B"
+    );
+    assert_eq!(d.messages(&p.customer, &p.conversation).await.len(), 1);
+    d.stop().await;
+}
+
+#[tokio::test]
 async fn reading_sends_receipts_and_clears_unread_counts() {
     let d = Daemon::start().await;
     let p = pair(&d).await;

@@ -157,6 +157,7 @@ impl Engine {
             }),
             actions,
             attachments,
+            fingerprint: None,
         })))
     }
 

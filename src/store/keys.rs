@@ -49,6 +49,39 @@ pub fn blocked_flag(value: &[u8]) -> Option<&[u8]> {
     value.strip_prefix(&[BLOCKED, SEP])
 }
 
+/// How long a request fingerprint is: the first 16 bytes of a SHA-256.
+pub const FINGERPRINT_LEN: usize = 16;
+
+/// Starts a `client_ids` value that carries the fingerprint of the request that
+/// used the client id (schema 3); values without it (schemas 1 and 2) start
+/// with a conversation id or [`BLOCKED`], neither of which is this byte.
+const FINGERPRINTED: u8 = 0xFE;
+
+/// A `client_ids` value: what the client id names (a message key, or
+/// [`blocked`]), with the fingerprint of the request that stored it.
+pub fn client_entry(target: &[u8], fingerprint: Option<&[u8; FINGERPRINT_LEN]>) -> Vec<u8> {
+    let Some(fingerprint) = fingerprint else {
+        return target.to_vec();
+    };
+    let mut value = Vec::with_capacity(1 + FINGERPRINT_LEN + target.len());
+    value.push(FINGERPRINTED);
+    value.extend_from_slice(fingerprint);
+    value.extend_from_slice(target);
+    value
+}
+
+/// Splits a `client_ids` value written by [`client_entry`] (or by an earlier
+/// schema, without a fingerprint) into its fingerprint and its target.
+pub fn parse_client_entry(value: &[u8]) -> (Option<[u8; FINGERPRINT_LEN]>, &[u8]) {
+    match value.split_first() {
+        Some((&FINGERPRINTED, rest)) if rest.len() >= FINGERPRINT_LEN => {
+            let (fingerprint, target) = rest.split_at(FINGERPRINT_LEN);
+            (fingerprint.try_into().ok(), target)
+        }
+        _ => (None, value),
+    }
+}
+
 /// Marks an `events` value as "the message stored under this key": a message
 /// event is logged for every participant, and a reference instead of two
 /// copies of the message keeps the log's values small (sled copies a node's
@@ -157,6 +190,24 @@ mod tests {
             Some(message("c1", 7).as_slice())
         );
         assert_eq!(referenced_message(br#"{"cursor":1}"#), None);
+    }
+
+    #[test]
+    fn client_entries_keep_their_target_with_or_without_a_fingerprint() {
+        let fingerprint = [7u8; FINGERPRINT_LEN];
+        for target in [message("c1", 0xFE), blocked("flag-1")] {
+            let value = client_entry(&target, Some(&fingerprint));
+            assert_eq!(
+                parse_client_entry(&value),
+                (Some(fingerprint), target.as_slice())
+            );
+            // As schemas 1 and 2 wrote them.
+            assert_eq!(parse_client_entry(&target), (None, target.as_slice()));
+        }
+        assert_eq!(
+            blocked_flag(parse_client_entry(&client_entry(&blocked("f"), Some(&fingerprint))).1),
+            Some(b"f".as_slice())
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! | `conv_pairs`    | listing `\0` customer     | conversation id             |
 //! | `user_convs`    | user `\0` conversation    | empty                       |
 //! | `messages`      | conversation `\0` seq     | `Message` JSON              |
-//! | `client_ids`    | sender `\0` client_id     | conversation `\0` seq       |
+//! | `client_ids`    | sender `\0` client_id     | `0xFE` + fingerprint + conversation `\0` seq |
 //! | `events`        | user `\0` cursor          | event frame JSON, or `0x01` + message key |
 //! | `bookings`      | booking                   | `Booking` JSON              |
 //! | `signals`       | signal (uuid v7, ordered) | `Signal` JSON               |
@@ -30,7 +30,9 @@
 //! ones it has seen in memory.
 //!
 //! A `client_ids` value is the message's key, or `0xFF` + flag id for a message
-//! that moderation blocked (so a retry gets the same answer).
+//! that moderation blocked (so a retry gets the same answer), behind the
+//! fingerprint of the send that used it (see [`send_fingerprint`]): a retry
+//! repeats the fingerprint, another message under the same client id does not.
 
 mod automation;
 mod hot;
@@ -63,12 +65,13 @@ pub use outbox::Due;
 pub use writer::Publish;
 
 /// Bumped whenever the layout above changes incompatibly.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The oldest layout this version still reads as it is. Version 2 added message
-/// references to `events` (version 1 logged only frames, which 2 still reads),
-/// so opening a version 1 directory only records the new version: from then on
-/// an older parleyd refuses it instead of misreading a reference.
+/// references to `events` (version 1 logged only frames, which 2 still reads);
+/// version 3 put fingerprints in front of `client_ids` values (earlier values,
+/// without one, still read). Opening an older directory only records the new
+/// version: from then on an older parleyd refuses it instead of misreading.
 const READS_SCHEMA_FROM: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,14 @@ pub enum StoreError {
     Schema(String),
     #[error("flush failed: {0}")]
     Flush(String),
+    /// A sender used a client id again for another message.
+    #[error(
+        "client_id {client_id} already names another message, in conversation {conversation_id}"
+    )]
+    ClientIdConflict {
+        client_id: String,
+        conversation_id: String,
+    },
 }
 
 /// A committed event that still has to reach the user's live connections.
@@ -107,6 +118,28 @@ pub struct NewMessage {
     pub automation: Option<Automation>,
     pub actions: Vec<SuggestedAction>,
     pub attachments: Vec<Attachment>,
+    /// The sender's request ([`send_fingerprint`]), telling a retry from
+    /// another message under the same client id. `None` for automation, whose
+    /// client id names the step that sent it: a step that fires again after a
+    /// crash renders anew and must get its first message back.
+    pub fingerprint: Option<Fingerprint>,
+}
+
+/// What tells one send from another under the same client id.
+pub type Fingerprint = [u8; keys::FINGERPRINT_LEN];
+
+/// The fingerprint of a person's send: the first 16 bytes of SHA-256 over
+/// `conversation_id`, a `\0` and the content as written (before moderation).
+pub fn send_fingerprint(conversation_id: &str, content: &str) -> Fingerprint {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(conversation_id)
+        .chain_update([0])
+        .chain_update(content)
+        .finalize();
+    let mut fingerprint = [0; keys::FINGERPRINT_LEN];
+    fingerprint.copy_from_slice(&digest[..keys::FINGERPRINT_LEN]);
+    fingerprint
 }
 
 /// What contact moderation decided about a new message, to be stored with it.
@@ -125,6 +158,47 @@ pub struct Moderated {
 pub enum Stored {
     Message(Message),
     Blocked(Flag),
+}
+
+impl Stored {
+    fn conversation_id(&self) -> &str {
+        match self {
+            Stored::Message(m) => &m.conversation_id,
+            Stored::Blocked(f) => &f.conversation_id,
+        }
+    }
+}
+
+/// What a client id already names, with the fingerprint of the send that
+/// stored it (absent in directories from before schema 3).
+struct PriorSend {
+    stored: Stored,
+    fingerprint: Option<Fingerprint>,
+}
+
+impl PriorSend {
+    /// The first answer, when `(conversation_id, fingerprint)` repeats the send
+    /// that stored it; a conflict naming the conversation that holds the client
+    /// id otherwise. Without a recorded fingerprint only the conversation is
+    /// compared.
+    fn replay(
+        self,
+        client_id: &str,
+        conversation_id: &str,
+        fingerprint: Option<&Fingerprint>,
+    ) -> Result<Stored, StoreError> {
+        let same_content = match (&self.fingerprint, fingerprint) {
+            (Some(stored), Some(new)) => stored == new,
+            _ => true,
+        };
+        if self.stored.conversation_id() == conversation_id && same_content {
+            return Ok(self.stored);
+        }
+        Err(StoreError::ClientIdConflict {
+            client_id: client_id.to_owned(),
+            conversation_id: self.stored.conversation_id().to_owned(),
+        })
+    }
 }
 
 #[derive(Clone)]
@@ -304,11 +378,16 @@ impl Store {
             .collect()
     }
 
-    /// What a sender already stored under `client_id`, if anything.
-    pub fn by_client_id(
+    /// The first answer to a retried send: what `sender_id` stored under
+    /// `client_id` before, if anything, or [`StoreError::ClientIdConflict`]
+    /// when the client id names another message than `conversation_id` and
+    /// `fingerprint` describe.
+    pub fn replay_send(
         &self,
         sender_id: &str,
         client_id: &str,
+        conversation_id: &str,
+        fingerprint: &Fingerprint,
     ) -> Result<Option<Stored>, StoreError> {
         let Some(value) = self
             .trees
@@ -317,13 +396,22 @@ impl Store {
         else {
             return Ok(None);
         };
-        let stored = match keys::blocked_flag(&value) {
+        let (recorded, target) = keys::parse_client_entry(&value);
+        let stored = match keys::blocked_flag(target) {
             Some(flag_id) => self.get(&self.trees.flags, flag_id)?.map(Stored::Blocked),
-            None => self.get(&self.trees.messages, &value)?.map(Stored::Message),
+            None => self.get(&self.trees.messages, target)?.map(Stored::Message),
         };
-        stored
-            .ok_or_else(|| StoreError::Corrupt("client_id index points at nothing".into()))
-            .map(Some)
+        let Some(stored) = stored else {
+            return Err(StoreError::Corrupt(
+                "client_id index points at nothing".into(),
+            ));
+        };
+        PriorSend {
+            stored,
+            fingerprint: recorded,
+        }
+        .replay(client_id, conversation_id, Some(fingerprint))
+        .map(Some)
     }
 
     /// Stores a message with the next `seq` of its conversation, updates the

@@ -38,6 +38,7 @@ fn message(conversation_id: &str, sender: &str, client_id: &str) -> NewMessage {
         automation: None,
         actions: Vec::new(),
         attachments: Vec::new(),
+        fingerprint: Some(crate::store::send_fingerprint(conversation_id, "hello")),
     }
 }
 
@@ -257,13 +258,28 @@ async fn another_schema_version_is_refused() {
     assert!(err.contains("schema version 99"), "{err}");
 }
 
-#[tokio::test]
-async fn a_version_1_directory_is_read_and_marked_version_2() {
+/// Opens a directory written at schema `version` (its `client_ids` values
+/// without fingerprints, as versions 1 and 2 wrote them) and checks that it
+/// reads as it did and is marked current once opened.
+async fn an_older_directory_is_read_and_marked_current(version: u32) {
     let dir = tempfile::tempdir().unwrap();
     let (store, c) = open(dir.path()).await;
+    store
+        .append_message(message(&c.id, "cust", "before"))
+        .await
+        .unwrap();
     let before = store.events_between("cust", 0, u64::MAX, 100).unwrap();
     drop(store);
-    set_schema_version(dir.path(), 1);
+    {
+        let db = open_raw(dir.path());
+        let client_ids = db.open_tree("client_ids").unwrap();
+        let key = keys::client("cust", "before");
+        let value = client_ids.get(&key).unwrap().unwrap();
+        let (_, target) = keys::parse_client_entry(&value);
+        client_ids.insert(&key, target).unwrap();
+        db.flush().unwrap();
+    }
+    set_schema_version(dir.path(), version);
 
     let store = Store::open(dir.path(), &config(), Arc::new(|_: &Delivery| {})).unwrap();
     let after = store.events_between("cust", 0, u64::MAX, 100).unwrap();
@@ -274,14 +290,63 @@ async fn a_version_1_directory_is_read_and_marked_version_2() {
             .collect::<Vec<_>>()
     };
     assert_eq!(json(&after), json(&before));
-    store
-        .append_message(message(&c.id, "cust", "after"))
+    // A client id recorded without a fingerprint is still a retry in its own
+    // conversation, and a conflict in another.
+    let (retried, created) = store
+        .append_message(message(&c.id, "cust", "before"))
         .await
         .unwrap();
+    assert!(!created);
+    assert_eq!(stored(&(retried, created)).seq, 1);
+    let elsewhere = store
+        .append_message(message("another", "cust", "before"))
+        .await;
+    assert!(
+        matches!(elsewhere, Err(StoreError::ClientIdConflict { ref conversation_id, .. }) if *conversation_id == c.id),
+        "{elsewhere:?}"
+    );
     drop(store);
     let db = open_raw(dir.path());
     let version = db.open_tree("meta").unwrap().get("schema_version").unwrap();
-    assert_eq!(version.as_deref(), Some(&2u32.to_be_bytes()[..]));
+    assert_eq!(version.as_deref(), Some(&SCHEMA_VERSION.to_be_bytes()[..]));
+}
+
+#[tokio::test]
+async fn a_version_1_directory_is_read_and_marked_current() {
+    an_older_directory_is_read_and_marked_current(1).await;
+}
+
+#[tokio::test]
+async fn a_version_2_directory_is_read_and_marked_current() {
+    an_older_directory_is_read_and_marked_current(2).await;
+}
+
+#[tokio::test]
+async fn a_client_id_is_a_retry_only_with_the_same_conversation_and_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, c) = open(dir.path()).await;
+    store
+        .append_message(message(&c.id, "cust", "x1"))
+        .await
+        .unwrap();
+    let edited = NewMessage {
+        content: "hello?".into(),
+        fingerprint: Some(send_fingerprint(&c.id, "hello?")),
+        ..message(&c.id, "cust", "x1")
+    };
+    assert!(matches!(
+        store.append_message(edited).await,
+        Err(StoreError::ClientIdConflict { .. })
+    ));
+    // Masked content is stored, but the fingerprint is of what was written:
+    // a retry of a masked message is still a retry.
+    let masked = NewMessage {
+        content: "[contact hidden]".into(),
+        ..message(&c.id, "cust", "x1")
+    };
+    let (_, created) = store.append_message(masked).await.unwrap();
+    assert!(!created);
+    assert_eq!(store.messages(&c.id, 0, 10).unwrap().len(), 1);
 }
 
 #[tokio::test]

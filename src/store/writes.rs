@@ -12,7 +12,7 @@ use sled::Tree;
 
 use super::hot::HotWrites;
 use super::writer::OpResult;
-use super::{decode, encode, keys, Delivery, NewMessage, StoreError, Stored};
+use super::{decode, encode, keys, Delivery, NewMessage, PriorSend, StoreError, Stored};
 use crate::contact::Action;
 use crate::domain::{DomainEvent, Subject};
 use crate::events::{Frame, UserEvent};
@@ -279,17 +279,23 @@ pub fn open_conversation(
     Ok(Ok((conversation, true)))
 }
 
-/// What is stored under a sender's client id, if anything.
-fn stored_under(tx: &Tx<'_>, client_key: &[u8]) -> OpResult<Option<Stored>> {
+/// What a sender's earlier send stored under a client id, if anything.
+fn prior_send(tx: &Tx<'_>, client_key: &[u8]) -> OpResult<Option<PriorSend>> {
     let Some(value) = tx.client_ids.get(client_key)? else {
         return Ok(Ok(None));
     };
-    let stored = match keys::blocked_flag(&value) {
+    let (fingerprint, target) = keys::parse_client_entry(&value);
+    let stored = match keys::blocked_flag(target) {
         Some(flag_id) => check!(get(tx.flags, flag_id)?).map(Stored::Blocked),
-        None => check!(get(tx.messages, &value)?).map(Stored::Message),
+        None => check!(get(tx.messages, target)?).map(Stored::Message),
     };
     Ok(stored
-        .map(Some)
+        .map(|stored| {
+            Some(PriorSend {
+                stored,
+                fingerprint,
+            })
+        })
         .ok_or_else(|| StoreError::Corrupt("client_id index points at nothing".into())))
 }
 
@@ -300,8 +306,13 @@ pub fn append_message(
     out: &mut Vec<Delivery>,
 ) -> OpResult<(Stored, bool)> {
     let client_key = keys::client(&new.sender_id, &new.client_id);
-    if let Some(stored) = check!(stored_under(tx, &client_key)?) {
-        return Ok(Ok((stored, false)));
+    if let Some(prior) = check!(prior_send(tx, &client_key)?) {
+        let replayed = prior.replay(
+            &new.client_id,
+            &new.conversation_id,
+            new.fingerprint.as_ref(),
+        );
+        return Ok(replayed.map(|stored| (stored, false)));
     }
     let conversation = check!(read_conversation(tx, &new.conversation_id)?);
     let may_send = |c: &Conversation| {
@@ -323,8 +334,8 @@ pub fn append_message(
             )));
         };
         record_moderation(tx, new, None, out)?;
-        tx.client_ids
-            .insert(client_key.as_slice(), keys::blocked(&flag.id))?;
+        let entry = keys::client_entry(&keys::blocked(&flag.id), new.fingerprint.as_ref());
+        tx.client_ids.insert(client_key.as_slice(), entry)?;
         return Ok(Ok((Stored::Blocked(flag), true)));
     }
     let seq = conversation.last_seq + 1;
@@ -348,8 +359,8 @@ pub fn append_message(
     let message_key = keys::message(&new.conversation_id, seq);
     tx.messages
         .insert(message_key.as_slice(), encode(&message))?;
-    tx.client_ids
-        .insert(client_key.as_slice(), message_key.as_slice())?;
+    let entry = keys::client_entry(&message_key, new.fingerprint.as_ref());
+    tx.client_ids.insert(client_key.as_slice(), entry)?;
     conversation.last_seq = seq;
     conversation.last_message = Some(message.summary());
     conversation.updated_at = new.created_at.clone();
