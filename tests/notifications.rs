@@ -392,16 +392,18 @@ fn verify_signature(hit: &Hit) -> bool {
     bytes.is_some_and(|b| mac.verify_slice(&b).is_ok())
 }
 
-async fn book(w: &World) {
+/// Books the pair's conversation 72 hours from now; returns the start.
+async fn book(w: &World) -> jiff::Timestamp {
     let t0 = advance(&w.d, "0s").await;
-    let at = |h: i64| (t0 + jiff::SignedDuration::from_hours(h)).to_string();
+    let at = |h: i64| t0 + jiff::SignedDuration::from_hours(h);
     w.d.post(
         "/v1/bookings",
         SERVICE_KEY,
-        json!({"conversation_id": w.p.conversation, "start": at(72), "end": at(80)}),
+        json!({"conversation_id": w.p.conversation, "start": at(72).to_string(), "end": at(80).to_string()}),
     )
     .await
     .expect(201);
+    at(72)
 }
 
 // ---------------------------------------------------------------- tests
@@ -409,7 +411,7 @@ async fn book(w: &World) {
 #[tokio::test]
 async fn booking_confirmation_goes_out_by_email_with_its_invite_push_and_a_signed_webhook() {
     let w = world().await;
-    book(&w).await;
+    let start = book(&w).await;
 
     let email = eventually("the confirmation email", &w.d, None, || {
         w.smtp.to(CUSTOMER_EMAIL).into_iter().next()
@@ -438,6 +440,20 @@ async fn booking_confirmation_goes_out_by_email_with_its_invite_push_and_a_signe
         ics.lines().any(|l| l.trim_end() == "METHOD:PUBLISH"),
         "{ics}"
     );
+    // The body tells the time on the customer's clock (Paris), zone named.
+    let local = start.in_tz("Europe/Paris").unwrap();
+    let body = mail["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["content_type"] == "text/plain")
+        .and_then(|p| p["text"].as_str())
+        .unwrap_or_else(|| panic!("no text part: {mail}"))
+        .to_owned();
+    for shown in [local.strftime("%a %-d %b"), local.strftime("%H:%M %Z")] {
+        assert!(body.contains(&shown.to_string()), "{shown} in {body}");
+    }
+    assert!(!body.contains("UTC"), "{body}");
 
     let push = eventually("the confirmation push", &w.d, None, || {
         w.http
