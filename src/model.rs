@@ -57,6 +57,15 @@ pub enum Channel {
     Sms,
 }
 
+/// A `timezone` field: an IANA name the bundled tz database knows.
+pub fn check_timezone(tz: &str) -> Result<(), ApiError> {
+    jiff::tz::TimeZone::get(tz).map(drop).map_err(|_| {
+        ApiError::Unprocessable(format!(
+            "timezone {tz:?} is not an IANA time zone name such as Europe/Paris"
+        ))
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuietHours {
@@ -116,11 +125,7 @@ impl UserInput {
             }
         }
         if let Some(tz) = &self.timezone {
-            jiff::tz::TimeZone::get(tz).map_err(|_| {
-                ApiError::Unprocessable(format!(
-                    "timezone {tz:?} is not an IANA time zone name such as Europe/Paris"
-                ))
-            })?;
+            check_timezone(tz)?;
         }
         if let Some(q) = &self.quiet_hours {
             for (field, value) in [("quiet_hours.start", &q.start), ("quiet_hours.end", &q.end)] {
@@ -161,6 +166,11 @@ pub struct Listing {
     pub included: Vec<String>,
     /// The listing's own address (never treated as a contact detail).
     pub address: Option<String>,
+    /// IANA time zone name of where the listing takes place, e.g.
+    /// `Europe/Paris`: automated messages show times in it to people who have
+    /// no `timezone` of their own.
+    #[serde(default)]
+    pub timezone: Option<String>,
     pub updated_at: String,
 }
 
@@ -180,6 +190,7 @@ pub struct ListingInput {
     #[serde(default)]
     pub included: Vec<String>,
     pub address: Option<String>,
+    pub timezone: Option<String>,
 }
 
 impl ListingInput {
@@ -203,6 +214,9 @@ impl ListingInput {
                     "currency must be a three-letter ISO 4217 code such as EUR".into(),
                 ));
             }
+        }
+        if let Some(tz) = &self.timezone {
+            check_timezone(tz)?;
         }
         for date in &self.availability {
             date.parse::<jiff::civil::Date>().map_err(|_| {
@@ -235,6 +249,7 @@ impl ListingInput {
             availability: self.availability,
             included: self.included,
             address: self.address,
+            timezone: self.timezone,
             updated_at: format_time(now),
         })
     }
@@ -762,6 +777,34 @@ mod tests {
         let bad: UserInput = serde_json::from_str(r#"{"timezone":"Mars/Olympus"}"#).unwrap();
         assert!(bad.into_user("u1", now).is_err());
         assert!(serde_json::from_str::<UserInput>(r#"{"nmae":"typo"}"#).is_err());
+    }
+
+    #[test]
+    fn listing_input_validates_timezone() {
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        let listing = |tz: &str| {
+            serde_json::from_value::<ListingInput>(serde_json::json!({
+                "title": "Loft", "provider_id": "p1", "timezone": tz,
+            }))
+            .unwrap()
+            .into_listing("l1", now)
+        };
+        assert_eq!(
+            listing("Europe/Paris").unwrap().timezone.as_deref(),
+            Some("Europe/Paris")
+        );
+        assert!(listing("Mars/Olympus").is_err());
+        // Records stored before listings had a zone still read.
+        let old = serde_json::json!({
+            "id": "l1", "title": "Loft", "price": null, "currency": null,
+            "provider_id": "p1", "primary_image": null, "badges": [],
+            "response_time": null, "availability": [], "included": [],
+            "address": null, "updated_at": "2026-11-25T00:00:00.000Z",
+        });
+        assert_eq!(
+            serde_json::from_value::<Listing>(old).unwrap().timezone,
+            None
+        );
     }
 
     #[test]

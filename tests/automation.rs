@@ -185,6 +185,67 @@ async fn rescheduling_a_booking_moves_its_milestones_and_the_confirmation_has_an
 }
 
 #[tokio::test]
+async fn automated_messages_show_times_on_each_readers_clock() {
+    let d = start(None, None).await;
+    let p = pair(&d).await;
+    // The customer lives in New York; the provider gave no zone, so they read
+    // the listing's (Paris).
+    for (who, user) in [
+        (
+            &p.customer,
+            json!({"name": "Carla", "timezone": "America/New_York"}),
+        ),
+        (&p.provider, json!({"name": "Pablo"})),
+    ] {
+        d.put(&format!("/v1/users/{}", who.id), SERVICE_KEY, user)
+            .await
+            .expect(200);
+    }
+    d.put(
+        &format!("/v1/listings/{}", p.listing_id),
+        SERVICE_KEY,
+        json!({"title": "Sunset kayak tour", "provider_id": p.provider.id,
+               "timezone": "Europe/Paris"}),
+    )
+    .await
+    .expect(200);
+    // Booked on Friday 28 March 2031, when Paris is on CET, for Monday the
+    // 31st, after Paris moved to CEST (New York did on the 9th).
+    let ops = operator();
+    let clock_to = |to: &str| d.post("/v1/admin/clock", &ops.token, json!({ "to": to }));
+    clock_to("2031-03-28T09:00:00Z").await.expect(200);
+    d.post(
+        "/v1/bookings",
+        SERVICE_KEY,
+        json!({"conversation_id": p.conversation,
+               "start": "2031-03-31T16:00:00Z", "end": "2031-03-31T18:00:00Z"}),
+    )
+    .await
+    .expect(201);
+    let confirmation = automated(&d, &p.customer, &p.conversation, "booking_confirmation").await;
+    let text = confirmation["content"].as_str().unwrap();
+    assert!(
+        text.contains("confirmed for Mon 31 Mar, 12:00 EDT."),
+        "{text}"
+    );
+
+    clock_to("2031-03-30T16:00:00Z").await.expect(200);
+    let reminder = automated(&d, &p.provider, &p.conversation, "provider_day_before").await;
+    let text = reminder["content"].as_str().unwrap();
+    assert!(text.contains("(Mon 31 Mar, 18:00 CEST)"), "{text}");
+
+    // A zone the tz database does not know is refused, as for users.
+    d.put(
+        &format!("/v1/listings/{}", p.listing_id),
+        SERVICE_KEY,
+        json!({"title": "Sunset kayak tour", "provider_id": p.provider.id,
+               "timezone": "Mars/Olympus"}),
+    )
+    .await
+    .expect_error(422);
+}
+
+#[tokio::test]
 async fn a_step_scheduled_before_a_crash_fires_once_after_the_restart() {
     let data = tempfile::tempdir().unwrap();
     let p = {
@@ -369,17 +430,27 @@ fn the_shipped_rule_tests_pass_and_a_broken_set_fails_check() {
     let dir = tempfile::tempdir().unwrap();
     copy_rules(dir.path());
     let template = dir.path().join("templates/booking.yaml");
-    let text = std::fs::read_to_string(&template).unwrap();
-    std::fs::write(
-        &template,
-        text.replacen("{listing.title}", "{listing.titel}", 1),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(&template)
+        .unwrap()
+        .replacen("{listing.title}", "{listing.titel}", 1)
+        .replacen("{booking.start}", "{booking.start|utcc}", 1);
+    std::fs::write(&template, &text).unwrap();
     let check = run(&["check", dir.path().to_str().unwrap()]);
     let err = String::from_utf8_lossy(&check.stderr);
     assert!(!check.status.success());
     assert!(
         err.contains("booking.yaml:") && err.contains("{listing.titel}"),
+        "{err}"
+    );
+    // An unknown time format, at the placeholder's line and column.
+    let (line, column) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| Some((i + 1, l.find("{booking.start|utcc}")? + 1)))
+        .unwrap();
+    assert!(
+        err.contains(&format!("booking.yaml:{line}:{column}: "))
+            && err.contains("unknown format \"utcc\""),
         "{err}"
     );
 }

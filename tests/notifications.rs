@@ -196,13 +196,22 @@ impl SmtpSink {
         }
     }
 
+    /// The raw text of each email to `address`.
     fn to(&self, address: &str) -> Vec<String> {
+        self.mails_to(address)
+            .iter()
+            .map(|m| m["data"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Each email to `address`, with its decoded `parts`.
+    fn mails_to(&self, address: &str) -> Vec<Value> {
         self.mails
             .lock()
             .unwrap()
             .iter()
             .filter(|m| m["to"].as_array().unwrap().iter().any(|t| t == address))
-            .map(|m| m["data"].as_str().unwrap().to_owned())
+            .cloned()
             .collect()
     }
 }
@@ -383,16 +392,18 @@ fn verify_signature(hit: &Hit) -> bool {
     bytes.is_some_and(|b| mac.verify_slice(&b).is_ok())
 }
 
-async fn book(w: &World) {
+/// Books the pair's conversation 72 hours from now; returns the start.
+async fn book(w: &World) -> jiff::Timestamp {
     let t0 = advance(&w.d, "0s").await;
-    let at = |h: i64| (t0 + jiff::SignedDuration::from_hours(h)).to_string();
+    let at = |h: i64| t0 + jiff::SignedDuration::from_hours(h);
     w.d.post(
         "/v1/bookings",
         SERVICE_KEY,
-        json!({"conversation_id": w.p.conversation, "start": at(72), "end": at(80)}),
+        json!({"conversation_id": w.p.conversation, "start": at(72).to_string(), "end": at(80).to_string()}),
     )
     .await
     .expect(201);
+    at(72)
 }
 
 // ---------------------------------------------------------------- tests
@@ -400,7 +411,7 @@ async fn book(w: &World) {
 #[tokio::test]
 async fn booking_confirmation_goes_out_by_email_with_its_invite_push_and_a_signed_webhook() {
     let w = world().await;
-    book(&w).await;
+    let start = book(&w).await;
 
     let email = eventually("the confirmation email", &w.d, None, || {
         w.smtp.to(CUSTOMER_EMAIL).into_iter().next()
@@ -411,15 +422,38 @@ async fn booking_confirmation_goes_out_by_email_with_its_invite_push_and_a_signe
         "{email}"
     );
     assert!(email.contains("text/html"), "an HTML part: {email}");
+    // The invite as a mail client decodes it: its MIME method and the
+    // calendar's METHOD agree (RFC 5545 §8.1).
+    let mail = w.smtp.mails_to(CUSTOMER_EMAIL).remove(0);
+    let invite = mail["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["content_type"] == "text/calendar")
+        .unwrap_or_else(|| panic!("no invite: {mail}"))
+        .clone();
+    assert_eq!(invite["filename"], "booking.ics", "{invite}");
+    assert_eq!(invite["method"], "PUBLISH", "{invite}");
+    let ics = invite["text"].as_str().unwrap();
+    assert!(ics.starts_with("BEGIN:VCALENDAR"), "{ics}");
     assert!(
-        email.contains("text/calendar"),
-        "the invite's type: {email}"
+        ics.lines().any(|l| l.trim_end() == "METHOD:PUBLISH"),
+        "{ics}"
     );
-    assert!(email.contains("booking.ics"), "the invite's name: {email}");
-    assert!(
-        email.contains("BEGIN:VCALENDAR") || email.contains("QkVHSU46VkNBTEVOREFS"),
-        "the invite itself: {email}"
-    );
+    // The body tells the time on the customer's clock (Paris), zone named.
+    let local = start.in_tz("Europe/Paris").unwrap();
+    let body = mail["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["content_type"] == "text/plain")
+        .and_then(|p| p["text"].as_str())
+        .unwrap_or_else(|| panic!("no text part: {mail}"))
+        .to_owned();
+    for shown in [local.strftime("%a %-d %b"), local.strftime("%H:%M %Z")] {
+        assert!(body.contains(&shown.to_string()), "{shown} in {body}");
+    }
+    assert!(!body.contains("UTC"), "{body}");
 
     let push = eventually("the confirmation push", &w.d, None, || {
         w.http

@@ -2,6 +2,7 @@
 //! the conversation, listing, booking and people it concerns, as the store has
 //! them now.
 
+use jiff::tz::TimeZone;
 use serde_json::{json, Value};
 
 use crate::clock::Clock;
@@ -95,6 +96,7 @@ impl Loaded {
                 "id": l.id, "title": l.title, "price": l.price, "currency": l.currency,
                 "response_time": l.response_time, "open_dates": l.availability.len(),
                 "address": l.address, "availability": l.availability,
+                "timezone": l.timezone,
             })
         });
         let booking = self.booking.as_ref().map_or(Value::Null, booking_value);
@@ -119,12 +121,28 @@ impl Loaded {
     }
 }
 
+/// The time zone a reader sees times in: their own `timezone`, else the
+/// listing's (where the booking takes place), else UTC. A name the tz
+/// database does not know (validated on input, so only from an older
+/// database) counts as absent.
+pub fn reader_zone(reader: Option<&User>, listing: Option<&Listing>) -> TimeZone {
+    [
+        reader.and_then(|u| u.timezone.as_deref()),
+        listing.and_then(|l| l.timezone.as_deref()),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|name| TimeZone::get(name).ok())
+    .unwrap_or(TimeZone::UTC)
+}
+
 /// A person as templates see them (`{customer.name}`, `{recipient.email}`).
 pub fn person_value(u: &User) -> Value {
     json!({"id": u.id, "name": u.name, "email": u.email, "timezone": u.timezone})
 }
 
-/// A booking with its times also split into date and time of day (UTC).
+/// A booking with its times also split into date and time of day, in UTC
+/// (for conditions; templates show them on the reader's clock).
 fn booking_value(b: &Booking) -> Value {
     let split = |ts: &str| -> (Value, Value) {
         match ts.parse::<jiff::Timestamp>() {
@@ -149,4 +167,56 @@ fn booking_value(b: &Booking) -> Value {
         "start_date": start_date, "start_time": start_time,
         "end_date": end_date, "end_time": end_time, "duration_hours": hours,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(timezone: Option<&str>) -> User {
+        User {
+            id: "u".into(),
+            name: None,
+            email: None,
+            phone: None,
+            timezone: timezone.map(str::to_owned),
+            quiet_hours: None,
+            channels: Default::default(),
+            unsubscribed_promotional: false,
+            updated_at: String::new(),
+        }
+    }
+
+    fn listing(timezone: Option<&str>) -> Listing {
+        Listing {
+            id: "l".into(),
+            title: "Loft".into(),
+            price: None,
+            currency: None,
+            provider_id: "p".into(),
+            primary_image: None,
+            badges: vec![],
+            response_time: None,
+            availability: vec![],
+            included: vec![],
+            address: None,
+            timezone: timezone.map(str::to_owned),
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_reader_s_zone_then_the_listing_s_then_utc() {
+        let paris = TimeZone::get("Europe/Paris").unwrap();
+        let tokyo = TimeZone::get("Asia/Tokyo").unwrap();
+        let zone =
+            |u: Option<&str>, l: Option<&str>| reader_zone(Some(&user(u)), Some(&listing(l)));
+        assert_eq!(zone(Some("Europe/Paris"), Some("Asia/Tokyo")), paris);
+        assert_eq!(zone(None, Some("Asia/Tokyo")), tokyo);
+        assert_eq!(zone(None, None), TimeZone::UTC);
+        assert_eq!(reader_zone(None, Some(&listing(Some("Asia/Tokyo")))), tokyo);
+        assert_eq!(reader_zone(None, None), TimeZone::UTC);
+        // A name the database does not know is skipped, not an error.
+        assert_eq!(zone(Some("Mars/Olympus"), Some("Asia/Tokyo")), tokyo);
+    }
 }

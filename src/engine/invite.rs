@@ -4,6 +4,12 @@ use icalendar::{Calendar, Component, EventLike};
 
 use crate::model::{Attachment, Booking};
 
+/// The iTIP method (RFC 5546 §1.4): the invite is published for the reader's
+/// calendar, not a request for a reply. The text/calendar registration (RFC
+/// 5545 §8.1) wants the MIME type's `method` parameter and the calendar's
+/// METHOD property (§3.7.2) both present and equal, so both come from here.
+const METHOD: &str = "PUBLISH";
+
 fn ics_time(rfc3339: &str) -> Option<String> {
     let t: jiff::Timestamp = rfc3339.parse().ok()?;
     Some(t.strftime("%Y%m%dT%H%M%SZ").to_string())
@@ -26,10 +32,13 @@ pub fn invite(
     if let Some(address) = address {
         event.location(address);
     }
-    let calendar = Calendar::new().push(event.done()).done();
+    let calendar = Calendar::new()
+        .append_property(("METHOD", METHOD))
+        .push(event.done())
+        .done();
     Some(Attachment {
         filename: "booking.ics".into(),
-        content_type: "text/calendar; charset=utf-8; method=PUBLISH".into(),
+        content_type: format!("text/calendar; charset=utf-8; method={METHOD}"),
         content: calendar.to_string(),
     })
 }
@@ -62,6 +71,8 @@ mod tests {
         .unwrap()
         .content;
         assert!(ics.starts_with("BEGIN:VCALENDAR"), "{ics}");
+        // The email's Content-Type says method=PUBLISH; the calendar must too.
+        assert!(ics.contains("\r\nMETHOD:PUBLISH\r\n"), "{ics}");
         assert!(ics.contains("DTSTART:20261201T100000Z"), "{ics}");
         assert!(ics.contains("DTEND:20261201T123000Z"), "{ics}");
         assert!(ics.contains("SUMMARY:Pottery class"), "{ics}");

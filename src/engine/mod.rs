@@ -29,7 +29,7 @@ use crate::rules::sequences::{Anchor, Sequence};
 use crate::rules::{RuleSet, Rules};
 use crate::store::{Change, Store, StoreError};
 
-pub use context::{person_value, Loaded};
+pub use context::{person_value, reader_zone, Loaded};
 
 /// Events read from the queue at a time.
 const BATCH: usize = 256;

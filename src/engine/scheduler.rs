@@ -109,13 +109,14 @@ impl Engine {
         let Some(template) = rules.templates.get(&step.template) else {
             return Ok(Firing::Skip(format!("no template {}", step.template)));
         };
-        let content = match template.render(&context) {
+        let (recipient_id, recipient) = match step.to {
+            Party::Customer => (conversation.customer_id.clone(), &loaded.customer),
+            Party::Provider => (conversation.provider_id.clone(), &loaded.provider),
+        };
+        let zone = super::reader_zone(recipient.as_ref(), loaded.listing.as_ref());
+        let content = match template.render(&context, &zone) {
             Ok(text) => text,
             Err(reason) => return Ok(Firing::Skip(reason)),
-        };
-        let recipient_id = match step.to {
-            Party::Customer => conversation.customer_id.clone(),
-            Party::Provider => conversation.provider_id.clone(),
         };
         let sender_id = match step.sender {
             Sender::System => SYSTEM_SENDER.to_owned(),

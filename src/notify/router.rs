@@ -9,7 +9,7 @@ use serde_json::json;
 use super::quiet;
 use super::record::{ChannelDelivery, DeliveryState, Lane, Notification};
 use crate::domain::DomainEvent;
-use crate::engine::{person_value, Loaded};
+use crate::engine::{person_value, reader_zone, Loaded};
 use crate::model::{format_time, Channel, Message, User};
 use crate::rules::routing::{Priority, QuietHoursPolicy, Recipient, Route};
 use crate::rules::script::Context;
@@ -279,7 +279,8 @@ fn notification(
             "notification",
             &json!({"type": route.name, "priority": route.priority}),
         );
-    let rendered = template.render_all(&context)?;
+    let zone = reader_zone(user, input.loaded.listing.as_ref());
+    let rendered = template.render_all(&context, &zone)?;
     Ok(Some(Notification {
         id: uuid::Uuid::now_v7().to_string(),
         kind: route.name.clone(),

@@ -24,7 +24,7 @@ use super::record::{ChannelDelivery, DeliveryState, Lane, Notification, Outcome}
 use super::Wakers;
 use crate::clock::Clock;
 use crate::config::NotifyConfig;
-use crate::engine::person_value;
+use crate::engine::{person_value, reader_zone};
 use crate::model::format_time;
 use crate::rules::routing::{Priority, Unless};
 use crate::rules::script::Context;
@@ -442,7 +442,7 @@ impl Outbox {
             )
             .with("digest", &digest)
             .with("now", &json!(format_time(now)));
-        let rendered = template.render_all(&context)?;
+        let rendered = template.render_all(&context, &reader_zone(user, None))?;
         let id = uuid::Uuid::now_v7().to_string();
         Ok(Some(Notification {
             id,

@@ -4,12 +4,20 @@
 //! literal braces.
 //!
 //! A placeholder that can never be filled (an unknown root or field, an
-//! undeclared var) fails validation. One that is empty when the step fires (a
-//! customer without a name) makes the step skip, recorded with the reason: a
-//! message is never sent with a raw `{name}` in it.
+//! undeclared var, an unknown format) fails validation. One that is empty when
+//! the step fires (a customer without a name) makes the step skip, recorded
+//! with the reason: a message is never sent with a raw `{name}` in it.
+//!
+//! Times are shown on the reader's clock: the caller gives the time zone of
+//! whoever reads the rendering, and `{booking.start}` reads "Sat 5 Dec, 14:00
+//! CET" in it (daylight saving from the tz database). `{path|utc}` shows the
+//! same in UTC, `{path|iso}` an instant as RFC 3339 UTC, and `{path|local}`
+//! asks for the reader's zone for a free-form value (`{plugin.expires|local}`).
 
 use std::collections::BTreeMap;
 
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
 use serde::Deserialize;
 
 use super::script::{to_json, Context, Expr};
@@ -30,6 +38,7 @@ const ROOTS: &[(&str, Option<&[&str]>)] = &[
             "open_dates",
             "address",
             "availability",
+            "timezone",
         ]),
     ),
     (
@@ -63,10 +72,76 @@ const ROOTS: &[(&str, Option<&[&str]>)] = &[
 
 const PERSON: &[&str] = &["id", "name", "email", "timezone"];
 
+/// Which part of an instant a time field shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// "Sat 5 Dec, 14:00 CET"
+    Instant,
+    /// "Sat 5 Dec"
+    Date,
+    /// "14:00 CET"
+    Time,
+}
+
+/// The fields that hold times: the placeholder, the RFC 3339 value it is read
+/// from, and what it shows.
+const TIMES: &[(&[&str], &[&str], Shape)] = &[
+    (&["booking", "start"], &["booking", "start"], Shape::Instant),
+    (
+        &["booking", "start_date"],
+        &["booking", "start"],
+        Shape::Date,
+    ),
+    (
+        &["booking", "start_time"],
+        &["booking", "start"],
+        Shape::Time,
+    ),
+    (&["booking", "end"], &["booking", "end"], Shape::Instant),
+    (&["booking", "end_date"], &["booking", "end"], Shape::Date),
+    (&["booking", "end_time"], &["booking", "end"], Shape::Time),
+    (
+        &["conversation", "inquiry_at"],
+        &["conversation", "inquiry_at"],
+        Shape::Instant,
+    ),
+    (&["now"], &["now"], Shape::Instant),
+];
+
+/// The time field a placeholder names, if it names one.
+fn time_field(path: &[String]) -> Option<(&'static [&'static str], Shape)> {
+    TIMES
+        .iter()
+        .find(|(p, _, _)| p.iter().eq(path.iter()))
+        .map(|&(_, source, shape)| (source, shape))
+}
+
+/// How a placeholder shows a time: `{path}`, `{path|utc}`, `{path|iso}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// In the reader's time zone (the default for time fields).
+    Local,
+    /// As `Local`, in UTC.
+    Utc,
+    /// RFC 3339 in UTC (`2030-12-05T13:00:00Z`); instants only.
+    Iso,
+}
+
+const FORMATS: &[(&str, Format)] = &[
+    ("local", Format::Local),
+    ("utc", Format::Utc),
+    ("iso", Format::Iso),
+];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Text(String),
-    Value(Vec<String>),
+    Value {
+        path: Vec<String>,
+        format: Option<Format>,
+        /// As written, braces included (to locate an error in the file).
+        written: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -112,7 +187,14 @@ pub struct TemplateError {
     pub message: String,
 }
 
-fn parse(text: &str) -> Result<Vec<Part>, String> {
+/// The parts of a template text. A malformed placeholder is left out and
+/// added to `problems` (near it), so the rest is still checked; a brace never
+/// closed or opened fails the whole text.
+fn parse(text: &str, problems: &mut Vec<TemplateError>) -> Result<Vec<Part>, TemplateError> {
+    let whole = |message: String| TemplateError {
+        near: text.to_owned(),
+        message,
+    };
     let mut parts = Vec::new();
     let mut literal = String::new();
     let mut chars = text.chars().peekable();
@@ -132,23 +214,50 @@ fn parse(text: &str) -> Result<Vec<Part>, String> {
                     match chars.next() {
                         Some('}') => break,
                         Some(c) => name.push(c),
-                        None => return Err(format!("unclosed placeholder {{{name}")),
+                        None => return Err(whole(format!("unclosed placeholder {{{name}"))),
                     }
                 }
-                let path: Vec<String> = name.trim().split('.').map(str::to_owned).collect();
+                let at_placeholder = |message: String| TemplateError {
+                    near: format!("{{{name}}}"),
+                    message,
+                };
+                let (path, format) = match name.split_once('|') {
+                    Some((path, format)) => (path, Some(format.trim())),
+                    None => (name.as_str(), None),
+                };
+                let path: Vec<String> = path.trim().split('.').map(str::to_owned).collect();
                 if path.iter().any(|p| {
                     p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 }) {
-                    return Err(format!(
-                        "{{{name}}} is not a placeholder like {{customer.name}}"
-                    ));
+                    problems.push(at_placeholder(format!(
+                        "{{{name}}} is not a placeholder like {{customer.name}} or {{booking.start|utc}}"
+                    )));
+                    continue;
                 }
+                let format = match format {
+                    None => None,
+                    Some(f) => match FORMATS.iter().find(|(n, _)| *n == f) {
+                        Some(&(_, format)) => Some(format),
+                        None => {
+                            let known: Vec<&str> = FORMATS.iter().map(|(n, _)| *n).collect();
+                            problems.push(at_placeholder(format!(
+                                "{{{name}}}: unknown format {f:?}; use one of {}",
+                                known.join(", ")
+                            )));
+                            continue;
+                        }
+                    },
+                };
                 if !literal.is_empty() {
                     parts.push(Part::Text(std::mem::take(&mut literal)));
                 }
-                parts.push(Part::Value(path));
+                parts.push(Part::Value {
+                    path,
+                    format,
+                    written: format!("{{{name}}}"),
+                });
             }
-            '}' => return Err("a lone `}`; write `}}` for a literal brace".into()),
+            '}' => return Err(whole("a lone `}`; write `}}` for a literal brace".into())),
             c => literal.push(c),
         }
     }
@@ -162,14 +271,15 @@ impl Template {
     pub fn compile(id: &str, spec: &TemplateSpec) -> Result<Template, Vec<TemplateError>> {
         let mut errors = Vec::new();
         let mut parse_field = |text: &str| {
-            parse(text)
-                .map_err(|message| {
-                    errors.push(TemplateError {
-                        near: text.to_owned(),
-                        message: format!("template {id}: {message}"),
-                    })
-                })
-                .ok()
+            let mut problems = Vec::new();
+            let parts = parse(text, &mut problems)
+                .map_err(|e| problems.push(e))
+                .ok();
+            errors.extend(problems.into_iter().map(|e| TemplateError {
+                near: e.near,
+                message: format!("template {id}: {}", e.message),
+            }));
+            parts
         };
         let parts = parse_field(&spec.text);
         let subject = spec.subject.as_deref().map(&mut parse_field);
@@ -196,10 +306,19 @@ impl Template {
             .chain(subject.iter().flatten())
             .chain(html.iter().flatten());
         for part in every_part {
-            let Part::Value(path) = part else { continue };
-            if let Err(message) = check_path(path, &spec.vars) {
+            let Part::Value {
+                path,
+                format,
+                written,
+            } = part
+            else {
+                continue;
+            };
+            let checked = check_path(path, &spec.vars)
+                .and_then(|free_form| check_format(path, *format, free_form));
+            if let Err(message) = checked {
                 errors.push(TemplateError {
-                    near: format!("{{{}}}", path.join(".")),
+                    near: written.clone(),
                     message: format!("template {id}: {message}"),
                 });
             }
@@ -216,26 +335,28 @@ impl Template {
         })
     }
 
-    /// The text with every placeholder filled, or why it cannot be.
-    pub fn render(&self, context: &Context) -> Result<String, String> {
+    /// The text with every placeholder filled, times shown in `zone` (the
+    /// reader's), or why it cannot be.
+    pub fn render(&self, context: &Context, zone: &TimeZone) -> Result<String, String> {
         let context = self.with_vars(context)?;
-        self.fill(&self.parts, &context, false)
+        self.fill(&self.parts, &context, zone, false)
     }
 
-    /// Text, subject and HTML, each with every placeholder filled.
-    pub fn render_all(&self, context: &Context) -> Result<Rendered, String> {
+    /// Text, subject and HTML, each with every placeholder filled, times
+    /// shown in `zone` (the reader's).
+    pub fn render_all(&self, context: &Context, zone: &TimeZone) -> Result<Rendered, String> {
         let context = self.with_vars(context)?;
         Ok(Rendered {
-            text: self.fill(&self.parts, &context, false)?,
+            text: self.fill(&self.parts, &context, zone, false)?,
             subject: self
                 .subject
                 .as_ref()
-                .map(|p| self.fill(p, &context, false))
+                .map(|p| self.fill(p, &context, zone, false))
                 .transpose()?,
             html: self
                 .html
                 .as_ref()
-                .map(|p| self.fill(p, &context, true))
+                .map(|p| self.fill(p, &context, zone, true))
                 .transpose()?,
         })
     }
@@ -252,18 +373,24 @@ impl Template {
         Ok(context.clone().with("vars", &computed.into()))
     }
 
-    fn fill(&self, parts: &[Part], context: &Context, html: bool) -> Result<String, String> {
+    fn fill(
+        &self,
+        parts: &[Part],
+        context: &Context,
+        zone: &TimeZone,
+        html: bool,
+    ) -> Result<String, String> {
         let mut text = String::new();
         for part in parts {
             match part {
                 Part::Text(t) => text.push_str(t),
-                Part::Value(path) => {
-                    let shown = context.lookup(path).and_then(display).ok_or_else(|| {
-                        format!(
-                            "template {}: {{{}}} has no value here",
-                            self.id,
-                            path.join(".")
-                        )
+                Part::Value {
+                    path,
+                    format,
+                    written,
+                } => {
+                    let shown = show(context, path, *format, zone).ok_or_else(|| {
+                        format!("template {}: {written} has no value here", self.id)
                     })?;
                     let raw = path.last().is_some_and(|p| p.ends_with("_html"));
                     if html && !raw {
@@ -278,13 +405,15 @@ impl Template {
     }
 }
 
-/// Whether a placeholder names something the context can hold.
-fn check_path(path: &[String], vars: &BTreeMap<String, String>) -> Result<(), String> {
+/// Whether a placeholder names something the context can hold; `Ok(true)`
+/// when it is free-form (under `event`, `plugin`, `digest`, or a var), so
+/// only its value when sent tells what it is.
+fn check_path(path: &[String], vars: &BTreeMap<String, String>) -> Result<bool, String> {
     let shown = path.join(".");
     let root = path[0].as_str();
     if root == "vars" {
         return match path.get(1) {
-            Some(name) if vars.contains_key(name) && path.len() == 2 => Ok(()),
+            Some(name) if vars.contains_key(name) && path.len() == 2 => Ok(true),
             _ => Err(format!("{{{shown}}} is not one of this template's vars")),
         };
     }
@@ -296,15 +425,98 @@ fn check_path(path: &[String], vars: &BTreeMap<String, String>) -> Result<(), St
         ));
     };
     match (fields, path.get(1)) {
-        (None, _) => Ok(()),
-        (Some([]), None) => Ok(()),
+        (None, _) => Ok(true),
+        (Some([]), None) => Ok(false),
         (Some(fields), Some(field)) if fields.contains(&field.as_str()) && path.len() == 2 => {
-            Ok(())
+            Ok(false)
         }
         (Some(fields), _) => Err(format!(
             "{{{shown}}}: {root} has the fields {}",
             fields.join(", ")
         )),
+    }
+}
+
+/// Whether a placeholder's format suits what it names: a time field takes
+/// any (but `iso` only for a whole instant), another known field none, and a
+/// free-form one any (its value must then be an RFC 3339 time when sent).
+fn check_format(path: &[String], format: Option<Format>, free_form: bool) -> Result<(), String> {
+    let shown = path.join(".");
+    match (format, time_field(path)) {
+        (None, _) => Ok(()),
+        (Some(Format::Iso), Some((source, Shape::Date | Shape::Time))) => Err(format!(
+            "{{{shown}|iso}}: iso shows a whole instant; use {{{}|iso}}",
+            source.join(".")
+        )),
+        (Some(_), Some(_)) => Ok(()),
+        (Some(_), None) if free_form => Ok(()),
+        (Some(_), None) => {
+            let times: Vec<String> = TIMES.iter().map(|(p, _, _)| p.join(".")).collect();
+            Err(format!(
+                "{{{shown}}} is not a time; formats apply to {}, and to free-form values",
+                times.join(", ")
+            ))
+        }
+    }
+}
+
+/// A placeholder's text in a rendering, `None` for a gap (no value, or a
+/// format on a value that is not an RFC 3339 time).
+fn show(
+    context: &Context,
+    path: &[String],
+    format: Option<Format>,
+    zone: &TimeZone,
+) -> Option<String> {
+    let (source, shape) = match time_field(path) {
+        Some((source, shape)) => (source.iter().map(|s| s.to_string()).collect(), shape),
+        None if format.is_some() => (path.to_vec(), Shape::Instant),
+        None => return context.lookup(path).and_then(display),
+    };
+    let at: Timestamp = context.lookup(&source)?.as_str()?.parse().ok()?;
+    let now = context
+        .lookup(&["now".to_owned()])
+        .and_then(|v| v.as_str()?.parse().ok());
+    let zone = match format.unwrap_or(Format::Local) {
+        Format::Local => zone.clone(),
+        Format::Utc => TimeZone::UTC,
+        Format::Iso => return Some(at.to_string()),
+    };
+    Some(clock_text(at, now, zone, shape))
+}
+
+/// An instant as people read it on a clock in `zone`: "Sat 5 Dec, 14:00 CET"
+/// (the year appears when it is not now's), or its date or time of day. The
+/// zone is named by its tz database abbreviation, or as "UTC+5:30" for a zone
+/// that has none (the database then gives a bare offset such as "+0530").
+fn clock_text(at: Timestamp, now: Option<Timestamp>, zone: TimeZone, shape: Shape) -> String {
+    let local = at.to_zoned_datetime(zone.clone());
+    let this_year = now.map(|n| n.to_zoned_datetime(zone).year());
+    let date = if this_year == Some(local.year()) {
+        local.strftime("%a %-d %b").to_string()
+    } else {
+        local.strftime("%a %-d %b %Y").to_string()
+    };
+    let abbreviation = local.strftime("%Z").to_string();
+    let zone_name = if abbreviation.starts_with(['+', '-']) {
+        let seconds = local.offset().seconds();
+        let (sign, seconds) = if seconds < 0 {
+            ('-', -seconds)
+        } else {
+            ('+', seconds)
+        };
+        match (seconds / 3600, seconds % 3600 / 60) {
+            (h, 0) => format!("UTC{sign}{h}"),
+            (h, m) => format!("UTC{sign}{h}:{m:02}"),
+        }
+    } else {
+        abbreviation
+    };
+    let time = format!("{} {zone_name}", local.strftime("%H:%M"));
+    match shape {
+        Shape::Instant => format!("{date}, {time}"),
+        Shape::Date => date,
+        Shape::Time => time,
     }
 }
 
@@ -378,7 +590,7 @@ mod tests {
                 &serde_json::json!({"open_dates": 4, "title": "Loft"}),
             );
         assert_eq!(
-            t.render(&context).unwrap(),
+            t.render(&context, &TimeZone::UTC).unwrap(),
             "Hi Ana, 4 dates {left}: book Loft"
         );
     }
@@ -387,7 +599,7 @@ mod tests {
     fn a_gap_is_an_error_never_a_raw_placeholder() {
         let t = Template::compile("t", &spec("Hi {customer.name}", &[])).unwrap();
         let context = Context::default().with("customer", &serde_json::json!({"name": null}));
-        let err = t.render(&context).unwrap_err();
+        let err = t.render(&context, &TimeZone::UTC).unwrap_err();
         assert!(err.contains("{customer.name}"), "{err}");
     }
 
@@ -399,6 +611,10 @@ mod tests {
             "{vars.undeclared}",
             "{oops",
             "a } b",
+            "{booking.start|local_time}",
+            "{booking.start_date|iso}",
+            "{listing.title|utc}",
+            "{customer.name|}",
         ] {
             assert!(Template::compile("t", &spec(bad, &[])).is_err(), "{bad}");
         }
@@ -420,12 +636,118 @@ mod tests {
             .with("customer", &serde_json::json!({"name": "Ana"}))
             .with("message", &serde_json::json!({"content": "a <b> & c"}))
             .with("digest", &serde_json::json!({"items_html": "<ul></ul>"}));
-        let r = t.render_all(&context).unwrap();
+        let r = t.render_all(&context, &TimeZone::UTC).unwrap();
         assert_eq!(r.subject.as_deref(), Some("New from Ana"));
         assert_eq!(r.text, "a <b> & c");
         assert_eq!(
             r.html.as_deref(),
             Some("<p>a &lt;b&gt; &amp; c</p><ul></ul>")
         );
+    }
+
+    fn booking_at(start: &str, now: &str) -> Context {
+        Context::default()
+            .with(
+                "booking",
+                &serde_json::json!({"start": start, "end": "2030-07-01T12:00:00Z"}),
+            )
+            .with("now", &serde_json::json!(now))
+    }
+
+    fn render(text: &str, context: &Context, zone: &str) -> String {
+        Template::compile("t", &spec(text, &[]))
+            .unwrap()
+            .render(context, &TimeZone::get(zone).unwrap())
+            .unwrap()
+    }
+
+    #[test]
+    fn times_show_on_the_readers_clock_with_daylight_saving() {
+        let text = "{booking.start} | {booking.start_date} at {booking.start_time}";
+        // 13:00Z is 14:00 in Paris in winter (CET), 15:00 in summer (CEST).
+        let winter = booking_at("2030-12-07T13:00:00Z", "2030-11-30T09:00:00Z");
+        assert_eq!(
+            render(text, &winter, "Europe/Paris"),
+            "Sat 7 Dec, 14:00 CET | Sat 7 Dec at 14:00 CET"
+        );
+        let summer = booking_at("2030-06-01T13:00:00Z", "2030-05-30T09:00:00Z");
+        assert_eq!(
+            render(text, &summer, "Europe/Paris"),
+            "Sat 1 Jun, 15:00 CEST | Sat 1 Jun at 15:00 CEST"
+        );
+        // The reader's date, not UTC's: 02:00Z on the 8th is the 7th in New York.
+        let late = booking_at("2030-12-08T02:00:00Z", "2030-11-30T09:00:00Z");
+        assert_eq!(
+            render(text, &late, "America/New_York"),
+            "Sat 7 Dec, 21:00 EST | Sat 7 Dec at 21:00 EST"
+        );
+        // Another year than now's shows the year.
+        let next_year = booking_at("2031-01-04T13:00:00Z", "2030-12-20T09:00:00Z");
+        assert_eq!(
+            render("{booking.start}", &next_year, "Europe/Paris"),
+            "Sat 4 Jan 2031, 14:00 CET"
+        );
+        // A zone the tz database names by its offset only.
+        assert_eq!(
+            render("{booking.start_time}", &winter, "Asia/Kathmandu"),
+            "18:45 UTC+5:45"
+        );
+        assert_eq!(
+            render("{booking.start_time}", &winter, "America/Sao_Paulo"),
+            "10:00 UTC-3"
+        );
+    }
+
+    #[test]
+    fn templates_can_ask_for_utc_or_iso() {
+        let context = booking_at("2030-12-07T13:00:00Z", "2030-11-30T09:00:00Z").with(
+            "plugin",
+            &serde_json::json!({"expires": "2030-12-09T23:30:00Z", "code": "X"}),
+        );
+        assert_eq!(
+            render(
+                "{booking.start|utc} / {booking.start_time|utc} / {booking.start|iso} / {now|iso}",
+                &context,
+                "Europe/Paris"
+            ),
+            "Sat 7 Dec, 13:00 UTC / 13:00 UTC / 2030-12-07T13:00:00Z / 2030-11-30T09:00:00Z"
+        );
+        // A free-form value is shown as a time only when asked.
+        assert_eq!(
+            render(
+                "{plugin.expires} / {plugin.expires|local}",
+                &context,
+                "Europe/Paris"
+            ),
+            "2030-12-09T23:30:00Z / Tue 10 Dec, 00:30 CET"
+        );
+        // A format on a free-form value that is not a time is a gap.
+        let t = Template::compile("t", &spec("{plugin.code|local}", &[])).unwrap();
+        assert!(t.render(&context, &TimeZone::UTC).is_err());
+    }
+
+    #[test]
+    fn format_errors_point_at_the_placeholder() {
+        for (text, near, says) in [
+            (
+                "On {booking.start|utcc}!",
+                "{booking.start|utcc}",
+                "unknown format",
+            ),
+            (
+                "On {booking.start_date|iso}!",
+                "{booking.start_date|iso}",
+                "use {booking.start|iso}",
+            ),
+            (
+                "For {listing.title|utc}",
+                "{listing.title|utc}",
+                "not a time",
+            ),
+        ] {
+            let errors = Template::compile("t", &spec(text, &[])).unwrap_err();
+            assert_eq!(errors[0].near, near, "{text}");
+            assert!(errors[0].message.contains(says), "{}", errors[0].message);
+        }
     }
 }

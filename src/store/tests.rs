@@ -22,6 +22,7 @@ fn listing() -> Listing {
         availability: vec!["2026-12-01".into()],
         included: vec![],
         address: None,
+        timezone: None,
         updated_at: "2026-11-25T00:00:00.000Z".into(),
     }
 }
