@@ -139,6 +139,15 @@ pub struct StorageConfig {
     pub flush_every_ms: u64,
     pub cache_capacity_mb: u64,
     pub hot_conversations: usize,
+    /// How long answers to requests with an `Idempotency-Key` are replayed.
+    #[serde(deserialize_with = "duration")]
+    pub idempotency_retention: jiff::SignedDuration,
+}
+
+/// A duration such as `30m`, `24h` or `7d` (see [`crate::clock::parse_duration`]).
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<jiff::SignedDuration, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::clock::parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 impl Default for StorageConfig {
@@ -148,6 +157,7 @@ impl Default for StorageConfig {
             flush_every_ms: 500,
             cache_capacity_mb: 128,
             hot_conversations: 20_000,
+            idempotency_retention: jiff::SignedDuration::from_hours(7 * 24),
         }
     }
 }

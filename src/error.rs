@@ -21,6 +21,12 @@ pub enum ApiError {
     /// A `client_id` the sender already used for another message.
     #[error("{0}")]
     ClientIdConflict(String),
+    /// An `Idempotency-Key` whose first request is still being answered.
+    #[error("{0}")]
+    IdempotencyKeyInFlight(String),
+    /// An `Idempotency-Key` used before for another request.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -56,9 +62,13 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict(_) | ApiError::ClientIdConflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_)
+            | ApiError::ClientIdConflict(_)
+            | ApiError::IdempotencyKeyInFlight(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unprocessable(_) | ApiError::IdempotencyKeyReused(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Blocked(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -75,6 +85,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::ClientIdConflict(_) => "client_id_conflict",
+            ApiError::IdempotencyKeyInFlight(_) => "idempotency_key_in_flight",
+            ApiError::IdempotencyKeyReused(_) => "idempotency_key_reused",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unprocessable(_) => "invalid",
             ApiError::RateLimited(_) => "rate_limited",

@@ -661,6 +661,25 @@ fn confirmed() -> Stage {
     Stage::Confirmed
 }
 
+impl BookingInput {
+    /// Whether this input, sent again, would create `booking` as it is: the
+    /// same conversation (by id, or by listing and customer) and the same
+    /// period and stage.
+    pub fn describes(&self, booking: &Booking) -> bool {
+        let same_conversation = match (&self.conversation_id, &self.listing_id, &self.customer_id) {
+            (Some(id), _, _) => *id == booking.conversation_id,
+            (None, Some(listing), Some(customer)) => {
+                *listing == booking.listing_id && *customer == booking.customer_id
+            }
+            _ => false,
+        };
+        same_conversation
+            && self.start == booking.start
+            && self.end == booking.end
+            && self.stage == booking.stage
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BookingPatch {
@@ -704,6 +723,10 @@ pub struct SignalInput {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
+    /// The signal's id when its request carried an `Idempotency-Key` (derived
+    /// from the key, so a retry names the same signal); generated otherwise.
+    #[serde(skip)]
+    pub id: Option<String>,
 }
 
 impl SignalInput {
@@ -733,6 +756,19 @@ impl SignalInput {
         }
         Ok(())
     }
+}
+
+/// The first answer to a request made with an `Idempotency-Key`, replayed to
+/// a retry of the same request (`api::idempotency`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Hex SHA-256 of the request: method, path and its JSON body.
+    pub fingerprint: String,
+    /// HTTP status of the first answer.
+    pub status: u16,
+    pub body: serde_json::Value,
+    /// When it was given, Unix milliseconds.
+    pub at_ms: i64,
 }
 
 #[cfg(test)]

@@ -439,6 +439,7 @@ impl World {
                     listing_id: Some("listing".into()),
                     conversation_id: existing.first().map(|c| c.id.clone()),
                     data: data.clone(),
+                    id: None,
                 };
                 self.app
                     .signal(service, input)

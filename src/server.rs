@@ -86,10 +86,18 @@ pub async fn run(
         let (app, metrics) = (app.clone(), metrics.clone());
         async move {
             let mut every = tokio::time::interval(Duration::from_secs(30));
+            let mut hourly = tokio::time::interval(Duration::from_secs(3600));
             loop {
-                every.tick().await;
-                app.prune_rate_limits();
-                metrics.run_upkeep();
+                tokio::select! {
+                    _ = every.tick() => {
+                        app.prune_rate_limits();
+                        metrics.run_upkeep();
+                    }
+                    _ = hourly.tick() => match app.forget_old_replies() {
+                        Ok(n) => tracing::debug!(forgotten = n, "idempotency keys past retention"),
+                        Err(e) => tracing::error!(error = %e, "idempotency key sweep"),
+                    },
+                }
             }
         }
     });

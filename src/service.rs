@@ -18,8 +18,8 @@ use crate::events::Frame;
 use crate::hub::Hub;
 use crate::model::{
     check_len, format_time, validate_id, validate_period, Booking, BookingInput, BookingPatch,
-    Conversation, ConversationView, Flag, Listing, ListingInput, Message, MessageType, SendInput,
-    Signal, SignalInput, User, UserInput,
+    Conversation, ConversationView, Flag, Listing, ListingInput, Message, MessageType, Reply,
+    SendInput, Signal, SignalInput, User, UserInput,
 };
 use crate::moderation::{self, Moderator, Submission};
 use crate::notify::record::{Lane, Notification};
@@ -201,6 +201,42 @@ impl App {
 
     pub fn now(&self) -> String {
         format_time(self.clock.now())
+    }
+
+    /// The first answer given under an idempotency record key, unless it is
+    /// older than `storage.idempotency_retention`.
+    pub fn replay(&self, key: &[u8]) -> Result<Option<Reply>, ApiError> {
+        let kept_since = self.replies_kept_since();
+        Ok(self.store.reply(key)?.filter(|r| r.at_ms >= kept_since))
+    }
+
+    /// Remembers the first answer under an idempotency record key, now.
+    pub fn remember(
+        &self,
+        key: &[u8],
+        fingerprint: &str,
+        status: u16,
+        body: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let reply = Reply {
+            fingerprint: fingerprint.to_owned(),
+            status,
+            body: body.clone(),
+            at_ms: self.clock.now().as_millisecond(),
+        };
+        Ok(self.store.keep_reply(key, &reply)?)
+    }
+
+    /// Forgets idempotent answers past their retention; called periodically.
+    pub fn forget_old_replies(&self) -> Result<usize, ApiError> {
+        Ok(self.store.forget_replies(self.replies_kept_since())?)
+    }
+
+    fn replies_kept_since(&self) -> i64 {
+        let now = self.clock.now();
+        now.checked_sub(self.config.storage.idempotency_retention)
+            .unwrap_or(now)
+            .as_millisecond()
     }
 
     /// Forgets rate-limit state of users who have been quiet long enough for it
@@ -612,7 +648,7 @@ impl App {
         input: BookingInput,
     ) -> Result<Booking, ApiError> {
         caller.require(&[Role::Service])?;
-        let id = match input.id {
+        let id = match input.id.clone() {
             Some(id) => {
                 validate_id("id", &id)?;
                 id
@@ -620,9 +656,13 @@ impl App {
             None => uuid::Uuid::now_v7().to_string(),
         };
         validate_period(&input.start, &input.end)?;
-        if self.store.booking(&id)?.is_some() {
+        if let Some(existing) = self.store.booking(&id)? {
+            // A retry of the request that created it gets the booking back.
+            if input.describes(&existing) {
+                return Ok(existing);
+            }
             return Err(ApiError::Conflict(format!(
-                "booking {id} exists; change it with PATCH /v1/bookings/{id}"
+                "booking {id} exists with other details; change it with PATCH /v1/bookings/{id}"
             )));
         }
         let conversation = match (input.conversation_id, input.listing_id, input.customer_id) {
@@ -713,7 +753,7 @@ impl App {
         caller.require(&[Role::Service])?;
         input.validate()?;
         let signal = Signal {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: input.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
             kind: input.kind,
             user_id: input.user_id,
             listing_id: input.listing_id,
@@ -726,8 +766,7 @@ impl App {
             received_at: self.now(),
         };
         let subject = self.signal_subject(&signal)?;
-        self.store.put_signal(signal.clone(), subject).await?;
-        Ok(signal)
+        Ok(self.store.put_signal(signal, subject).await?)
     }
 
     /// What a signal is about, for the engine: the ids it names, and whether its

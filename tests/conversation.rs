@@ -596,3 +596,147 @@ async fn delivery_receipts_reach_the_sender_and_reading_implies_delivery() {
     .await
     .expect_error(404);
 }
+
+#[tokio::test]
+async fn retried_backend_writes_with_an_idempotency_key_happen_once() {
+    let d = Daemon::launch(Launch {
+        config: vec![("clock", "manual".to_owned())],
+        ..Launch::default()
+    })
+    .await;
+    let p = pair(&d).await;
+    let booking = format!(
+        r#"{{"conversation_id": "{}", "start": "2031-05-01T09:00:00Z", "end": "2031-05-01T12:00:00Z"}}"#,
+        p.conversation
+    );
+    // The same body, reformatted and reordered, is the same request.
+    let reformatted = format!(
+        r#"{{"end":"2031-05-01T12:00:00Z","start":"2031-05-01T09:00:00Z","conversation_id":"{}"}}"#,
+        p.conversation
+    );
+    let (first, replayed) = d
+        .call_keyed(
+            Method::POST,
+            "/v1/bookings",
+            SERVICE_KEY,
+            "book-1",
+            &booking,
+        )
+        .await;
+    first.expect(201);
+    assert!(!replayed);
+    let (again, replayed) = d
+        .call_keyed(
+            Method::POST,
+            "/v1/bookings",
+            SERVICE_KEY,
+            "book-1",
+            &reformatted,
+        )
+        .await;
+    again.expect(201);
+    assert!(replayed, "a retry is marked Idempotent-Replayed");
+    assert_eq!(again.body, first.body);
+    // One booking: the conversation moved to post-booking once.
+    let (events, _) = d.poll(&p.customer, 0, 0).await;
+    let moves = events
+        .iter()
+        .filter(|e| e["type"] == "conversation")
+        .count();
+    assert_eq!(moves, 2, "opened, then booked once: {events:#?}");
+
+    // The same key with another request is refused, whatever the route.
+    let other = booking.replace("12:00", "13:00");
+    let (reused, _) = d
+        .call_keyed(Method::POST, "/v1/bookings", SERVICE_KEY, "book-1", &other)
+        .await;
+    assert_eq!(reused.expect_error(422), "idempotency_key_reused");
+    let (reused, _) = d
+        .call_keyed(
+            Method::POST,
+            "/v1/signals",
+            SERVICE_KEY,
+            "book-1",
+            r#"{"type":"listing_viewed"}"#,
+        )
+        .await;
+    assert_eq!(reused.expect_error(422), "idempotency_key_reused");
+    // Keys are the caller's own, and must be sensible.
+    let (theirs, _) = d
+        .call_keyed(
+            Method::POST,
+            "/v1/signals",
+            SERVICE_KEY,
+            &"k".repeat(256),
+            r#"{"type":"listing_viewed"}"#,
+        )
+        .await;
+    theirs.expect_error(400);
+
+    // A signal under a key is recorded once and keeps its id.
+    let signal = format!(
+        r#"{{"type": "listing_viewed", "listing_id": "{}"}}"#,
+        p.listing_id
+    );
+    let (s1, _) = d
+        .call_keyed(Method::POST, "/v1/signals", SERVICE_KEY, "view-1", &signal)
+        .await;
+    s1.expect(202);
+    let (s2, replayed) = d
+        .call_keyed(Method::POST, "/v1/signals", SERVICE_KEY, "view-1", &signal)
+        .await;
+    s2.expect(202);
+    assert!(replayed);
+    assert_eq!(s2.body["id"], s1.body["id"]);
+
+    // A PATCH too: the stage moves once, and a retry replays 200.
+    let path = format!("/v1/bookings/{}", first.body["id"].as_str().unwrap());
+    for expect_replay in [false, true] {
+        let (patched, replayed) = d
+            .call_keyed(
+                Method::PATCH,
+                &path,
+                SERVICE_KEY,
+                "stage-1",
+                r#"{"stage":"preparation"}"#,
+            )
+            .await;
+        patched.expect(200);
+        assert_eq!(replayed, expect_replay);
+        assert_eq!(patched.body["stage"], "preparation");
+    }
+
+    // Six days later the key is still remembered (the default keeps 7).
+    advance(&d, "144h").await;
+    let (late, _) = d
+        .call_keyed(Method::POST, "/v1/bookings", SERVICE_KEY, "book-1", &other)
+        .await;
+    assert_eq!(late.expect_error(422), "idempotency_key_reused");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_booking_posted_again_with_its_id_and_body_is_the_same_booking() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let body = json!({"id": "b-7", "conversation_id": p.conversation,
+                      "start": "2031-05-01T09:00:00Z", "end": "2031-05-01T12:00:00Z"});
+    let first = d.post("/v1/bookings", SERVICE_KEY, body.clone()).await;
+    first.expect(201);
+    let again = d.post("/v1/bookings", SERVICE_KEY, body.clone()).await;
+    again.expect(201);
+    assert_eq!(again.body, first.body);
+    let mut changed = body;
+    changed["end"] = json!("2031-05-01T13:00:00Z");
+    let conflict = d.post("/v1/bookings", SERVICE_KEY, changed).await;
+    assert_eq!(conflict.expect_error(409), "conflict");
+    let (events, _) = d.poll(&p.customer, 0, 0).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "conversation")
+            .count(),
+        2
+    );
+    d.stop().await;
+}

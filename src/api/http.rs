@@ -7,6 +7,7 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::Filter;
 
+use super::idempotency::{self, derived_id, keyed_json_body, InFlight, Keyed};
 use super::{caller, json_body, respond, Response};
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -62,6 +63,10 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     };
     let who = caller(app);
     let v1 = warp::path("v1");
+    let in_flight = {
+        let in_flight = InFlight::default();
+        warp::any().map(move || in_flight.clone())
+    };
 
     let put_user = v1
         .and(warp::path!("users" / String))
@@ -134,22 +139,25 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .and(warp::path!("bookings"))
         .and(warp::post())
         .and(with_app.clone())
+        .and(in_flight.clone())
         .and(who.clone())
-        .and(json_body(limit))
+        .and(keyed_json_body(limit))
         .then(create_booking);
     let update_booking = v1
         .and(warp::path!("bookings" / String))
         .and(warp::patch())
         .and(with_app.clone())
+        .and(in_flight.clone())
         .and(who.clone())
-        .and(json_body(limit))
+        .and(keyed_json_body(limit))
         .then(update_booking);
     let signal = v1
         .and(warp::path!("signals"))
         .and(warp::post())
         .and(with_app.clone())
+        .and(in_flight)
         .and(who.clone())
-        .and(json_body(limit))
+        .and(keyed_json_body(limit))
         .then(post_signal);
 
     let analyze = v1
@@ -386,11 +394,26 @@ pub async fn typing(id: String, app: Arc<App>, who: Auth) -> Response {
 #[utoipa::path(post, path = "/v1/bookings", request_body = BookingInput,
     responses((status = 201, body = crate::model::Booking), (status = 409, body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn create_booking(app: Arc<App>, who: Auth, body: Body<BookingInput>) -> Response {
-    respond(
-        StatusCode::CREATED,
-        async { app.create_booking(who?, body?).await }.await,
-    )
+pub async fn create_booking(
+    app: Arc<App>,
+    in_flight: InFlight,
+    who: Auth,
+    request: Keyed<BookingInput>,
+) -> Response {
+    let Keyed {
+        key,
+        fingerprint,
+        body,
+    } = request;
+    let scope = who.as_ref().ok().cloned();
+    let derived = derived_id(scope.as_ref(), key.as_ref());
+    let op = async {
+        let mut input = body?;
+        input.id = input.id.or(derived);
+        let booking = app.create_booking(who?, input).await?;
+        Ok((StatusCode::CREATED, to_json(&booking)))
+    };
+    idempotency::answer(&app, &in_flight, scope.as_ref(), key, &fingerprint, op).await
 }
 
 /// Reschedules a booking or moves it to another stage.
@@ -401,24 +424,49 @@ pub async fn create_booking(app: Arc<App>, who: Auth, body: Body<BookingInput>) 
 pub async fn update_booking(
     id: String,
     app: Arc<App>,
+    in_flight: InFlight,
     who: Auth,
-    body: Body<BookingPatch>,
+    request: Keyed<BookingPatch>,
 ) -> Response {
-    respond(
-        StatusCode::OK,
-        async { app.update_booking(who?, &id, body?).await }.await,
-    )
+    let Keyed {
+        key,
+        fingerprint,
+        body,
+    } = request;
+    let scope = who.as_ref().ok().cloned();
+    let op = async {
+        let booking = app.update_booking(who?, &id, body?).await?;
+        Ok((StatusCode::OK, to_json(&booking)))
+    };
+    idempotency::answer(&app, &in_flight, scope.as_ref(), key, &fingerprint, op).await
 }
 
 /// Records a marketplace signal (listing viewed, checkout abandoned, …).
 #[utoipa::path(post, path = "/v1/signals", request_body = SignalInput,
     responses((status = 202, body = crate::model::Signal), (status = 422, body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn post_signal(app: Arc<App>, who: Auth, body: Body<SignalInput>) -> Response {
-    respond(
-        StatusCode::ACCEPTED,
-        async { app.signal(who?, body?).await }.await,
-    )
+pub async fn post_signal(
+    app: Arc<App>,
+    in_flight: InFlight,
+    who: Auth,
+    request: Keyed<SignalInput>,
+) -> Response {
+    let Keyed {
+        key,
+        fingerprint,
+        body,
+    } = request;
+    let scope = who.as_ref().ok().cloned();
+    let derived = derived_id(scope.as_ref(), key.as_ref());
+    let op = async {
+        let input = SignalInput {
+            id: derived,
+            ..body?
+        };
+        let signal = app.signal(who?, input).await?;
+        Ok((StatusCode::ACCEPTED, to_json(&signal)))
+    };
+    idempotency::answer(&app, &in_flight, scope.as_ref(), key, &fingerprint, op).await
 }
 
 /// Live composer check: what sending this would do. Nothing is stored.
@@ -511,4 +559,9 @@ pub async fn admin_redrive(id: String, channel: String, app: Arc<App>, who: Auth
         Err(e) => Err(e),
     };
     respond(StatusCode::OK, result)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    // Our replies are plain records: serialising them cannot fail.
+    serde_json::to_value(value).unwrap_or_default()
 }

@@ -3,6 +3,7 @@
 //! result into a reply.
 
 mod http;
+mod idempotency;
 pub mod openapi;
 mod stream;
 

@@ -374,6 +374,7 @@ async fn enqueue(fixture: &Arc<Fixture>, event: Event, n: usize) -> Result<(), S
                 listing_id: Some(listing.clone()),
                 conversation_id: Some(id.clone()),
                 data: serde_json::json!({ "n": n, "source": "bench" }),
+                id: None,
             };
             fixture
                 .app

@@ -20,6 +20,7 @@
 //! | `bookings`      | booking                   | `Booking` JSON              |
 //! | `signals`       | signal (uuid v7, ordered) | `Signal` JSON               |
 //! | `flags`         | flag (uuid v7, ordered)   | `Flag` JSON                 |
+//! | `replies`       | caller `\0` Idempotency-Key | `Reply` JSON (the first answer) |
 //!
 //! and the automation engine's trees, described in `automation.rs`, and the
 //! notification outbox, described in `outbox.rs`. Every write
@@ -53,7 +54,7 @@ use crate::domain::Subject;
 use crate::events::{Frame, UserEvent};
 use crate::model::{
     Attachment, Automation, Booking, ContextCard, Conversation, Flag, Listing, Message,
-    MessageType, Moderation, Signal, SuggestedAction, User,
+    MessageType, Moderation, Reply, Signal, SuggestedAction, User,
 };
 
 use hot::HotConversations;
@@ -206,6 +207,8 @@ pub struct Store {
     db: sled::Db,
     users: Tree,
     listings: Tree,
+    /// First answers to requests made with an `Idempotency-Key`.
+    replies: Tree,
     /// The trees the writer's transactions cover (reads go to them directly).
     trees: WriteTrees,
     writer: Writer,
@@ -264,6 +267,7 @@ impl Store {
         let store = Store {
             users: tree("users")?,
             listings: tree("listings")?,
+            replies: tree("replies")?,
             writer: Writer::start(
                 db.clone(),
                 trees.clone(),
@@ -307,6 +311,36 @@ impl Store {
         self.listings
             .insert(listing.id.as_bytes(), encode(listing))?;
         Ok(())
+    }
+
+    /// The first answer given to a request under `key` (see `api::idempotency`).
+    pub fn reply(&self, key: &[u8]) -> Result<Option<Reply>, StoreError> {
+        self.get(&self.replies, key)
+    }
+
+    /// Remembers the answer to a request under `key`.
+    pub fn keep_reply(&self, key: &[u8], reply: &Reply) -> Result<(), StoreError> {
+        self.replies.insert(key, encode(reply))?;
+        Ok(())
+    }
+
+    /// Forgets answers given before `before_ms` (Unix milliseconds); returns
+    /// how many. An unreadable record is forgotten too: nothing can replay it.
+    pub fn forget_replies(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let mut forgotten = 0;
+        for entry in self.replies.iter() {
+            let (key, value) = entry?;
+            let expired = decode::<Reply>(&value).map_or(true, |r| r.at_ms < before_ms);
+            if expired
+                && self
+                    .replies
+                    .compare_and_swap(&key, Some(value), None::<&[u8]>)?
+                    .is_ok()
+            {
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
     }
 
     pub fn listing(&self, id: &str) -> Result<Option<Listing>, StoreError> {
@@ -560,8 +594,9 @@ impl Store {
     }
 
     /// Stores a signal and queues it for the engine as a domain event about
-    /// `subject`; resolves once durable.
-    pub async fn put_signal(&self, signal: Signal, subject: Subject) -> Result<(), StoreError> {
+    /// `subject`; resolves once durable. A signal whose id is already stored
+    /// is not stored or queued again: the stored one is returned.
+    pub async fn put_signal(&self, signal: Signal, subject: Subject) -> Result<Signal, StoreError> {
         self.writer
             .run(move |tx, _| writes::put_signal(tx, &signal, &subject))
             .await

@@ -665,8 +665,12 @@ fn booking_event(booking: &Booking, previous: Option<&Booking>) -> DomainEvent {
     }
 }
 
-/// Stores a marketplace signal and queues it for the engine.
-pub fn put_signal(tx: &Tx<'_>, signal: &Signal, subject: &Subject) -> OpResult<()> {
+/// Stores a marketplace signal and queues it for the engine, unless a signal
+/// with its id is stored already; returns the stored one.
+pub fn put_signal(tx: &Tx<'_>, signal: &Signal, subject: &Subject) -> OpResult<Signal> {
+    if let Some(stored) = check!(get::<Signal>(tx.signals, signal.id.as_bytes())?) {
+        return Ok(Ok(stored));
+    }
     tx.signals.insert(signal.id.as_bytes(), encode(signal))?;
     emit(
         tx,
@@ -679,5 +683,5 @@ pub fn put_signal(tx: &Tx<'_>, signal: &Signal, subject: &Subject) -> OpResult<(
             data: signal.data.clone(),
         },
     )?;
-    Ok(Ok(()))
+    Ok(Ok(signal.clone()))
 }

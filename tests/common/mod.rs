@@ -313,6 +313,34 @@ impl Daemon {
         Reply::from(req.send().await.expect("HTTP request")).await
     }
 
+    /// A request with an `Idempotency-Key` and a JSON body given as text (so a
+    /// test can reformat it); also returns whether the daemon marked the
+    /// answer `Idempotent-Replayed`.
+    pub async fn call_keyed(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        key: &str,
+        body: &str,
+    ) -> (Reply, bool) {
+        let response = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("HTTP request");
+        let replayed = response
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true");
+        (Reply::from(response).await, replayed)
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> Reply {
         self.call(Method::GET, path, Some(token), None).await
     }

@@ -1,0 +1,212 @@
+//! `Idempotency-Key` on the marketplace backend's writes, with the semantics of
+//! the IETF httpapi draft (draft-ietf-httpapi-idempotency-key-header): a client
+//! that retries a request under the same key gets the first answer again, and
+//! nothing happens twice.
+//!
+//! - The same key with the same request (method, path and JSON body, compared
+//!   after parsing, so whitespace and key order do not matter) replays the
+//!   first answer's status and body, marked `Idempotent-Replayed: true`.
+//! - The same key with another request is 422 `idempotency_key_reused`.
+//! - The same key while its first request is still being answered is 409
+//!   `idempotency_key_in_flight`.
+//! - Keys belong to the caller (role and subject) and are remembered for
+//!   `storage.idempotency_retention` (7 days by default).
+//! - Only successful answers are remembered: a request that failed changed
+//!   nothing, so its retry runs again.
+//! - The answer is remembered once the operation has committed. The operations
+//!   that create a record (a booking without an `id`, a signal) name it after
+//!   the key ([`derived_id`]), so a retry that follows a crash between the two
+//!   finds that record instead of making a second one.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use warp::http::{HeaderValue, Method, StatusCode};
+use warp::{Filter, Rejection, Reply as _};
+
+use super::{decode_json, read_limited, Response};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::service::App;
+
+/// The longest key accepted; the draft leaves it to the server.
+const MAX_KEY_LEN: usize = 255;
+
+/// A request body with what identifies the request for idempotency.
+pub struct Keyed<T> {
+    /// The `Idempotency-Key` header: absent, or valid, or why not.
+    pub key: Option<Result<String, ApiError>>,
+    /// Hex SHA-256 of the method, the path and the body (canonical JSON when
+    /// it parses, the bytes otherwise).
+    pub fingerprint: String,
+    pub body: Result<T, ApiError>,
+}
+
+/// Like `json_body`, with the `Idempotency-Key` header and the request's
+/// fingerprint.
+pub fn keyed_json_body<T: DeserializeOwned + Send>(
+    limit: u64,
+) -> impl Filter<Extract = (Keyed<T>,), Error = Rejection> + Clone {
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::header::optional::<String>("idempotency-key"))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .then(
+            move |method: Method, path: warp::path::FullPath, key: Option<String>, length, body| async move {
+                let bytes = read_limited(length, body, limit).await;
+                let fingerprint = fingerprint(&method, path.as_str(), bytes.as_ref().ok());
+                Keyed {
+                    key: key.map(|k| valid_key(&k).map(|()| k)),
+                    fingerprint,
+                    body: bytes.and_then(|b| decode_json(&b)),
+                }
+            },
+        )
+}
+
+/// The draft's key is a structured-field string; parleyd takes any visible
+/// ASCII (quoted or not) up to [`MAX_KEY_LEN`].
+fn valid_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
+fn fingerprint(method: &Method, path: &str, body: Option<&Bytes>) -> String {
+    let mut hash = Sha256::new()
+        .chain_update(method.as_str())
+        .chain_update([0])
+        .chain_update(path)
+        .chain_update([0]);
+    if let Some(body) = body {
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            // serde_json's maps are ordered by key: one text per value.
+            Ok(value) => hash.update(value.to_string()),
+            Err(_) => hash.update(body),
+        }
+    }
+    hex(&hash.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where the caller's key is remembered: role, subject and key.
+fn record_key(caller: &Caller, key: &str) -> Vec<u8> {
+    format!("{:?}\0{}\0{key}", caller.role, caller.user_id).into_bytes()
+}
+
+/// The id of a record created under a valid `key` by `caller`: a UUID
+/// (version 8) from the SHA-256 of the caller and the key, the same on every
+/// retry. `None` without both.
+pub fn derived_id(
+    caller: Option<&Caller>,
+    key: Option<&Result<String, ApiError>>,
+) -> Option<String> {
+    let (Some(caller), Some(Ok(key))) = (caller, key) else {
+        return None;
+    };
+    let digest = Sha256::digest(record_key(caller, key));
+    let mut bytes = [0; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Some(uuid::Uuid::new_v8(bytes).to_string())
+}
+
+/// The keys whose first request is being answered right now.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<Mutex<HashSet<Vec<u8>>>>);
+
+/// Holds a key in flight until dropped.
+struct Claim<'a> {
+    in_flight: &'a InFlight,
+    key: Vec<u8>,
+}
+
+impl InFlight {
+    fn claim(&self, key: &[u8]) -> Option<Claim<'_>> {
+        let mut keys = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        keys.insert(key.to_vec()).then(|| Claim {
+            in_flight: self,
+            key: key.to_vec(),
+        })
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut keys = self.in_flight.0.lock().unwrap_or_else(|e| e.into_inner());
+        keys.remove(&self.key);
+    }
+}
+
+/// Answers a request made by `caller` under `key` (if any) by running `op`
+/// once: a retry gets the first answer. `op` gives the success status and
+/// body; `fingerprint` identifies the request ([`Keyed`]).
+pub async fn answer<F>(
+    app: &App,
+    in_flight: &InFlight,
+    caller: Option<&Caller>,
+    key: Option<Result<String, ApiError>>,
+    fingerprint: &str,
+    op: F,
+) -> Response
+where
+    F: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
+{
+    let reply = |status: StatusCode, body: &serde_json::Value| super::json(status, body);
+    let (caller, key) = match (caller, key) {
+        (_, Some(Err(e))) => return e.into_response(),
+        (Some(caller), Some(Ok(key))) => (caller, key),
+        // No key, or a caller the operation will refuse anyway.
+        _ => {
+            return match op.await {
+                Ok((status, body)) => reply(status, &body),
+                Err(e) => e.into_response(),
+            }
+        }
+    };
+    let record = record_key(caller, &key);
+    let Some(_claim) = in_flight.claim(&record) else {
+        return ApiError::IdempotencyKeyInFlight(
+            "a request with this Idempotency-Key is still being answered; retry later".into(),
+        )
+        .into_response();
+    };
+    match app.replay(&record) {
+        Ok(Some(first)) if first.fingerprint == fingerprint => {
+            let status = StatusCode::from_u16(first.status).unwrap_or(StatusCode::OK);
+            let mut response = reply(status, &first.body);
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return response;
+        }
+        Ok(Some(_)) => {
+            return ApiError::IdempotencyKeyReused(
+                "this Idempotency-Key was used for another request".into(),
+            )
+            .into_response()
+        }
+        Ok(None) => {}
+        Err(e) => return e.into_response(),
+    }
+    match op.await {
+        Ok((status, body)) => {
+            if let Err(e) = app.remember(&record, fingerprint, status.as_u16(), &body) {
+                // The operation committed; its retry finds the record it made.
+                tracing::error!(error = %e, "cannot remember an idempotent answer");
+            }
+            reply(status, &body)
+        }
+        Err(e) => e.into_response(),
+    }
+}
