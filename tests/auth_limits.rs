@@ -495,3 +495,46 @@ async fn an_invalid_query_string_is_400() {
         .expect(200);
     d.stop().await;
 }
+
+#[tokio::test]
+async fn a_token_used_before_its_nbf_is_401() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let signed = |nbf: i64| {
+        let claims = json!({"sub": p.customer.id, "role": "customer",
+                            "exp": now() + 7200, "nbf": nbf});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    // Valid from an hour from now: far beyond any clock-skew leeway.
+    let early = signed(now() + 3600);
+    let r = d
+        .call(Method::GET, "/v1/conversations", Some(&early), None)
+        .await;
+    assert_eq!(r.expect_error(401), "unauthorized");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not valid yet")),
+        "{}",
+        r.body
+    );
+    match d.try_ws(&early, None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 401)
+        }
+        Err(e) => panic!("expected a 401 handshake, got {e}"),
+        Ok(_) => panic!("the stream accepted a token before its nbf"),
+    }
+    // Once its nbf has passed, the same kind of token is fine.
+    let valid = signed(now() - 60);
+    d.call(Method::GET, "/v1/conversations", Some(&valid), None)
+        .await
+        .expect(200);
+    d.try_ws(&valid, None).await.expect("the stream takes it");
+    d.stop().await;
+}
