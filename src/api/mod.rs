@@ -57,7 +57,7 @@ pub fn routes(
         .with(warp::log::custom(|info| {
             metrics::counter!(
                 "parleyd_http_requests_total",
-                "method" => info.method().to_string(),
+                "method" => method_label(info.method()),
                 "status" => info.status().as_u16().to_string()
             )
             .increment(1);
@@ -65,6 +65,23 @@ pub fn routes(
                 .record(info.elapsed().as_secs_f64());
         }))
         .with(warp::trace::request())
+}
+
+/// The `method` label of the request metrics: one of the standard methods, or
+/// `other`. A client may send any token as its method; labelling by it would let
+/// clients grow the set of series without bound.
+fn method_label(method: &warp::http::Method) -> &'static str {
+    use warp::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// A JSON reply with a status.
