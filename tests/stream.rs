@@ -4,6 +4,9 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[tokio::test]
@@ -220,5 +223,49 @@ async fn typing_reaches_the_other_side_only() {
     // Ephemeral: not in the log.
     let (events, _) = d.poll(&p.provider, 0, 0).await;
     assert!(events.iter().all(|e| e["type"] != "typing"));
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_that_breaks_the_protocol_closes_the_stream_with_the_code_that_says_why() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let frame = |opcode: OpCode, payload: &[u8]| {
+        WsMessage::Frame(Frame::message(payload.to_vec(), opcode, true))
+    };
+    let cases = [
+        // Over limits.max_body_bytes (64 KiB): 1009, message too big.
+        (
+            "oversized",
+            Some(WsMessage::text("x".repeat(100_000))),
+            1009,
+        ),
+        // Opcode 3 is reserved: 1002, protocol error.
+        (
+            "bad opcode",
+            Some(frame(OpCode::Data(Data::Reserved(3)), b"hi")),
+            1002,
+        ),
+        // A text frame that is not UTF-8: 1007 (RFC 6455 §7.4.1).
+        (
+            "not UTF-8",
+            Some(frame(OpCode::Data(Data::Text), &[0xc3, 0x28])),
+            1007,
+        ),
+        // Written below as raw bytes: a client frame must be masked. 1002.
+        ("unmasked", None, 1002),
+    ];
+    for (what, message, code) in cases {
+        let mut ws = d.ws(&p.customer, None).await;
+        match message {
+            Some(message) => ws.send_raw(message).await,
+            None => ws.tcp().write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap(),
+        }
+        let close = ws.close_frame().await;
+        let got = close.as_ref().map(|c| u16::from(c.code));
+        assert_eq!(got, Some(code), "{what}: {close:?}");
+    }
+    // The daemon serves on.
+    d.ws(&p.customer, None).await.ping().await;
     d.stop().await;
 }

@@ -20,10 +20,11 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 use warp::filters::BoxedFilter;
@@ -388,7 +389,8 @@ impl Connection {
                 incoming = source.next() => {
                     last_heard = Instant::now();
                     match incoming {
-                        None | Some(Err(_)) => return Ending::ClientLeft,
+                        None => return Ending::ClientLeft,
+                        Some(Err(e)) => return read_failure(e),
                         Some(Ok(WsMessage::Text(text))) => {
                             if let Some(reply) = self.handle(text.as_str(), &replies_tx, &inflight).await {
                                 if sink.send(WsMessage::text(reply)).await.is_err() {
@@ -572,6 +574,29 @@ impl Connection {
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send: drop it here, not across an await.
     let _ = shutdown.wait_for(|stopping| *stopping).await.map(drop);
+}
+
+/// How a failed read ends the connection: a client that broke the protocol is
+/// told why with the RFC 6455 §7.4.1 close code (1009 message too big, 1007 text
+/// that is not UTF-8, 1002 any other protocol violation: a bad opcode, an
+/// unmasked frame…); one that vanished is just gone.
+fn read_failure(e: WsError) -> Ending {
+    // A close reason must fit a control frame (123 bytes): short fixed texts.
+    let (code, reason) = match &e {
+        WsError::Capacity(CapacityError::MessageTooLong { max_size, .. }) => (
+            CloseCode::Size,
+            format!("message too big: the limit is {max_size} bytes"),
+        ),
+        WsError::Capacity(_) => (CloseCode::Size, "message too big".to_owned()),
+        WsError::Utf8(_) => (CloseCode::Invalid, "text frame is not UTF-8".to_owned()),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            return Ending::ClientLeft
+        }
+        WsError::Protocol(_) => (CloseCode::Protocol, "WebSocket protocol error".to_owned()),
+        _ => return Ending::ClientLeft,
+    };
+    tracing::debug!(error = %e, "closing a stream that broke the protocol");
+    Ending::Close(code.into(), reason)
 }
 
 fn internal(e: ApiError) -> Ending {
