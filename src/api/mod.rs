@@ -3,6 +3,7 @@
 //! result into a reply.
 
 mod http;
+mod limits;
 pub mod openapi;
 mod stream;
 
@@ -20,6 +21,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::service::App;
 
+pub use limits::UserLimits;
 pub use stream::Streams;
 
 type Response = warp::reply::Response;
@@ -28,6 +30,7 @@ type Response = warp::reply::Response;
 pub fn routes(
     app: Arc<App>,
     streams: Arc<Streams>,
+    user_limits: Arc<UserLimits>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let ops = warp::path!("healthz")
@@ -48,7 +51,7 @@ pub fn routes(
         .unify()
         .boxed();
 
-    ops.or(http::routes(app.clone()))
+    ops.or(http::routes(app.clone(), user_limits))
         .unify()
         .or(stream::routes(app, streams))
         .unify()
