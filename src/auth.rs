@@ -1,4 +1,5 @@
-//! Who is calling: HS256 JWTs with `sub`, `role`, `exp`, or the service key.
+//! Who is calling: HS256 JWTs with `sub`, `role`, `exp` (and optionally `nbf`),
+//! or the service key.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,11 @@ impl Caller {
     }
 }
 
+/// How far (seconds) the daemon's clock and a token issuer's may disagree: a
+/// token is still accepted this long after its `exp`, and already this long
+/// before its `nbf` (RFC 7519 §4.1.4-4.1.5 allow "a small leeway").
+pub const CLOCK_SKEW_LEEWAY_SECONDS: u64 = 5;
+
 #[derive(Clone)]
 pub struct Authenticator {
     encoding: EncodingKey,
@@ -57,7 +63,9 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn new(jwt_secret: &str, service_key: &str) -> Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = CLOCK_SKEW_LEEWAY_SECONDS;
+        // RFC 7519 §4.1.5: a token must not be accepted before its `nbf`.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Authenticator {
             encoding: EncodingKey::from_secret(jwt_secret.as_bytes()),
@@ -77,7 +85,9 @@ impl Authenticator {
             .map_err(|e| ApiError::Internal(format!("cannot sign token: {e}")))
     }
 
-    /// Checks a bearer token: the service key, or a valid unexpired JWT.
+    /// Checks a bearer token: the service key, or a valid JWT that is neither
+    /// expired nor (by its `nbf`) not yet valid, give or take
+    /// [`CLOCK_SKEW_LEEWAY_SECONDS`]. Anything else is 401.
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
         if constant_time_eq(token.as_bytes(), self.service_key.as_bytes()) {
             return Ok(Caller {
@@ -89,6 +99,9 @@ impl Authenticator {
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                     ApiError::Unauthorized("token expired".into())
+                }
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    ApiError::Unauthorized("token not valid yet (nbf is in the future)".into())
                 }
                 _ => ApiError::Unauthorized("invalid token".into()),
             })?;
@@ -162,6 +175,24 @@ mod tests {
         let other = Authenticator::new("another-secret-entirely", "x".repeat(16).as_str());
         let foreign = other.mint("alice", Role::Operator, 60).unwrap();
         assert!(a.verify(&foreign).is_err());
+    }
+
+    #[test]
+    fn a_token_is_refused_before_its_nbf_beyond_the_leeway() {
+        let a = auth();
+        let now = jiff::Timestamp::now().as_second();
+        let leeway = CLOCK_SKEW_LEEWAY_SECONDS as i64;
+        let signed = |nbf: i64| {
+            let claims = serde_json::json!({
+                "sub": "alice", "role": "customer", "exp": now + 3600, "nbf": nbf,
+            });
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap()
+        };
+        let early = a.verify(&signed(now + leeway + 60));
+        assert!(matches!(early, Err(ApiError::Unauthorized(m)) if m.contains("not valid yet")));
+        // Within the leeway (a clock slightly behind the issuer's) and in the past: fine.
+        assert!(a.verify(&signed(now + leeway / 2)).is_ok());
+        assert!(a.verify(&signed(now - 60)).is_ok());
     }
 
     #[test]

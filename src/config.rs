@@ -169,6 +169,30 @@ pub struct LimitsConfig {
     pub max_message_chars: usize,
     pub send_rate_per_second: u32,
     pub send_burst: u32,
+    /// Typing indicators: per WebSocket connection, and per user over HTTP.
+    pub typing_rate: Rate,
+    /// Read receipts: per WebSocket connection, and per user over HTTP.
+    pub read_rate: Rate,
+    /// Delivery receipts: per WebSocket connection, and per user over HTTP.
+    pub delivered_rate: Rate,
+    /// `ping` frames, per WebSocket connection.
+    pub ping_rate: Rate,
+    /// Every frame of one WebSocket connection together, whatever its kind.
+    pub frame_rate: Rate,
+}
+
+/// A token bucket: `burst` at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    pub const fn new(per_second: u32, burst: u32) -> Rate {
+        Rate { per_second, burst }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -178,6 +202,11 @@ impl Default for LimitsConfig {
             max_message_chars: 4000,
             send_rate_per_second: 10,
             send_burst: 20,
+            typing_rate: Rate::new(10, 20),
+            read_rate: Rate::new(20, 50),
+            delivered_rate: Rate::new(50, 200),
+            ping_rate: Rate::new(2, 10),
+            frame_rate: Rate::new(100, 300),
         }
     }
 }
@@ -421,6 +450,17 @@ impl Config {
         if self.limits.send_rate_per_second == 0 || self.limits.send_burst == 0 {
             problems.push("limits.send_rate_per_second and limits.send_burst must be > 0".into());
         }
+        for (key, rate) in [
+            ("typing_rate", self.limits.typing_rate),
+            ("read_rate", self.limits.read_rate),
+            ("delivered_rate", self.limits.delivered_rate),
+            ("ping_rate", self.limits.ping_rate),
+            ("frame_rate", self.limits.frame_rate),
+        ] {
+            if rate.per_second == 0 || rate.burst == 0 {
+                problems.push(format!("limits.{key}: per_second and burst must be > 0"));
+            }
+        }
         if self.limits.max_message_chars == 0 || self.limits.max_body_bytes < 1024 {
             problems.push(
                 "limits.max_message_chars must be > 0 and limits.max_body_bytes >= 1024".into(),
@@ -475,6 +515,24 @@ mod tests {
         let config = Config::parse(text, Path::new("config.yaml")).expect("shipped config");
         config.validate().expect("shipped config is valid");
         assert!(config.uses_example_secrets());
+        // The file lists the defaults.
+        let (shipped, default) = (&config.limits, LimitsConfig::default());
+        assert_eq!(
+            [
+                shipped.typing_rate,
+                shipped.read_rate,
+                shipped.delivered_rate
+            ],
+            [
+                default.typing_rate,
+                default.read_rate,
+                default.delivered_rate
+            ]
+        );
+        assert_eq!(
+            [shipped.ping_rate, shipped.frame_rate],
+            [default.ping_rate, default.frame_rate]
+        );
     }
 
     #[test]
@@ -516,7 +574,8 @@ mod tests {
     #[test]
     fn invalid_values_are_all_reported_together() {
         let text = MINIMAL.replace("0123456789abcdef0", "short")
-            + "stream:\n  heartbeat_seconds: 30\n  idle_timeout_seconds: 10\n";
+            + "stream:\n  heartbeat_seconds: 30\n  idle_timeout_seconds: 10\n"
+            + "limits:\n  ping_rate: {per_second: 0, burst: 5}\n";
         let err = Config::parse(&text, Path::new("c.yaml"))
             .unwrap()
             .validate()
@@ -527,5 +586,6 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("idle_timeout_seconds"), "{err}");
+        assert!(err.contains("limits.ping_rate"), "{err}");
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::api::{self, Streams};
+use crate::api::{self, Streams, UserLimits};
 use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::config::{ClockMode, Config};
 use crate::engine::Engine;
@@ -81,9 +81,10 @@ pub async fn run(
     let app =
         Arc::new(App::new(config, store, hub, rules, clock).with_automation(engine, manual_clock));
     let streams = Arc::new(Streams::default());
+    let user_limits = Arc::new(UserLimits::new(&app.config.limits));
     let metrics = crate::telemetry::metrics();
     let upkeep = tokio::spawn({
-        let (app, metrics) = (app.clone(), metrics.clone());
+        let (app, user_limits, metrics) = (app.clone(), user_limits.clone(), metrics.clone());
         async move {
             let mut every = tokio::time::interval(Duration::from_secs(30));
             let mut hourly = tokio::time::interval(Duration::from_secs(3600));
@@ -91,6 +92,7 @@ pub async fn run(
                 tokio::select! {
                     _ = every.tick() => {
                         app.prune_rate_limits();
+                        user_limits.prune();
                         metrics.run_upkeep();
                     }
                     _ = hourly.tick() => match app.forget_old_replies() {
@@ -101,7 +103,7 @@ pub async fn run(
             }
         }
     });
-    let routes = api::routes(app.clone(), streams.clone(), metrics);
+    let routes = api::routes(app.clone(), streams.clone(), user_limits, metrics);
     let stopping = streams.clone();
     let server = warp::serve(routes).incoming(listener).graceful(async move {
         shutdown.await;

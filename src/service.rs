@@ -629,14 +629,16 @@ impl App {
         })
     }
 
-    /// Tells the other participants' live connections that `caller` is typing.
+    /// Tells the other participants' live connections that `caller` is typing
+    /// (coalesced per connection: see [`crate::hub::TypingSlots`]).
     pub fn typing(&self, caller: Caller, conversation_id: &str) -> Result<(), ApiError> {
         let caller = caller.require_person()?;
         let conversation = self.conversation_of(&caller, conversation_id)?;
         let frame = Arc::new(Frame::typing(conversation_id, &caller.user_id));
         for p in &conversation.participants {
             if p.user_id != caller.user_id {
-                self.hub.publish(&p.user_id, &frame);
+                self.hub
+                    .publish_typing(&p.user_id, conversation_id, &caller.user_id, &frame);
             }
         }
         Ok(())

@@ -495,3 +495,104 @@ async fn an_invalid_query_string_is_400() {
         .expect(200);
     d.stop().await;
 }
+
+#[tokio::test]
+async fn a_token_used_before_its_nbf_is_401() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let signed = |nbf: i64| {
+        let claims = json!({"sub": p.customer.id, "role": "customer",
+                            "exp": now() + 7200, "nbf": nbf});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    // Valid from an hour from now: far beyond any clock-skew leeway.
+    let early = signed(now() + 3600);
+    let r = d
+        .call(Method::GET, "/v1/conversations", Some(&early), None)
+        .await;
+    assert_eq!(r.expect_error(401), "unauthorized");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not valid yet")),
+        "{}",
+        r.body
+    );
+    match d.try_ws(&early, None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 401)
+        }
+        Err(e) => panic!("expected a 401 handshake, got {e}"),
+        Ok(_) => panic!("the stream accepted a token before its nbf"),
+    }
+    // Once its nbf has passed, the same kind of token is fine.
+    let valid = signed(now() - 60);
+    d.call(Method::GET, "/v1/conversations", Some(&valid), None)
+        .await
+        .expect(200);
+    d.try_ws(&valid, None).await.expect("the stream takes it");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn http_typing_and_receipts_are_rate_limited_per_user_with_retry_after() {
+    let tight = "{per_second: 1, burst: 2}".to_owned();
+    let d = Daemon::launch(Launch {
+        config: vec![
+            ("typing_rate", tight.clone()),
+            ("read_rate", tight.clone()),
+            ("delivered_rate", tight),
+        ],
+        ..Launch::default()
+    })
+    .await;
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "c-1", "hello")
+        .await
+        .expect(201);
+    let routes = [
+        ("typing", None),
+        ("read", Some(json!({"seq": 1}))),
+        ("delivered", Some(json!({"seq": 1}))),
+    ];
+    for (route, body) in routes {
+        let url = d.url(&format!("/v1/conversations/{}/{route}", p.conversation));
+        let mut refused = None;
+        for _ in 0..10 {
+            let mut req = d.http.post(&url).bearer_auth(&p.provider.token);
+            if let Some(body) = &body {
+                req = req.json(body);
+            }
+            let reply = req.send().await.unwrap();
+            if reply.status().as_u16() == 429 {
+                refused = Some(reply);
+                break;
+            }
+            assert!(reply.status().is_success(), "{route}: {}", reply.status());
+        }
+        let reply = refused.unwrap_or_else(|| panic!("{route} was never rate limited"));
+        let retry_after: u64 = reply.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry_after >= 1, "{route}: Retry-After {retry_after}");
+        let body: Value = reply.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "rate_limited", "{route}: {body}");
+    }
+    // The limit is the provider's: the customer is not held back by it.
+    d.call(
+        Method::POST,
+        &format!("/v1/conversations/{}/typing", p.conversation),
+        Some(&p.customer.token),
+        None,
+    )
+    .await
+    .expect(202);
+    d.stop().await;
+}

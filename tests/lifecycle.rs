@@ -244,3 +244,36 @@ async fn health_metrics_and_openapi_are_served() {
     }
     d.stop().await;
 }
+
+#[tokio::test]
+async fn a_made_up_http_method_does_not_become_a_metrics_label() {
+    let d = Daemon::start().await;
+    for method in ["FOOBAR", "BREW"] {
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        let reply = d.call(m, "/healthz", None, None).await;
+        assert!((400..500).contains(&reply.status), "{method}: {reply:?}");
+    }
+    let text = d
+        .http
+        .get(d.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let methods: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("parleyd_http_requests_total{"))
+        .filter_map(|l| l.split("method=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(methods.contains("other"), "{text}");
+    assert!(
+        methods.iter().all(|m| [
+            "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other"
+        ]
+        .contains(m)),
+        "a method label outside the closed set: {methods:?}"
+    );
+    d.stop().await;
+}

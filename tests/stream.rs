@@ -1,9 +1,16 @@
-//! The stream: resuming with `since` (one device and two), and bad frames.
+//! The stream: resuming with `since` (one device and two), bad frames, and
+//! limits that keep one participant from knocking another offline.
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
-use serde_json::json;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[tokio::test]
@@ -220,5 +227,195 @@ async fn typing_reaches_the_other_side_only() {
     // Ephemeral: not in the log.
     let (events, _) = d.poll(&p.provider, 0, 0).await;
     assert!(events.iter().all(|e| e["type"] != "typing"));
+    d.stop().await;
+}
+
+/// Typing frames the customer sends in a flood: enough to fill the provider's
+/// socket buffers and its queue many times over had each one been delivered.
+const FLOOD: usize = 40_000;
+
+#[tokio::test]
+async fn a_typing_flood_does_not_knock_the_other_side_offline() {
+    let d = Daemon::start().await;
+    // The longest id makes each typing frame as large as one can be.
+    let customer = Person::new(&format!("cust-{}", "c".repeat(123)), "customer");
+    let p = pair_of(&d, customer, Person::new("prov-1", "provider")).await;
+
+    // The provider's phone reads nothing meanwhile, through a small receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(d.addr.parse().unwrap()).await.unwrap();
+    let mut provider = d.ws_over(&p.provider, tcp).await;
+
+    // The customer sends typing frames as fast as its socket allows, reading
+    // the answers as they come, then pings until a pong says all were handled.
+    let url = format!("ws://{}/v1/stream?token={}", d.addr, p.customer.token);
+    let (socket, _) = guard("the handshake", tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = socket.split();
+    let answers = async {
+        let mut limited = 0usize;
+        while let Some(msg) = rx.next().await {
+            let WsMessage::Text(text) = msg.expect("the customer's stream") else {
+                continue;
+            };
+            let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+            match frame["type"].as_str() {
+                Some("pong") => return limited,
+                Some("error") => {
+                    assert_eq!(frame["error"]["code"], "rate_limited", "{frame}");
+                    limited += 1;
+                }
+                _ => {}
+            }
+        }
+        panic!("the customer's stream ended");
+    };
+    let typing = json!({"type": "typing", "conversation_id": p.conversation}).to_string();
+    let flood = async {
+        for _ in 0..FLOOD {
+            tx.feed(WsMessage::text(typing.clone())).await.unwrap();
+        }
+        tx.flush().await.unwrap();
+        // A ping is a frame too: refused while the flood keeps the connection
+        // over its frame limit, so ask again until one is answered.
+        loop {
+            tx.send(WsMessage::text(r#"{"type":"ping"}"#))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    let limited = guard("the flood to be handled", async {
+        tokio::select! {
+            limited = answers => limited,
+            () = flood => unreachable!(),
+        }
+    })
+    .await;
+
+    // A real message after the flood reaches the provider on the same connection.
+    d.send(
+        &p.customer,
+        &p.conversation,
+        "after-the-flood",
+        "still there?",
+    )
+    .await
+    .expect(201);
+    let message = provider.message_event(1).await;
+    assert_eq!(message["message"]["client_id"], "after-the-flood");
+    let typing_seen = provider
+        .take_pending()
+        .iter()
+        .filter(|f| f["type"] == "typing")
+        .count();
+    assert!(
+        typing_seen >= 1,
+        "the provider never saw the customer typing"
+    );
+    assert!(
+        typing_seen * 100 < FLOOD,
+        "{typing_seen} of {FLOOD} typing frames reached the provider"
+    );
+    assert!(limited > 0, "no typing frame of the flood was rate limited");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn every_kind_of_frame_is_rate_limited_per_connection() {
+    let tight = "{per_second: 1, burst: 2}".to_owned();
+    let d = Daemon::launch(Launch {
+        config: vec![
+            ("typing_rate", tight.clone()),
+            ("read_rate", tight.clone()),
+            ("delivered_rate", tight.clone()),
+            ("ping_rate", tight),
+        ],
+        ..Launch::default()
+    })
+    .await;
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "c-1", "hello")
+        .await
+        .expect(201);
+    let mut ws = d.ws(&p.provider, None).await;
+    let frames = [
+        (
+            "typing",
+            json!({"type": "typing", "conversation_id": p.conversation}),
+        ),
+        (
+            "read",
+            json!({"type": "read", "conversation_id": p.conversation, "seq": 1}),
+        ),
+        (
+            "delivered",
+            json!({"type": "delivered", "conversation_id": p.conversation, "seq": 1}),
+        ),
+        ("ping", json!({"type": "ping"})),
+    ];
+    for (kind, frame) in frames {
+        for _ in 0..10 {
+            ws.send_json(frame.clone()).await;
+        }
+        let error = ws
+            .next_where(&format!("{kind} to be rate limited"), |f| {
+                f["type"] == "error"
+                    && f["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains(kind))
+            })
+            .await;
+        assert_eq!(error["error"]["code"], "rate_limited", "{error}");
+    }
+    // The connection stays open, and the other kinds have their own budgets.
+    let ack = ws.send_acked(&p.conversation, "p-1", "hi").await;
+    assert_eq!(ack["message"]["seq"], 2);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_that_breaks_the_protocol_closes_the_stream_with_the_code_that_says_why() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let frame = |opcode: OpCode, payload: &[u8]| {
+        WsMessage::Frame(Frame::message(payload.to_vec(), opcode, true))
+    };
+    let cases = [
+        // Over limits.max_body_bytes (64 KiB): 1009, message too big.
+        (
+            "oversized",
+            Some(WsMessage::text("x".repeat(100_000))),
+            1009,
+        ),
+        // Opcode 3 is reserved: 1002, protocol error.
+        (
+            "bad opcode",
+            Some(frame(OpCode::Data(Data::Reserved(3)), b"hi")),
+            1002,
+        ),
+        // A text frame that is not UTF-8: 1007 (RFC 6455 §7.4.1).
+        (
+            "not UTF-8",
+            Some(frame(OpCode::Data(Data::Text), &[0xc3, 0x28])),
+            1007,
+        ),
+        // Written below as raw bytes: a client frame must be masked. 1002.
+        ("unmasked", None, 1002),
+    ];
+    for (what, message, code) in cases {
+        let mut ws = d.ws(&p.customer, None).await;
+        match message {
+            Some(message) => ws.send_raw(message).await,
+            None => ws.tcp().write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap(),
+        }
+        let close = ws.close_frame().await;
+        let got = close.as_ref().map(|c| u16::from(c.code));
+        assert_eq!(got, Some(code), "{what}: {close:?}");
+    }
+    // The daemon serves on.
+    d.ws(&p.customer, None).await.ping().await;
     d.stop().await;
 }

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
-use warp::Filter;
+use warp::{Filter, Reply};
 
 use super::idempotency::{self, derived_id, keyed_json_body, InFlight, Keyed};
+use super::limits::{Action, UserLimits};
 use super::{caller, json_body, respond, Response};
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -55,12 +56,13 @@ pub struct LimitQuery {
     pub limit: Option<usize>,
 }
 
-pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Response,)> {
     let limit = app.config.limits.max_body_bytes;
     let with_app = {
         let app = app.clone();
         warp::any().map(move || app.clone())
     };
+    let with_limits = warp::any().map(move || user_limits.clone());
     let who = caller(app);
     let v1 = warp::path("v1");
     let in_flight = {
@@ -119,6 +121,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .and(warp::path!("conversations" / String / "read"))
         .and(warp::post())
         .and(with_app.clone())
+        .and(with_limits.clone())
         .and(who.clone())
         .and(json_body(limit))
         .then(mark_read);
@@ -126,6 +129,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .and(warp::path!("conversations" / String / "delivered"))
         .and(warp::post())
         .and(with_app.clone())
+        .and(with_limits.clone())
         .and(who.clone())
         .and(json_body(limit))
         .then(mark_delivered);
@@ -133,6 +137,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .and(warp::path!("conversations" / String / "typing"))
         .and(warp::post())
         .and(with_app.clone())
+        .and(with_limits)
         .and(who.clone())
         .then(typing);
     let create_booking = v1
@@ -350,12 +355,23 @@ pub async fn send_message(id: String, app: Arc<App>, who: Auth, body: Body<SendI
 /// Marks the other side's messages up to `seq` read.
 #[utoipa::path(post, path = "/v1/conversations/{id}/read", request_body = ReadInput,
     params(("id" = String, Path)),
-    responses((status = 200, body = crate::service::ReadReply), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, body = crate::service::ReadReply), (status = 404, body = crate::error::ErrorBody),
+        (status = 429, description = "past `limits.read_rate`; `Retry-After` says when to retry", body = crate::error::ErrorBody, headers(("Retry-After" = u64, description = "seconds")))),
     security(("bearer" = [])))]
-pub async fn mark_read(id: String, app: Arc<App>, who: Auth, body: Body<ReadInput>) -> Response {
+pub async fn mark_read(
+    id: String,
+    app: Arc<App>,
+    limits: Arc<UserLimits>,
+    who: Auth,
+    body: Body<ReadInput>,
+) -> Response {
+    let caller = match limits.admit(Action::Read, who) {
+        Ok(caller) => caller,
+        Err(refused) => return refused.into_response(),
+    };
     respond(
         StatusCode::OK,
-        async { app.read(who?, &id, body?.seq).await }.await,
+        async { app.read(caller, &id, body?.seq).await }.await,
     )
 }
 
@@ -363,30 +379,41 @@ pub async fn mark_read(id: String, app: Arc<App>, who: Auth, body: Body<ReadInpu
 /// senders get a delivery receipt).
 #[utoipa::path(post, path = "/v1/conversations/{id}/delivered", request_body = ReadInput,
     params(("id" = String, Path)),
-    responses((status = 200, body = crate::service::DeliveredReply), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, body = crate::service::DeliveredReply), (status = 404, body = crate::error::ErrorBody),
+        (status = 429, description = "past `limits.delivered_rate`; `Retry-After` says when to retry", body = crate::error::ErrorBody, headers(("Retry-After" = u64, description = "seconds")))),
     security(("bearer" = [])))]
 pub async fn mark_delivered(
     id: String,
     app: Arc<App>,
+    limits: Arc<UserLimits>,
     who: Auth,
     body: Body<ReadInput>,
 ) -> Response {
+    let caller = match limits.admit(Action::Delivered, who) {
+        Ok(caller) => caller,
+        Err(refused) => return refused.into_response(),
+    };
     respond(
         StatusCode::OK,
-        async { app.delivered(who?, &id, body?.seq).await }.await,
+        async { app.delivered(caller, &id, body?.seq).await }.await,
     )
 }
 
 /// Shows the other side that the caller is typing (live only, never stored).
 #[utoipa::path(post, path = "/v1/conversations/{id}/typing",
     params(("id" = String, Path)),
-    responses((status = 202, description = "sent to the other side's live connections")),
+    responses((status = 202, description = "sent to the other side's live connections (each gets at most one per second, the latest)"),
+        (status = 429, description = "past `limits.typing_rate`; `Retry-After` says when to retry", body = crate::error::ErrorBody, headers(("Retry-After" = u64, description = "seconds")))),
     security(("bearer" = [])))]
-pub async fn typing(id: String, app: Arc<App>, who: Auth) -> Response {
-    let result = who.and_then(|c| app.typing(c, &id));
+pub async fn typing(id: String, app: Arc<App>, limits: Arc<UserLimits>, who: Auth) -> Response {
+    let caller = match limits.admit(Action::Typing, who) {
+        Ok(caller) => caller,
+        Err(refused) => return refused.into_response(),
+    };
     respond(
         StatusCode::ACCEPTED,
-        result.map(|()| serde_json::json!({"status": "sent"})),
+        app.typing(caller, &id)
+            .map(|()| serde_json::json!({"status": "sent"})),
     )
 }
 

@@ -4,6 +4,7 @@
 
 mod http;
 mod idempotency;
+mod limits;
 pub mod openapi;
 mod stream;
 
@@ -21,6 +22,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::service::App;
 
+pub use limits::UserLimits;
 pub use stream::Streams;
 
 type Response = warp::reply::Response;
@@ -29,6 +31,7 @@ type Response = warp::reply::Response;
 pub fn routes(
     app: Arc<App>,
     streams: Arc<Streams>,
+    user_limits: Arc<UserLimits>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let ops = warp::path!("healthz")
@@ -49,7 +52,7 @@ pub fn routes(
         .unify()
         .boxed();
 
-    ops.or(http::routes(app.clone()))
+    ops.or(http::routes(app.clone(), user_limits))
         .unify()
         .or(stream::routes(app, streams))
         .unify()
@@ -58,7 +61,7 @@ pub fn routes(
         .with(warp::log::custom(|info| {
             metrics::counter!(
                 "parleyd_http_requests_total",
-                "method" => info.method().to_string(),
+                "method" => method_label(info.method()),
                 "status" => info.status().as_u16().to_string()
             )
             .increment(1);
@@ -66,6 +69,23 @@ pub fn routes(
                 .record(info.elapsed().as_secs_f64());
         }))
         .with(warp::trace::request())
+}
+
+/// The `method` label of the request metrics: one of the standard methods, or
+/// `other`. A client may send any token as its method; labelling by it would let
+/// clients grow the set of series without bound.
+fn method_label(method: &warp::http::Method) -> &'static str {
+    use warp::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// A JSON reply with a status.

@@ -20,20 +20,23 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Reply};
 
+use super::limits::{Action, ConnectionLimits};
 use super::Response;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::events::Frame;
+use crate::hub::TypingSlots;
 use crate::model::SendInput;
 use crate::service::App;
 
@@ -289,6 +292,7 @@ enum Ending {
 struct Connection {
     app: Arc<App>,
     caller: Caller,
+    limits: ConnectionLimits,
     shutdown: watch::Receiver<bool>,
     /// The last cursor written to the client.
     position: u64,
@@ -297,6 +301,7 @@ struct Connection {
 impl Connection {
     fn new(app: Arc<App>, caller: Caller, shutdown: watch::Receiver<bool>) -> Connection {
         Connection {
+            limits: ConnectionLimits::new(&app.config.limits),
             app,
             caller,
             shutdown,
@@ -353,6 +358,9 @@ impl Connection {
         let idle_timeout = Duration::from_secs(cfg.idle_timeout_seconds);
         let mut last_heard = Instant::now();
         let mut shutdown = self.shutdown.clone();
+        let typing = Arc::clone(&subscription.typing);
+        // When a held typing indicator may be written.
+        let mut typing_due: Option<Instant> = None;
 
         loop {
             // Biased: answers to the client's own sends go out before more of its
@@ -380,6 +388,12 @@ impl Connection {
                         return ending;
                     }
                 }
+                _ = typing_wakeup(&typing, typing_due) => {
+                    match write_typing(sink, &typing).await {
+                        Ok(next) => typing_due = next,
+                        Err(ending) => return ending,
+                    }
+                }
                 Some(reply) = replies.recv() => {
                     if sink.send(WsMessage::text(reply)).await.is_err() {
                         return Ending::ClientLeft;
@@ -388,7 +402,8 @@ impl Connection {
                 incoming = source.next() => {
                     last_heard = Instant::now();
                     match incoming {
-                        None | Some(Err(_)) => return Ending::ClientLeft,
+                        None => return Ending::ClientLeft,
+                        Some(Err(e)) => return read_failure(e),
                         Some(Ok(WsMessage::Text(text))) => {
                             if let Some(reply) = self.handle(text.as_str(), &replies_tx, &inflight).await {
                                 if sink.send(WsMessage::text(reply)).await.is_err() {
@@ -476,18 +491,45 @@ impl Connection {
         replies: &mpsc::Sender<String>,
         inflight: &Arc<Semaphore>,
     ) -> Option<String> {
-        let frame: ClientFrame = match serde_json::from_str(text) {
-            Ok(frame) => frame,
-            Err(e) => {
+        let parsed = serde_json::from_str::<ClientFrame>(text);
+        // Every frame counts, a malformed one too; sends are further held to
+        // the per-user send limit by the service.
+        let action = match &parsed {
+            Ok(ClientFrame::Typing { .. }) => Action::Typing,
+            Ok(ClientFrame::Read { .. }) => Action::Read,
+            Ok(ClientFrame::Delivered { .. }) => Action::Delivered,
+            Ok(ClientFrame::Ping) => Action::Ping,
+            Ok(ClientFrame::Send { .. }) | Err(_) => Action::Frame,
+        };
+        let (client_id, e) = match (parsed, self.limits.check(action)) {
+            (Ok(frame), Ok(())) => return self.dispatch(frame, replies, inflight).await,
+            (Ok(ClientFrame::Send { client_id, .. }), Err(limited)) => {
+                (Some(client_id), limited.error())
+            }
+            (Ok(_), Err(limited)) => (None, limited.error()),
+            (Err(e), limited) => {
                 let client_id = serde_json::from_str::<serde_json::Value>(text)
                     .ok()
                     .and_then(|v| v.get("client_id")?.as_str().map(str::to_owned));
-                let e = ApiError::BadRequest(format!(
-                    "not a valid frame ({e}); expected send, read, typing or ping"
-                ));
-                return Some(error_frame(client_id.as_deref(), &e));
+                let e = match limited {
+                    Ok(()) => ApiError::BadRequest(format!(
+                        "not a valid frame ({e}); expected send, read, delivered, typing or ping"
+                    )),
+                    Err(limited) => limited.error(),
+                };
+                (client_id, e)
             }
         };
+        Some(error_frame(client_id.as_deref(), &e))
+    }
+
+    /// Carries out a frame within its limits.
+    async fn dispatch(
+        &self,
+        frame: ClientFrame,
+        replies: &mpsc::Sender<String>,
+        inflight: &Arc<Semaphore>,
+    ) -> Option<String> {
         match frame {
             ClientFrame::Ping => Some(serde_json::json!({"type": "pong"}).to_string()),
             ClientFrame::Typing { conversation_id } => self
@@ -568,10 +610,61 @@ impl Connection {
     }
 }
 
+/// Resolves when a typing indicator arrives, or when a held one falls `due`.
+async fn typing_wakeup(slots: &TypingSlots, due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::select! {
+            _ = slots.changed() => {}
+            _ = tokio::time::sleep_until(due) => {}
+        },
+        None => slots.changed().await,
+    }
+}
+
+/// Writes the typing indicators that are due; returns when the next held one is.
+async fn write_typing<S>(sink: &mut S, slots: &TypingSlots) -> Result<Option<Instant>, Ending>
+where
+    S: futures_util::Sink<WsMessage, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let (due, next) = slots.take_due(Instant::now());
+    if !due.is_empty() {
+        for frame in due {
+            sink.feed(WsMessage::text(frame.json.to_string()))
+                .await
+                .map_err(|_| Ending::ClientLeft)?;
+        }
+        sink.flush().await.map_err(|_| Ending::ClientLeft)?;
+    }
+    Ok(next)
+}
+
 /// Resolves once shutdown has begun (at once if it already has).
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send: drop it here, not across an await.
     let _ = shutdown.wait_for(|stopping| *stopping).await.map(drop);
+}
+
+/// How a failed read ends the connection: a client that broke the protocol is
+/// told why with the RFC 6455 §7.4.1 close code (1009 message too big, 1007 text
+/// that is not UTF-8, 1002 any other protocol violation: a bad opcode, an
+/// unmasked frame…); one that vanished is just gone.
+fn read_failure(e: WsError) -> Ending {
+    // A close reason must fit a control frame (123 bytes): short fixed texts.
+    let (code, reason) = match &e {
+        WsError::Capacity(CapacityError::MessageTooLong { max_size, .. }) => (
+            CloseCode::Size,
+            format!("message too big: the limit is {max_size} bytes"),
+        ),
+        WsError::Capacity(_) => (CloseCode::Size, "message too big".to_owned()),
+        WsError::Utf8(_) => (CloseCode::Invalid, "text frame is not UTF-8".to_owned()),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            return Ending::ClientLeft
+        }
+        WsError::Protocol(_) => (CloseCode::Protocol, "WebSocket protocol error".to_owned()),
+        _ => return Ending::ClientLeft,
+    };
+    tracing::debug!(error = %e, "closing a stream that broke the protocol");
+    Ending::Close(code.into(), reason)
 }
 
 fn internal(e: ApiError) -> Ending {

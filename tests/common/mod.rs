@@ -434,20 +434,20 @@ impl Daemon {
             tokio_tungstenite::connect_async(url),
         )
         .await?;
-        let mut ws = Ws {
-            inner,
-            pending: VecDeque::new(),
-            replayed: Vec::new(),
-            ready_cursor: 0,
-        };
-        loop {
-            let frame = ws.read().await;
-            if frame["type"] == "ready" {
-                ws.ready_cursor = frame["cursor"].as_u64().expect("ready has a cursor");
-                return Ok(ws);
-            }
-            ws.replayed.push(frame);
-        }
+        Ok(Ws::until_ready(inner).await)
+    }
+
+    /// Opens `who`'s WebSocket over `tcp`, a socket the test set up itself (e.g.
+    /// with a small receive buffer), and reads up to its `ready` frame.
+    pub async fn ws_over(&self, who: &Person, tcp: TcpStream) -> Ws {
+        let url = format!("ws://{}/v1/stream?token={}", self.addr, who.token);
+        let (inner, _) = guard(
+            "the WebSocket handshake",
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("WebSocket for {} refused: {e}", who.id));
+        Ws::until_ready(inner).await
     }
 }
 
@@ -549,8 +549,16 @@ pub struct Pair {
 /// Registers the users and the listing (as the service) and opens the
 /// conversation (as the customer).
 pub async fn pair(d: &Daemon) -> Pair {
-    let customer = Person::new("cust-1", "customer");
-    let provider = Person::new("prov-1", "provider");
+    pair_of(
+        d,
+        Person::new("cust-1", "customer"),
+        Person::new("prov-1", "provider"),
+    )
+    .await
+}
+
+/// `pair` with the given people.
+pub async fn pair_of(d: &Daemon, customer: Person, provider: Person) -> Pair {
     for (who, name) in [(&customer, "Carla"), (&provider, "Pablo")] {
         d.put(
             &format!("/v1/users/{}", who.id),
@@ -603,6 +611,33 @@ pub struct Ws {
 }
 
 impl Ws {
+    /// Wraps a connected socket, reading the replay up to `ready`.
+    async fn until_ready(inner: Socket) -> Ws {
+        let mut ws = Ws {
+            inner,
+            pending: VecDeque::new(),
+            replayed: Vec::new(),
+            ready_cursor: 0,
+        };
+        loop {
+            let frame = ws.read().await;
+            if frame["type"] == "ready" {
+                ws.ready_cursor = frame["cursor"].as_u64().expect("ready has a cursor");
+                return ws;
+            }
+            ws.replayed.push(frame);
+        }
+    }
+
+    /// The TCP socket under the WebSocket, to write bytes no WebSocket client
+    /// would (a frame that breaks the protocol).
+    pub fn tcp(&mut self) -> &mut TcpStream {
+        match self.inner.get_mut() {
+            MaybeTlsStream::Plain(tcp) => tcp,
+            _ => panic!("the test streams are plain TCP"),
+        }
+    }
+
     /// Reads the next text frame from the socket (not from `pending`).
     async fn read(&mut self) -> Value {
         loop {
