@@ -46,6 +46,11 @@ impl Caller {
     }
 }
 
+/// Seconds a token stays valid past its `exp` (jsonwebtoken's validation
+/// leeway), so one minted on a clock slightly behind ours is not refused early.
+/// README.md and the OpenAPI document state it.
+pub const TOKEN_LEEWAY_SECONDS: u64 = 5;
+
 #[derive(Clone)]
 pub struct Authenticator {
     encoding: EncodingKey,
@@ -57,7 +62,7 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn new(jwt_secret: &str, service_key: &str) -> Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = TOKEN_LEEWAY_SECONDS;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Authenticator {
             encoding: EncodingKey::from_secret(jwt_secret.as_bytes()),

@@ -34,7 +34,7 @@ pub struct ReadInput {
 pub struct PageQuery {
     /// Only messages with a greater `seq` (default 0: from the start).
     pub after: Option<u64>,
-    /// At most this many (1-500, default 100).
+    /// At most this many (1-500, default 100; outside that range, 422).
     pub limit: Option<usize>,
 }
 
@@ -43,14 +43,14 @@ pub struct PageQuery {
 pub struct FlagsQuery {
     /// Only records after this flag id (ids are time-ordered).
     pub after: Option<String>,
-    /// At most this many (1-500, default 100).
+    /// At most this many (1-500, default 100; outside that range, 422).
     pub limit: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct LimitQuery {
-    /// At most this many (1-500, default 50).
+    /// At most this many (1-500, default 50; outside that range, 422).
     pub limit: Option<usize>,
 }
 
@@ -318,8 +318,7 @@ pub async fn get_conversation(id: String, app: Arc<App>, who: Auth) -> Response 
     responses((status = 200, body = [crate::model::Message]), (status = 404, body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_messages(id: String, app: Arc<App>, who: Auth, page: PageQuery) -> Response {
-    let result =
-        who.and_then(|c| app.messages(c, &id, page.after.unwrap_or(0), page.limit.unwrap_or(100)));
+    let result = who.and_then(|c| app.messages(c, &id, page.after.unwrap_or(0), page.limit));
     respond(StatusCode::OK, result)
 }
 
@@ -460,7 +459,7 @@ pub async fn admin_clock(
     responses((status = 200, body = [crate::model::Flag]), (status = 403, body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn admin_flags(app: Arc<App>, who: Auth, query: FlagsQuery) -> Response {
-    let result = who.and_then(|c| app.flags(c, query.after.as_deref(), query.limit.unwrap_or(100)));
+    let result = who.and_then(|c| app.flags(c, query.after.as_deref(), query.limit));
     respond(StatusCode::OK, result)
 }
 
@@ -492,10 +491,9 @@ pub async fn admin_user_notifications(
     who: Auth,
     query: LimitQuery,
 ) -> Response {
-    let limit = query.limit.unwrap_or(50);
     respond(
         StatusCode::OK,
-        who.and_then(|c| app.notifications_of(c, &id, limit)),
+        who.and_then(|c| app.notifications_of(c, &id, query.limit)),
     )
 }
 
