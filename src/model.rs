@@ -581,7 +581,11 @@ impl Message {
 pub struct SendInput {
     /// Made by the client (e.g. a UUID), unique per sender: a retry with the same
     /// `client_id` returns the stored message instead of storing it again.
+    /// 1-128 printable ASCII characters (checked by `validate`).
+    #[schema(pattern = "^[!-~]{1,128}$", example = "7d1c2a9e-0001")]
     pub client_id: String,
+    /// Not blank; at most `limits.max_message_chars` characters (4000 as shipped).
+    #[schema(pattern = "\\S", example = "Is the 1 December tour still open?")]
     pub content: String,
 }
 
