@@ -1,6 +1,8 @@
 //! The one place where failures become HTTP statuses and the JSON error body
 //! `{"error": {"code": "...", "message": "..."}}` (also used by stream `error` frames).
 
+use std::time::Duration;
+
 use serde::Serialize;
 use warp::http::StatusCode;
 
@@ -31,8 +33,13 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     Unprocessable(String),
-    #[error("{0}")]
-    RateLimited(String),
+    /// Too many requests; the caller may try again after `retry_after` (sent as
+    /// the `Retry-After` header, in whole seconds rounded up).
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: Duration,
+    },
     /// Contact moderation refused to deliver a message.
     #[error("{0}")]
     Blocked(String),
@@ -69,7 +76,7 @@ impl ApiError {
             ApiError::Unprocessable(_) | ApiError::IdempotencyKeyReused(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Blocked(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -89,7 +96,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused(_) => "idempotency_key_reused",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unprocessable(_) => "invalid",
-            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Blocked(_) => "blocked",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -114,6 +121,13 @@ impl ApiError {
     }
 }
 
+/// `Retry-After` in delay-seconds (RFC 9110 section 10.2.3): whole seconds,
+/// rounded up so a client that waits that long is let through, and at least 1.
+fn retry_after_seconds(wait: Duration) -> u64 {
+    let rounded_up = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    rounded_up.max(1)
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
         match e {
@@ -133,14 +147,36 @@ impl warp::Reply for ApiError {
         }
         let mut response = warp::reply::with_status(warp::reply::json(&self.body()), self.status())
             .into_response();
-        if let ApiError::PayloadTooLarge(_) = self {
-            // The rest of the body is left unread, so the connection cannot carry
-            // another request: say so, or a keep-alive client writes into a dead socket.
-            response.headers_mut().insert(
-                warp::http::header::CONNECTION,
-                warp::http::HeaderValue::from_static("close"),
-            );
+        match self {
+            ApiError::PayloadTooLarge(_) => {
+                // The rest of the body is left unread, so the connection cannot carry
+                // another request: say so, or a keep-alive client writes into a dead socket.
+                response.headers_mut().insert(
+                    warp::http::header::CONNECTION,
+                    warp::http::HeaderValue::from_static("close"),
+                );
+            }
+            ApiError::RateLimited { retry_after, .. } => {
+                response.headers_mut().insert(
+                    warp::http::header::RETRY_AFTER,
+                    warp::http::HeaderValue::from(retry_after_seconds(retry_after)),
+                );
+            }
+            _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds_and_is_never_zero() {
+        assert_eq!(retry_after_seconds(Duration::ZERO), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(100)), 1);
+        assert_eq!(retry_after_seconds(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_seconds(Duration::from_millis(2001)), 3);
     }
 }

@@ -39,6 +39,22 @@ pub fn parse_time(field: &str, text: &str) -> Result<jiff::Timestamp, ApiError> 
     })
 }
 
+/// The most items one page of a list route returns (its `limit` query parameter).
+pub const MAX_PAGE: usize = 500;
+
+/// A list route's `limit`: `default` when absent; 422 outside `1..=MAX_PAGE`
+/// (refused rather than clamped, so a client never mistakes a short page for
+/// the end of the list).
+pub fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::Unprocessable(format!(
+            "limit must be 1-{MAX_PAGE}, not {n}"
+        ))),
+    }
+}
+
 pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.chars().count() > max {
         return Err(ApiError::Unprocessable(format!(
@@ -595,7 +611,11 @@ impl Message {
 pub struct SendInput {
     /// Made by the client (e.g. a UUID), unique per sender: a retry with the same
     /// `client_id` returns the stored message instead of storing it again.
+    /// 1-128 printable ASCII characters (checked by `validate`).
+    #[schema(pattern = "^[!-~]{1,128}$", example = "7d1c2a9e-0001")]
     pub client_id: String,
+    /// Not blank; at most `limits.max_message_chars` characters (4000 as shipped).
+    #[schema(pattern = "\\S", example = "Is the 1 December tour still open?")]
     pub content: String,
 }
 

@@ -17,9 +17,9 @@ use crate::error::ApiError;
 use crate::events::Frame;
 use crate::hub::Hub;
 use crate::model::{
-    check_len, format_time, validate_id, validate_period, Booking, BookingInput, BookingPatch,
-    Conversation, ConversationView, Flag, Listing, ListingInput, Message, MessageType, Reply,
-    SendInput, Signal, SignalInput, User, UserInput,
+    check_len, format_time, page_limit, validate_id, validate_period, Booking, BookingInput,
+    BookingPatch, Conversation, ConversationView, Flag, Listing, ListingInput, Message,
+    MessageType, Reply, SendInput, Signal, SignalInput, User, UserInput,
 };
 use crate::moderation::{self, Moderator, Submission};
 use crate::notify::record::{Lane, Notification};
@@ -323,11 +323,12 @@ impl App {
         caller: Caller,
         id: &str,
         after: u64,
-        limit: usize,
+        limit: Option<usize>,
     ) -> Result<Vec<Message>, ApiError> {
         let caller = caller.require_person()?;
+        let limit = page_limit(limit, 100)?;
         self.conversation_of(&caller, id)?;
-        Ok(self.store.messages(id, after, limit.clamp(1, 500))?)
+        Ok(self.store.messages(id, after, limit)?)
     }
 
     /// Stores and delivers a person's message, as contact moderation allows. A
@@ -341,8 +342,15 @@ impl App {
     ) -> Result<SendReply, ApiError> {
         let caller = caller.require_person()?;
         input.validate(self.config.limits.max_message_chars)?;
-        let limited = self.send_limiter.check_key(&caller.user_id).is_err();
-        let in_memory = if limited {
+        // How long until the sender may send again, when over the limit now.
+        let limited = self
+            .send_limiter
+            .check_key(&caller.user_id)
+            .err()
+            .map(|not_until| {
+                not_until.wait_time_from(governor::clock::Clock::now(self.send_limiter.clock()))
+            });
+        let in_memory = if limited.is_some() {
             None
         } else {
             let n = self.moderator.history_len();
@@ -389,9 +397,9 @@ impl App {
         caller: Caller,
         conversation_id: String,
         input: SendInput,
-        limited: bool,
+        limited: Option<std::time::Duration>,
     ) -> Result<Prepared, ApiError> {
-        if limited {
+        if let Some(retry_after) = limited {
             // A retry of a stored message is answered even past the limit; only
             // then is it worth a read (the writer spots duplicates otherwise).
             let fingerprint = send_fingerprint(&conversation_id, &input.content);
@@ -405,10 +413,13 @@ impl App {
                 return send_reply(stored, false).map(Prepared::Answered);
             }
             metrics::counter!("parleyd_rate_limited_total").increment(1);
-            return Err(ApiError::RateLimited(format!(
-                "more than {} messages per second; slow down",
-                self.config.limits.send_rate_per_second
-            )));
+            return Err(ApiError::RateLimited {
+                message: format!(
+                    "more than {} messages per second; slow down",
+                    self.config.limits.send_rate_per_second
+                ),
+                retry_after,
+            });
         }
         let conversation = self.conversation_of(&caller, &conversation_id)?;
         let history = self.store.recent_from(
@@ -508,10 +519,10 @@ impl App {
         &self,
         caller: Caller,
         after: Option<&str>,
-        limit: usize,
+        limit: Option<usize>,
     ) -> Result<Vec<Flag>, ApiError> {
         caller.require(&[Role::Operator])?;
-        Ok(self.store.flags(after, limit.clamp(1, 500))?)
+        Ok(self.store.flags(after, page_limit(limit, 100)?)?)
     }
 
     /// The outbox for operators: what waits in each lane, and the dead letters.
@@ -554,10 +565,12 @@ impl App {
         &self,
         caller: Caller,
         user_id: &str,
-        limit: usize,
+        limit: Option<usize>,
     ) -> Result<Vec<Notification>, ApiError> {
         caller.require(&[Role::Operator])?;
-        Ok(self.store.notifications_of(user_id, limit.clamp(1, 500))?)
+        Ok(self
+            .store
+            .notifications_of(user_id, page_limit(limit, 50)?)?)
     }
 
     /// Puts a dead delivery back in its queue with fresh attempts.

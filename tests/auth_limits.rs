@@ -273,6 +273,14 @@ async fn the_default_send_limit_answers_429_and_rate_limited_frames() {
     }
     let refused = refused.expect("no send was ever rate limited");
     assert_eq!(refused.expect_error(429), "rate_limited");
+    // …saying when to try again: Retry-After, in whole seconds.
+    let retry_after = refused
+        .header("retry-after")
+        .expect("429 without Retry-After");
+    assert!(
+        retry_after.parse::<u64>().is_ok_and(|s| s >= 1),
+        "Retry-After: {retry_after}"
+    );
 
     // The same over the stream, for the other participant.
     let mut ws = d.ws(&p.provider, None).await;
@@ -594,5 +602,35 @@ async fn http_typing_and_receipts_are_rate_limited_per_user_with_retry_after() {
     )
     .await
     .expect(202);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_limit_outside_1_to_500_is_422_on_every_list() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let ops = operator();
+    let lists = [
+        (
+            format!("/v1/conversations/{}/messages", p.conversation),
+            &p.customer.token,
+        ),
+        ("/v1/admin/flags".to_owned(), &ops.token),
+        (
+            format!("/v1/admin/users/{}/notifications", p.customer.id),
+            &ops.token,
+        ),
+    ];
+    for (list, token) in &lists {
+        for limit in [0, 501, 100_000] {
+            let reply = d.get(&format!("{list}?limit={limit}"), token).await;
+            assert_eq!(reply.expect_error(422), "invalid", "{list}?limit={limit}");
+        }
+        for limit in [1, 500] {
+            d.get(&format!("{list}?limit={limit}"), token)
+                .await
+                .expect(200);
+        }
+    }
     d.stop().await;
 }

@@ -9,9 +9,10 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::python::{python3, python_packages};
 use common::*;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -119,31 +120,8 @@ impl Receiver {
     }
 }
 
-/// aiosmtpd in `target/tmp/pydeps`, installed once per test run.
-fn python_path() -> PathBuf {
-    static DEPS: OnceLock<PathBuf> = OnceLock::new();
-    DEPS.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pydeps");
-        if !dir.join("aiosmtpd").exists() {
-            let status = std::process::Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                ])
-                .arg("--target")
-                .arg(&dir)
-                .arg("aiosmtpd==1.4.6")
-                .status()
-                .expect("python3 is needed for the SMTP test server");
-            assert!(status.success(), "pip install aiosmtpd failed");
-        }
-        dir
-    })
-    .clone()
-}
+/// aiosmtpd's version, pinned so every run tests against the same server.
+const AIOSMTPD: &str = "aiosmtpd==1.4.6";
 
 /// A real SMTP server; the emails it accepted are in `mails`.
 struct SmtpSink {
@@ -155,12 +133,10 @@ struct SmtpSink {
 impl SmtpSink {
     async fn start() -> SmtpSink {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_sink.py");
-        let mut child = tokio::process::Command::new("python3")
+        let mut child = python3(&python_packages(&[AIOSMTPD]))
             .arg(script)
-            .env("PYTHONPATH", python_path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .expect("start the SMTP server");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

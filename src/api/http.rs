@@ -32,27 +32,33 @@ pub struct ReadInput {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// Only messages with a greater `seq` (default 0: from the start).
     pub after: Option<u64>,
-    /// At most this many (1-500, default 100).
+    /// At most this many (1-500, default 100; outside that range, 422).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FlagsQuery {
     /// Only records after this flag id (ids are time-ordered).
     pub after: Option<String>,
-    /// At most this many (1-500, default 100).
+    /// At most this many (1-500, default 100; outside that range, 422).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LimitQuery {
-    /// At most this many (1-500, default 50).
+    /// At most this many (1-500, default 50; outside that range, 422).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
 }
 
@@ -269,18 +275,18 @@ pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Respo
 }
 
 /// Registers or replaces a user (the marketplace backend).
-#[utoipa::path(put, path = "/v1/users/{id}", request_body = UserInput,
+#[utoipa::path(put, path = "/v1/users/{id}", tag = "service", request_body = UserInput,
     params(("id" = String, Path, description = "the marketplace's user id")),
-    responses((status = 200, body = crate::model::User), (status = 422, body = crate::error::ErrorBody)),
+    responses((status = 200, body = crate::model::User)),
     security(("bearer" = [])))]
 pub async fn put_user(id: String, app: Arc<App>, who: Auth, body: Body<UserInput>) -> Response {
     respond(StatusCode::OK, (|| app.put_user(who?, &id, body?))())
 }
 
 /// Registers or replaces a listing (the marketplace backend).
-#[utoipa::path(put, path = "/v1/listings/{id}", request_body = ListingInput,
+#[utoipa::path(put, path = "/v1/listings/{id}", tag = "service", request_body = ListingInput,
     params(("id" = String, Path, description = "the marketplace's listing id")),
-    responses((status = 200, body = crate::model::Listing), (status = 422, body = crate::error::ErrorBody)),
+    responses((status = 200, body = crate::model::Listing)),
     security(("bearer" = [])))]
 pub async fn put_listing(
     id: String,
@@ -292,10 +298,11 @@ pub async fn put_listing(
 }
 
 /// Opens the customer's pre-booking conversation about a listing, or returns it.
-#[utoipa::path(post, path = "/v1/conversations", request_body = OpenConversation,
+#[utoipa::path(post, path = "/v1/conversations", tag = "conversations", request_body = OpenConversation,
     responses((status = 201, description = "opened", body = crate::model::ConversationView),
               (status = 200, description = "already open", body = crate::model::ConversationView),
-              (status = 404, body = crate::error::ErrorBody)),
+              (status = 404, description = "no such listing"),
+              (status = 422, description = "invalid body, or the caller is the listing's provider")),
     security(("bearer" = [])))]
 pub async fn open_conversation(app: Arc<App>, who: Auth, body: Body<OpenConversation>) -> Response {
     let result = async { app.open_conversation(who?, &body?.listing_id).await }.await;
@@ -306,7 +313,7 @@ pub async fn open_conversation(app: Arc<App>, who: Auth, body: Body<OpenConversa
 }
 
 /// The caller's conversations, most recently active first.
-#[utoipa::path(get, path = "/v1/conversations",
+#[utoipa::path(get, path = "/v1/conversations", tag = "conversations",
     responses((status = 200, body = [crate::model::ConversationView])),
     security(("bearer" = [])))]
 pub async fn list_conversations(app: Arc<App>, who: Auth) -> Response {
@@ -314,9 +321,9 @@ pub async fn list_conversations(app: Arc<App>, who: Auth) -> Response {
 }
 
 /// One conversation with its listing context card.
-#[utoipa::path(get, path = "/v1/conversations/{id}",
+#[utoipa::path(get, path = "/v1/conversations/{id}", tag = "conversations",
     params(("id" = String, Path)),
-    responses((status = 200, body = crate::model::ConversationView), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, body = crate::model::ConversationView)),
     security(("bearer" = [])))]
 pub async fn get_conversation(id: String, app: Arc<App>, who: Auth) -> Response {
     respond(
@@ -326,22 +333,23 @@ pub async fn get_conversation(id: String, app: Arc<App>, who: Auth) -> Response 
 }
 
 /// Messages in `seq` order.
-#[utoipa::path(get, path = "/v1/conversations/{id}/messages",
+#[utoipa::path(get, path = "/v1/conversations/{id}/messages", tag = "conversations",
     params(("id" = String, Path), PageQuery),
-    responses((status = 200, body = [crate::model::Message]), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, body = [crate::model::Message]), (status = 422, description = "`limit` outside 1-500")),
     security(("bearer" = [])))]
 pub async fn list_messages(id: String, app: Arc<App>, who: Auth, page: PageQuery) -> Response {
-    let result =
-        who.and_then(|c| app.messages(c, &id, page.after.unwrap_or(0), page.limit.unwrap_or(100)));
+    let result = who.and_then(|c| app.messages(c, &id, page.after.unwrap_or(0), page.limit));
     respond(StatusCode::OK, result)
 }
 
 /// Stores and delivers a message; the same `client_id` again returns the stored one.
-#[utoipa::path(post, path = "/v1/conversations/{id}/messages", request_body = SendInput,
+#[utoipa::path(post, path = "/v1/conversations/{id}/messages", tag = "conversations", request_body = SendInput,
     params(("id" = String, Path)),
     responses((status = 201, description = "stored", body = crate::service::SendReply),
               (status = 200, description = "already stored under this client_id", body = crate::service::SendReply),
-              (status = 422, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)),
+              (status = 409, description = "this client_id names another message (code `client_id_conflict`)"),
+              (status = 422, description = "invalid body (code `invalid`), or refused by contact moderation (code `blocked`)"),
+              (status = 429, description = "over the sender's message rate (code `rate_limited`)")),
     security(("bearer" = [])))]
 pub async fn send_message(id: String, app: Arc<App>, who: Auth, body: Body<SendInput>) -> Response {
     let result = async { app.send(who?, &id, body?).await }.await;
@@ -353,10 +361,10 @@ pub async fn send_message(id: String, app: Arc<App>, who: Auth, body: Body<SendI
 }
 
 /// Marks the other side's messages up to `seq` read.
-#[utoipa::path(post, path = "/v1/conversations/{id}/read", request_body = ReadInput,
+#[utoipa::path(post, path = "/v1/conversations/{id}/read", tag = "conversations", request_body = ReadInput,
     params(("id" = String, Path)),
-    responses((status = 200, body = crate::service::ReadReply), (status = 404, body = crate::error::ErrorBody),
-        (status = 429, description = "past `limits.read_rate`; `Retry-After` says when to retry", body = crate::error::ErrorBody, headers(("Retry-After" = u64, description = "seconds")))),
+    responses((status = 200, body = crate::service::ReadReply),
+        (status = 429, description = "past `limits.read_rate` (code `rate_limited`)")),
     security(("bearer" = [])))]
 pub async fn mark_read(
     id: String,
@@ -377,10 +385,10 @@ pub async fn mark_read(
 
 /// Confirms the caller's device received the conversation up to `seq` (the
 /// senders get a delivery receipt).
-#[utoipa::path(post, path = "/v1/conversations/{id}/delivered", request_body = ReadInput,
+#[utoipa::path(post, path = "/v1/conversations/{id}/delivered", tag = "conversations", request_body = ReadInput,
     params(("id" = String, Path)),
-    responses((status = 200, body = crate::service::DeliveredReply), (status = 404, body = crate::error::ErrorBody),
-        (status = 429, description = "past `limits.delivered_rate`; `Retry-After` says when to retry", body = crate::error::ErrorBody, headers(("Retry-After" = u64, description = "seconds")))),
+    responses((status = 200, body = crate::service::DeliveredReply),
+        (status = 429, description = "past `limits.delivered_rate` (code `rate_limited`)")),
     security(("bearer" = [])))]
 pub async fn mark_delivered(
     id: String,
@@ -400,10 +408,10 @@ pub async fn mark_delivered(
 }
 
 /// Shows the other side that the caller is typing (live only, never stored).
-#[utoipa::path(post, path = "/v1/conversations/{id}/typing",
+#[utoipa::path(post, path = "/v1/conversations/{id}/typing", tag = "conversations",
     params(("id" = String, Path)),
-    responses((status = 202, description = "sent to the other side's live connections (each gets at most one per second, the latest)"),
-        (status = 429, description = "past `limits.typing_rate`; `Retry-After` says when to retry", body = crate::error::ErrorBody, headers(("Retry-After" = u64, description = "seconds")))),
+    responses((status = 202, description = "sent to the other side's live connections (each gets at most one per second, the latest)", body = super::StatusReply),
+        (status = 429, description = "past `limits.typing_rate` (code `rate_limited`)")),
     security(("bearer" = [])))]
 pub async fn typing(id: String, app: Arc<App>, limits: Arc<UserLimits>, who: Auth) -> Response {
     let caller = match limits.admit(Action::Typing, who) {
@@ -413,13 +421,15 @@ pub async fn typing(id: String, app: Arc<App>, limits: Arc<UserLimits>, who: Aut
     respond(
         StatusCode::ACCEPTED,
         app.typing(caller, &id)
-            .map(|()| serde_json::json!({"status": "sent"})),
+            .map(|()| super::StatusReply { status: "sent" }),
     )
 }
 
 /// Creates a booking; its conversation moves to post-booking.
-#[utoipa::path(post, path = "/v1/bookings", request_body = BookingInput,
-    responses((status = 201, body = crate::model::Booking), (status = 409, body = crate::error::ErrorBody)),
+#[utoipa::path(post, path = "/v1/bookings", tag = "service", request_body = BookingInput,
+    responses((status = 201, body = crate::model::Booking),
+              (status = 404, description = "no such conversation or listing"),
+              (status = 409, description = "a booking with this id exists with other details (change it with PATCH), or its Idempotency-Key is in flight")),
     security(("bearer" = [])))]
 pub async fn create_booking(
     app: Arc<App>,
@@ -444,9 +454,9 @@ pub async fn create_booking(
 }
 
 /// Reschedules a booking or moves it to another stage.
-#[utoipa::path(patch, path = "/v1/bookings/{id}", request_body = BookingPatch,
+#[utoipa::path(patch, path = "/v1/bookings/{id}", tag = "service", request_body = BookingPatch,
     params(("id" = String, Path)),
-    responses((status = 200, body = crate::model::Booking), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, body = crate::model::Booking)),
     security(("bearer" = [])))]
 pub async fn update_booking(
     id: String,
@@ -469,8 +479,8 @@ pub async fn update_booking(
 }
 
 /// Records a marketplace signal (listing viewed, checkout abandoned, …).
-#[utoipa::path(post, path = "/v1/signals", request_body = SignalInput,
-    responses((status = 202, body = crate::model::Signal), (status = 422, body = crate::error::ErrorBody)),
+#[utoipa::path(post, path = "/v1/signals", tag = "service", request_body = SignalInput,
+    responses((status = 202, body = crate::model::Signal)),
     security(("bearer" = [])))]
 pub async fn post_signal(
     app: Arc<App>,
@@ -497,8 +507,9 @@ pub async fn post_signal(
 }
 
 /// Live composer check: what sending this would do. Nothing is stored.
-#[utoipa::path(post, path = "/v1/contact/analyze", request_body = crate::service::AnalyzeInput,
-    responses((status = 200, body = crate::service::AnalyzeReply), (status = 404, body = crate::error::ErrorBody)),
+#[utoipa::path(post, path = "/v1/contact/analyze", tag = "conversations", request_body = crate::service::AnalyzeInput,
+    responses((status = 200, body = crate::service::AnalyzeReply),
+              (status = 404, description = "`conversation_id` is not one of the caller's conversations")),
     security(("bearer" = [])))]
 pub async fn analyze_contact(
     app: Arc<App>,
@@ -509,8 +520,8 @@ pub async fn analyze_contact(
 }
 
 /// The loaded rule set: version, when, files, and the errors of the last failed reload.
-#[utoipa::path(get, path = "/v1/admin/rules",
-    responses((status = 200, body = crate::rules::RulesStatus), (status = 403, body = crate::error::ErrorBody)),
+#[utoipa::path(get, path = "/v1/admin/rules", tag = "operator",
+    responses((status = 200, body = crate::rules::RulesStatus)),
     security(("bearer" = [])))]
 pub async fn admin_rules(app: Arc<App>, who: Auth) -> Response {
     respond(StatusCode::OK, who.and_then(|c| app.rules_status(c)))
@@ -518,9 +529,9 @@ pub async fn admin_rules(app: Arc<App>, who: Auth) -> Response {
 
 /// Moves the manual clock (config `clock: manual`, started with `--dev`); steps
 /// that fall due fire at once. 409 with the system clock.
-#[utoipa::path(post, path = "/v1/admin/clock", request_body = crate::service::ClockInput,
-    responses((status = 200, body = crate::service::ClockReply), (status = 409, body = crate::error::ErrorBody),
-        (status = 422, body = crate::error::ErrorBody)),
+#[utoipa::path(post, path = "/v1/admin/clock", tag = "operator", request_body = crate::service::ClockInput,
+    responses((status = 200, body = crate::service::ClockReply),
+              (status = 409, description = "the daemon runs on the system clock")),
     security(("bearer" = [])))]
 pub async fn admin_clock(
     app: Arc<App>,
@@ -531,35 +542,35 @@ pub async fn admin_clock(
 }
 
 /// Masked, blocked and flagged messages with their original text (operators only).
-#[utoipa::path(get, path = "/v1/admin/flags", params(FlagsQuery),
-    responses((status = 200, body = [crate::model::Flag]), (status = 403, body = crate::error::ErrorBody)),
+#[utoipa::path(get, path = "/v1/admin/flags", tag = "operator", params(FlagsQuery),
+    responses((status = 200, body = [crate::model::Flag]), (status = 422, description = "`limit` outside 1-500")),
     security(("bearer" = [])))]
 pub async fn admin_flags(app: Arc<App>, who: Auth, query: FlagsQuery) -> Response {
-    let result = who.and_then(|c| app.flags(c, query.after.as_deref(), query.limit.unwrap_or(100)));
+    let result = who.and_then(|c| app.flags(c, query.after.as_deref(), query.limit));
     respond(StatusCode::OK, result)
 }
 
 /// The notification outbox: entries waiting per lane, and the dead-letter list.
-#[utoipa::path(get, path = "/v1/admin/outbox",
-    responses((status = 200, body = crate::service::OutboxReport), (status = 403, body = crate::error::ErrorBody)),
+#[utoipa::path(get, path = "/v1/admin/outbox", tag = "operator",
+    responses((status = 200, body = crate::service::OutboxReport)),
     security(("bearer" = [])))]
 pub async fn admin_outbox(app: Arc<App>, who: Auth) -> Response {
     respond(StatusCode::OK, who.and_then(|c| app.outbox(c)))
 }
 
 /// One notification and the state of each of its channels.
-#[utoipa::path(get, path = "/v1/admin/notifications/{id}",
+#[utoipa::path(get, path = "/v1/admin/notifications/{id}", tag = "operator",
     params(("id" = String, Path, description = "notification id")),
-    responses((status = 200, body = crate::notify::record::Notification), (status = 404, body = crate::error::ErrorBody)),
+    responses((status = 200, body = crate::notify::record::Notification)),
     security(("bearer" = [])))]
 pub async fn admin_notification(id: String, app: Arc<App>, who: Auth) -> Response {
     respond(StatusCode::OK, who.and_then(|c| app.notification(c, &id)))
 }
 
 /// A user's latest notifications (oldest first) with each channel's state.
-#[utoipa::path(get, path = "/v1/admin/users/{id}/notifications",
+#[utoipa::path(get, path = "/v1/admin/users/{id}/notifications", tag = "operator",
     params(("id" = String, Path, description = "user id"), LimitQuery),
-    responses((status = 200, body = [crate::notify::record::Notification]), (status = 403, body = crate::error::ErrorBody)),
+    responses((status = 200, body = [crate::notify::record::Notification]), (status = 422, description = "`limit` outside 1-500")),
     security(("bearer" = [])))]
 pub async fn admin_user_notifications(
     id: String,
@@ -567,18 +578,19 @@ pub async fn admin_user_notifications(
     who: Auth,
     query: LimitQuery,
 ) -> Response {
-    let limit = query.limit.unwrap_or(50);
     respond(
         StatusCode::OK,
-        who.and_then(|c| app.notifications_of(c, &id, limit)),
+        who.and_then(|c| app.notifications_of(c, &id, query.limit)),
     )
 }
 
 /// Re-drives a dead delivery: back in its channel's queue, due now, attempts reset.
-#[utoipa::path(post, path = "/v1/admin/outbox/dead/{id}/{channel}/redrive",
+#[utoipa::path(post, path = "/v1/admin/outbox/dead/{id}/{channel}/redrive", tag = "operator",
     params(("id" = String, Path, description = "notification id"),
            ("channel" = String, Path, description = "push, email, sms or webhook")),
-    responses((status = 200, body = crate::notify::record::Notification), (status = 404, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)),
+    responses((status = 200, body = crate::notify::record::Notification),
+              (status = 404, description = "no such notification, or its delivery on that channel is not dead"),
+              (status = 422, description = "not a channel name")),
     security(("bearer" = [])))]
 pub async fn admin_redrive(id: String, channel: String, app: Arc<App>, who: Auth) -> Response {
     let result = match who {

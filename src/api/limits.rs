@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
-use warp::Reply;
 
 use crate::auth::Caller;
 use crate::config::{LimitsConfig, Rate};
@@ -75,34 +74,19 @@ impl Limited {
         }
     }
 
-    /// The `rate_limited` error (429, or an `error` frame).
+    /// The `rate_limited` error: 429 with `Retry-After`, or an `error` frame.
     pub fn error(&self) -> ApiError {
         let what = match self.action {
             Action::Frame => "frames".to_owned(),
             other => format!("{} requests", other.name()),
         };
-        ApiError::RateLimited(format!(
-            "more than {} {what} per second (bursts of {}); slow down",
-            self.rate.per_second, self.rate.burst
-        ))
-    }
-
-    /// `retry_after` in whole seconds, rounded up (an HTTP `Retry-After`).
-    pub fn retry_after_seconds(&self) -> u64 {
-        let d = self.retry_after;
-        (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
-    }
-}
-
-impl Reply for Limited {
-    /// 429 `rate_limited` with `Retry-After` (RFC 9110 §10.2.3, in seconds).
-    fn into_response(self) -> warp::reply::Response {
-        let mut response = self.error().into_response();
-        response.headers_mut().insert(
-            warp::http::header::RETRY_AFTER,
-            warp::http::HeaderValue::from(self.retry_after_seconds()),
-        );
-        response
+        ApiError::RateLimited {
+            message: format!(
+                "more than {} {what} per second (bursts of {}); slow down",
+                self.rate.per_second, self.rate.burst
+            ),
+            retry_after: self.retry_after,
+        }
     }
 }
 
@@ -154,23 +138,6 @@ impl ConnectionLimits {
     }
 }
 
-/// Why [`UserLimits::admit`] turned a request away; its reply is the
-/// authentication error, or 429 `rate_limited` with a `Retry-After`.
-#[derive(Debug)]
-pub enum Refused {
-    Unauthenticated(ApiError),
-    Limited(Limited),
-}
-
-impl Reply for Refused {
-    fn into_response(self) -> warp::reply::Response {
-        match self {
-            Refused::Unauthenticated(e) => e.into_response(),
-            Refused::Limited(limited) => limited.into_response(),
-        }
-    }
-}
-
 /// Per-user buckets for the HTTP typing and receipt routes.
 pub struct UserLimits {
     typing: DefaultKeyedRateLimiter<String>,
@@ -205,11 +172,11 @@ impl UserLimits {
         })
     }
 
-    /// The caller, if authenticated and under their `action` limit.
-    pub fn admit(&self, action: Action, who: Result<Caller, ApiError>) -> Result<Caller, Refused> {
-        let caller = who.map_err(Refused::Unauthenticated)?;
-        self.check(action, &caller.user_id)
-            .map_err(Refused::Limited)?;
+    /// The caller, if authenticated and under their `action` limit: else the
+    /// authentication error, or `rate_limited` (429 with `Retry-After`).
+    pub fn admit(&self, action: Action, who: Result<Caller, ApiError>) -> Result<Caller, ApiError> {
+        let caller = who?;
+        self.check(action, &caller.user_id).map_err(|l| l.error())?;
         Ok(caller)
     }
 
@@ -244,7 +211,6 @@ mod tests {
         assert_eq!(limited.error().code(), "rate_limited");
         assert!(limited.error().to_string().contains("typing"));
         assert!(limited.retry_after > Duration::ZERO);
-        assert_eq!(limited.retry_after_seconds(), 1);
     }
 
     #[test]
@@ -264,6 +230,7 @@ mod tests {
 
     #[test]
     fn a_limited_http_request_is_429_with_retry_after_in_seconds() {
+        use warp::Reply;
         let limits = UserLimits::new(&config());
         let ann = || {
             Ok(Caller {

@@ -36,7 +36,7 @@ pub fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let ops = warp::path!("healthz")
         .and(warp::get())
-        .map(|| json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+        .map(|| json(StatusCode::OK, &StatusReply { status: "ok" }))
         .or(warp::path!("metrics").and(warp::get()).map(move || {
             warp::reply::with_header(
                 metrics.render(),
@@ -86,6 +86,13 @@ fn method_label(method: &warp::http::Method) -> &'static str {
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     }
+}
+
+/// `{"status": "..."}`: the reply of a route with nothing more to say.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StatusReply {
+    /// What happened, e.g. `ok` or `sent`.
+    pub status: &'static str,
 }
 
 /// A JSON reply with a status.

@@ -131,11 +131,13 @@ struct StreamQuery {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Return events after this cursor (default 0: from the start).
     since: Option<u64>,
-    /// Wait up to this many seconds for an event when there is none (default 0).
+    /// Wait up to this many seconds for an event when there is none (default 0;
+    /// more than `stream.long_poll_max_wait_seconds`, 30 as shipped, waits that long).
     wait: Option<u64>,
     /// The bearer token, for clients that cannot set headers.
     token: Option<String>,
@@ -672,10 +674,22 @@ fn internal(e: ApiError) -> Ending {
     Ending::Close(1011, "internal error; resume from your cursor".into())
 }
 
+/// The reply of `GET /v1/events`.
+// Documentation only: `long_poll` splices the stored frames into the reply
+// text rather than building this.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct EventsPage {
+    /// Event frames, as on the stream (see README.md), oldest first.
+    events: Vec<serde_json::Value>,
+    /// The cursor of the last event (or `since` when there is none): the next `since`.
+    cursor: u64,
+}
+
 /// `GET /v1/events`: the events after `since`, at once if there are any, else
 /// after waiting up to `wait` seconds for one.
-#[utoipa::path(get, path = "/v1/events", params(EventsQuery),
-    responses((status = 200, description = "`{\"events\": [event frames], \"cursor\": N}`; pass `cursor` as the next `since`")),
+#[utoipa::path(get, path = "/v1/events", tag = "stream", params(EventsQuery),
+    responses((status = 200, body = EventsPage)),
     security(("bearer" = [])))]
 pub async fn long_poll(
     app: Arc<App>,

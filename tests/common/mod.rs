@@ -8,6 +8,8 @@
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code)]
 
+pub mod python;
+
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -466,15 +468,26 @@ impl Drop for Daemon {
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
     pub body: Value,
 }
 
 impl Reply {
     async fn from(response: reqwest::Response) -> Reply {
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let text = response.text().await.expect("read reply body");
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Reply { status, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// A header's value as text, if the reply has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// Asserts the status.
