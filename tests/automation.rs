@@ -18,6 +18,7 @@ async fn start(data_dir: Option<&Path>, rules: Option<&Path>) -> Daemon {
         data_dir: data_dir.map(Path::to_owned),
         config,
         automation: true,
+        ..Launch::default()
     })
     .await
 }

@@ -210,6 +210,7 @@ async fn launch(data_dir: Option<PathBuf>, http: &Receiver, smtp_port: u16) -> D
     Daemon::launch(Launch {
         data_dir,
         automation: true,
+        env: Vec::new(),
         config: vec![
             ("clock", "manual".into()),
             ("smtp_url", format!("smtp://127.0.0.1:{smtp_port}")),
@@ -811,6 +812,7 @@ async fn routing_reloads_live_and_a_broken_edit_is_rejected_at_its_line() {
     let d = Daemon::launch(Launch {
         data_dir: None,
         automation: true,
+        env: Vec::new(),
         config: [
             config,
             vec![

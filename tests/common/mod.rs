@@ -65,6 +65,8 @@ pub struct Launch {
     /// count messages, and the shipped sequences add their own (an inquiry's
     /// acknowledgement); those tests run with the shipped contact policy alone.
     pub automation: bool,
+    /// Environment variables for the daemon, e.g. `PARLEYD_SMTP_URL`.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `parleyd serve --dev`, killed (SIGKILL) when dropped.
@@ -185,6 +187,7 @@ impl Daemon {
         };
         let log = std::fs::File::create(scratch.path().join("daemon.log")).expect("log file");
         let mut child = serve_command(&config, &data_dir)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
