@@ -363,15 +363,7 @@ async fn a_runaway_plugin_is_stopped_by_its_budget_and_the_daemon_keeps_serving(
         .expect(201);
     // The rest of the pipeline goes on: the shipped sequence still answers.
     automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
-    let metrics = d
-        .http
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     let errors = metrics
         .lines()
         .find(|l| l.starts_with("parleyd_plugin_errors_total{plugin=\"spin\"}"))
@@ -516,13 +508,7 @@ async fn an_automated_message_is_read_only_by_the_person_it_is_for() {
         2
     );
 
-    let read = d
-        .post(
-            &format!("/v1/conversations/{}/read", p.conversation),
-            &p.provider.token,
-            json!({"seq": 2}),
-        )
-        .await;
+    let read = d.read(&p.provider, &p.conversation, 2).await;
     read.expect(200);
     assert_eq!(
         read.body["unread_count"], 1,
@@ -555,13 +541,7 @@ async fn an_automated_message_is_read_only_by_the_person_it_is_for() {
         d.listed(&p.customer, &p.conversation).await["unread_count"],
         2
     );
-    let read = d
-        .post(
-            &format!("/v1/conversations/{}/read", p.conversation),
-            &p.customer.token,
-            json!({"seq": 4}),
-        )
-        .await;
+    let read = d.read(&p.customer, &p.conversation, 4).await;
     read.expect(200);
     assert_eq!(
         read.body["unread_count"], 1,

@@ -331,13 +331,7 @@ async fn reading_sends_receipts_and_clears_unread_counts() {
     );
 
     // Over HTTP, up to seq 2.
-    let read = d
-        .post(
-            &format!("/v1/conversations/{}/read", p.conversation),
-            &p.provider.token,
-            json!({"seq": 2}),
-        )
-        .await;
+    let read = d.read(&p.provider, &p.conversation, 2).await;
     read.expect(200);
     assert_eq!(read.body["last_read_seq"], 2);
     assert_eq!(read.body["unread_count"], 1);
@@ -576,13 +570,7 @@ async fn delivery_receipts_reach_the_sender_and_reading_implies_delivery() {
         .await;
     reply.expect(200);
     assert_eq!(reply.body["delivered_seq"], 2);
-    d.post(
-        &format!("/v1/conversations/{}/read", p.conversation),
-        &p.provider.token,
-        json!({"seq": 3}),
-    )
-    .await
-    .expect(200);
+    d.read(&p.provider, &p.conversation, 3).await.expect(200);
     let seen = d.listed(&p.customer, &p.conversation).await;
     assert_eq!(seen["peer_delivered_seq"], 3);
     assert_eq!(seen["peer_read_seq"], 3);

@@ -253,15 +253,7 @@ async fn a_made_up_http_method_does_not_become_a_metrics_label() {
         let reply = d.call(m, "/healthz", None, None).await;
         assert!((400..500).contains(&reply.status), "{method}: {reply:?}");
     }
-    let text = d
-        .http
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = d.metrics().await;
     let methods: std::collections::BTreeSet<&str> = text
         .lines()
         .filter(|l| l.starts_with("parleyd_http_requests_total{"))

@@ -567,15 +567,7 @@ async fn a_permanently_failing_receiver_ends_in_the_dead_letter_list_and_can_be_
     );
     // The email went on regardless of push being down.
     assert_eq!(delivery(&record, "email")["state"], "delivered");
-    let metrics =
-        w.d.http
-            .get(w.d.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+    let metrics = w.d.metrics().await;
     assert!(
         metrics
             .lines()

@@ -7,7 +7,7 @@ use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
-use super::idempotency::{self, derived_id, keyed_json_body, InFlight, Keyed};
+use super::idempotency::{self, keyed_json_body, InFlight, Keyed};
 use super::limits::{Action, UserLimits};
 use super::{caller, json_body, respond, Response};
 use crate::auth::Caller;
@@ -437,20 +437,18 @@ pub async fn create_booking(
     who: Auth,
     request: Keyed<BookingInput>,
 ) -> Response {
-    let Keyed {
-        key,
-        fingerprint,
-        body,
-    } = request;
-    let scope = who.as_ref().ok().cloned();
-    let derived = derived_id(scope.as_ref(), key.as_ref());
-    let op = async {
-        let mut input = body?;
-        input.id = input.id.or(derived);
-        let booking = app.create_booking(who?, input).await?;
-        Ok((StatusCode::CREATED, to_json(&booking)))
+    let op = |caller, input: BookingInput, derived: Option<String>| {
+        let app = &app;
+        async move {
+            let input = BookingInput {
+                id: input.id.or(derived),
+                ..input
+            };
+            let booking = app.create_booking(caller, input).await?;
+            Ok((StatusCode::CREATED, to_json(&booking)))
+        }
     };
-    idempotency::answer(&app, &in_flight, scope.as_ref(), key, &fingerprint, op).await
+    idempotency::answer(&app, &in_flight, who, request, op).await
 }
 
 /// Reschedules a booking or moves it to another stage.
@@ -465,17 +463,14 @@ pub async fn update_booking(
     who: Auth,
     request: Keyed<BookingPatch>,
 ) -> Response {
-    let Keyed {
-        key,
-        fingerprint,
-        body,
-    } = request;
-    let scope = who.as_ref().ok().cloned();
-    let op = async {
-        let booking = app.update_booking(who?, &id, body?).await?;
-        Ok((StatusCode::OK, to_json(&booking)))
+    let op = |caller, patch, _| {
+        let (app, id) = (&app, &id);
+        async move {
+            let booking = app.update_booking(caller, id, patch).await?;
+            Ok((StatusCode::OK, to_json(&booking)))
+        }
     };
-    idempotency::answer(&app, &in_flight, scope.as_ref(), key, &fingerprint, op).await
+    idempotency::answer(&app, &in_flight, who, request, op).await
 }
 
 /// Records a marketplace signal (listing viewed, checkout abandoned, …).
@@ -488,22 +483,18 @@ pub async fn post_signal(
     who: Auth,
     request: Keyed<SignalInput>,
 ) -> Response {
-    let Keyed {
-        key,
-        fingerprint,
-        body,
-    } = request;
-    let scope = who.as_ref().ok().cloned();
-    let derived = derived_id(scope.as_ref(), key.as_ref());
-    let op = async {
-        let input = SignalInput {
-            id: derived,
-            ..body?
-        };
-        let signal = app.signal(who?, input).await?;
-        Ok((StatusCode::ACCEPTED, to_json(&signal)))
+    let op = |caller, input, derived| {
+        let app = &app;
+        async move {
+            let input = SignalInput {
+                id: derived,
+                ..input
+            };
+            let signal = app.signal(caller, input).await?;
+            Ok((StatusCode::ACCEPTED, to_json(&signal)))
+        }
     };
-    idempotency::answer(&app, &in_flight, scope.as_ref(), key, &fingerprint, op).await
+    idempotency::answer(&app, &in_flight, who, request, op).await
 }
 
 /// Live composer check: what sending this would do. Nothing is stored.

@@ -105,20 +105,13 @@ fn record_key(caller: &Caller, key: &str) -> Vec<u8> {
     format!("{:?}\0{}\0{key}", caller.role, caller.user_id).into_bytes()
 }
 
-/// The id of a record created under a valid `key` by `caller`: a UUID
-/// (version 8) from the SHA-256 of the caller and the key, the same on every
-/// retry. `None` without both.
-pub fn derived_id(
-    caller: Option<&Caller>,
-    key: Option<&Result<String, ApiError>>,
-) -> Option<String> {
-    let (Some(caller), Some(Ok(key))) = (caller, key) else {
-        return None;
-    };
+/// The id of a record created under `key` by `caller`: a UUID (version 8)
+/// from the SHA-256 of the caller and the key, the same on every retry.
+fn derived_id(caller: &Caller, key: &str) -> String {
     let digest = Sha256::digest(record_key(caller, key));
     let mut bytes = [0; 16];
     bytes.copy_from_slice(&digest[..16]);
-    Some(uuid::Uuid::new_v8(bytes).to_string())
+    uuid::Uuid::new_v8(bytes).to_string()
 }
 
 /// The keys whose first request is being answered right now.
@@ -148,39 +141,47 @@ impl Drop for Claim<'_> {
     }
 }
 
-/// Answers a request made by `caller` under `key` (if any) by running `op`
-/// once: a retry gets the first answer. `op` gives the success status and
-/// body; `fingerprint` identifies the request ([`Keyed`]).
-pub async fn answer<F>(
+/// Answers an authenticated request by running `op` once: a retry under the
+/// same key gets the first answer. `op` takes the caller, the decoded body and
+/// the id a record it creates should have when the request has a key
+/// ([`derived_id`]); it gives the success status and body.
+pub async fn answer<T, F, Fut>(
     app: &App,
     in_flight: &InFlight,
-    caller: Option<&Caller>,
-    key: Option<Result<String, ApiError>>,
-    fingerprint: &str,
+    who: Result<Caller, ApiError>,
+    request: Keyed<T>,
     op: F,
 ) -> Response
 where
-    F: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
+    F: FnOnce(Caller, T, Option<String>) -> Fut,
+    Fut: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
 {
     let reply = |status: StatusCode, body: &serde_json::Value| super::json(status, body);
-    let (caller, key) = match (caller, key) {
-        (_, Some(Err(e))) => return e.into_response(),
-        (Some(caller), Some(Ok(key))) => (caller, key),
-        // No key, or a caller the operation will refuse anyway.
-        _ => {
-            return match op.await {
+    let run = |caller: Caller, derived: Option<String>| async move {
+        op(caller, request.body?, derived).await
+    };
+    let caller = match who {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
+    let key = match request.key {
+        None => {
+            return match run(caller, None).await {
                 Ok((status, body)) => reply(status, &body),
                 Err(e) => e.into_response(),
             }
         }
+        Some(Err(e)) => return e.into_response(),
+        Some(Ok(key)) => key,
     };
-    let record = record_key(caller, &key);
+    let record = record_key(&caller, &key);
     let Some(_claim) = in_flight.claim(&record) else {
         return ApiError::IdempotencyKeyInFlight(
             "a request with this Idempotency-Key is still being answered; retry later".into(),
         )
         .into_response();
     };
+    let fingerprint = request.fingerprint;
     match app.replay(&record) {
         Ok(Some(first)) if first.fingerprint == fingerprint => {
             let status = StatusCode::from_u16(first.status).unwrap_or(StatusCode::OK);
@@ -199,9 +200,10 @@ where
         Ok(None) => {}
         Err(e) => return e.into_response(),
     }
-    match op.await {
+    let derived = derived_id(&caller, &key);
+    match run(caller, Some(derived)).await {
         Ok((status, body)) => {
-            if let Err(e) = app.remember(&record, fingerprint, status.as_u16(), &body) {
+            if let Err(e) = app.remember(&record, &fingerprint, status.as_u16(), &body) {
                 // The operation committed; its retry finds the record it made.
                 tracing::error!(error = %e, "cannot remember an idempotent answer");
             }

@@ -380,6 +380,26 @@ impl Daemon {
         .await
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        let reply = self.http.get(self.url("/metrics")).send().await;
+        reply
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Marks the conversation read up to `seq` over HTTP.
+    pub async fn read(&self, who: &Person, conversation: &str, seq: u64) -> Reply {
+        self.post(
+            &format!("/v1/conversations/{conversation}/read"),
+            &who.token,
+            json!({ "seq": seq }),
+        )
+        .await
+    }
+
     /// The conversation's messages (up to 500), asserting a 200.
     pub async fn messages(&self, who: &Person, conversation: &str) -> Vec<Value> {
         let reply = self
