@@ -59,6 +59,10 @@ pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `not_found`, `rate_limited`.
     pub code: &'static str,
     pub message: String,
+    /// With `rate_limited`: milliseconds until the same request would be
+    /// allowed (the stream's `error` frames have no `Retry-After` header).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -111,6 +115,12 @@ impl ApiError {
                 message: match self {
                     ApiError::Internal(_) => "internal error".to_owned(),
                     other => other.to_string(),
+                },
+                retry_after_ms: match self {
+                    ApiError::RateLimited { retry_after, .. } => {
+                        Some(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX))
+                    }
+                    _ => None,
                 },
             },
         }

@@ -66,14 +66,25 @@ pub struct Frame {
     /// The event-log position; `None` for ephemeral frames.
     pub cursor: Option<u64>,
     pub json: Arc<str>,
+    /// For a live message: its (conversation id, sender id). The sender's
+    /// typing indicator that a device has not written yet is stale once the
+    /// message reaches it (`hub::TypingSlots`).
+    pub ends_typing: Option<(String, String)>,
 }
 
 impl Frame {
     pub fn logged(cursor: u64, event: &UserEvent) -> Frame {
         let json = serde_json::to_string(&Logged { cursor, event }).unwrap_or_default();
+        let ends_typing = match event {
+            UserEvent::Message { message } => {
+                Some((message.conversation_id.clone(), message.sender_id.clone()))
+            }
+            _ => None,
+        };
         Frame {
             cursor: Some(cursor),
             json: json.into(),
+            ends_typing,
         }
     }
 
@@ -86,6 +97,7 @@ impl Frame {
         Frame {
             cursor: None,
             json: json.to_string().into(),
+            ends_typing: None,
         }
     }
 }

@@ -55,6 +55,12 @@ impl TypingSlots {
         self.changed.notify_one();
     }
 
+    /// Drops `key`'s unsent indicator: its sender's message has just been
+    /// queued, and "typing" must not show up after it.
+    fn clear(&self, key: &TypingKey) {
+        self.lock().latest.remove(key);
+    }
+
     /// Resolves once an indicator has been offered since the last call
     /// (at once if one was offered while nobody waited).
     pub async fn changed(&self) {
@@ -168,6 +174,9 @@ impl Hub {
                 return;
             };
             for s in list {
+                if let Some(key) = &frame.ends_typing {
+                    s.typing.clear(key);
+                }
                 if let Err(mpsc::error::TrySendError::Full(_)) = s.queue.try_send(Arc::clone(frame))
                 {
                     overflowed.push(s.id);
@@ -202,6 +211,7 @@ mod tests {
         Arc::new(Frame {
             cursor: Some(cursor),
             json: format!("{{\"cursor\":{cursor}}}").into(),
+            ends_typing: None,
         })
     }
 
@@ -233,11 +243,32 @@ mod tests {
         Arc::new(Frame {
             cursor: None,
             json: format!("{conversation}/{sender}/{n}").into(),
+            ends_typing: None,
         })
     }
 
     fn texts(frames: &[Arc<Frame>]) -> Vec<&str> {
         frames.iter().map(|f| &*f.json).collect()
+    }
+
+    #[tokio::test]
+    async fn a_message_drops_its_senders_unsent_typing_indicator() {
+        let hub = Arc::new(Hub::default());
+        let reader = hub.subscribe("ann", 4);
+        let t0 = Instant::now();
+        hub.publish_typing("ann", "c1", "bob", &typing("c1", "bob", 1));
+        assert_eq!(reader.typing.take_due(t0).0.len(), 1);
+        // Bob types again within the interval, then sends: the held indicator
+        // would otherwise be written after his message.
+        hub.publish_typing("ann", "c1", "bob", &typing("c1", "bob", 2));
+        hub.publish_typing("ann", "c1", "cid", &typing("c1", "cid", 1));
+        let message = Arc::new(Frame {
+            ends_typing: Some(("c1".into(), "bob".into())),
+            ..(*frame(7)).clone()
+        });
+        hub.publish("ann", &message);
+        let (due, _) = reader.typing.take_due(t0 + TYPING_INTERVAL);
+        assert_eq!(texts(&due), ["c1/cid/1"], "only another sender's is left");
     }
 
     #[tokio::test]

@@ -95,10 +95,16 @@ pub async fn run(
                         user_limits.prune();
                         metrics.run_upkeep();
                     }
-                    _ = hourly.tick() => match app.forget_old_replies() {
-                        Ok(n) => tracing::debug!(forgotten = n, "idempotency keys past retention"),
-                        Err(e) => tracing::error!(error = %e, "idempotency key sweep"),
-                    },
+                    _ = hourly.tick() => {
+                        // A scan of the whole tree: off the async workers.
+                        let app = app.clone();
+                        let swept = tokio::task::spawn_blocking(move || app.forget_old_replies()).await;
+                        match swept {
+                            Ok(Ok(n)) => tracing::debug!(forgotten = n, "idempotency keys past retention"),
+                            Ok(Err(e)) => tracing::error!(error = %e, "idempotency key sweep"),
+                            Err(e) => tracing::error!(error = %e, "idempotency key sweep task"),
+                        }
+                    }
                 }
             }
         }

@@ -731,10 +731,11 @@ impl App {
     ) -> Result<Booking, ApiError> {
         caller.require(&[Role::Service])?;
         validate_id("booking id", id)?;
-        let mut booking = self
+        let stored = self
             .store
             .booking(id)?
             .ok_or_else(|| ApiError::not_found("booking"))?;
+        let mut booking = stored.clone();
         if let Some(start) = patch.start {
             booking.start = start;
         }
@@ -745,6 +746,11 @@ impl App {
             booking.stage = stage;
         }
         validate_period(&booking.start, &booking.end)?;
+        if booking == stored {
+            // Nothing changes (a retry of a patch that was applied): nothing
+            // is written, and no booking_updated fires twice.
+            return Ok(stored);
+        }
         booking.updated_at = self.now();
         let conversation = self
             .store

@@ -365,10 +365,14 @@ async fn every_kind_of_frame_is_rate_limited_per_connection() {
                 f["type"] == "error"
                     && f["error"]["message"]
                         .as_str()
-                        .is_some_and(|m| m.contains(kind))
+                        .is_some_and(|m| m.contains(&format!(" {kind} requests")))
             })
             .await;
         assert_eq!(error["error"]["code"], "rate_limited", "{error}");
+        assert!(
+            error["error"]["retry_after_ms"].as_u64().is_some(),
+            "{error}"
+        );
     }
     // The connection stays open, and the other kinds have their own budgets.
     let ack = ws.send_acked(&p.conversation, "p-1", "hi").await;

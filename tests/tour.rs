@@ -5,7 +5,8 @@
 //!
 //! An HTML comment before a block says how it runs:
 //! - `<!-- tour: setup -->` installs the Python packages: done here instead,
-//!   with pinned versions into `target/tmp` (the tests' own packages);
+//!   with pinned versions into `target/tmp` (the tests' own packages), given
+//!   to the blocks as `PYTHON`;
 //! - `<!-- tour: background -->` keeps running while the later blocks do (the
 //!   stream watcher, the SMTP server); its output is kept;
 //! - `<!-- tour: daemon -->` restarts the daemon: the test stops its daemon and
@@ -134,6 +135,7 @@ fn shell(script: &str, d: &Daemon, python: &Path) -> tokio::process::Command {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("URL", d.url(""))
         .env("PARLEYD", env!("CARGO_BIN_EXE_parleyd"))
+        .env("PYTHON", "python3")
         .env("PYTHONPATH", python)
         .stdin(Stdio::null());
     command
@@ -176,6 +178,13 @@ async fn the_readme_tour_runs_as_written() {
                 background.push(Background { child, output });
             }
             Kind::Daemon => {
+                // Bob's stream showed Ann's question and the acknowledgement
+                // addressed to her; the watcher ends with this daemon.
+                let watcher = &background[0];
+                watcher
+                    .printed("Hi! Is the 1 December tour still open?")
+                    .await;
+                watcher.printed("Thanks Ann! Bob has your question").await;
                 let env = daemon_env(&script);
                 d.stop().await;
                 d = Daemon::launch(launch(env)).await;
@@ -204,13 +213,6 @@ async fn the_readme_tour_runs_as_written() {
     }
     let printed = printed.join("\n");
 
-    // Bob's stream showed Ann's question and the acknowledgement addressed to
-    // her (the watcher ended when the daemon restarted).
-    let watcher = &background[0];
-    watcher
-        .printed("Hi! Is the 1 December tour still open?")
-        .await;
-    watcher.printed("Thanks Ann! Bob has your question").await;
     // Ann's event log had Bob's receipt.
     assert!(printed.contains(r#""type":"receipt""#), "{printed}");
     // Bob's answer is waiting to be emailed to Ann.

@@ -105,10 +105,16 @@ fn record_key(caller: &Caller, key: &str) -> Vec<u8> {
     format!("{:?}\0{}\0{key}", caller.role, caller.user_id).into_bytes()
 }
 
-/// The id of a record created under `key` by `caller`: a UUID (version 8)
-/// from the SHA-256 of the caller and the key, the same on every retry.
-fn derived_id(caller: &Caller, key: &str) -> String {
-    let digest = Sha256::digest(record_key(caller, key));
+/// The id of a record that `caller`'s request (its key and fingerprint)
+/// creates: a UUID (version 8) from their SHA-256, the same on every retry of
+/// that request, and another for another request under the same key (once the
+/// first answer is forgotten), so that one is never mistaken for the other.
+fn derived_id(caller: &Caller, key: &str, fingerprint: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(record_key(caller, key))
+        .chain_update([0])
+        .chain_update(fingerprint)
+        .finalize();
     let mut bytes = [0; 16];
     bytes.copy_from_slice(&digest[..16]);
     uuid::Uuid::new_v8(bytes).to_string()
@@ -146,7 +152,7 @@ impl Drop for Claim<'_> {
 /// the id a record it creates should have when the request has a key
 /// ([`derived_id`]); it gives the success status and body.
 pub async fn answer<T, F, Fut>(
-    app: &App,
+    app: &Arc<App>,
     in_flight: &InFlight,
     who: Result<Caller, ApiError>,
     request: Keyed<T>,
@@ -182,7 +188,11 @@ where
         .into_response();
     };
     let fingerprint = request.fingerprint;
-    match app.replay(&record) {
+    let replayed = {
+        let (app, record) = (Arc::clone(app), record.clone());
+        on_blocking_pool(move || app.replay(&record)).await
+    };
+    match replayed {
         Ok(Some(first)) if first.fingerprint == fingerprint => {
             let status = StatusCode::from_u16(first.status).unwrap_or(StatusCode::OK);
             let mut response = reply(status, &first.body);
@@ -200,10 +210,17 @@ where
         Ok(None) => {}
         Err(e) => return e.into_response(),
     }
-    let derived = derived_id(&caller, &key);
+    let derived = derived_id(&caller, &key, &fingerprint);
     match run(caller, Some(derived)).await {
         Ok((status, body)) => {
-            if let Err(e) = app.remember(&record, &fingerprint, status.as_u16(), &body) {
+            let remembered = {
+                let (app, body) = (Arc::clone(app), body.clone());
+                on_blocking_pool(move || {
+                    app.remember(&record, &fingerprint, status.as_u16(), &body)
+                })
+                .await
+            };
+            if let Err(e) = remembered {
                 // The operation committed; its retry finds the record it made.
                 tracing::error!(error = %e, "cannot remember an idempotent answer");
             }
@@ -211,4 +228,15 @@ where
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// Runs a sled read or write on the blocking pool: sled waits while the writer
+/// commits, and must not stall an async worker (and every connection it
+/// serves) meanwhile.
+async fn on_blocking_pool<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))?
 }

@@ -18,7 +18,7 @@
 //! | `client_ids`    | sender `\0` client_id     | `0xFE` + fingerprint + conversation `\0` seq |
 //! | `events`        | user `\0` cursor          | event frame JSON, or `0x01` + message key |
 //! | `bookings`      | booking                   | `Booking` JSON              |
-//! | `signals`       | signal (uuid v7, ordered) | `Signal` JSON               |
+//! | `signals`       | signal (uuid v7; v8 from an Idempotency-Key) | `Signal` JSON |
 //! | `flags`         | flag (uuid v7, ordered)   | `Flag` JSON                 |
 //! | `replies`       | caller `\0` Idempotency-Key | `Reply` JSON (the first answer) |
 //!
@@ -680,6 +680,7 @@ impl Store {
                     json: std::str::from_utf8(&value)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?
                         .into(),
+                    ends_typing: None,
                 },
             };
             frames.push(frame);
