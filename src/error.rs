@@ -145,6 +145,7 @@ impl From<crate::store::StoreError> for ApiError {
             e @ crate::store::StoreError::ClientIdConflict { .. } => {
                 ApiError::ClientIdConflict(e.to_string())
             }
+            e @ crate::store::StoreError::BookingExists(_) => ApiError::Conflict(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }

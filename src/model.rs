@@ -651,6 +651,17 @@ pub struct Booking {
 }
 
 impl Booking {
+    /// Whether `other` is this booking as its creation asked for it: the same
+    /// conversation, period and stage (times of writing aside).
+    pub fn same_details(&self, other: &Booking) -> bool {
+        self.conversation_id == other.conversation_id
+            && self.start == other.start
+            && self.end == other.end
+            && self.stage == other.stage
+    }
+}
+
+impl Booking {
     pub fn subject(&self) -> crate::domain::Subject {
         crate::domain::Subject {
             conversation_id: Some(self.conversation_id.clone()),
@@ -679,25 +690,6 @@ pub struct BookingInput {
 
 fn confirmed() -> Stage {
     Stage::Confirmed
-}
-
-impl BookingInput {
-    /// Whether this input, sent again, would create `booking` as it is: the
-    /// same conversation (by id, or by listing and customer) and the same
-    /// period and stage.
-    pub fn describes(&self, booking: &Booking) -> bool {
-        let same_conversation = match (&self.conversation_id, &self.listing_id, &self.customer_id) {
-            (Some(id), _, _) => *id == booking.conversation_id,
-            (None, Some(listing), Some(customer)) => {
-                *listing == booking.listing_id && *customer == booking.customer_id
-            }
-            _ => false,
-        };
-        same_conversation
-            && self.start == booking.start
-            && self.end == booking.end
-            && self.stage == booking.stage
-    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

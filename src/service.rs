@@ -671,15 +671,6 @@ impl App {
             None => uuid::Uuid::now_v7().to_string(),
         };
         validate_period(&input.start, &input.end)?;
-        if let Some(existing) = self.store.booking(&id)? {
-            // A retry of the request that created it gets the booking back.
-            if input.describes(&existing) {
-                return Ok(existing);
-            }
-            return Err(ApiError::Conflict(format!(
-                "booking {id} exists with other details; change it with PATCH /v1/bookings/{id}"
-            )));
-        }
         let conversation = match (input.conversation_id, input.listing_id, input.customer_id) {
             (Some(cid), _, _) => {
                 validate_id("conversation_id", &cid)?;
@@ -719,7 +710,10 @@ impl App {
             created_at: now.clone(),
             updated_at: now,
         };
-        self.save_booking(&booking, &conversation).await?;
+        // The writer decides whether the id is new, so that concurrent
+        // creations of one booking are one: the others get it back.
+        let card = self.store.card(&conversation)?;
+        let (booking, _) = self.store.create_booking(&booking, &card).await?;
         Ok(booking)
     }
 

@@ -728,3 +728,47 @@ async fn a_booking_posted_again_with_its_id_and_body_is_the_same_booking() {
     );
     d.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_creations_of_one_booking_are_one() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let body = |id: Option<&str>| {
+        let mut body = json!({"conversation_id": p.conversation,
+                              "start": "2031-05-01T09:00:00Z", "end": "2031-05-01T12:00:00Z"});
+        if let Some(id) = id {
+            body["id"] = json!(id);
+        }
+        body.to_string()
+    };
+    // Twenty at once with the same id, then twenty with the same key.
+    let same_id = body(Some("b-race"));
+    let keys: Vec<String> = (0..20).map(|i| format!("k-{i}")).collect();
+    let by_id = keys
+        .iter()
+        .map(|key| d.call_keyed(Method::POST, "/v1/bookings", SERVICE_KEY, key, &same_id));
+    let same_key = body(None);
+    let by_key =
+        (0..20).map(|_| d.call_keyed(Method::POST, "/v1/bookings", SERVICE_KEY, "race", &same_key));
+    let (by_id, by_key) = tokio::join!(
+        futures_util::future::join_all(by_id),
+        futures_util::future::join_all(by_key)
+    );
+    for answers in [&by_id, &by_key] {
+        let first = &answers[0].0;
+        for (reply, _) in answers {
+            reply.expect(201);
+            assert_eq!(reply.body, first.body, "every answer is the one booking");
+        }
+    }
+    assert_eq!(by_key.iter().filter(|(_, replayed)| !*replayed).count(), 1);
+    // Two bookings in all, each announced once: the conversation was opened,
+    // then moved by each booking.
+    let (events, _) = d.poll(&p.customer, 0, 0).await;
+    let moves = events
+        .iter()
+        .filter(|e| e["type"] == "conversation")
+        .count();
+    assert_eq!(moves, 3, "{events:#?}");
+    d.stop().await;
+}

@@ -7,7 +7,8 @@
 //!   after parsing, so whitespace and key order do not matter) replays the
 //!   first answer's status and body, marked `Idempotent-Replayed: true`.
 //! - The same key with another request is 422 `idempotency_key_reused`.
-//! - The same key while its first request is still being answered is 409
+//! - The same key while its first request is still being answered waits for
+//!   that answer and replays it; after 10 s of waiting it is 409
 //!   `idempotency_key_in_flight`.
 //! - Keys belong to the caller (role and subject) and are remembered for
 //!   `storage.idempotency_retention` (7 days by default).
@@ -18,7 +19,7 @@
 //!   the key ([`derived_id`]), so a retry that follows a crash between the two
 //!   finds that record instead of making a second one.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
@@ -120,30 +121,57 @@ fn derived_id(caller: &Caller, key: &str, fingerprint: &str) -> String {
     uuid::Uuid::new_v8(bytes).to_string()
 }
 
-/// The keys whose first request is being answered right now.
-#[derive(Clone, Default)]
-pub struct InFlight(Arc<Mutex<HashSet<Vec<u8>>>>);
+/// How long a request waits for another one under the same key to be
+/// answered before it is told the key is in flight (409).
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Holds a key in flight until dropped.
+/// The keys whose request is being answered right now, each with a lock that
+/// a concurrent request under the same key waits on: it then finds the first
+/// answer and replays it.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<Mutex<KeyLocks>>);
+
+/// Each record key in flight, with the lock its requests take in turn.
+type KeyLocks = HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>;
+
+/// Holds a key until dropped.
 struct Claim<'a> {
     in_flight: &'a InFlight,
     key: Vec<u8>,
+    _held: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl InFlight {
-    fn claim(&self, key: &[u8]) -> Option<Claim<'_>> {
-        let mut keys = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        keys.insert(key.to_vec()).then(|| Claim {
+    fn keys(&self) -> std::sync::MutexGuard<'_, KeyLocks> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes `key`, waiting up to [`IN_FLIGHT_WAIT`] while another request
+    /// holds it; `None` if it is still held then.
+    async fn claim(&self, key: &[u8]) -> Option<Claim<'_>> {
+        let lock = Arc::clone(self.keys().entry(key.to_vec()).or_default());
+        let held = tokio::time::timeout(IN_FLIGHT_WAIT, lock.lock_owned())
+            .await
+            .ok()?;
+        Some(Claim {
             in_flight: self,
             key: key.to_vec(),
+            _held: held,
         })
     }
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        let mut keys = self.in_flight.0.lock().unwrap_or_else(|e| e.into_inner());
-        keys.remove(&self.key);
+        let mut keys = self.in_flight.keys();
+        // Forget the lock unless another request holds a handle to it (the
+        // map's and this claim's lock are the only two otherwise).
+        if keys
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) <= 2)
+        {
+            keys.remove(&self.key);
+        }
     }
 }
 
@@ -181,7 +209,7 @@ where
         Some(Ok(key)) => key,
     };
     let record = record_key(&caller, &key);
-    let Some(_claim) = in_flight.claim(&record) else {
+    let Some(_claim) = in_flight.claim(&record).await else {
         return ApiError::IdempotencyKeyInFlight(
             "a request with this Idempotency-Key is still being answered; retry later".into(),
         )

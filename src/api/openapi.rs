@@ -195,7 +195,7 @@ fn complete(op: &mut Operation) {
 fn add_idempotency_key(op: &mut Operation) {
     let responses = &mut op.responses.responses;
     for (status, meaning) in [
-        (409, "a request with this Idempotency-Key is still being answered (code `idempotency_key_in_flight`)"),
+        (409, "a request with this Idempotency-Key was still being answered after 10 s (code `idempotency_key_in_flight`)"),
         (422, "invalid body (code `invalid`), or an Idempotency-Key used for another request (code `idempotency_key_reused`)"),
     ] {
         responses

@@ -87,6 +87,9 @@ pub enum StoreError {
     Schema(String),
     #[error("flush failed: {0}")]
     Flush(String),
+    /// A booking with this id exists, with other details.
+    #[error("booking {0} exists with other details; change it with PATCH /v1/bookings/{0}")]
+    BookingExists(String),
     /// A sender used a client id again for another message.
     #[error(
         "client_id {client_id} already names another message, in conversation {conversation_id}"
@@ -590,6 +593,19 @@ impl Store {
         let (booking, card) = (booking.clone(), card.clone());
         self.writer
             .run(move |tx, out| writes::put_booking(tx, &booking, &card, out))
+            .await
+    }
+
+    /// Stores a new booking ([`writes::create_booking`]); returns the stored
+    /// one and whether this call created it.
+    pub async fn create_booking(
+        &self,
+        booking: &Booking,
+        card: &ContextCard,
+    ) -> Result<(Booking, bool), StoreError> {
+        let (booking, card) = (booking.clone(), card.clone());
+        self.writer
+            .run(move |tx, out| writes::create_booking(tx, &booking, &card, out))
             .await
     }
 

@@ -603,6 +603,26 @@ pub fn mark_delivered(
     Ok(Ok(target))
 }
 
+/// Stores a new booking as [`put_booking`] does, unless its id is taken: a
+/// booking with the same details is returned as it is (`false`: nothing
+/// written, no event), so that concurrent and retried creations are one;
+/// other details are [`StoreError::BookingExists`].
+pub fn create_booking(
+    tx: &Tx<'_>,
+    booking: &Booking,
+    card: &ContextCard,
+    out: &mut Vec<Delivery>,
+) -> OpResult<(Booking, bool)> {
+    if let Some(existing) = check!(get::<Booking>(tx.bookings, booking.id.as_bytes())?) {
+        if existing.same_details(booking) {
+            return Ok(Ok((existing, false)));
+        }
+        return Ok(Err(StoreError::BookingExists(booking.id.clone())));
+    }
+    check!(put_booking(tx, booking, card, out)?);
+    Ok(Ok((booking.clone(), true)))
+}
+
 pub fn put_booking(
     tx: &Tx<'_>,
     booking: &Booking,
