@@ -89,11 +89,19 @@ impl Authenticator {
     /// expired nor (by its `nbf`) not yet valid, give or take
     /// [`CLOCK_SKEW_LEEWAY_SECONDS`]. Anything else is 401.
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        self.verify_until(token).map(|(caller, _)| caller)
+    }
+
+    /// [`Authenticator::verify`], with the token's `exp` (Unix seconds; `None`
+    /// for the service key, which does not expire): a connection the token
+    /// opened ends then.
+    pub fn verify_until(&self, token: &str) -> Result<(Caller, Option<i64>), ApiError> {
         if constant_time_eq(token.as_bytes(), self.service_key.as_bytes()) {
-            return Ok(Caller {
+            let service = Caller {
                 user_id: "service".to_owned(),
                 role: Role::Service,
-            });
+            };
+            return Ok((service, None));
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
@@ -108,10 +116,11 @@ impl Authenticator {
         let claims = data.claims;
         crate::model::validate_id("sub", &claims.sub)
             .map_err(|_| ApiError::Unauthorized("token subject is not a valid user id".into()))?;
-        Ok(Caller {
+        let caller = Caller {
             user_id: claims.sub,
             role: claims.role,
-        })
+        };
+        Ok((caller, Some(claims.exp)))
     }
 
     /// Authenticates from an `Authorization` header, falling back to `?token=` where
@@ -121,6 +130,17 @@ impl Authenticator {
         header: Option<&str>,
         query_token: Option<&str>,
     ) -> Result<Caller, ApiError> {
+        self.authenticate_until(header, query_token)
+            .map(|(caller, _)| caller)
+    }
+
+    /// [`Authenticator::authenticate`], with the token's `exp`
+    /// ([`Authenticator::verify_until`]).
+    pub fn authenticate_until(
+        &self,
+        header: Option<&str>,
+        query_token: Option<&str>,
+    ) -> Result<(Caller, Option<i64>), ApiError> {
         let token = match (header, query_token) {
             (Some(h), _) => h
                 .strip_prefix("Bearer ")
@@ -131,7 +151,7 @@ impl Authenticator {
             (None, Some(t)) => t,
             (None, None) => return Err(ApiError::Unauthorized("missing bearer token".into())),
         };
-        self.verify(token.trim())
+        self.verify_until(token.trim())
     }
 }
 

@@ -423,3 +423,38 @@ async fn a_frame_that_breaks_the_protocol_closes_the_stream_with_the_code_that_s
     d.ws(&p.customer, None).await.ping().await;
     d.stop().await;
 }
+
+#[tokio::test]
+async fn a_stream_ends_with_its_token_and_a_long_poll_never_outwaits_it() {
+    let d = Daemon::launch(Launch {
+        config: vec![("long_poll_max_wait_seconds", "600".to_owned())],
+        ..Launch::default()
+    })
+    .await;
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "c-1", "hello")
+        .await
+        .expect(201);
+    // A provider whose token expires in 3 seconds.
+    let short = Person {
+        id: p.provider.id.clone(),
+        token: jwt(&p.provider.id, "provider", now() + 3, JWT_SECRET),
+    };
+    let (_, head) = d.poll(&p.provider, 0, 0).await;
+    let mut ws = d.ws(&short, Some(0)).await;
+    let frame = ws.close_frame().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 4002, "{frame:?}");
+    assert!(frame.reason.contains(&format!("since={head}")), "{frame:?}");
+
+    // A long-poll that would wait ten minutes ends when its token does (the
+    // guard fails the test after 30 s).
+    let short = jwt(&p.provider.id, "provider", now() + 3, JWT_SECRET);
+    let reply = guard(
+        "the long-poll to end with its token",
+        d.get(&format!("/v1/events?since={head}&wait=600"), &short),
+    )
+    .await;
+    reply.expect(200);
+    assert_eq!(reply.body["events"], json!([]));
+    d.stop().await;
+}

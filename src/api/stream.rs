@@ -44,6 +44,9 @@ use crate::service::App;
 pub const CLOSE_RESUME: u16 = 4000;
 /// Close code for a connection from which nothing arrived within the idle timeout.
 pub const CLOSE_IDLE: u16 = 4001;
+/// Close code for a connection whose token expired: reconnect with a fresh
+/// token and `since=` the cursor the reason names (nothing is lost).
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -172,8 +175,28 @@ pub fn routes(app: Arc<App>, streams: Arc<Streams>) -> BoxedFilter<(Response,)> 
     stream.or(events).unify().boxed()
 }
 
-fn authenticate(app: &App, header: Option<&str>, token: Option<&str>) -> Result<Caller, ApiError> {
-    app.auth.authenticate(header, token)?.require_person()
+/// The person a stream or long-poll is for, and when their token expires.
+fn authenticate(
+    app: &App,
+    header: Option<&str>,
+    token: Option<&str>,
+) -> Result<(Caller, Option<i64>), ApiError> {
+    let (caller, expires) = app.auth.authenticate_until(header, token)?;
+    Ok((caller.require_person()?, expires))
+}
+
+/// How long until `expires` (Unix seconds), from now; zero once past.
+fn until(expires: i64) -> Duration {
+    let now = jiff::Timestamp::now().as_second();
+    Duration::from_secs(u64::try_from(expires.saturating_sub(now)).unwrap_or(0))
+}
+
+/// Resolves when the connection's token expires (never for no expiry).
+async fn token_expiry(expires: Option<i64>) {
+    match expires {
+        Some(at) => tokio::time::sleep(until(at)).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn header_has(headers: &HeaderMap, name: &str, token: &str) -> bool {
@@ -195,8 +218,9 @@ fn upgrade(
     headers: HeaderMap,
     on_upgrade: Option<OnUpgrade>,
 ) -> Response {
-    let caller = match authenticate(&app, auth_header.as_deref(), query.token.as_deref()) {
-        Ok(caller) => caller,
+    let (caller, expires) = match authenticate(&app, auth_header.as_deref(), query.token.as_deref())
+    {
+        Ok(authenticated) => authenticated,
         Err(e) => return e.into_response(),
     };
     let key = headers.get("sec-websocket-key");
@@ -234,7 +258,7 @@ fn upgrade(
                 )
                 .await;
                 let span = tracing::info_span!("stream", user = %caller.user_id);
-                Connection::new(app, caller, shutdown)
+                Connection::new(app, caller, expires, shutdown)
                     .run(socket, query.since)
                     .instrument(span)
                     .await;
@@ -294,6 +318,8 @@ enum Ending {
 struct Connection {
     app: Arc<App>,
     caller: Caller,
+    /// When the token that opened the connection expires (Unix seconds).
+    expires: Option<i64>,
     limits: ConnectionLimits,
     shutdown: watch::Receiver<bool>,
     /// The last cursor written to the client.
@@ -301,11 +327,17 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(app: Arc<App>, caller: Caller, shutdown: watch::Receiver<bool>) -> Connection {
+    fn new(
+        app: Arc<App>,
+        caller: Caller,
+        expires: Option<i64>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Connection {
         Connection {
             limits: ConnectionLimits::new(&app.config.limits),
             app,
             caller,
+            expires,
             shutdown,
             position: 0,
         }
@@ -371,6 +403,12 @@ impl Connection {
                 biased;
                 _ = stopping(&mut shutdown) => {
                     return Ending::Close(1001, "server shutting down".into());
+                }
+                _ = token_expiry(self.expires) => {
+                    return Ending::Close(
+                        CLOSE_TOKEN_EXPIRED,
+                        format!("token expired; reconnect with a new one and since={}", self.position),
+                    );
                 }
                 frame = subscription.frames.recv() => {
                     let Some(frame) = frame else {
@@ -720,13 +758,15 @@ async fn poll_events(
     auth_header: Option<&str>,
     query: &EventsQuery,
 ) -> Result<(Vec<Frame>, u64), ApiError> {
-    let caller = authenticate(app, auth_header, query.token.as_deref())?;
+    let (caller, expires) = authenticate(app, auth_header, query.token.as_deref())?;
     let user = &caller.user_id;
     let page = app.config.stream.replay_page;
+    // Never past the token's expiry: the next poll needs a valid one.
     let wait = query
         .wait
         .unwrap_or(0)
-        .min(app.config.stream.long_poll_max_wait_seconds);
+        .min(app.config.stream.long_poll_max_wait_seconds)
+        .min(expires.map_or(u64::MAX, |at| until(at).as_secs()));
     // Subscribe before reading so an event committed in between still wakes us.
     let mut subscription = app.hub.subscribe(user, 16);
     let head = app.store.durable_cursor(user).await?;
