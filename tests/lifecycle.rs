@@ -269,3 +269,25 @@ async fn a_made_up_http_method_does_not_become_a_metrics_label() {
     );
     d.stop().await;
 }
+
+#[tokio::test]
+async fn a_huge_request_path_does_not_make_a_huge_log_line() {
+    let d = Daemon::start().await;
+    let path = format!("/{}", "a".repeat(60_000));
+    let reply = d.call(Method::GET, &path, None, None).await;
+    assert_eq!(reply.status, 404);
+    // The daemon logged the request, with its path cut short.
+    let log = guard("the request to be logged", async {
+        loop {
+            let log = d.log();
+            if log.contains("aaaa…") {
+                return log;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2_000, "a log line of {longest} bytes");
+    d.stop().await;
+}

@@ -68,7 +68,13 @@ pub fn routes(
             metrics::histogram!("parleyd_http_request_seconds")
                 .record(info.elapsed().as_secs_f64());
         }))
-        .with(warp::trace::request())
+        .with(warp::trace(|info| {
+            tracing::info_span!(
+                "request",
+                method = method_label(info.method()),
+                path = %bounded(info.path()),
+            )
+        }))
 }
 
 /// The `method` label of the request metrics: one of the standard methods, or
@@ -85,6 +91,18 @@ fn method_label(method: &warp::http::Method) -> &'static str {
         Method::HEAD => "HEAD",
         Method::OPTIONS => "OPTIONS",
         _ => "other",
+    }
+}
+
+/// The longest request path a log line carries: a client must not be able to
+/// make the daemon write 60 KB lines.
+const LOGGED_PATH_CHARS: usize = 200;
+
+/// `path` cut to [`LOGGED_PATH_CHARS`] characters, marked `…` when cut.
+fn bounded(path: &str) -> std::borrow::Cow<'_, str> {
+    match path.char_indices().nth(LOGGED_PATH_CHARS) {
+        Some((at, _)) => format!("{}…", &path[..at]).into(),
+        None => path.into(),
     }
 }
 
