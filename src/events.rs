@@ -49,7 +49,7 @@ pub enum UserEvent {
     },
     /// An in-app notification (routed by `rules/routing.yaml`).
     Notification {
-        notification: Box<crate::notify::record::NotificationView>,
+        notification: Box<crate::model::notification::NotificationView>,
     },
 }
 

@@ -16,13 +16,13 @@ use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::events::Frame;
 use crate::hub::Hub;
+use crate::model::notification::{Lane, Notification};
 use crate::model::{
     check_len, format_time, page_limit, validate_id, validate_period, Booking, BookingInput,
     BookingPatch, Conversation, ConversationView, Flag, Listing, ListingInput, Message,
     MessageType, Reply, SendInput, Signal, SignalInput, User, UserInput,
 };
 use crate::moderation::{self, Moderator, Submission};
-use crate::notify::record::{Lane, Notification};
 use crate::rules::{Rules, RulesStatus};
 use crate::store::{send_fingerprint, NewMessage, Store, Stored};
 

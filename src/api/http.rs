@@ -552,7 +552,7 @@ pub async fn admin_outbox(app: Arc<App>, who: Auth) -> Response {
 /// One notification and the state of each of its channels.
 #[utoipa::path(get, path = "/v1/admin/notifications/{id}", tag = "operator",
     params(("id" = String, Path, description = "notification id")),
-    responses((status = 200, body = crate::notify::record::Notification)),
+    responses((status = 200, body = crate::model::notification::Notification)),
     security(("bearer" = [])))]
 pub async fn admin_notification(id: String, app: Arc<App>, who: Auth) -> Response {
     respond(StatusCode::OK, who.and_then(|c| app.notification(c, &id)))
@@ -561,7 +561,7 @@ pub async fn admin_notification(id: String, app: Arc<App>, who: Auth) -> Respons
 /// A user's latest notifications (oldest first) with each channel's state.
 #[utoipa::path(get, path = "/v1/admin/users/{id}/notifications", tag = "operator",
     params(("id" = String, Path, description = "user id"), LimitQuery),
-    responses((status = 200, body = [crate::notify::record::Notification]), (status = 422, description = "`limit` outside 1-500")),
+    responses((status = 200, body = [crate::model::notification::Notification]), (status = 422, description = "`limit` outside 1-500")),
     security(("bearer" = [])))]
 pub async fn admin_user_notifications(
     id: String,
@@ -579,7 +579,7 @@ pub async fn admin_user_notifications(
 #[utoipa::path(post, path = "/v1/admin/outbox/dead/{id}/{channel}/redrive", tag = "operator",
     params(("id" = String, Path, description = "notification id"),
            ("channel" = String, Path, description = "push, email, sms or webhook")),
-    responses((status = 200, body = crate::notify::record::Notification),
+    responses((status = 200, body = crate::model::notification::Notification),
               (status = 404, description = "no such notification, or its delivery on that channel is not dead"),
               (status = 422, description = "not a channel name")),
     security(("bearer" = [])))]

@@ -260,7 +260,7 @@ async fn run(args: Args) -> Result<(), String> {
         engine.drain().await.map_err(err)?;
         println!(
             "backlog: {} push deliveries queued in {:.2} s",
-            store.queued_in(parleyd::notify::record::Lane::Push),
+            store.queued_in(parleyd::model::notification::Lane::Push),
             started.elapsed().as_secs_f64()
         );
         drained_at = Instant::now();

@@ -18,8 +18,8 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde_json::json;
 use sha2::Sha256;
 
-use super::record::{Lane, Notification};
 use crate::config::NotifyConfig;
+use crate::model::notification::{Lane, Notification};
 use crate::model::User;
 
 /// Why an attempt failed: worth retrying, or not.

@@ -4,13 +4,12 @@
 
 pub mod channels;
 mod quiet;
-pub mod record;
 pub mod router;
 pub mod worker;
 
 use tokio::sync::Notify;
 
-use record::Lane;
+use crate::model::notification::Lane;
 
 /// Wakes the outbox's lanes: new entries were queued, or the clock moved.
 #[derive(Debug, Default)]

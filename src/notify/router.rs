@@ -7,11 +7,12 @@ use jiff::Timestamp;
 use serde_json::json;
 
 use super::quiet;
-use super::record::{ChannelDelivery, DeliveryState, Lane, Notification};
 use crate::domain::DomainEvent;
 use crate::engine::{person_value, reader_zone, Loaded};
+use crate::model::notification::Priority;
+use crate::model::notification::{ChannelDelivery, DeliveryState, Lane, Notification};
 use crate::model::{format_time, Channel, Message, User};
-use crate::rules::routing::{Priority, QuietHoursPolicy, Recipient, Route};
+use crate::rules::routing::{QuietHoursPolicy, Recipient, Route};
 use crate::rules::script::Context;
 use crate::rules::RuleSet;
 use crate::store::{Store, StoreError};

@@ -20,13 +20,13 @@ use tokio::sync::Semaphore;
 
 use super::channels::{Channels, SendError};
 use super::quiet;
-use super::record::{ChannelDelivery, DeliveryState, Lane, Notification, Outcome};
 use super::Wakers;
 use crate::clock::Clock;
 use crate::config::NotifyConfig;
 use crate::engine::{person_value, reader_zone};
 use crate::model::format_time;
-use crate::rules::routing::{Priority, Unless};
+use crate::model::notification::{ChannelDelivery, DeliveryState, Lane, Notification, Outcome};
+use crate::model::notification::{Priority, Unless};
 use crate::rules::script::Context;
 use crate::rules::templates::escape_html;
 use crate::rules::Rules;

@@ -17,10 +17,11 @@
 //! webhooks: [booking_created, message_sent]
 //! ```
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::script::Expr;
 use super::sequences::{condition, is_name, SpecError};
+use crate::model::notification::{Priority, Unless};
 use crate::model::Channel;
 
 /// The routing file, relative to the rules directory.
@@ -45,17 +46,6 @@ pub struct DigestSpec {
     pub template: String,
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Priority {
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
 /// Who a notification is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,16 +67,6 @@ pub enum QuietHoursPolicy {
     Respect,
     /// Sent at any hour (critical notifications only).
     Ignore,
-}
-
-/// When a fallback is not needed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Unless {
-    /// The message the notification is about has been read.
-    Read,
-    /// One of the notification's own channels delivered it.
-    Delivered,
 }
 
 #[derive(Debug, Deserialize)]

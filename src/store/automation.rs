@@ -37,7 +37,7 @@ pub enum Change {
     },
     /// A notification to queue (it exists already after a crash and replay:
     /// then nothing changes).
-    Notify(Box<crate::notify::record::Notification>),
+    Notify(Box<crate::model::notification::Notification>),
     /// The engine is done with this domain event.
     Ack(u64),
 }

@@ -22,7 +22,7 @@ use super::writer::OpResult;
 use super::writes::{log_event, Tx};
 use super::{decode, encode, Delivery, Store, StoreError};
 use crate::events::UserEvent;
-use crate::notify::record::{DeliveryState, Lane, Notification, Outcome};
+use crate::model::notification::{DeliveryState, Lane, Notification, Outcome};
 
 const SEP: u8 = 0;
 

@@ -484,13 +484,13 @@ async fn an_unreadable_instance_drops_its_timer_instead_of_blocking_the_others()
 
 fn notification(
     created_at: &str,
-    state: crate::notify::record::DeliveryState,
-) -> crate::notify::record::Notification {
-    use crate::notify::record::{ChannelDelivery, Lane};
-    crate::notify::record::Notification {
+    state: crate::model::notification::DeliveryState,
+) -> crate::model::notification::Notification {
+    use crate::model::notification::{ChannelDelivery, Lane};
+    crate::model::notification::Notification {
         id: uuid::Uuid::now_v7().to_string(),
         kind: "new_message".into(),
-        priority: crate::rules::routing::Priority::High,
+        priority: crate::model::notification::Priority::High,
         user_id: Some("cust".into()),
         created_at: created_at.into(),
         event: "message_sent".into(),
@@ -510,7 +510,7 @@ fn notification(
 
 #[tokio::test]
 async fn retention_forgets_old_finished_notifications_only() {
-    use crate::notify::record::DeliveryState;
+    use crate::model::notification::DeliveryState;
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path()).await;
     let old_done = notification("2030-01-01T00:00:00.000Z", DeliveryState::Delivered);

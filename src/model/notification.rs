@@ -1,11 +1,33 @@
 //! What the outbox keeps: a notification for one person (or one webhook post)
-//! and the state of its delivery on each channel.
+//! and the state of its delivery on each channel. Records only: the store
+//! keeps them, `notify` decides what goes in them.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::model::{Attachment, Channel};
-use crate::rules::routing::{Priority, Unless};
+use super::{Attachment, Channel};
+
+/// How urgent a notification is (a routing rule's `priority`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+/// When a fallback is not needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Unless {
+    /// The message the notification is about has been read.
+    Read,
+    /// One of the notification's own channels delivered it.
+    Delivered,
+}
 
 /// An outbox queue: one per channel, so a channel that is down never holds
 /// back the others; `digest` holds each user's next digest.

@@ -1,6 +1,8 @@
 //! The records parleyd stores and the shapes callers see. Inputs are separate
 //! `*Input` types with `deny_unknown_fields`, validated before anything is stored.
 
+pub mod notification;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
