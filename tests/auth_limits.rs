@@ -549,15 +549,11 @@ async fn a_token_used_before_its_nbf_is_401() {
 
 #[tokio::test]
 async fn http_typing_and_receipts_are_rate_limited_per_user_with_retry_after() {
-    let tight = "{per_second: 1, burst: 2}".to_owned();
-    let d = Daemon::launch(Launch {
-        config: vec![
-            ("typing_rate", tight.clone()),
-            ("read_rate", tight.clone()),
-            ("delivered_rate", tight),
-        ],
-        ..Launch::default()
-    })
+    let d = Daemon::with_config(tight_limits(&[
+        "typing_rate",
+        "read_rate",
+        "delivered_rate",
+    ]))
     .await;
     let p = pair(&d).await;
     d.send(&p.customer, &p.conversation, "c-1", "hello")

@@ -587,11 +587,7 @@ async fn delivery_receipts_reach_the_sender_and_reading_implies_delivery() {
 
 #[tokio::test]
 async fn retried_backend_writes_with_an_idempotency_key_happen_once() {
-    let d = Daemon::launch(Launch {
-        config: vec![("clock", "manual".to_owned())],
-        ..Launch::default()
-    })
-    .await;
+    let d = Daemon::with_config(vec![("clock", "manual".to_owned())]).await;
     let p = pair(&d).await;
     let booking = format!(
         r#"{{"conversation_id": "{}", "start": "2031-05-01T09:00:00Z", "end": "2031-05-01T12:00:00Z"}}"#,

@@ -325,16 +325,12 @@ async fn a_typing_flood_does_not_knock_the_other_side_offline() {
 
 #[tokio::test]
 async fn every_kind_of_frame_is_rate_limited_per_connection() {
-    let tight = "{per_second: 1, burst: 2}".to_owned();
-    let d = Daemon::launch(Launch {
-        config: vec![
-            ("typing_rate", tight.clone()),
-            ("read_rate", tight.clone()),
-            ("delivered_rate", tight.clone()),
-            ("ping_rate", tight),
-        ],
-        ..Launch::default()
-    })
+    let d = Daemon::with_config(tight_limits(&[
+        "typing_rate",
+        "read_rate",
+        "delivered_rate",
+        "ping_rate",
+    ]))
     .await;
     let p = pair(&d).await;
     d.send(&p.customer, &p.conversation, "c-1", "hello")
@@ -426,11 +422,7 @@ async fn a_frame_that_breaks_the_protocol_closes_the_stream_with_the_code_that_s
 
 #[tokio::test]
 async fn a_stream_ends_with_its_token_and_a_long_poll_never_outwaits_it() {
-    let d = Daemon::launch(Launch {
-        config: vec![("long_poll_max_wait_seconds", "600".to_owned())],
-        ..Launch::default()
-    })
-    .await;
+    let d = Daemon::with_config(vec![("long_poll_max_wait_seconds", "600".to_owned())]).await;
     let p = pair(&d).await;
     d.send(&p.customer, &p.conversation, "c-1", "hello")
         .await

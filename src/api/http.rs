@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
-use warp::{Filter, Reply};
+use warp::Filter;
 
 use super::idempotency::{self, keyed_json_body, InFlight, Keyed};
 use super::limits::{Action, UserLimits};
@@ -373,14 +373,11 @@ pub async fn mark_read(
     who: Auth,
     body: Body<ReadInput>,
 ) -> Response {
-    let caller = match limits.admit(Action::Read, who) {
-        Ok(caller) => caller,
-        Err(refused) => return refused.into_response(),
+    let result = async {
+        let caller = limits.admit(Action::Read, who)?;
+        app.read(caller, &id, body?.seq).await
     };
-    respond(
-        StatusCode::OK,
-        async { app.read(caller, &id, body?.seq).await }.await,
-    )
+    respond(StatusCode::OK, result.await)
 }
 
 /// Confirms the caller's device received the conversation up to `seq` (the
@@ -397,14 +394,11 @@ pub async fn mark_delivered(
     who: Auth,
     body: Body<ReadInput>,
 ) -> Response {
-    let caller = match limits.admit(Action::Delivered, who) {
-        Ok(caller) => caller,
-        Err(refused) => return refused.into_response(),
+    let result = async {
+        let caller = limits.admit(Action::Delivered, who)?;
+        app.delivered(caller, &id, body?.seq).await
     };
-    respond(
-        StatusCode::OK,
-        async { app.delivered(caller, &id, body?.seq).await }.await,
-    )
+    respond(StatusCode::OK, result.await)
 }
 
 /// Shows the other side that the caller is typing (live only, never stored).
@@ -414,14 +408,12 @@ pub async fn mark_delivered(
         (status = 429, description = "past `limits.typing_rate` (code `rate_limited`)")),
     security(("bearer" = [])))]
 pub async fn typing(id: String, app: Arc<App>, limits: Arc<UserLimits>, who: Auth) -> Response {
-    let caller = match limits.admit(Action::Typing, who) {
-        Ok(caller) => caller,
-        Err(refused) => return refused.into_response(),
-    };
+    let result = limits
+        .admit(Action::Typing, who)
+        .and_then(|caller| app.typing(caller, &id));
     respond(
         StatusCode::ACCEPTED,
-        app.typing(caller, &id)
-            .map(|()| super::StatusReply { status: "sent" }),
+        result.map(|()| super::StatusReply { status: "sent" }),
     )
 }
 

@@ -166,6 +166,16 @@ impl Daemon {
         Daemon::launch(Launch::default()).await
     }
 
+    /// A daemon with the shipped config but for `config` replacements (see
+    /// [`Launch::config`]), on a fresh data directory.
+    pub async fn with_config(config: Vec<(&'static str, String)>) -> Daemon {
+        Daemon::launch(Launch {
+            config,
+            ..Launch::default()
+        })
+        .await
+    }
+
     /// A daemon with the shipped config on an existing data directory.
     pub async fn start_in(data_dir: &Path) -> Daemon {
         Daemon::launch(Launch {
@@ -533,6 +543,15 @@ impl Reply {
         assert!(!code.is_empty() && !message.is_empty(), "{}", self.body);
         code.to_owned()
     }
+}
+
+/// Config replacements that allow one per second, in bursts of two, for each
+/// of the `limits` keys (such as `typing_rate`).
+pub fn tight_limits(limits: &[&'static str]) -> Vec<(&'static str, String)> {
+    limits
+        .iter()
+        .map(|key| (*key, "{per_second: 1, burst: 2}".to_owned()))
+        .collect()
 }
 
 /// Seconds since the epoch.
