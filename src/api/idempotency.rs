@@ -37,14 +37,18 @@ use crate::service::App;
 /// The longest key accepted; the draft leaves it to the server.
 const MAX_KEY_LEN: usize = 255;
 
-/// A request body with what identifies the request for idempotency.
+/// A request body with its `Idempotency-Key`: absent, valid, or why not.
 pub struct Keyed<T> {
-    /// The `Idempotency-Key` header: absent, or valid, or why not.
-    pub key: Option<Result<String, ApiError>>,
+    pub key: Option<Result<RequestKey, ApiError>>,
+    pub body: Result<T, ApiError>,
+}
+
+/// A valid `Idempotency-Key` and the request it came with.
+pub struct RequestKey {
+    key: String,
     /// Hex SHA-256 of the method, the path and the body (canonical JSON when
     /// it parses, the bytes otherwise).
-    pub fingerprint: String,
-    pub body: Result<T, ApiError>,
+    fingerprint: String,
 }
 
 /// Like `json_body`, with the `Idempotency-Key` header and the request's
@@ -60,10 +64,14 @@ pub fn keyed_json_body<T: DeserializeOwned + Send>(
         .then(
             move |method: Method, path: warp::path::FullPath, key: Option<String>, length, body| async move {
                 let bytes = read_limited(length, body, limit).await;
-                let fingerprint = fingerprint(&method, path.as_str(), bytes.as_ref().ok());
+                // Only a request with a key needs its fingerprint.
+                let key = key.map(|key| {
+                    valid_key(&key)?;
+                    let fingerprint = fingerprint(&method, path.as_str(), bytes.as_ref().ok());
+                    Ok(RequestKey { key, fingerprint })
+                });
                 Keyed {
-                    key: key.map(|k| valid_key(&k).map(|()| k)),
-                    fingerprint,
+                    key,
                     body: bytes.and_then(|b| decode_json(&b)),
                 }
             },
@@ -198,7 +206,7 @@ where
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };
-    let key = match request.key {
+    let (key, fingerprint) = match request.key {
         None => {
             return match run(caller, None).await {
                 Ok((status, body)) => reply(status, &body),
@@ -206,7 +214,7 @@ where
             }
         }
         Some(Err(e)) => return e.into_response(),
-        Some(Ok(key)) => key,
+        Some(Ok(RequestKey { key, fingerprint })) => (key, fingerprint),
     };
     let record = record_key(&caller, &key);
     let Some(_claim) = in_flight.claim(&record).await else {
@@ -215,7 +223,6 @@ where
         )
         .into_response();
     };
-    let fingerprint = request.fingerprint;
     let replayed = {
         let (app, record) = (Arc::clone(app), record.clone());
         on_blocking_pool(move || app.replay(&record)).await
