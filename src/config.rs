@@ -55,6 +55,8 @@ pub struct Config {
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
+    pub connections: ConnectionsConfig,
+    #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
     pub stream: StreamConfig,
@@ -162,6 +164,77 @@ impl Default for StorageConfig {
     }
 }
 
+/// What one TCP connection, and one client address, may hold of the daemon
+/// (`server::accept` enforces it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    /// Connections (HTTP and WebSocket) open at once. Lowered at start to the
+    /// open-files limit minus `reserved_file_descriptors`.
+    pub max_open: usize,
+    /// File descriptors kept for the daemon's own work (store files, outbound
+    /// channels, the rule watcher) and for refusing connections cleanly.
+    pub reserved_file_descriptors: usize,
+    /// Connections open at once from one client address.
+    pub max_per_address: usize,
+    /// How long a connection may take to deliver a complete request head,
+    /// counted from when it is ready for one: after connecting, and after each
+    /// response (so it also closes idle keep-alive connections).
+    #[serde(deserialize_with = "positive_duration")]
+    pub header_read_timeout: std::time::Duration,
+    /// How long a request body may take to arrive once the handler reads it.
+    #[serde(deserialize_with = "positive_duration")]
+    pub body_read_timeout: std::time::Duration,
+    /// Requests without credentials (no `Authorization` header, no `token=`),
+    /// per client address.
+    pub anonymous_rate: Rate,
+    /// Peers whose `X-Forwarded-For` names the client (addresses or CIDR
+    /// blocks, e.g. `10.0.0.0/8`).
+    #[serde(deserialize_with = "networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            max_open: 20_000,
+            reserved_file_descriptors: 128,
+            max_per_address: 256,
+            header_read_timeout: std::time::Duration::from_secs(30),
+            body_read_timeout: std::time::Duration::from_secs(30),
+            anonymous_rate: Rate::new(20, 100),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// A duration such as `500ms`, `10s` or `1m` that is greater than zero.
+fn positive_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::time::Duration, D::Error> {
+    let parsed = duration(d)?;
+    match std::time::Duration::try_from(parsed) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(serde::de::Error::custom("must be greater than zero")),
+    }
+}
+
+/// Addresses (`192.0.2.7`, `::1`) and CIDR blocks (`10.0.0.0/8`).
+fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| {
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{text:?} is neither an IP address nor a CIDR block"
+                    ))
+                })
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -192,6 +265,12 @@ pub struct Rate {
 impl Rate {
     pub const fn new(per_second: u32, burst: u32) -> Rate {
         Rate { per_second, burst }
+    }
+
+    /// The bucket as a governor quota (a zero, refused by validation, counts as 1).
+    pub fn quota(self) -> governor::Quota {
+        let nonzero = |n| std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN);
+        governor::Quota::per_second(nonzero(self.per_second)).allow_burst(nonzero(self.burst))
     }
 }
 
@@ -447,6 +526,14 @@ impl Config {
             problems.push(format!("auth.default_token_ttl: {e}"));
         }
         problems.extend(self.notify.problems());
+        let connections = &self.connections;
+        if connections.max_open == 0 || connections.max_per_address == 0 {
+            problems
+                .push("connections.max_open and connections.max_per_address must be > 0".into());
+        }
+        if connections.anonymous_rate.per_second == 0 || connections.anonymous_rate.burst == 0 {
+            problems.push("connections.anonymous_rate: per_second and burst must be > 0".into());
+        }
         if self.limits.send_rate_per_second == 0 || self.limits.send_burst == 0 {
             problems.push("limits.send_rate_per_second and limits.send_burst must be > 0".into());
         }

@@ -45,6 +45,9 @@ pub enum ApiError {
     Blocked(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A request body did not arrive within `connections.body_read_timeout`.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -83,6 +86,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Blocked(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -103,6 +107,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Blocked(_) => "blocked",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Internal(_) => "internal",
         }
     }

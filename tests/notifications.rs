@@ -210,7 +210,6 @@ async fn launch(data_dir: Option<PathBuf>, http: &Receiver, smtp_port: u16) -> D
     Daemon::launch(Launch {
         data_dir,
         automation: true,
-        env: Vec::new(),
         config: vec![
             ("clock", "manual".into()),
             ("smtp_url", format!("smtp://127.0.0.1:{smtp_port}")),
@@ -222,6 +221,7 @@ async fn launch(data_dir: Option<PathBuf>, http: &Receiver, smtp_port: u16) -> D
             ("retry_base", "10s".into()),
             ("retry_max", "1m".into()),
         ],
+        ..Launch::default()
     })
     .await
 }
@@ -804,7 +804,6 @@ async fn routing_reloads_live_and_a_broken_edit_is_rejected_at_its_line() {
     let d = Daemon::launch(Launch {
         data_dir: None,
         automation: true,
-        env: Vec::new(),
         config: [
             config,
             vec![
@@ -813,6 +812,7 @@ async fn routing_reloads_live_and_a_broken_edit_is_rejected_at_its_line() {
             ],
         ]
         .concat(),
+        ..Launch::default()
     })
     .await;
     let p = pair(&d).await;

@@ -9,7 +9,7 @@ use warp::Filter;
 
 use super::idempotency::{self, keyed_json_body, InFlight, Keyed};
 use super::limits::{Action, UserLimits};
-use super::{caller, json_body, respond, Response};
+use super::{caller, json_body, respond, BodyLimits, Response};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::model::{BookingInput, BookingPatch, ListingInput, SendInput, SignalInput, UserInput};
@@ -63,7 +63,7 @@ pub struct LimitQuery {
 }
 
 pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Response,)> {
-    let limit = app.config.limits.max_body_bytes;
+    let limit = BodyLimits::of(&app.config);
     let with_app = {
         let app = app.clone();
         warp::any().map(move || app.clone())

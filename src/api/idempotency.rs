@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::{Filter, Rejection, Reply as _};
 
-use super::{decode_json, read_limited, Response};
+use super::{decode_json, read_limited, BodyLimits, Response};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::service::App;
@@ -54,7 +54,7 @@ pub struct RequestKey {
 /// Like `json_body`, with the `Idempotency-Key` header and the request's
 /// fingerprint.
 pub fn keyed_json_body<T: DeserializeOwned + Send>(
-    limit: u64,
+    limits: BodyLimits,
 ) -> impl Filter<Extract = (Keyed<T>,), Error = Rejection> + Clone {
     warp::method()
         .and(warp::path::full())
@@ -63,7 +63,7 @@ pub fn keyed_json_body<T: DeserializeOwned + Send>(
         .and(warp::body::stream())
         .then(
             move |method: Method, path: warp::path::FullPath, key: Option<String>, length, body| async move {
-                let bytes = read_limited(length, body, limit).await;
+                let bytes = read_limited(length, body, limits).await;
                 // Only a request with a key needs its fingerprint.
                 let key = key.map(|key| {
                     valid_key(&key)?;

@@ -5,11 +5,10 @@
 //! ([`UserLimits`]). The buckets are `governor`'s GCRA (a token bucket of
 //! `burst` refilled at `per_second`), so a limit costs one atomic per check.
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::clock::Clock;
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, RateLimiter};
 
 use crate::auth::Caller;
 use crate::config::{LimitsConfig, Rate};
@@ -46,12 +45,6 @@ impl Action {
             Action::Frame => limits.frame_rate,
         }
     }
-}
-
-fn quota(rate: Rate) -> Quota {
-    let per_second = NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
-    Quota::per_second(per_second).allow_burst(burst)
 }
 
 /// A request or frame past its limit.
@@ -102,7 +95,7 @@ pub struct ConnectionLimits {
 
 impl ConnectionLimits {
     pub fn new(config: &LimitsConfig) -> ConnectionLimits {
-        let direct = |action: Action| RateLimiter::direct(quota(action.rate(config)));
+        let direct = |action: Action| RateLimiter::direct(action.rate(config).quota());
         ConnectionLimits {
             typing: direct(Action::Typing),
             read: direct(Action::Read),
@@ -148,7 +141,7 @@ pub struct UserLimits {
 
 impl UserLimits {
     pub fn new(config: &LimitsConfig) -> UserLimits {
-        let keyed = |action: Action| RateLimiter::keyed(quota(action.rate(config)));
+        let keyed = |action: Action| RateLimiter::keyed(action.rate(config).quota());
         UserLimits {
             typing: keyed(Action::Typing),
             read: keyed(Action::Read),

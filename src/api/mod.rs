@@ -25,7 +25,41 @@ use crate::service::App;
 pub use limits::UserLimits;
 pub use stream::Streams;
 
-type Response = warp::reply::Response;
+pub type Response = warp::reply::Response;
+
+/// Something the connection layer holds for as long as a request is served
+/// (an address slot of a request forwarded by a proxy). A WebSocket route
+/// keeps it for the stream's life; dropping the last clone releases it.
+#[derive(Clone)]
+pub struct RequestGuard {
+    _held: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl RequestGuard {
+    pub fn new(held: impl std::any::Any + Send + Sync) -> RequestGuard {
+        RequestGuard {
+            _held: Arc::new(held),
+        }
+    }
+}
+
+/// How much of a request body is read, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// `limits.max_body_bytes`: larger bodies get 413.
+    pub max_bytes: u64,
+    /// `connections.body_read_timeout`: a body still arriving after it gets 408.
+    pub read_timeout: std::time::Duration,
+}
+
+impl BodyLimits {
+    pub fn of(config: &crate::config::Config) -> BodyLimits {
+        BodyLimits {
+            max_bytes: config.limits.max_body_bytes,
+            read_timeout: config.connections.body_read_timeout,
+        }
+    }
+}
 
 /// Every route of the daemon, with JSON errors for whatever no route accepted.
 pub fn routes(
@@ -137,21 +171,40 @@ fn caller(
         .map(move |header: Option<String>| app.auth.authenticate(header.as_deref(), None))
 }
 
-/// The request body, read up to `limit` bytes whether or not a Content-Length is
+/// The request body, read within `limits` whether or not a Content-Length is
 /// given, and decoded as JSON: malformed JSON is 400, a well-formed body of the
-/// wrong shape is 422, a larger body is 413.
+/// wrong shape is 422, a larger body is 413, a body too slow to arrive is 408.
 fn json_body<T: DeserializeOwned + Send>(
-    limit: u64,
+    limits: BodyLimits,
 ) -> impl Filter<Extract = (Result<T, ApiError>,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
         .then(move |length: Option<u64>, body| async move {
-            let bytes = read_limited(length, body, limit).await?;
+            let bytes = read_limited(length, body, limits).await?;
             decode_json(&bytes)
         })
 }
 
-async fn read_limited<S, B>(length: Option<u64>, body: S, limit: u64) -> Result<Bytes, ApiError>
+async fn read_limited<S, B>(
+    length: Option<u64>,
+    body: S,
+    limits: BodyLimits,
+) -> Result<Bytes, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let timeout = limits.read_timeout;
+    tokio::time::timeout(timeout, read_body(length, body, limits.max_bytes))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::RequestTimeout(format!(
+                "the request body did not arrive within {timeout:?}"
+            )))
+        })
+}
+
+async fn read_body<S, B>(length: Option<u64>, body: S, limit: u64) -> Result<Bytes, ApiError>
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: Buf,

@@ -74,11 +74,14 @@ impl Modify for BearerAuth {
 /// Completes each operation's responses with the statuses its shape makes the
 /// code return, and gives every error response the `ErrorBody` schema:
 ///
+/// - every route: 429 and 503 from the connection layer (`server::admission`:
+///   a client address past its limits, every connection slot taken);
 /// - secured (every `/v1` route): 401 from `Authenticator::authenticate`, 403
 ///   from `Caller::require` (every `/v1` route serves only some roles), 500
 ///   when storage fails;
-/// - a request body (`json_body`): 400 malformed JSON, 413 larger than
-///   `limits.max_body_bytes`, 422 well-formed but of the wrong shape or value;
+/// - a request body (`json_body`): 400 malformed JSON, 408 not arrived within
+///   `connections.body_read_timeout`, 413 larger than `limits.max_body_bytes`,
+///   422 well-formed but of the wrong shape or value;
 /// - query parameters (`warp::query` with `deny_unknown_fields`): 400 for a
 ///   value of the wrong type or an unknown parameter;
 /// - path parameters: 404, whether nothing has that id (or nothing the caller
@@ -116,6 +119,7 @@ fn meaning(status: u16) -> &'static str {
         401 => "no bearer token, or a malformed, invalid or expired one",
         403 => "the caller's role may not use this route",
         404 => "no such resource, or none the caller may see",
+        408 => "the request body did not arrive within connections.body_read_timeout",
         409 => "conflicts with the current state",
         413 => "request body larger than limits.max_body_bytes",
         422 => "well-formed but invalid: a body of the wrong shape, or an invalid value",
@@ -128,12 +132,12 @@ fn meaning(status: u16) -> &'static str {
 
 /// The statuses an operation returns because of its shape (see [`ErrorStatuses`]).
 fn implied_statuses(op: &Operation) -> Vec<u16> {
-    let mut statuses = Vec::new();
+    let mut statuses = vec![429, 503];
     if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
         statuses.extend([401, 403, 500]);
     }
     if op.request_body.is_some() {
-        statuses.extend([400, 413, 422]);
+        statuses.extend([400, 408, 413, 422]);
     }
     let params = op.parameters.iter().flatten();
     for p in params {

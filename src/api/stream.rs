@@ -32,7 +32,7 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Reply};
 
 use super::limits::{Action, ConnectionLimits};
-use super::Response;
+use super::{RequestGuard, Response};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::events::Frame;
@@ -163,6 +163,7 @@ pub fn routes(app: Arc<App>, streams: Arc<Streams>) -> BoxedFilter<(Response,)> 
         .and(warp::query::<StreamQuery>())
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<OnUpgrade>())
+        .and(warp::ext::optional::<RequestGuard>())
         .map(upgrade);
     let shutdown = streams.shutdown.subscribe();
     let events = warp::path!("v1" / "events")
@@ -217,6 +218,7 @@ fn upgrade(
     query: StreamQuery,
     headers: HeaderMap,
     on_upgrade: Option<OnUpgrade>,
+    held: Option<RequestGuard>,
 ) -> Response {
     let (caller, expires) = match authenticate(&app, auth_header.as_deref(), query.token.as_deref())
     {
@@ -265,7 +267,7 @@ fn upgrade(
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
-        drop(admitted);
+        drop((admitted, held));
     });
     let mut response =
         warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS).into_response();

@@ -67,6 +67,8 @@ pub struct Launch {
     pub automation: bool,
     /// Environment variables for the daemon, e.g. `PARLEYD_SMTP_URL`.
     pub env: Vec<(String, String)>,
+    /// The daemon's open-files limit (soft and hard), when the test needs a low one.
+    pub open_files: Option<u64>,
 }
 
 /// A running `parleyd serve --dev`, killed (SIGKILL) when dropped.
@@ -196,12 +198,19 @@ impl Daemon {
             }
         };
         let log = std::fs::File::create(scratch.path().join("daemon.log")).expect("log file");
-        let mut child = serve_command(&config, &data_dir)
+        let mut command = serve_command(&config, &data_dir);
+        command
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn parleyd");
+            .stderr(log);
+        if let Some(limit) = launch.open_files {
+            // SAFETY: setrlimit is async-signal-safe, and the closure touches
+            // nothing else of the parent between fork and exec.
+            unsafe {
+                command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit));
+            }
+        }
+        let mut child = command.spawn().expect("spawn parleyd");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let addr = guard("the daemon to print its address", async {

@@ -1,12 +1,18 @@
 //! The daemon's life: open the store, serve until told to stop, then stop
 //! accepting, close streams with "going away", flush and return.
 
+mod accept;
+mod admission;
+mod forwarded;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use self::admission::Admission;
+use self::forwarded::TrustedProxies;
 use crate::api::{self, Streams, UserLimits};
 use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::config::{ClockMode, Config};
@@ -28,6 +34,11 @@ pub enum StartError {
     Watch(#[from] notify::Error),
     #[error("notification channels: {0}")]
     Notify(String),
+    #[error(
+        "the open-files limit ({limit}) leaves no connections beyond \
+         connections.reserved_file_descriptors ({reserved}); raise it (ulimit -n, LimitNOFILE=)"
+    )]
+    OpenFiles { limit: u64, reserved: usize },
 }
 
 /// How long shutdown waits for open streams to say goodbye.
@@ -41,6 +52,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(),
 ) -> Result<(), StartError> {
+    let max_open = connection_capacity(&config.connections)?;
     let hub = Arc::new(Hub::default());
     let publish_to = hub.clone();
     let store = Store::open(
@@ -83,8 +95,10 @@ pub async fn run(
     let streams = Arc::new(Streams::default());
     let user_limits = Arc::new(UserLimits::new(&app.config.limits));
     let metrics = crate::telemetry::metrics();
+    let admission = Arc::new(Admission::new(&app.config.connections, max_open));
     let upkeep = tokio::spawn({
         let (app, user_limits, metrics) = (app.clone(), user_limits.clone(), metrics.clone());
+        let admission = admission.clone();
         async move {
             let mut every = tokio::time::interval(Duration::from_secs(30));
             let mut hourly = tokio::time::interval(Duration::from_secs(3600));
@@ -93,6 +107,7 @@ pub async fn run(
                     _ = every.tick() => {
                         app.prune_rate_limits();
                         user_limits.prune();
+                        admission.prune();
                         metrics.run_upkeep();
                     }
                     _ = hourly.tick() => {
@@ -110,14 +125,20 @@ pub async fn run(
         }
     });
     let routes = api::routes(app.clone(), streams.clone(), user_limits, metrics);
+    let settings = accept::Settings {
+        admission,
+        proxies: TrustedProxies::new(app.config.connections.trusted_proxies.clone()),
+        header_read_timeout: app.config.connections.header_read_timeout,
+        drain_timeout: STREAM_CLOSE_TIMEOUT,
+    };
     let stopping = streams.clone();
-    let server = warp::serve(routes).incoming(listener).graceful(async move {
+    let server = accept::serve(listener, settings, warp::service(routes), async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections, closing streams");
         stopping.begin_shutdown();
     });
     ready();
-    server.run().await;
+    server.await;
     streams.closed(STREAM_CLOSE_TIMEOUT).await;
     upkeep.abort();
     reload_on_hangup.abort();
@@ -126,6 +147,37 @@ pub async fn run(
     app.store.flush()?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// How many connections may be open at once: `connections.max_open`, lowered
+/// so that they and the reserve fit under the open-files limit. The soft limit
+/// is first raised to the hard one, as a server that holds one descriptor per
+/// client should.
+fn connection_capacity(config: &crate::config::ConnectionsConfig) -> Result<usize, StartError> {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit; assuming 1024");
+            1024
+        }
+    };
+    let reserved = config.reserved_file_descriptors;
+    let fits = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(reserved);
+    if fits == 0 {
+        return Err(StartError::OpenFiles { limit, reserved });
+    }
+    if fits < config.max_open {
+        tracing::warn!(
+            open_files_limit = limit,
+            reserved,
+            "the open-files limit allows {fits} connections, fewer than connections.max_open \
+             ({}); raise it (ulimit -n, LimitNOFILE=) to allow more",
+            config.max_open
+        );
+    }
+    Ok(fits.min(config.max_open))
 }
 
 /// Binds the listener with TCP_NODELAY, which Linux copies to every accepted
