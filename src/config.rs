@@ -293,7 +293,13 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamConfig {
+    /// WebSocket connections held at once, all users together (memory bound).
     pub max_connections: usize,
+    /// WebSocket connections one user holds at once; opening one more closes
+    /// that user's oldest with close code 4008 (`api::stream::CLOSE_REPLACED`).
+    pub max_streams_per_user: usize,
+    /// `GET /v1/events` requests one user has waiting at once; past it, 429.
+    pub max_long_polls_per_user: usize,
     pub queue_capacity: usize,
     pub heartbeat_seconds: u64,
     pub idle_timeout_seconds: u64,
@@ -306,6 +312,8 @@ impl Default for StreamConfig {
     fn default() -> Self {
         StreamConfig {
             max_connections: 15_000,
+            max_streams_per_user: 10,
+            max_long_polls_per_user: 4,
             queue_capacity: 256,
             heartbeat_seconds: 20,
             idle_timeout_seconds: 60,
@@ -566,8 +574,18 @@ impl Config {
                     .into(),
             );
         }
-        if self.stream.replay_page == 0 {
-            problems.push("stream.replay_page must be > 0".into());
+        for (key, value) in [
+            ("max_connections", self.stream.max_connections),
+            ("max_streams_per_user", self.stream.max_streams_per_user),
+            (
+                "max_long_polls_per_user",
+                self.stream.max_long_polls_per_user,
+            ),
+            ("replay_page", self.stream.replay_page),
+        ] {
+            if value == 0 {
+                problems.push(format!("stream.{key} must be > 0"));
+            }
         }
         if problems.is_empty() {
             Ok(())
@@ -620,6 +638,19 @@ mod tests {
             [shipped.ping_rate, shipped.frame_rate],
             [default.ping_rate, default.frame_rate]
         );
+        let (shipped, default) = (&config.stream, StreamConfig::default());
+        assert_eq!(
+            [
+                shipped.max_connections,
+                shipped.max_streams_per_user,
+                shipped.max_long_polls_per_user
+            ],
+            [
+                default.max_connections,
+                default.max_streams_per_user,
+                default.max_long_polls_per_user
+            ]
+        );
     }
 
     #[test]
@@ -662,6 +693,7 @@ mod tests {
     fn invalid_values_are_all_reported_together() {
         let text = MINIMAL.replace("0123456789abcdef0", "short")
             + "stream:\n  heartbeat_seconds: 30\n  idle_timeout_seconds: 10\n"
+            + "  max_streams_per_user: 0\n  max_long_polls_per_user: 0\n"
             + "limits:\n  ping_rate: {per_second: 0, burst: 5}\n";
         let err = Config::parse(&text, Path::new("c.yaml"))
             .unwrap()
@@ -674,5 +706,13 @@ mod tests {
         );
         assert!(err.contains("idle_timeout_seconds"), "{err}");
         assert!(err.contains("limits.ping_rate"), "{err}");
+        assert!(
+            err.contains("stream.max_streams_per_user must be > 0"),
+            "{err}"
+        );
+        assert!(
+            err.contains("stream.max_long_polls_per_user must be > 0"),
+            "{err}"
+        );
     }
 }

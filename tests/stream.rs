@@ -1,5 +1,6 @@
 //! The stream: resuming with `since` (one device and two), bad frames, and
-//! limits that keep one participant from knocking another offline.
+//! limits that keep one participant from knocking another offline (rates per
+//! connection, streams and long-polls per user).
 
 mod common;
 
@@ -448,5 +449,138 @@ async fn a_stream_ends_with_its_token_and_a_long_poll_never_outwaits_it() {
     .await;
     reply.expect(200);
     assert_eq!(reply.body["events"], json!([]));
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_users_extra_stream_replaces_their_oldest_and_leaves_room_for_others() {
+    // Room for four streams in all, two per user.
+    let d = Daemon::with_config(vec![
+        ("max_connections", "4".to_owned()),
+        ("max_streams_per_user", "2".to_owned()),
+    ])
+    .await;
+    let p = pair(&d).await;
+    let live = "parleyd_stream_connections";
+    let mut phone = d.ws(&p.customer, Some(0)).await;
+    let mut laptop = d.ws(&p.customer, None).await;
+    d.send(&p.provider, &p.conversation, "p-1", "one")
+        .await
+        .expect(201);
+    let seen = cursor(&phone.message_event(1).await);
+
+    // A third device: the oldest (the phone) is closed, saying how to resume.
+    let mut tablet = d.ws(&p.customer, None).await;
+    let close = phone.close_frame().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4008, "{close:?}");
+    assert_eq!(
+        close.reason.as_str(),
+        format!("replaced by a newer stream of the same user; resume with since={seen}")
+    );
+    d.metric_reaches(live, 2.0).await;
+
+    // While the phone is away two more messages arrive; it comes back from its
+    // cursor, replacing the laptop (now the oldest), and misses nothing.
+    for i in 2..=3 {
+        d.send(
+            &p.provider,
+            &p.conversation,
+            &format!("p-{i}"),
+            "while away",
+        )
+        .await
+        .expect(201);
+    }
+    let phone = d.ws(&p.customer, Some(seen)).await;
+    assert_eq!(message_seqs(&phone.replayed), [2, 3]);
+    assert_consecutive(&phone.replayed, seen + 1);
+    let close = laptop.close_frame().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4008, "{close:?}");
+    tablet.ping().await;
+    d.metric_reaches(live, 2.0).await;
+
+    // The customer never holds more than two, so another user still gets the
+    // remaining room.
+    let mut provider_phone = d.ws(&p.provider, None).await;
+    let mut provider_laptop = d.ws(&p.provider, None).await;
+    provider_phone.ping().await;
+    provider_laptop.ping().await;
+    assert_eq!(
+        d.metric("parleyd_limit_refusals_total{limit=\"streams_per_user\"}")
+            .await,
+        2.0
+    );
+    // All four places taken: the next upgrade of a new user is 503.
+    let stranger = Person::new("cust-2", "customer");
+    let refused = d.try_ws(&stranger.token, None).await;
+    assert!(
+        matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 503),
+        "{:?}",
+        refused.err()
+    );
+    assert_eq!(
+        d.metric("parleyd_limit_refusals_total{limit=\"streams\"}")
+            .await,
+        1.0
+    );
+    drop(phone);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_past_their_long_poll_cap_gets_429_and_others_still_poll() {
+    let d = Daemon::with_config(vec![("max_long_polls_per_user", "2".to_owned())]).await;
+    let p = pair(&d).await;
+    let waiting = "parleyd_long_polls_waiting";
+    let (_, head) = d.poll(&p.customer, 0, 0).await;
+    let poll = |who: &Person| {
+        let request = d
+            .http
+            .get(d.url(&format!("/v1/events?since={head}&wait=30")))
+            .bearer_auth(&who.token);
+        tokio::spawn(async move { request.send().await.expect("long-poll") })
+    };
+    let held = [poll(&p.customer), poll(&p.customer)];
+    d.metric_reaches(waiting, 2.0).await;
+
+    // A third waiting poll of the same user is refused at once...
+    let refused = d
+        .get(
+            &format!("/v1/events?since={head}&wait=30"),
+            &p.customer.token,
+        )
+        .await;
+    assert_eq!(refused.expect_error(429), "rate_limited");
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_long_polls_per_user"), "{message}");
+    let retry: u64 = refused
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&retry), "Retry-After: {retry}");
+    // ... one that answers at once needs no slot ...
+    let (events, _) = d.poll(&p.customer, 0, 30).await;
+    assert!(!events.is_empty());
+    // ... and another user's poll is admitted.
+    let other = poll(&p.provider);
+    d.metric_reaches(waiting, 3.0).await;
+    assert_eq!(
+        d.metric("parleyd_limit_refusals_total{limit=\"long_polls_per_user\"}")
+            .await,
+        1.0
+    );
+
+    // A message answers every waiting poll, and the slots are free again.
+    d.send(&p.customer, &p.conversation, "c-1", "hello")
+        .await
+        .expect(201);
+    for poll in held.into_iter().chain([other]) {
+        let reply = guard("a long-poll to answer", poll).await.unwrap();
+        assert_eq!(reply.status(), 200);
+        let body: Value = reply.json().await.unwrap();
+        assert_eq!(message_seqs(body["events"].as_array().unwrap()), [1]);
+    }
+    d.metric_reaches(waiting, 0.0).await;
     d.stop().await;
 }

@@ -22,7 +22,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::service::App;
 
-pub use limits::UserLimits;
+pub use limits::{count_refusal, UserLimits};
 pub use stream::Streams;
 
 pub type Response = warp::reply::Response;

@@ -10,15 +10,16 @@
 //! The upgrade is done here rather than with `warp::ws` so the socket runs with
 //! small tungstenite buffers (warp's keeps ~133 KB per idle connection).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -31,9 +32,10 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Reply};
 
-use super::limits::{Action, ConnectionLimits};
+use super::limits::{count_refusal, Action, ConnectionLimits};
 use super::{RequestGuard, Response};
 use crate::auth::Caller;
+use crate::config::StreamConfig;
 use crate::error::ApiError;
 use crate::events::Frame;
 use crate::hub::TypingSlots;
@@ -47,27 +49,66 @@ pub const CLOSE_IDLE: u16 = 4001;
 /// Close code for a connection whose token expired: reconnect with a fresh
 /// token and `since=` the cursor the reason names (nothing is lost).
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
+/// Close code for a user's oldest stream when they open one more than
+/// `stream.max_streams_per_user`: the reason says to resume with `since=` the
+/// cursor it names (nothing is lost). 4008 echoes 1008, "policy violation".
+pub const CLOSE_REPLACED: u16 = 4008;
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-/// Live WebSocket connections: the cap, the count, and the way to stop them all.
+/// Live WebSocket connections and waiting long-polls: the caps (all users
+/// together, and per user), the count, and the way to stop them all.
 pub struct Streams {
     live: AtomicUsize,
     drained: Notify,
     shutdown: watch::Sender<bool>,
+    /// What each user holds now; a user holding nothing has no entry.
+    users: Mutex<HashMap<String, Held>>,
+    /// Tells one admission from another within a user's [`Held`].
+    next_id: AtomicU64,
+}
+
+/// One user's open streams and waiting long-polls.
+#[derive(Default)]
+struct Held {
+    /// Open streams, oldest first, each with the way to tell it it was replaced.
+    streams: VecDeque<(u64, oneshot::Sender<()>)>,
+    /// Waiting long-polls, each with the time it answers at the latest.
+    long_polls: Vec<(u64, Instant)>,
 }
 
 /// Held by each connection; dropping it counts the connection out.
 struct Admitted {
     streams: Arc<Streams>,
+    user: String,
+    id: u64,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
+        let id = self.id;
+        self.streams
+            .release(&self.user, |held| held.streams.retain(|(s, _)| *s != id));
         if self.streams.live.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.streams.drained.notify_waiters();
         }
         metrics::gauge!("parleyd_stream_connections").decrement(1.0);
+    }
+}
+
+/// Held by a waiting long-poll; dropping it (on any way out) frees the slot.
+struct Polling {
+    streams: Arc<Streams>,
+    user: String,
+    id: u64,
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.streams
+            .release(&self.user, |held| held.long_polls.retain(|(p, _)| *p != id));
+        metrics::gauge!("parleyd_long_polls_waiting").decrement(1.0);
     }
 }
 
@@ -77,27 +118,104 @@ impl Default for Streams {
             live: AtomicUsize::new(0),
             drained: Notify::new(),
             shutdown: watch::channel(false).0,
+            users: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
         }
     }
 }
 
 impl Streams {
-    fn admit(self: &Arc<Self>, max: usize) -> Option<Admitted> {
+    /// Admits a stream of `user`: refused (503) at `max_connections` for all
+    /// users together or while shutting down; at `max_streams_per_user`, the
+    /// user's oldest stream is told to close (it resolves its receiver) and
+    /// this one takes its place. The receiver resolves when a newer stream of
+    /// the same user replaces this one.
+    fn admit(
+        self: &Arc<Self>,
+        user: &str,
+        config: &StreamConfig,
+    ) -> Result<(Admitted, oneshot::Receiver<()>), ApiError> {
         if *self.shutdown.borrow() {
-            return None;
+            return Err(ApiError::Unavailable("shutting down; retry later".into()));
         }
-        let admitted = self
-            .live
+        self.live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
+                (n < config.max_connections).then_some(n + 1)
             })
-            .is_ok();
-        admitted.then(|| {
-            metrics::gauge!("parleyd_stream_connections").increment(1.0);
-            Admitted {
-                streams: Arc::clone(self),
+            .map_err(|_| {
+                count_refusal("streams");
+                ApiError::Unavailable(
+                    "the server holds as many streams as it may (stream.max_connections); retry later"
+                        .into(),
+                )
+            })?;
+        metrics::gauge!("parleyd_stream_connections").increment(1.0);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (replace, replaced) = oneshot::channel();
+        {
+            let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+            let held = users.entry(user.to_owned()).or_default();
+            while held.streams.len() >= config.max_streams_per_user {
+                let Some((_, oldest)) = held.streams.pop_front() else {
+                    break;
+                };
+                count_refusal("streams_per_user");
+                // A stream that already ended has dropped its receiver: nothing to tell.
+                let _ = oldest.send(());
             }
+            held.streams.push_back((id, replace));
+        }
+        let admitted = Admitted {
+            streams: Arc::clone(self),
+            user: user.to_owned(),
+            id,
+        };
+        Ok((admitted, replaced))
+    }
+
+    /// Takes one of `user`'s `max` long-poll slots until the returned guard
+    /// drops; a poll of `wait` answers by `now + wait` at the latest. Full:
+    /// 429 `rate_limited`, retrying after the user's earliest poll answers.
+    fn hold_long_poll(
+        self: &Arc<Self>,
+        user: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Polling, ApiError> {
+        let now = Instant::now();
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = users.entry(user.to_owned()).or_default();
+        if held.long_polls.len() >= max {
+            let first_free = held.long_polls.iter().map(|(_, by)| *by).min();
+            drop(users);
+            count_refusal("long_polls_per_user");
+            return Err(ApiError::RateLimited {
+                message: format!(
+                    "{max} long-polls of this user are already waiting (stream.max_long_polls_per_user); \
+                     retry when one answers, or use the stream"
+                ),
+                retry_after: first_free.map_or(Duration::ZERO, |at| at.saturating_duration_since(now)),
+            });
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        held.long_polls.push((id, now + wait));
+        metrics::gauge!("parleyd_long_polls_waiting").increment(1.0);
+        Ok(Polling {
+            streams: Arc::clone(self),
+            user: user.to_owned(),
+            id,
         })
+    }
+
+    /// Applies `release` to `user`'s entry, forgetting the user once they hold nothing.
+    fn release(&self, user: &str, release: impl FnOnce(&mut Held)) {
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = users.get_mut(user) {
+            release(held);
+            if held.streams.is_empty() && held.long_polls.is_empty() {
+                users.remove(user);
+            }
+        }
     }
 
     /// Tells every connection (and waiting long-poll) to finish: streams close
@@ -165,11 +283,10 @@ pub fn routes(app: Arc<App>, streams: Arc<Streams>) -> BoxedFilter<(Response,)> 
         .and(warp::ext::optional::<OnUpgrade>())
         .and(warp::ext::optional::<RequestGuard>())
         .map(upgrade);
-    let shutdown = streams.shutdown.subscribe();
     let events = warp::path!("v1" / "events")
         .and(warp::get())
         .and(with_app)
-        .and(warp::any().map(move || shutdown.clone()))
+        .and(warp::any().map(move || streams.clone()))
         .and(auth_header)
         .and(warp::query::<EventsQuery>())
         .then(long_poll);
@@ -218,7 +335,7 @@ fn upgrade(
     query: StreamQuery,
     headers: HeaderMap,
     on_upgrade: Option<OnUpgrade>,
-    held: Option<RequestGuard>,
+    request_guard: Option<RequestGuard>,
 ) -> Response {
     let (caller, expires) = match authenticate(&app, auth_header.as_deref(), query.token.as_deref())
     {
@@ -237,9 +354,9 @@ fn upgrade(
         )
         .into_response();
     };
-    let Some(admitted) = streams.admit(app.config.stream.max_connections) else {
-        return ApiError::Unavailable("too many connections or shutting down; retry later".into())
-            .into_response();
+    let (admitted, replaced) = match streams.admit(&caller.user_id, &app.config.stream) {
+        Ok(admitted) => admitted,
+        Err(e) => return e.into_response(),
     };
     let accept = derive_accept_key(key.as_bytes());
     let max_frame = app.config.limits.max_body_bytes as usize;
@@ -261,13 +378,13 @@ fn upgrade(
                 .await;
                 let span = tracing::info_span!("stream", user = %caller.user_id);
                 Connection::new(app, caller, expires, shutdown)
-                    .run(socket, query.since)
+                    .run(socket, query.since, replaced)
                     .instrument(span)
                     .await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
-        drop((admitted, held));
+        drop((admitted, request_guard));
     });
     let mut response =
         warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS).into_response();
@@ -345,9 +462,9 @@ impl Connection {
         }
     }
 
-    async fn run(mut self, socket: Socket, since: Option<u64>) {
+    async fn run(mut self, socket: Socket, since: Option<u64>, replaced: oneshot::Receiver<()>) {
         let (mut sink, mut source) = socket.split();
-        let ending = self.serve(&mut sink, &mut source, since).await;
+        let ending = self.serve(&mut sink, &mut source, since, replaced).await;
         if let Ending::Close(code, reason) = ending {
             let frame = CloseFrame {
                 code: CloseCode::from(code),
@@ -362,7 +479,13 @@ impl Connection {
         let _ = sink.close().await;
     }
 
-    async fn serve<S, R>(&mut self, sink: &mut S, source: &mut R, since: Option<u64>) -> Ending
+    async fn serve<S, R>(
+        &mut self,
+        sink: &mut S,
+        source: &mut R,
+        since: Option<u64>,
+        replaced: oneshot::Receiver<()>,
+    ) -> Ending
     where
         S: futures_util::Sink<WsMessage, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
         R: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
@@ -397,6 +520,13 @@ impl Connection {
         let typing = Arc::clone(&subscription.typing);
         // When a held typing indicator may be written.
         let mut typing_due: Option<Instant> = None;
+        // Resolves only when a newer stream of the same user takes this one's place.
+        let replaced = async {
+            if replaced.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(replaced);
 
         loop {
             // Biased: answers to the client's own sends go out before more of its
@@ -405,6 +535,15 @@ impl Connection {
                 biased;
                 _ = stopping(&mut shutdown) => {
                     return Ending::Close(1001, "server shutting down".into());
+                }
+                _ = &mut replaced => {
+                    return Ending::Close(
+                        CLOSE_REPLACED,
+                        format!(
+                            "replaced by a newer stream of the same user; resume with since={}",
+                            self.position
+                        ),
+                    );
                 }
                 _ = token_expiry(self.expires) => {
                     return Ending::Close(
@@ -729,15 +868,16 @@ pub struct EventsPage {
 /// `GET /v1/events`: the events after `since`, at once if there are any, else
 /// after waiting up to `wait` seconds for one.
 #[utoipa::path(get, path = "/v1/events", tag = "stream", params(EventsQuery),
-    responses((status = 200, body = EventsPage)),
+    responses((status = 200, body = EventsPage),
+              (status = 429, description = "the caller already has `stream.max_long_polls_per_user` long-polls waiting (code `rate_limited`); Retry-After says when the earliest answers")),
     security(("bearer" = [])))]
 pub async fn long_poll(
     app: Arc<App>,
-    shutdown: watch::Receiver<bool>,
+    streams: Arc<Streams>,
     auth_header: Option<String>,
     query: EventsQuery,
 ) -> Response {
-    match poll_events(&app, shutdown, auth_header.as_deref(), &query).await {
+    match poll_events(&app, &streams, auth_header.as_deref(), &query).await {
         Ok((frames, cursor)) => {
             // Frames are stored as JSON text: splice them in without re-parsing.
             let mut body = String::from("{\"events\":[");
@@ -756,7 +896,7 @@ pub async fn long_poll(
 
 async fn poll_events(
     app: &Arc<App>,
-    mut shutdown: watch::Receiver<bool>,
+    streams: &Arc<Streams>,
     auth_header: Option<&str>,
     query: &EventsQuery,
 ) -> Result<(Vec<Frame>, u64), ApiError> {
@@ -774,6 +914,10 @@ async fn poll_events(
     let head = app.store.durable_cursor(user).await?;
     let since = query.since.unwrap_or(0).min(head);
     if head == since && wait > 0 {
+        let wait = Duration::from_secs(wait);
+        let _slot =
+            streams.hold_long_poll(user, app.config.stream.max_long_polls_per_user, wait)?;
+        let mut shutdown = streams.shutdown.subscribe();
         let logged = async {
             while let Some(frame) = subscription.frames.recv().await {
                 if frame.cursor.is_some() {
@@ -782,7 +926,7 @@ async fn poll_events(
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = logged => {}
             _ = stopping(&mut shutdown) => {}
         }
@@ -792,4 +936,59 @@ async fn poll_events(
     let frames = app.store.events_between(user, since, head, page)?;
     let cursor = frames.last().and_then(|f| f.cursor).unwrap_or(since);
     Ok((frames, cursor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> StreamConfig {
+        StreamConfig {
+            max_connections: 3,
+            max_streams_per_user: 2,
+            ..StreamConfig::default()
+        }
+    }
+
+    fn users(streams: &Streams) -> usize {
+        streams.users.lock().unwrap().len()
+    }
+
+    #[test]
+    fn a_users_extra_stream_replaces_their_oldest_within_the_global_cap() {
+        let streams = Arc::new(Streams::default());
+        let (first, mut first_replaced) = streams.admit("ann", &config()).unwrap();
+        let (_second, mut second_replaced) = streams.admit("ann", &config()).unwrap();
+        let (_third, _) = streams.admit("ann", &config()).unwrap();
+        assert_eq!(first_replaced.try_recv(), Ok(()));
+        assert!(second_replaced.try_recv().is_err(), "only the oldest goes");
+        // The replaced stream holds its place until it has closed.
+        assert_eq!(
+            streams.admit("bob", &config()).err().map(|e| e.code()),
+            Some("unavailable")
+        );
+        drop(first);
+        let (bob, _) = streams.admit("bob", &config()).unwrap();
+        drop(bob);
+        assert_eq!(users(&streams), 1, "a user holding nothing is forgotten");
+    }
+
+    #[test]
+    fn a_long_poll_slot_is_held_until_its_guard_drops() {
+        let streams = Arc::new(Streams::default());
+        let wait = Duration::from_secs(30);
+        let held = [
+            streams.hold_long_poll("ann", 2, wait).unwrap(),
+            streams.hold_long_poll("ann", 2, wait).unwrap(),
+        ];
+        match streams.hold_long_poll("ann", 2, wait) {
+            Err(ApiError::RateLimited { retry_after, .. }) => assert!(retry_after <= wait),
+            other => panic!("expected rate_limited, got {:?}", other.err()),
+        }
+        let bob = streams.hold_long_poll("bob", 2, wait).unwrap();
+        drop(held);
+        let again = streams.hold_long_poll("ann", 2, wait).unwrap();
+        drop((bob, again));
+        assert_eq!(users(&streams), 0);
+    }
 }

@@ -56,7 +56,7 @@ impl Refusal {
     }
 
     fn counted(self) -> Refusal {
-        metrics::counter!("parleyd_limit_refusals_total", "limit" => self.limit()).increment(1);
+        crate::api::count_refusal(self.limit());
         self
     }
 

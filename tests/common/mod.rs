@@ -409,6 +409,30 @@ impl Daemon {
             .expect("metrics text")
     }
 
+    /// The value of one series of `GET /metrics`, named with its labels as
+    /// the exporter writes them, e.g. `parleyd_limit_refusals_total{limit="streams"}`;
+    /// 0 when the series is absent (a counter never incremented).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| {
+                v.trim()
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{series}: {v:?} ({e})"))
+            })
+    }
+
+    /// Polls `series` (see [`Daemon::metric`]) until it equals `value`.
+    pub async fn metric_reaches(&self, series: &str, value: f64) {
+        guard(&format!("{series} to reach {value}"), async {
+            while self.metric(series).await != value {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
     /// Marks the conversation read up to `seq` over HTTP.
     pub async fn read(&self, who: &Person, conversation: &str, seq: u64) -> Reply {
         self.post(
