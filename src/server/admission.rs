@@ -120,12 +120,15 @@ impl Drop for Slot {
 impl Admission {
     /// Limits from `config`, with at most `max_open` connections in all (the
     /// caller lowers the configured number to what the open-files limit allows).
+    /// One address never gets more than half of `max_open`, whatever
+    /// `max_per_address` says: under a low open-files limit, one client must
+    /// still not be able to take every slot.
     pub fn new(config: &ConnectionsConfig, max_open: usize) -> Admission {
         let quota = config.anonymous_rate.quota();
         metrics::gauge!("parleyd_connection_limit").set(max_open as f64);
         Admission {
             max_open,
-            max_per_address: config.max_per_address,
+            max_per_address: config.max_per_address.min((max_open / 2).max(1)),
             open: AtomicUsize::new(0),
             per_address: Mutex::new(HashMap::new()),
             anonymous: DefaultKeyedRateLimiter::keyed(quota),
@@ -256,6 +259,19 @@ mod tests {
         // Both slots came back, and the refused attempt took none.
         assert_eq!(admission.open.load(Ordering::Acquire), 1);
         let _again = admission.connection(Some(ip("192.0.2.1"))).unwrap();
+    }
+
+    #[test]
+    fn one_address_gets_at_most_half_of_all_connections() {
+        let admission = admission(4, 100);
+        let _held = [
+            admission.connection(Some(ip("192.0.2.1"))).unwrap(),
+            admission.connection(Some(ip("192.0.2.1"))).unwrap(),
+        ];
+        assert!(matches!(
+            admission.connection(Some(ip("192.0.2.1"))),
+            Err(Refusal::Address { max: 2, .. })
+        ));
     }
 
     #[test]
