@@ -20,7 +20,7 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::Deserialize;
 
-use super::script::{to_json, Context, Expr};
+use super::script::{report, to_json, Context, Expr};
 
 /// The fields the engine puts in each context root; `event` and `plugin` are
 /// free-form (`None`).
@@ -335,6 +335,11 @@ impl Template {
         })
     }
 
+    /// Its Rhai expressions (the vars), to place them in their file.
+    pub fn scripts_mut(&mut self) -> impl Iterator<Item = &mut Expr> {
+        self.vars.iter_mut().map(|(_, expr)| expr)
+    }
+
     /// The text with every placeholder filled, times shown in `zone` (the
     /// reader's), or why it cannot be.
     pub fn render(&self, context: &Context, zone: &TimeZone) -> Result<String, String> {
@@ -364,10 +369,10 @@ impl Template {
     fn with_vars(&self, context: &Context) -> Result<Context, String> {
         let mut computed = serde_json::Map::new();
         for (name, expr) in &self.vars {
-            let value = expr
-                .eval(context)
-                .and_then(|v| to_json(&v))
-                .map_err(|e| format!("template {}: var {name}: {}", self.id, e.message))?;
+            let value = expr.eval(context).and_then(|v| to_json(&v)).map_err(|e| {
+                report(&format!("template/{}", self.id), &e);
+                format!("template {}: var {name}: {e}", self.id)
+            })?;
             computed.insert(name.clone(), value);
         }
         Ok(context.clone().with("vars", &computed.into()))
