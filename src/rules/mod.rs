@@ -253,7 +253,7 @@ fn load_templates(
                 Err(problems) => errors.extend(
                     problems
                         .into_iter()
-                        .map(|p| RuleError::near(&path, &text, &p.near, None, p.message)),
+                        .map(|p| RuleError::near(&path, &text, &p.near, p.offset, p.message)),
                 ),
             }
         }

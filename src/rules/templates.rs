@@ -184,6 +184,8 @@ pub struct TemplateSpec {
 #[derive(Debug)]
 pub struct TemplateError {
     pub near: String,
+    /// Line and column inside `near` (for script errors), 1-based.
+    pub offset: Option<(usize, usize)>,
     pub message: String,
 }
 
@@ -193,6 +195,7 @@ pub struct TemplateError {
 fn parse(text: &str, problems: &mut Vec<TemplateError>) -> Result<Vec<Part>, TemplateError> {
     let whole = |message: String| TemplateError {
         near: text.to_owned(),
+        offset: None,
         message,
     };
     let mut parts = Vec::new();
@@ -219,6 +222,7 @@ fn parse(text: &str, problems: &mut Vec<TemplateError>) -> Result<Vec<Part>, Tem
                 }
                 let at_placeholder = |message: String| TemplateError {
                     near: format!("{{{name}}}"),
+                    offset: None,
                     message,
                 };
                 let (path, format) = match name.split_once('|') {
@@ -277,6 +281,7 @@ impl Template {
                 .ok();
             errors.extend(problems.into_iter().map(|e| TemplateError {
                 near: e.near,
+                offset: e.offset,
                 message: format!("template {id}: {}", e.message),
             }));
             parts
@@ -297,6 +302,7 @@ impl Template {
                 Ok(expr) => vars.push((name.clone(), expr)),
                 Err(e) => errors.push(TemplateError {
                     near: source.clone(),
+                    offset: Some((e.line.max(1), e.column.max(1))),
                     message: format!("template {id}, var {name}: {}", e.message),
                 }),
             }
@@ -319,6 +325,7 @@ impl Template {
             if let Err(message) = checked {
                 errors.push(TemplateError {
                     near: written.clone(),
+                    offset: None,
                     message: format!("template {id}: {message}"),
                 });
             }
