@@ -22,11 +22,15 @@
 //!
 //! Notifications are routed as if every channel had an endpoint (and the
 //! fixture people an email and a phone), so a test shows where they would go.
+//!
+//! A rule, template or plugin that fails while a test runs (a script error,
+//! a broken limit) fails the test, with the error at its file:line:column.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
+use tracing_subscriber::layer::SubscriberExt;
 
 use crate::auth::{Caller, Role};
 use crate::clock::{parse_duration, Clock, ManualClock};
@@ -38,6 +42,7 @@ use crate::model::{
     UserInput,
 };
 use crate::notify::router::Enabled;
+use crate::rules::script::RULE_ERRORS;
 use crate::rules::{RuleDirs, Rules};
 use crate::service::App;
 use crate::store::Store;
@@ -242,6 +247,11 @@ pub async fn run_all(dirs: &RuleDirs, tests_dir: &Path) -> Result<bool, String> 
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
     paths.sort();
+    // The tests run on this thread (the engine is driven, not spawned), so
+    // its default subscriber sees every rule error they cause.
+    let rule_errors = RuleErrors::default();
+    let _collecting =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(rule_errors.clone()));
     let (mut passed, mut failed) = (0, 0);
     for path in paths {
         let text = std::fs::read_to_string(&path)
@@ -251,7 +261,18 @@ pub async fn run_all(dirs: &RuleDirs, tests_dir: &Path) -> Result<bool, String> 
             format!("{}:{line}:{column}: {e}", path.display())
         })?;
         for test in &file.tests {
-            match run_one(dirs, test).await {
+            let outcome = run_one(dirs, test).await;
+            let errors = rule_errors.take();
+            let outcome = match outcome {
+                Ok(timeline) if !errors.is_empty() => {
+                    Err(format!("{}\nwhat was sent:\n{timeline}", errors.join("\n")))
+                }
+                Err(problems) if !errors.is_empty() => {
+                    Err(format!("{}\n{problems}", errors.join("\n")))
+                }
+                outcome => outcome,
+            };
+            match outcome {
                 Ok(timeline) => {
                     passed += 1;
                     println!("ok   {}: {}", path.display(), test.name);
@@ -269,6 +290,37 @@ pub async fn run_all(dirs: &RuleDirs, tests_dir: &Path) -> Result<bool, String> 
     }
     println!("{passed} passed, {failed} failed");
     Ok(failed == 0)
+}
+
+/// The rule errors logged (at [`RULE_ERRORS`]) since the last `take`, each
+/// as its message followed by its other fields.
+#[derive(Clone, Default)]
+struct RuleErrors(Arc<Mutex<Vec<String>>>);
+
+impl RuleErrors {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RuleErrors {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != RULE_ERRORS {
+            return;
+        }
+        let (mut message, mut fields) = (String::new(), Vec::new());
+        event.record(
+            &mut |field: &tracing::field::Field, value: &dyn std::fmt::Debug| match field.name() {
+                "message" => message = format!("{value:?}"),
+                name => fields.push(format!("{name}={value:?}")),
+            },
+        );
+        let line = match fields.is_empty() {
+            true => format!("rule error: {message}"),
+            false => format!("rule error: {message} ({})", fields.join(", ")),
+        };
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+    }
 }
 
 /// The fixture: a customer, a provider and a listing, over a fresh store.

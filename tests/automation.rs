@@ -380,6 +380,101 @@ async fn a_runaway_plugin_is_stopped_by_its_budget_and_the_daemon_keeps_serving(
         .expect(200);
 }
 
+/// The value of the Prometheus series that starts with `series`, if any.
+fn series(metrics: &str, series: &str) -> Option<f64> {
+    let line = metrics.lines().find(|l| l.starts_with(series))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+/// The shipped rules in `dir`, the provider reminder's template computing its
+/// hours with `source`; returns where that var is written (line, column).
+fn reminder_var(dir: &Path, source: &str) -> (usize, usize) {
+    let path = dir.join("templates/inquiry.yaml");
+    let shipped = "hours: hours_between(conversation.inquiry_at, now)";
+    let text =
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replacen(shipped, &format!("hours: {source}"), 1);
+    std::fs::write(&path, &text).unwrap();
+    text.lines()
+        .enumerate()
+        .find_map(|(i, l)| Some((i + 1, l.find(source)? + 1)))
+        .unwrap()
+}
+
+const OVERFLOW: &str = "add_hours(now, 9223372036854775807)";
+
+#[tokio::test]
+async fn a_failing_template_helper_is_counted_while_other_conversations_keep_their_acknowledgements(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = copy_rules(dir.path());
+    let (line, column) = reminder_var(dir.path(), OVERFLOW);
+    config.push(("clock", "manual".to_owned()));
+    let d = Daemon::launch(Launch {
+        config,
+        automation: true,
+        ..Launch::default()
+    })
+    .await;
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "q-1", "Hi")
+        .await
+        .expect(201);
+    automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
+
+    // The provider reminder is due: its template's var fails.
+    advance(&d, "4h").await;
+    let counted = guard("the template's error to be counted", async {
+        loop {
+            let metrics = d.metrics().await;
+            let rule = "parleyd_rule_errors_total{rule=\"template/provider_reply_reminder\"}";
+            if let Some(count) = series(&metrics, rule) {
+                return count;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(counted >= 1.0, "{counted}");
+    let log = d.log();
+    assert!(
+        log.contains(&format!("inquiry.yaml:{line}:{column}: ")) && log.contains("out of range"),
+        "the log names the var's place and the reason: {log}"
+    );
+    let messages = d.messages(&p.provider, &p.conversation).await;
+    assert!(
+        sent_by_template(&messages, "provider_reply_reminder").is_empty(),
+        "nothing is sent from a template that failed"
+    );
+
+    // The engine goes on: another conversation gets its acknowledgement.
+    let other = Person::new("cust-2", "customer");
+    d.put("/v1/users/cust-2", SERVICE_KEY, json!({"name": "Dora"}))
+        .await
+        .expect(200);
+    let opened = d
+        .post(
+            "/v1/conversations",
+            &other.token,
+            json!({"listing_id": p.listing_id}),
+        )
+        .await;
+    opened.expect(201);
+    let conversation = opened.body["id"].as_str().unwrap().to_owned();
+    d.send(&other, &conversation, "q-2", "Hello")
+        .await
+        .expect(201);
+    let ack = automated(&d, &other, &conversation, "inquiry_ack").await;
+    assert!(
+        ack["content"].as_str().unwrap().starts_with("Thanks Dora!"),
+        "{ack}"
+    );
+    d.call(reqwest::Method::GET, "/healthz", None, None)
+        .await
+        .expect(200);
+}
+
 #[tokio::test]
 async fn the_clock_only_moves_for_operators_and_only_when_manual() {
     let d = Daemon::start().await;
@@ -446,6 +541,63 @@ fn the_shipped_rule_tests_pass_and_a_broken_set_fails_check() {
             && err.contains("unknown format \"utcc\""),
         "{err}"
     );
+}
+
+fn parleyd(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_parleyd"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn test_rules_reports_a_failing_helper_at_its_place_instead_of_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_rules(dir.path());
+    let tests = dir.path().join("rules/tests");
+    std::fs::create_dir(&tests).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/tests/inquiry.yaml");
+    std::fs::copy(shipped, tests.join("inquiry.yaml")).unwrap();
+    let (line, column) = reminder_var(dir.path(), OVERFLOW);
+    let root = dir.path().to_str().unwrap();
+    // Nothing is wrong until the var runs.
+    assert!(parleyd(&["check", root]).status.success());
+    let tests = parleyd(&["test-rules", root]);
+    let out = String::from_utf8_lossy(&tests.stdout);
+    let err = String::from_utf8_lossy(&tests.stderr);
+    assert_eq!(tests.status.code(), Some(1), "{out}{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.contains(&format!(
+            "templates/inquiry.yaml:{line}:{column}: add_hours("
+        )) && out.contains("out of range"),
+        "{out}"
+    );
+    assert!(out.contains("FAIL") && out.contains(" failed"), "{out}");
+}
+
+#[test]
+fn check_refuses_the_wall_clock_and_sleep_at_the_call() {
+    for (source, name) in [
+        (
+            "hours_between(conversation.inquiry_at, timestamp())",
+            "timestamp",
+        ),
+        ("4 + sleep(1)", "sleep"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_rules(dir.path());
+        let (line, column) = reminder_var(dir.path(), source);
+        let check = parleyd(&["check", dir.path().to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&check.stderr);
+        assert_eq!(check.status.code(), Some(1), "{source}: {err}");
+        let call = column + source.find(name).unwrap();
+        assert!(
+            err.contains(&format!("templates/inquiry.yaml:{line}:{call}: "))
+                && err.contains(&format!("`{name}` is not available")),
+            "{source}: {err}"
+        );
+    }
 }
 
 /// Asserts that each side's unread count is the number of messages for them

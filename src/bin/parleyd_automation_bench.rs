@@ -228,7 +228,11 @@ fn metric(handle: &PrometheusHandle, name: &str) -> f64 {
         .lines()
         .filter_map(|l| {
             let rest = l.strip_prefix(name)?;
-            let value = rest.strip_prefix(' ')?;
+            // Every labelled series counts too: `name{…} value`.
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
             value.trim().parse::<f64>().ok()
         })
         .fold(0.0, |sum, v| sum + v)

@@ -25,6 +25,7 @@ use crate::model::{format_time, Booking};
 use crate::notify::router::{self, Enabled};
 use crate::notify::Wakers;
 use crate::rules::plugins::{PluginAction, ON_EVENT};
+use crate::rules::script::{off_the_workers, report};
 use crate::rules::sequences::{Anchor, Sequence};
 use crate::rules::{RuleSet, Rules};
 use crate::store::{Change, Store, StoreError};
@@ -98,7 +99,7 @@ impl Engine {
             let mut pending = Vec::new();
             for event in &events {
                 let rules = self.rules.current();
-                let changes = match self.evaluate(&rules, event) {
+                let changes = match off_the_workers(|| self.evaluate(&rules, event)) {
                     Ok(changes) => changes,
                     // An unreadable record must not hold up every later event.
                     Err(StoreError::Corrupt(e)) => {
@@ -197,10 +198,9 @@ impl Engine {
                 match when.test(&context.script_context(&*self.clock)) {
                     Ok(true) => {}
                     Ok(false) => continue,
+                    // Not started.
                     Err(e) => {
-                        tracing::error!(file = %sequence.file, sequence = %sequence.name,
-                            error = %e, "sequence condition failed; not started");
-                        metrics::counter!("parleyd_rule_errors_total").increment(1);
+                        report(&format!("sequence/{}", sequence.name), &e);
                         continue;
                     }
                 }

@@ -11,7 +11,9 @@ use super::{Engine, Loaded};
 use crate::domain::{Instance, Timer};
 use crate::model::{Automation, SYSTEM_SENDER};
 use crate::rules::plugins::TEMPLATE_VARS;
-use crate::rules::sequences::{Party, Sender};
+use crate::rules::script::{off_the_workers, report};
+use crate::rules::sequences::{Party, Sender, Sequence, Step};
+use crate::rules::RuleSet;
 use crate::store::{Firing, NewMessage, StoreError};
 
 /// Timers read at a time.
@@ -78,6 +80,19 @@ impl Engine {
                 "no conversation to send in (the listing or customer is unknown)".into(),
             ));
         };
+        off_the_workers(|| self.compose(&rules, &instance, sequence, step, conversation_id))
+    }
+
+    /// What a step sends in `conversation_id`: its condition, plugin values
+    /// and template evaluated on the data as it is now.
+    fn compose(
+        &self,
+        rules: &RuleSet,
+        instance: &Instance,
+        sequence: &Sequence,
+        step: &Step,
+        conversation_id: String,
+    ) -> Result<Firing, StoreError> {
         let subject = crate::domain::Subject {
             conversation_id: Some(conversation_id.clone()),
             ..instance.subject.clone()
@@ -103,7 +118,10 @@ impl Engine {
             match when.test(&context) {
                 Ok(true) => {}
                 Ok(false) => return Ok(Firing::Skip("its condition is false".into())),
-                Err(e) => return Ok(Firing::Skip(format!("its condition failed: {e}"))),
+                Err(e) => {
+                    report(&format!("sequence/{}", sequence.name), &e);
+                    return Ok(Firing::Skip(format!("its condition failed: {e}")));
+                }
             }
         }
         let Some(template) = rules.templates.get(&step.template) else {

@@ -13,7 +13,7 @@ use crate::model::notification::Priority;
 use crate::model::notification::{ChannelDelivery, DeliveryState, Lane, Notification};
 use crate::model::{format_time, Channel, Message, User};
 use crate::rules::routing::{QuietHoursPolicy, Recipient, Route};
-use crate::rules::script::Context;
+use crate::rules::script::{report, Context};
 use crate::rules::RuleSet;
 use crate::store::{Store, StoreError};
 
@@ -132,8 +132,7 @@ fn condition_holds(route: &Route, context: &Context) -> bool {
         return true;
     };
     when.test(context).unwrap_or_else(|e| {
-        tracing::error!(notification = %route.name, error = %e, "routing condition failed");
-        metrics::counter!("parleyd_rule_errors_total").increment(1);
+        report(&format!("notification/{}", route.name), &e);
         false
     })
 }

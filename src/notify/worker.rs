@@ -27,7 +27,7 @@ use crate::engine::{person_value, reader_zone};
 use crate::model::format_time;
 use crate::model::notification::{ChannelDelivery, DeliveryState, Lane, Notification, Outcome};
 use crate::model::notification::{Priority, Unless};
-use crate::rules::script::Context;
+use crate::rules::script::{off_the_workers, Context};
 use crate::rules::templates::escape_html;
 use crate::rules::Rules;
 use crate::store::{Due, Store, StoreError};
@@ -389,7 +389,7 @@ impl Outbox {
             }
         }
         let ids: Vec<String> = items.iter().map(|n| n.id.clone()).collect();
-        let digest = match self.digest(user_id, user.as_ref(), &items, now) {
+        let digest = match off_the_workers(|| self.digest(user_id, user.as_ref(), &items, now)) {
             Ok(digest) => digest,
             Err(reason) => {
                 tracing::error!(user = %user_id, %reason, "digest not sent");

@@ -122,6 +122,15 @@ fn locate(text: &str, needle: &str) -> (usize, usize) {
     (line, column)
 }
 
+/// Tells each expression where it is written, so its run-time errors name
+/// the file's line and column.
+fn place<'a>(exprs: impl Iterator<Item = &'a mut script::Expr>, file: &Path, text: &str) {
+    let file = file.display().to_string();
+    for expr in exprs {
+        expr.place(&file, text);
+    }
+}
+
 /// Where the three kinds of rule files live.
 #[derive(Debug, Clone)]
 pub struct RuleDirs {
@@ -237,13 +246,14 @@ fn load_templates(
                 continue;
             }
             match Template::compile(&id, &spec) {
-                Ok(t) => {
+                Ok(mut t) => {
+                    place(t.scripts_mut(), &path, &text);
                     templates.insert(id, t);
                 }
                 Err(problems) => errors.extend(
                     problems
                         .into_iter()
-                        .map(|p| RuleError::near(&path, &text, &p.near, None, p.message)),
+                        .map(|p| RuleError::near(&path, &text, &p.near, p.offset, p.message)),
                 ),
             }
         }
@@ -287,7 +297,10 @@ fn load_rule_files(
                     })
                 });
             match compiled {
-                Ok(compiled) => routing = compiled,
+                Ok(mut compiled) => {
+                    place(compiled.scripts_mut(), &path, &text);
+                    routing = compiled;
+                }
                 Err(e) => errors.extend(e),
             }
             continue;
@@ -315,7 +328,10 @@ fn load_rule_files(
                         ),
                     ));
                 }
-                Ok(sequence) => sequences.push(sequence),
+                Ok(mut sequence) => {
+                    place(sequence.scripts_mut(), &path, &text);
+                    sequences.push(sequence);
+                }
                 Err(problems) => errors.extend(
                     problems
                         .into_iter()

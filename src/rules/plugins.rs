@@ -13,7 +13,7 @@
 use rhai::Dynamic;
 use serde::Deserialize;
 
-use super::script::{to_json, Script, ScriptError};
+use super::script::{to_json, Script, ScriptError, RULE_ERRORS};
 
 #[derive(Debug)]
 pub struct Plugin {
@@ -39,6 +39,7 @@ impl Plugin {
         let script = Script::compile(source)?;
         if !script.defines(ON_EVENT, 1) && !script.defines(TEMPLATE_VARS, 1) {
             return Err(ScriptError {
+                file: None,
                 line: 1,
                 column: 1,
                 message: format!("defines neither {ON_EVENT}(event) nor {TEMPLATE_VARS}(context)"),
@@ -60,18 +61,15 @@ impl Plugin {
         self.script
             .call(hook, argument)
             .and_then(|value| to_json(&value))
+            .map_err(|e| ScriptError {
+                file: Some(self.file.clone()),
+                ..e
+            })
             .inspect_err(|e| {
                 metrics::counter!("parleyd_plugin_errors_total", "plugin" => self.name.clone())
                     .increment(1);
-                tracing::error!(
-                    plugin = %self.name,
-                    file = %self.file,
-                    line = e.line,
-                    column = e.column,
-                    hook,
-                    error = %e.message,
-                    "plugin hook failed; skipped"
-                );
+                tracing::error!(target: RULE_ERRORS, plugin = %self.name, hook,
+                    "{e} (plugin hook failed; skipped)");
             })
     }
 
@@ -90,7 +88,7 @@ impl Plugin {
             .inspect_err(|e| {
                 metrics::counter!("parleyd_plugin_errors_total", "plugin" => self.name.clone())
                     .increment(1);
-                tracing::error!(plugin = %self.name, file = %self.file, error = %e,
+                tracing::error!(target: RULE_ERRORS, plugin = %self.name, file = %self.file, error = %e,
                     "on_event must return an array of #{{start: name}} or #{{stop: name}}");
             })
             .unwrap_or_default()

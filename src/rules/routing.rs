@@ -268,6 +268,11 @@ impl Route {
 }
 
 impl Routing {
+    /// Its Rhai conditions, to place them in their file.
+    pub fn scripts_mut(&mut self) -> impl Iterator<Item = &mut Expr> {
+        self.routes.iter_mut().flat_map(|r| r.when.iter_mut())
+    }
+
     pub fn compile(
         spec: RoutingSpec,
         template_exists: impl Fn(&str) -> bool,

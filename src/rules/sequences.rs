@@ -273,6 +273,14 @@ impl Sequence {
         })
     }
 
+    /// Its Rhai conditions (the sequence's and its steps'), to place them in
+    /// their file.
+    pub fn scripts_mut(&mut self) -> impl Iterator<Item = &mut Expr> {
+        self.when
+            .iter_mut()
+            .chain(self.steps.iter_mut().flat_map(|s| s.when.iter_mut()))
+    }
+
     pub fn step(&self, name: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.name == name)
     }

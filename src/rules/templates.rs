@@ -20,7 +20,7 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::Deserialize;
 
-use super::script::{to_json, Context, Expr};
+use super::script::{report, to_json, Context, Expr};
 
 /// The fields the engine puts in each context root; `event` and `plugin` are
 /// free-form (`None`).
@@ -184,6 +184,8 @@ pub struct TemplateSpec {
 #[derive(Debug)]
 pub struct TemplateError {
     pub near: String,
+    /// Line and column inside `near` (for script errors), 1-based.
+    pub offset: Option<(usize, usize)>,
     pub message: String,
 }
 
@@ -193,6 +195,7 @@ pub struct TemplateError {
 fn parse(text: &str, problems: &mut Vec<TemplateError>) -> Result<Vec<Part>, TemplateError> {
     let whole = |message: String| TemplateError {
         near: text.to_owned(),
+        offset: None,
         message,
     };
     let mut parts = Vec::new();
@@ -219,6 +222,7 @@ fn parse(text: &str, problems: &mut Vec<TemplateError>) -> Result<Vec<Part>, Tem
                 }
                 let at_placeholder = |message: String| TemplateError {
                     near: format!("{{{name}}}"),
+                    offset: None,
                     message,
                 };
                 let (path, format) = match name.split_once('|') {
@@ -277,6 +281,7 @@ impl Template {
                 .ok();
             errors.extend(problems.into_iter().map(|e| TemplateError {
                 near: e.near,
+                offset: e.offset,
                 message: format!("template {id}: {}", e.message),
             }));
             parts
@@ -297,6 +302,7 @@ impl Template {
                 Ok(expr) => vars.push((name.clone(), expr)),
                 Err(e) => errors.push(TemplateError {
                     near: source.clone(),
+                    offset: Some((e.line.max(1), e.column.max(1))),
                     message: format!("template {id}, var {name}: {}", e.message),
                 }),
             }
@@ -319,6 +325,7 @@ impl Template {
             if let Err(message) = checked {
                 errors.push(TemplateError {
                     near: written.clone(),
+                    offset: None,
                     message: format!("template {id}: {message}"),
                 });
             }
@@ -333,6 +340,11 @@ impl Template {
             html,
             vars,
         })
+    }
+
+    /// Its Rhai expressions (the vars), to place them in their file.
+    pub fn scripts_mut(&mut self) -> impl Iterator<Item = &mut Expr> {
+        self.vars.iter_mut().map(|(_, expr)| expr)
     }
 
     /// The text with every placeholder filled, times shown in `zone` (the
@@ -364,10 +376,10 @@ impl Template {
     fn with_vars(&self, context: &Context) -> Result<Context, String> {
         let mut computed = serde_json::Map::new();
         for (name, expr) in &self.vars {
-            let value = expr
-                .eval(context)
-                .and_then(|v| to_json(&v))
-                .map_err(|e| format!("template {}: var {name}: {}", self.id, e.message))?;
+            let value = expr.eval(context).and_then(|v| to_json(&v)).map_err(|e| {
+                report(&format!("template/{}", self.id), &e);
+                format!("template {}: var {name}: {e}", self.id)
+            })?;
             computed.insert(name.clone(), value);
         }
         Ok(context.clone().with("vars", &computed.into()))
