@@ -185,8 +185,12 @@ pub struct ConnectionsConfig {
     /// How long a request body may take to arrive once the handler reads it.
     #[serde(deserialize_with = "positive_duration")]
     pub body_read_timeout: std::time::Duration,
-    /// Requests without credentials (no `Authorization` header, no `token=`),
-    /// per client address.
+    /// How long a write to a client (a response, a stream's event) may wait
+    /// for the client to read before the connection is dropped.
+    #[serde(deserialize_with = "positive_duration")]
+    pub write_timeout: std::time::Duration,
+    /// Requests to the public routes, and requests with no token at all, per
+    /// client address.
     pub anonymous_rate: Rate,
     /// Peers whose `X-Forwarded-For` names the client (addresses or CIDR
     /// blocks, e.g. `10.0.0.0/8`).
@@ -202,6 +206,7 @@ impl Default for ConnectionsConfig {
             max_per_address: 256,
             header_read_timeout: std::time::Duration::from_secs(30),
             body_read_timeout: std::time::Duration::from_secs(30),
+            write_timeout: std::time::Duration::from_secs(30),
             anonymous_rate: Rate::new(20, 100),
             trusted_proxies: Vec::new(),
         }
@@ -538,6 +543,9 @@ impl Config {
         if connections.max_open == 0 || connections.max_per_address == 0 {
             problems
                 .push("connections.max_open and connections.max_per_address must be > 0".into());
+        }
+        if connections.reserved_file_descriptors < 16 {
+            problems.push("connections.reserved_file_descriptors must be at least 16".into());
         }
         if connections.anonymous_rate.per_second == 0 || connections.anonymous_rate.burst == 0 {
             problems.push("connections.anonymous_rate: per_second and burst must be > 0".into());

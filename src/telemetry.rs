@@ -69,7 +69,7 @@ where
 /// includes every field value by default (a client-varied field defeats it)
 /// and whose summaries need a background task.
 pub struct LogThrottle {
-    windows: Windows<Identifier>,
+    windows: Windows<Origin>,
     clock: fn() -> Instant,
 }
 
@@ -90,7 +90,7 @@ impl<S: Subscriber> Layer<S> for LogThrottle {
         if *meta.level() > Level::WARN || meta.target() == SUPPRESSED_TARGET {
             return true;
         }
-        match self.windows.judge(meta.callsite(), (self.clock)()) {
+        match self.windows.judge(Origin::of(event), (self.clock)()) {
             Verdict::Pass { suppressed: 0 } => true,
             Verdict::Pass { suppressed } => {
                 // Dispatched from within this event's dispatch: it is written
@@ -109,6 +109,31 @@ impl<S: Subscriber> Layer<S> for LogThrottle {
                 metrics::counter!("parleyd_log_lines_suppressed_total").increment(1);
                 false
             }
+        }
+    }
+}
+
+/// Where an event comes from: its callsite, and for a record forwarded from
+/// the `log` crate (all of one level share a callsite) its real target, file
+/// and line, so one noisy dependency does not silence the others.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Origin {
+    callsite: Identifier,
+    forwarded: Option<(String, Option<String>, Option<u32>)>,
+}
+
+impl Origin {
+    fn of(event: &Event<'_>) -> Origin {
+        use tracing_log::NormalizeEvent;
+        Origin {
+            callsite: event.metadata().callsite(),
+            forwarded: event.normalized_metadata().map(|meta| {
+                (
+                    meta.target().to_owned(),
+                    meta.file().map(str::to_owned),
+                    meta.line(),
+                )
+            }),
         }
     }
 }

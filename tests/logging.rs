@@ -92,4 +92,15 @@ fn a_warning_repeated_by_a_client_is_written_a_few_times_a_minute_then_counted()
         late[1].contains("went wrong") && late[1].contains("/v1/late"),
         "{text}"
     );
+
+    // Records forwarded from the `log` crate (as the daemon's subscriber
+    // does) share one callsite per level: each origin is still its own.
+    tracing_log::LogTracer::init().unwrap();
+    for _ in 0..5 {
+        log::warn!(target: "sled::pagecache", "slow flush");
+    }
+    log::warn!(target: "reqwest::connect", "dns lookup failed");
+    let text = lines.text();
+    assert_eq!(text.matches("slow flush").count(), 3, "{text}");
+    assert!(text.contains("dns lookup failed"), "{text}");
 }

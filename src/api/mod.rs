@@ -61,6 +61,10 @@ impl BodyLimits {
     }
 }
 
+/// The routes anyone may call without a token (defined in [`routes`]). The
+/// connection layer rates them per client address whatever headers they carry.
+pub const PUBLIC_PATHS: [&str; 3] = ["/healthz", "/metrics", "/openapi.json"];
+
 /// Every route of the daemon, with JSON errors for whatever no route accepted.
 pub fn routes(
     app: Arc<App>,

@@ -19,7 +19,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -60,7 +60,6 @@ type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// together, and per user), the count, and the way to stop them all.
 pub struct Streams {
     live: AtomicUsize,
-    drained: Notify,
     shutdown: watch::Sender<bool>,
     /// What each user holds now; a user holding nothing has no entry.
     users: Mutex<HashMap<String, Held>>,
@@ -89,9 +88,7 @@ impl Drop for Admitted {
         let id = self.id;
         self.streams
             .release(&self.user, |held| held.streams.retain(|(s, _)| *s != id));
-        if self.streams.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.streams.drained.notify_waiters();
-        }
+        self.streams.live.fetch_sub(1, Ordering::AcqRel);
         metrics::gauge!("parleyd_stream_connections").decrement(1.0);
     }
 }
@@ -116,7 +113,6 @@ impl Default for Streams {
     fn default() -> Self {
         Streams {
             live: AtomicUsize::new(0),
-            drained: Notify::new(),
             shutdown: watch::channel(false).0,
             users: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
@@ -222,25 +218,6 @@ impl Streams {
     /// with "going away", and no new ones are admitted.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
-    }
-
-    /// Waits (up to `timeout`) until every stream has closed.
-    pub async fn closed(&self, timeout: Duration) {
-        let all_closed = async {
-            loop {
-                let drained = self.drained.notified();
-                if self.live.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                drained.await;
-            }
-        };
-        if tokio::time::timeout(timeout, all_closed).await.is_err() {
-            tracing::warn!(
-                left = self.live.load(Ordering::Acquire),
-                "streams still open at shutdown timeout"
-            );
-        }
     }
 }
 

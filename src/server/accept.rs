@@ -23,12 +23,17 @@ use warp::http::Request;
 
 use super::admission::{Admission, Slot};
 use super::forwarded::TrustedProxies;
-use crate::api::{RequestGuard, Response};
+use crate::api::{RequestGuard, Response, PUBLIC_PATHS};
 
 /// Refused connections answered at once: each holds its socket while it reads
 /// the request and answers, so they are bounded to stay inside the reserve of
 /// file descriptors. Past it, a refused connection is closed without an answer.
-const REFUSALS_IN_FLIGHT: usize = 32;
+pub(super) const REFUSALS_IN_FLIGHT: usize = 32;
+
+/// The largest request head, in bytes (hyper's read buffer; its default is
+/// about 400 KB, which 20,000 slow senders would turn into 8 GB). A larger
+/// head gets 431.
+const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 /// How long a refused connection may take to send its request head.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -38,6 +43,7 @@ pub struct Settings {
     pub admission: Arc<Admission>,
     pub proxies: TrustedProxies,
     pub header_read_timeout: Duration,
+    pub write_timeout: Duration,
     /// How long shutdown waits for open connections (streams included) to end.
     pub drain_timeout: Duration,
 }
@@ -59,7 +65,8 @@ pub async fn serve<S>(
 {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout);
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
     let mut refusing = http1::Builder::new();
     refusing
         .timer(TokioTimer::new())
@@ -90,7 +97,7 @@ pub async fn serve<S>(
                     behind_proxy,
                     shared: shared.clone(),
                 };
-                let io = TokioIo::new(Admitted { tcp, _slot: slot });
+                let io = TokioIo::new(Admitted::new(tcp, slot, shared.write_timeout));
                 let connection = http.serve_connection(io, gate).with_upgrades();
                 tokio::spawn(finish(connection, stopped.clone()));
             }
@@ -222,7 +229,7 @@ where
             self.peer
         };
         let admitted = (|| {
-            if !has_credentials(&request) {
+            if is_anonymous(&request) {
                 admission.anonymous_request(client)?;
             }
             self.behind_proxy
@@ -246,22 +253,67 @@ where
     }
 }
 
-/// Whether the request carries a bearer token (header or `token=` query).
-fn has_credentials(request: &Request<Incoming>) -> bool {
-    request
+/// Whether the request pays the anonymous rate: it is for a public route
+/// (whatever it carries, so a made-up `Authorization` header does not exempt
+/// it), or it carries no token at all (neither header nor `token=` query).
+fn is_anonymous(request: &Request<Incoming>) -> bool {
+    let has_token = request
         .headers()
-        .contains_key(warp::http::header::AUTHORIZATION)
-        || request
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|pair| pair.starts_with("token=")))
+        .get(warp::http::header::AUTHORIZATION)
+        .is_some_and(|value| !value.is_empty())
+        || request.uri().query().is_some_and(|query| {
+            query
+                .split('&')
+                .any(|pair| pair.strip_prefix("token=").is_some_and(|t| !t.is_empty()))
+        });
+    !has_token || PUBLIC_PATHS.contains(&request.uri().path())
 }
 
 /// A TCP stream with the slot it was admitted on: the slot goes back when the
-/// socket closes, whether hyper or an upgraded WebSocket holds it last.
+/// socket closes, whether hyper or an upgraded WebSocket holds it last. A write
+/// that can make no progress for `write_timeout` fails with `TimedOut`: a client
+/// that stops reading (its receive window full) must not hold the connection,
+/// or the stream task writing to it, forever.
 struct Admitted {
     tcp: TcpStream,
     _slot: Slot,
+    write_timeout: Duration,
+    /// Armed while a write waits for the socket; disarmed by any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Admitted {
+    fn new(tcp: TcpStream, slot: Slot, write_timeout: Duration) -> Admitted {
+        Admitted {
+            tcp,
+            _slot: slot,
+            write_timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes a write's progress on, failing it once it has waited too long.
+    fn bounded<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {timeout:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Admitted {
@@ -280,7 +332,8 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.bounded(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -288,7 +341,8 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.bounded(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -296,10 +350,12 @@ impl AsyncWrite for Admitted {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        let poll = Pin::new(&mut self.tcp).poll_flush(cx);
+        self.bounded(cx, poll)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        let poll = Pin::new(&mut self.tcp).poll_shutdown(cx);
+        self.bounded(cx, poll)
     }
 }

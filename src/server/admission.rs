@@ -21,12 +21,42 @@ use crate::error::ApiError;
 /// What a client is told to wait before trying a refused connection again.
 const RETRY_CONNECTION_AFTER: Duration = Duration::from_secs(1);
 
+/// What the per-address limits count by: an IPv4 address, or the /64 an IPv6
+/// address belongs to (the smallest block a site is assigned, RFC 6177: one
+/// host can pick any of its 2^64 addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey(IpAddr);
+
+/// The length of the IPv6 prefix one client is counted by.
+const IPV6_CLIENT_PREFIX: u32 = 64;
+
+impl From<IpAddr> for ClientKey {
+    fn from(address: IpAddr) -> ClientKey {
+        match address.to_canonical() {
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX << (128 - IPV6_CLIENT_PREFIX);
+                ClientKey(IpAddr::V6((u128::from(v6) & mask).into()))
+            }
+            v4 => ClientKey(v4),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/{IPV6_CLIENT_PREFIX}"),
+        }
+    }
+}
+
 pub struct Admission {
     max_open: usize,
     max_per_address: usize,
     open: AtomicUsize,
-    per_address: Mutex<HashMap<IpAddr, usize>>,
-    anonymous: DefaultKeyedRateLimiter<IpAddr>,
+    per_address: Mutex<HashMap<ClientKey, usize>>,
+    anonymous: DefaultKeyedRateLimiter<ClientKey>,
     /// Notified when the last connection closes (shutdown waits for it).
     drained: Notify,
 }
@@ -37,10 +67,10 @@ pub enum Refusal {
     /// Every one of the `max` connection slots is taken.
     Full { max: usize },
     /// `address` already holds `max` connections.
-    Address { address: IpAddr, max: usize },
+    Address { address: ClientKey, max: usize },
     /// `address` sent requests without credentials faster than allowed.
     Anonymous {
-        address: IpAddr,
+        address: ClientKey,
         retry_after: Duration,
     },
 }
@@ -100,7 +130,7 @@ impl Refusal {
 pub struct Slot {
     admission: Arc<Admission>,
     connection: bool,
-    address: Option<IpAddr>,
+    address: Option<ClientKey>,
 }
 
 impl Drop for Slot {
@@ -150,7 +180,7 @@ impl Admission {
             connection: true,
             address: None,
         };
-        if let Some(address) = address {
+        if let Some(address) = address.map(ClientKey::from) {
             // On refusal, dropping `slot` gives the connection slot back.
             self.hold_address(address)?;
             slot.address = Some(address);
@@ -161,6 +191,7 @@ impl Admission {
     /// A request forwarded by a trusted proxy for `address`: held for as long
     /// as the request (a stream: its whole life).
     pub fn forwarded_request(self: &Arc<Self>, address: IpAddr) -> Result<Slot, Refusal> {
+        let address = ClientKey::from(address);
         self.hold_address(address)?;
         Ok(Slot {
             admission: Arc::clone(self),
@@ -171,6 +202,7 @@ impl Admission {
 
     /// A request without credentials from `address`.
     pub fn anonymous_request(&self, address: IpAddr) -> Result<(), Refusal> {
+        let address = ClientKey::from(address);
         self.anonymous.check_key(&address).map_err(|not_until| {
             Refusal::Anonymous {
                 address,
@@ -180,7 +212,7 @@ impl Admission {
         })
     }
 
-    fn hold_address(&self, address: IpAddr) -> Result<(), Refusal> {
+    fn hold_address(&self, address: ClientKey) -> Result<(), Refusal> {
         let mut held = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
         let count = held.entry(address).or_insert(0);
         if *count >= self.max_per_address {
@@ -194,7 +226,7 @@ impl Admission {
         Ok(())
     }
 
-    fn release_address(&self, address: IpAddr) {
+    fn release_address(&self, address: ClientKey) {
         let mut held = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = held.get_mut(&address) {
             *count -= 1;
@@ -221,7 +253,12 @@ impl Admission {
                 drained.await;
             }
         };
-        let _ = tokio::time::timeout(timeout, all_closed).await;
+        if tokio::time::timeout(timeout, all_closed).await.is_err() {
+            tracing::warn!(
+                left = self.open.load(Ordering::Acquire),
+                "connections still open at the shutdown deadline"
+            );
+        }
     }
 }
 
@@ -259,6 +296,19 @@ mod tests {
         // Both slots came back, and the refused attempt took none.
         assert_eq!(admission.open.load(Ordering::Acquire), 1);
         let _again = admission.connection(Some(ip("192.0.2.1"))).unwrap();
+    }
+
+    #[test]
+    fn an_ipv6_host_is_counted_by_its_64() {
+        let admission = admission(10, 1);
+        let _held = admission.connection(Some(ip("2001:db8:1:2::1"))).unwrap();
+        match admission.connection(Some(ip("2001:db8:1:2:ffff::9"))) {
+            Err(Refusal::Address { address, .. }) => {
+                assert_eq!(address.to_string(), "2001:db8:1:2::/64")
+            }
+            _ => panic!("a second address of the same /64 was admitted"),
+        }
+        assert!(admission.connection(Some(ip("2001:db8:1:3::1"))).is_ok());
     }
 
     #[test]

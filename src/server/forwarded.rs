@@ -10,8 +10,17 @@ use warp::http::HeaderMap;
 pub struct TrustedProxies(Vec<IpNet>);
 
 impl TrustedProxies {
+    /// IPv4-mapped IPv6 blocks (`::ffff:10.0.0.0/104`) are kept as the IPv4
+    /// blocks they are, since peers are compared in their canonical form.
     pub fn new(networks: Vec<IpNet>) -> TrustedProxies {
-        TrustedProxies(networks)
+        let canonical = networks.into_iter().map(|net| match net {
+            IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+                Some(v4) => IpNet::new(v4.into(), v6.prefix_len() - 96).unwrap_or(net),
+                None => net,
+            },
+            _ => net,
+        });
+        TrustedProxies(canonical.collect())
     }
 
     pub fn contains(&self, address: IpAddr) -> bool {
@@ -39,18 +48,33 @@ impl TrustedProxies {
             .collect::<Vec<_>>();
         let mut client = peer;
         for entry in forwarded.iter().rev() {
-            match entry.trim().parse::<IpAddr>() {
-                Ok(address) => {
+            match parse_entry(entry) {
+                Some(address) => {
                     client = address.to_canonical();
                     if !self.contains(client) {
                         break;
                     }
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         client
     }
+}
+
+/// One `X-Forwarded-For` entry: `192.0.2.7`, `2001:db8::1`, or either with a
+/// port (`192.0.2.7:5123`, `[2001:db8::1]:5123`) or in brackets, as some proxies
+/// write them.
+fn parse_entry(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            let bracketed = entry.strip_prefix('[')?.strip_suffix(']')?;
+            bracketed.parse::<IpAddr>().ok()
+        })
 }
 
 #[cfg(test)]
@@ -102,5 +126,18 @@ mod tests {
             client("127.0.0.1", &["::ffff:198.51.100.7"]),
             "198.51.100.7"
         );
+    }
+
+    #[test]
+    fn entries_with_ports_and_brackets_are_addresses() {
+        assert_eq!(client("127.0.0.1", &["198.51.100.7:5123"]), "198.51.100.7");
+        assert_eq!(client("127.0.0.1", &["[2001:db8::1]:5123"]), "2001:db8::1");
+        assert_eq!(client("127.0.0.1", &["[2001:db8::1]"]), "2001:db8::1");
+    }
+
+    #[test]
+    fn a_mapped_trusted_block_trusts_its_ipv4_peers() {
+        let proxies = TrustedProxies::new(vec!["::ffff:10.0.0.0/104".parse().unwrap()]);
+        assert!(proxies.contains("10.1.2.3".parse().unwrap()));
     }
 }

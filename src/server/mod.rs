@@ -35,14 +35,14 @@ pub enum StartError {
     #[error("notification channels: {0}")]
     Notify(String),
     #[error(
-        "the open-files limit ({limit}) leaves no connections beyond \
-         connections.reserved_file_descriptors ({reserved}); raise it (ulimit -n, LimitNOFILE=)"
+        "the open-files limit ({limit}) leaves no connections beside the {reserved} \
+         descriptors the daemon keeps for itself; raise it (ulimit -n, LimitNOFILE=)"
     )]
     OpenFiles { limit: u64, reserved: usize },
 }
 
-/// How long shutdown waits for open streams to say goodbye.
-const STREAM_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for open connections (streams included) to finish.
+const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves on `listener` until `shutdown` resolves; `ready` runs once the store is
 /// open and connections are being accepted.
@@ -52,7 +52,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(),
 ) -> Result<(), StartError> {
-    let max_open = connection_capacity(&config.connections)?;
+    let open_files_limit = raise_open_files_limit();
     let hub = Arc::new(Hub::default());
     let publish_to = hub.clone();
     let store = Store::open(
@@ -95,6 +95,7 @@ pub async fn run(
     let streams = Arc::new(Streams::default());
     let user_limits = Arc::new(UserLimits::new(&app.config.limits));
     let metrics = crate::telemetry::metrics();
+    let max_open = connection_capacity(open_files_limit, &app.config)?;
     let admission = Arc::new(Admission::new(&app.config.connections, max_open));
     let upkeep = tokio::spawn({
         let (app, user_limits, metrics) = (app.clone(), user_limits.clone(), metrics.clone());
@@ -129,7 +130,8 @@ pub async fn run(
         admission,
         proxies: TrustedProxies::new(app.config.connections.trusted_proxies.clone()),
         header_read_timeout: app.config.connections.header_read_timeout,
-        drain_timeout: STREAM_CLOSE_TIMEOUT,
+        write_timeout: app.config.connections.write_timeout,
+        drain_timeout: SHUTDOWN_DRAIN_TIMEOUT,
     };
     let stopping = streams.clone();
     let server = accept::serve(listener, settings, warp::service(routes), async move {
@@ -139,7 +141,6 @@ pub async fn run(
     });
     ready();
     server.await;
-    streams.closed(STREAM_CLOSE_TIMEOUT).await;
     upkeep.abort();
     reload_on_hangup.abort();
     automation.abort();
@@ -149,35 +150,56 @@ pub async fn run(
     Ok(())
 }
 
-/// How many connections may be open at once: `connections.max_open`, lowered
-/// so that they and the reserve fit under the open-files limit. The soft limit
-/// is first raised to the hard one, as a server that holds one descriptor per
-/// client should.
-fn connection_capacity(config: &crate::config::ConnectionsConfig) -> Result<usize, StartError> {
-    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+/// Raises the soft open-files limit to the hard one, as a server that holds one
+/// descriptor per client should, and returns the limit in force.
+fn raise_open_files_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read the open-files limit; assuming 1024");
-            1024
+            let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+            tracing::warn!(error = %e, soft, "cannot raise the open-files limit");
+            soft
         }
-    };
-    let reserved = config.reserved_file_descriptors;
-    let fits = usize::try_from(limit)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(reserved);
-    if fits == 0 {
-        return Err(StartError::OpenFiles { limit, reserved });
     }
-    if fits < config.max_open {
+}
+
+/// How many client connections may be open at once: `connections.max_open`,
+/// lowered so that they fit under `open_files_limit` beside what the daemon
+/// holds itself. Called once the store and the outbox are open, so the
+/// descriptors open now count; on top of them go the refusal lane, one
+/// connection per outbound delivery in flight (`notify.concurrency` per enabled
+/// channel) and `connections.reserved_file_descriptors` for what grows later
+/// (store segments, DNS, the rule watcher).
+fn connection_capacity(open_files_limit: u64, config: &Config) -> Result<usize, StartError> {
+    // Where /proc is not there to count, the reserve has to cover it.
+    let open_now = std::fs::read_dir("/proc/self/fd").map_or(0, |fds| fds.count());
+    let enabled = Enabled::from_config(&config.notify);
+    let channels = [enabled.push, enabled.email, enabled.sms, enabled.webhook]
+        .into_iter()
+        .filter(|on| *on)
+        .count();
+    let reserved = open_now
+        + accept::REFUSALS_IN_FLIGHT
+        + channels * config.notify.concurrency
+        + config.connections.reserved_file_descriptors;
+    let limit = usize::try_from(open_files_limit).unwrap_or(usize::MAX);
+    let fits = limit.saturating_sub(reserved);
+    if fits == 0 {
+        return Err(StartError::OpenFiles {
+            limit: open_files_limit,
+            reserved,
+        });
+    }
+    let max_open = config.connections.max_open;
+    if fits < max_open {
         tracing::warn!(
-            open_files_limit = limit,
+            open_files_limit,
             reserved,
             "the open-files limit allows {fits} connections, fewer than connections.max_open \
-             ({}); raise it (ulimit -n, LimitNOFILE=) to allow more",
-            config.max_open
+             ({max_open}); raise it (ulimit -n, LimitNOFILE=) to allow more"
         );
     }
-    Ok(fits.min(config.max_open))
+    Ok(fits.min(max_open))
 }
 
 /// Binds the listener with TCP_NODELAY, which Linux copies to every accepted

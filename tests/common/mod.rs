@@ -114,6 +114,12 @@ fn write_config(scratch: &Path, launch: &Launch) -> PathBuf {
         ("rules_dir", repo("rules")),
         ("templates_dir", repo("templates")),
         ("plugins_dir", repo("plugins")),
+        // Tests poll /metrics from one address far faster than a scraper;
+        // the tests of the anonymous rate set their own.
+        (
+            "anonymous_rate",
+            "{per_second: 100000, burst: 100000}".to_owned(),
+        ),
     ];
     let overridden = |key: &str| edits.iter().any(|(k, _)| *k == key);
     let extra: Vec<(&'static str, String)> = defaults
@@ -401,12 +407,14 @@ impl Daemon {
 
     /// The Prometheus text of `GET /metrics`.
     pub async fn metrics(&self) -> String {
-        let reply = self.http.get(self.url("/metrics")).send().await;
-        reply
-            .expect("GET /metrics")
-            .text()
+        let reply = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
             .await
-            .expect("metrics text")
+            .expect("GET /metrics");
+        assert_eq!(reply.status(), 200, "GET /metrics");
+        reply.text().await.expect("metrics text")
     }
 
     /// The value of one series of `GET /metrics`, named with its labels as
