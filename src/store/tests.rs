@@ -544,3 +544,32 @@ async fn retention_forgets_old_finished_notifications_only() {
         .collect();
     assert_eq!(kept, [old_dead.id, old_pending.id, new_done.id]);
 }
+
+/// A panic inside one write operation fails its batch alone; the writer goes
+/// on (the panic counted as a restart), and the store keeps no trace of it.
+#[tokio::test]
+async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, conversation) = open(dir.path()).await;
+    let health = store.writer_health();
+    let stuck_after = std::time::Duration::from_secs(60);
+    assert_eq!(health.report(stuck_after).restarts, 0);
+    let panicked = store
+        .writer
+        .run(|_, _| -> writer::OpResult<()> { panic!("a broken operation") })
+        .await;
+    assert!(panicked.is_err(), "{panicked:?}");
+    let report = health.report(stuck_after);
+    assert_eq!(report.state, crate::supervisor::State::Up);
+    assert_eq!(report.restarts, 1);
+    assert!(report
+        .last_error
+        .is_some_and(|e| e.contains("a broken operation")));
+    let (stored, created) = store
+        .append_message(message(&conversation.id, "cust", "after"))
+        .await
+        .unwrap();
+    assert!(created);
+    assert!(matches!(stored, Stored::Message(m) if m.seq == 1));
+    assert_eq!(store.write_queue_depth(), 0);
+}
