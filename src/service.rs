@@ -216,8 +216,8 @@ impl App {
     }
 
     /// Makes a component fail on purpose, to see supervision at work. Only
-    /// on the manual clock (`clock: manual`, which needs `--dev`): 404
-    /// otherwise, as for an unknown component.
+    /// on the manual clock (`clock: manual`, which needs `--dev`), and not the
+    /// writer thread: 404 otherwise, as for an unknown component.
     pub fn inject_fault(
         &self,
         caller: Caller,
@@ -228,7 +228,7 @@ impl App {
         let component = self
             .manual_clock
             .as_ref()
-            .and_then(|_| self.supervisor.component(name))
+            .and_then(|_| self.supervisor.spawned(name))
             .ok_or_else(|| ApiError::not_found("component"))?;
         component.inject_fault(input.fail);
         Ok(component.report(self.config.pipeline.stuck_after))

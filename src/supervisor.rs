@@ -229,7 +229,8 @@ pub struct Supervisor {
     backoff: Backoff,
     stuck_after: Duration,
     components: Mutex<BTreeMap<String, Arc<Component>>>,
-    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// The components [`Supervisor::spawn`] runs, by name.
+    tasks: Mutex<BTreeMap<String, tokio::task::AbortHandle>>,
 }
 
 impl Supervisor {
@@ -259,21 +260,34 @@ impl Supervisor {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let component = Component::new(name, probe);
+        // Up from here: its first run is about to start.
+        component.started();
         self.adopt(Arc::clone(&component));
         let task = tokio::spawn(supervise(Arc::clone(&component), self.backoff, factory));
         self.tasks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(task.abort_handle());
+            .insert(name.to_owned(), task.abort_handle());
         component
     }
 
-    pub fn component(&self, name: &str) -> Option<Arc<Component>> {
-        self.components
+    /// The component `name` if this supervisor runs it (not an adopted one:
+    /// only these can be failed on purpose, see [`Component::inject_fault`]).
+    pub fn spawned(&self, name: &str) -> Option<Arc<Component>> {
+        let spawned = self
+            .tasks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .cloned()
+            .contains_key(name);
+        spawned
+            .then(|| {
+                self.components
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(name)
+                    .cloned()
+            })
+            .flatten()
     }
 
     /// Every component's report, by name.
@@ -304,12 +318,8 @@ impl Supervisor {
 
     /// Stops every spawned component.
     pub fn shutdown(&self) {
-        for task in self
-            .tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-        {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in tasks.into_values() {
             task.abort();
         }
     }

@@ -56,6 +56,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(),
 ) -> Result<(), StartError> {
+    // First: whatever the components record from their start is kept.
+    let metrics = crate::telemetry::metrics();
     let max_open = connection_capacity(&config.connections)?;
     let hub = Arc::new(Hub::default());
     let publish_to = hub.clone();
@@ -149,7 +151,6 @@ pub async fn run(
     );
     let streams = Arc::new(Streams::default());
     let user_limits = Arc::new(UserLimits::new(&app.config.limits));
-    let metrics = crate::telemetry::metrics();
     let admission = Arc::new(Admission::new(&app.config.connections, max_open));
     supervisor.spawn("upkeep", None, {
         let (app, user_limits, metrics) = (app.clone(), user_limits.clone(), metrics.clone());
