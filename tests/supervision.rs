@@ -230,41 +230,66 @@ async fn a_killed_scheduler_is_named_while_down_then_restarted_and_counted() {
     assert_eq!(report["timers"]["due"], 0, "{report}");
 }
 
-/// A killed engine task is restarted; other components are not disturbed.
+/// A killed engine task is restarted. The scheduler also processes queued
+/// events before firing steps, so both are killed to see events wait.
 #[tokio::test]
-async fn a_killed_engine_is_restarted_and_counted() {
+async fn a_killed_engine_is_restarted_and_counted_and_waiting_events_are_shown() {
     let d = start().await;
+    let p = pair(&d).await;
     fault(&d, "engine", true).await.expect(200);
-    health_until(&d, "/healthz to name the engine", |status, body| {
-        status == 503 && body["components"] == json!([{"name": "engine", "state": "down"}])
+    fault(&d, "scheduler", true).await.expect(200);
+    health_until(&d, "/healthz to name the engine and the scheduler", |status, body| {
+        status == 503
+            && body["components"]
+                == json!([{"name": "engine", "state": "down"}, {"name": "scheduler", "state": "down"}])
     })
     .await;
+    d.send(&p.customer, &p.conversation, "q-1", "Hi!")
+        .await
+        .expect(201);
+    advance(&d, "1m").await;
+    let report = pipeline(&d).await;
+    assert!(
+        report["events"]["waiting"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert!(
+        report["events"]["oldest_age_seconds"].as_f64().unwrap() >= 60.0,
+        "{report}"
+    );
+
     fault(&d, "engine", false).await.expect(200);
+    fault(&d, "scheduler", false).await.expect(200);
     health_until(&d, "/healthz to be ok again", |status, body| {
         status == 200 && *body == json!({"status": "ok"})
     })
     .await;
-    assert!(
-        d.metric("parleyd_component_restarts_total{component=\"engine\"}")
-            .await
-            >= 1.0
-    );
+    for component in ["engine", "scheduler"] {
+        let restarts = d
+            .metric(&format!(
+                "parleyd_component_restarts_total{{component=\"{component}\"}}"
+            ))
+            .await;
+        assert!(restarts >= 1.0, "{component}: {restarts}");
+    }
     assert_eq!(
-        d.metric("parleyd_component_restarts_total{component=\"scheduler\"}")
+        d.metric("parleyd_component_restarts_total{component=\"outbox.in_app\"}")
             .await,
         0.0
     );
-    // The restarted engine works: an inquiry is acknowledged.
-    let p = pair(&d).await;
-    d.send(&p.customer, &p.conversation, "q-1", "Hi!")
-        .await
-        .expect(201);
+    // The restarted engine works: the inquiry is acknowledged.
     guard("the acknowledgement from the restarted engine", async {
         while automated(
             &d.messages(&p.customer, &p.conversation).await,
             "inquiry_ack",
         ) == 0
         {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    guard("the backlog of events to drain", async {
+        while pipeline(&d).await["events"]["waiting"] != 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
