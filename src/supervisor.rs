@@ -136,8 +136,12 @@ impl Component {
             .unwrap_or_else(PoisonError::into_inner) = Some(cause.to_owned());
     }
 
-    /// Marks the component down for good (a thread that cannot be restarted).
+    /// Marks the component down for good (a thread that cannot be
+    /// restarted); said once, however often called.
     pub fn died(&self, cause: &str) {
+        if !self.up.load(Ordering::Relaxed) {
+            return;
+        }
         self.set_up(false);
         tracing::error!(component = %self.name, %cause, "component stopped and cannot be restarted");
         *self

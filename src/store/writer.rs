@@ -167,7 +167,6 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("parleyd-writer".into())
             .spawn(move || {
-                let _reports_its_end = Ended(&thread_health);
                 let domain_seq = DomainSeq::load(&trees.domain);
                 let state = LoopState {
                     cursors,
@@ -177,7 +176,7 @@ impl Writer {
                     publish,
                     committed,
                     load: thread_load,
-                    health: Arc::clone(&thread_health),
+                    health: thread_health,
                 };
                 write_loop(&db, &trees, state, jobs)
             })
@@ -243,8 +242,10 @@ struct LoopState {
     health: Arc<Component>,
 }
 
-/// Marks the writer down when its thread ends, however it ends (a panic
-/// unwinds through it too).
+/// Marks the writer down if its thread dies of a panic (the unwinding drops
+/// it). Declared after the batch (and again after the batch moves) so that it
+/// drops first: a caller who got the batch's error already sees the writer
+/// down.
 struct Ended<'a>(&'a Component);
 
 impl Drop for Ended<'_> {
@@ -270,6 +271,7 @@ fn write_loop(
         state.load.queued.fetch_sub(batch.len(), Ordering::Relaxed);
         let started = std::time::Instant::now();
         let batch = RefCell::new(batch);
+        let _down_if_it_panics = Ended(&state.health);
         let deliveries = RefCell::new(Vec::new());
         let (cursors, hot, domain_seq) = (&state.cursors, &state.hot, &state.domain_seq);
         // sled implements transactions over tuples of up to 14 trees.
@@ -361,6 +363,7 @@ fn write_loop(
             Err(TransactionError::Abort(e)) => Some(e),
         };
         let batch = batch.into_inner();
+        let _down_if_it_panics_now = Ended(&state.health);
         metrics::histogram!("parleyd_write_batch_size").record(batch.len() as f64);
         metrics::histogram!("parleyd_write_batch_seconds").record(started.elapsed().as_secs_f64());
         match &failure {
