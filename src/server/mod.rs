@@ -281,14 +281,23 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// SIGHUP reloads the rules, the same way a file change does.
+/// SIGHUP reloads the rules, the same way a file change does (the component
+/// `rules.hangup`; it ends, to be restarted, if the signal cannot be caught).
 async fn reload_on_hangup(rules: Arc<Rules>) {
     #[cfg(unix)]
-    if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    {
-        while hangups.recv().await.is_some() {
-            let _ = rules.reload();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            while hangups.recv().await.is_some() {
+                let _ = rules.reload();
+            }
         }
+        Err(e) => tracing::error!(error = %e, "cannot catch SIGHUP"),
+    }
+    #[cfg(not(unix))]
+    {
+        // No SIGHUP here: nothing to do, and nothing wrong.
+        let _ = rules;
+        std::future::pending::<()>().await;
     }
 }
 
