@@ -64,6 +64,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub notify: NotifyConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
 }
 
 fn default_templates_dir() -> PathBuf {
@@ -221,6 +223,32 @@ fn positive_duration<'de, D: serde::Deserializer<'de>>(
     match std::time::Duration::try_from(parsed) {
         Ok(d) if !d.is_zero() => Ok(d),
         _ => Err(serde::de::Error::custom("must be greater than zero")),
+    }
+}
+
+/// How background components are watched (see `supervisor`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// A component is stuck (and `/healthz` answers 503) when the same piece
+    /// of work has waited for it this long (real time) without moving.
+    #[serde(deserialize_with = "positive_duration")]
+    pub stuck_after: std::time::Duration,
+    /// The wait before restarting a component that ended or panicked;
+    /// doubled after each failure in a row, up to `restart_backoff_max`.
+    #[serde(deserialize_with = "positive_duration")]
+    pub restart_backoff: std::time::Duration,
+    #[serde(deserialize_with = "positive_duration")]
+    pub restart_backoff_max: std::time::Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            stuck_after: std::time::Duration::from_secs(60),
+            restart_backoff: std::time::Duration::from_millis(100),
+            restart_backoff_max: std::time::Duration::from_secs(30),
+        }
     }
 }
 

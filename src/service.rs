@@ -23,8 +23,10 @@ use crate::model::{
     MessageType, Reply, SendInput, Signal, SignalInput, User, UserInput,
 };
 use crate::moderation::{self, Moderator, Submission};
+use crate::pipeline::Backlog;
 use crate::rules::{Rules, RulesStatus};
 use crate::store::{send_fingerprint, NewMessage, Store, Stored};
+use crate::supervisor::{ComponentReport, State, Supervisor};
 
 /// The reply to a send: the stored message, and whether this call stored it.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -79,6 +81,28 @@ pub struct App {
     engine: Option<Arc<Engine>>,
     /// Present when the config asks for a manual clock (tests, demos).
     manual_clock: Option<Arc<ManualClock>>,
+    /// The background components (an empty one for offline commands).
+    supervisor: Arc<Supervisor>,
+}
+
+/// `GET /v1/admin/pipeline`: each background component's state, and what
+/// waits in the pipeline.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PipelineReport {
+    /// By name: `engine`, `scheduler`, `outbox.<channel>`, `outbox.retention`,
+    /// `rules.hangup`, `rules.watch`, `upkeep`, `writer`.
+    pub components: Vec<ComponentReport>,
+    #[serde(flatten)]
+    pub backlog: Backlog,
+}
+
+/// `PUT /v1/admin/pipeline/components/{name}/fault` (dev only).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultInput {
+    /// `true` ends the component's current run as a failure and fails every
+    /// restart; `false` lets the next restart run (at once).
+    pub fail: bool,
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
@@ -158,7 +182,56 @@ impl App {
             clock,
             engine: None,
             manual_clock: None,
+            supervisor: Arc::default(),
         }
+    }
+
+    /// Attaches the supervisor of the background components (for health,
+    /// `GET /v1/admin/pipeline` and fault injection).
+    pub fn with_supervisor(mut self, supervisor: Arc<Supervisor>) -> App {
+        self.supervisor = supervisor;
+        self
+    }
+
+    /// The components that are down or stuck (empty when all is well).
+    pub fn unhealthy(&self) -> Vec<(String, State)> {
+        self.supervisor.unhealthy()
+    }
+
+    /// What waits in the pipeline now (scans what is due: see
+    /// [`Backlog::observe`]).
+    pub fn backlog(&self) -> Result<Backlog, crate::store::StoreError> {
+        Backlog::observe(&self.store, self.clock.now())
+    }
+
+    /// The pipeline for operators; also refreshes its gauges.
+    pub fn pipeline(&self, caller: Caller) -> Result<PipelineReport, ApiError> {
+        caller.require(&[Role::Operator])?;
+        let backlog = self.backlog()?;
+        backlog.record();
+        Ok(PipelineReport {
+            components: self.supervisor.report(),
+            backlog,
+        })
+    }
+
+    /// Makes a component fail on purpose, to see supervision at work. Only
+    /// on the manual clock (`clock: manual`, which needs `--dev`), and not the
+    /// writer thread: 404 otherwise, as for an unknown component.
+    pub fn inject_fault(
+        &self,
+        caller: Caller,
+        name: &str,
+        input: FaultInput,
+    ) -> Result<ComponentReport, ApiError> {
+        caller.require(&[Role::Operator])?;
+        let component = self
+            .manual_clock
+            .as_ref()
+            .and_then(|_| self.supervisor.spawned(name))
+            .ok_or_else(|| ApiError::not_found("component"))?;
+        component.inject_fault(input.fail);
+        Ok(component.report(self.config.pipeline.stuck_after))
     }
 
     /// Attaches the automation engine (woken when the clock moves) and the

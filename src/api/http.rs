@@ -218,6 +218,21 @@ pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Respo
         .and(who.clone())
         .and(warp::query::<LimitQuery>())
         .then(admin_user_notifications);
+    let admin_pipeline = v1
+        .and(warp::path!("admin" / "pipeline"))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .then(admin_pipeline);
+    let admin_fault = v1
+        .and(warp::path!(
+            "admin" / "pipeline" / "components" / String / "fault"
+        ))
+        .and(warp::put())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(json_body(limit))
+        .then(admin_fault);
     let admin_redrive = v1
         .and(warp::path!(
             "admin" / "outbox" / "dead" / String / String / "redrive"
@@ -269,6 +284,10 @@ pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Respo
         .or(admin_redrive)
         .unify()
         .or(admin_user_notifications)
+        .unify()
+        .or(admin_pipeline)
+        .unify()
+        .or(admin_fault)
         .unify()
         .boxed();
     people.or(service).unify().or(admin).unify().boxed()
@@ -565,6 +584,42 @@ pub async fn admin_user_notifications(
         StatusCode::OK,
         who.and_then(|c| app.notifications_of(c, &id, query.limit)),
     )
+}
+
+/// Each background component's state and what waits in the pipeline: domain
+/// events, the writer's queue, due timers, due outbox entries per channel,
+/// dead letters. Ages in seconds on the daemon's clock.
+#[utoipa::path(get, path = "/v1/admin/pipeline", tag = "operator",
+    responses((status = 200, body = crate::service::PipelineReport)),
+    security(("bearer" = [])))]
+pub async fn admin_pipeline(app: Arc<App>, who: Auth) -> Response {
+    let result = match who {
+        // Counting what is due scans it: off the async workers.
+        Ok(caller) => tokio::task::spawn_blocking(move || app.pipeline(caller))
+            .await
+            .unwrap_or_else(|e| Err(ApiError::Internal(e.to_string()))),
+        Err(e) => Err(e),
+    };
+    respond(StatusCode::OK, result)
+}
+
+/// Development only (404 unless the daemon runs on the manual clock, which
+/// needs `--dev`): `{"fail": true}` ends a component's current run as a
+/// failure and fails its restarts until `{"fail": false}`, to watch
+/// supervision, `/healthz` and the restart counter at work.
+#[utoipa::path(put, path = "/v1/admin/pipeline/components/{name}/fault", tag = "operator",
+    request_body = crate::service::FaultInput,
+    params(("name" = String, Path, description = "a component, e.g. `engine`")),
+    responses((status = 200, body = crate::supervisor::ComponentReport),
+              (status = 404, description = "no such component, or not a --dev daemon on the manual clock")),
+    security(("bearer" = [])))]
+pub async fn admin_fault(
+    name: String,
+    app: Arc<App>,
+    who: Auth,
+    body: Body<crate::service::FaultInput>,
+) -> Response {
+    respond(StatusCode::OK, (|| app.inject_fault(who?, &name, body?))())
 }
 
 /// Re-drives a dead delivery: back in its channel's queue, due now, attempts reset.

@@ -72,9 +72,10 @@ pub fn routes(
     user_limits: Arc<UserLimits>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let health = app.clone();
     let ops = warp::path!("healthz")
         .and(warp::get())
-        .map(|| json(StatusCode::OK, &StatusReply { status: "ok" }))
+        .map(move || healthz(&health))
         .or(warp::path!("metrics").and(warp::get()).map(move || {
             warp::reply::with_header(
                 metrics.render(),
@@ -152,6 +153,42 @@ pub struct StatusReply {
 }
 
 /// A JSON reply with a status.
+/// `GET /healthz` when a component is down or stuck (503).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UnhealthyReply {
+    /// Always `unhealthy`.
+    pub status: &'static str,
+    /// The components down or stuck, by name.
+    pub components: Vec<UnhealthyComponent>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UnhealthyComponent {
+    /// e.g. `engine`, `writer`, `outbox.email` (see `GET /v1/admin/pipeline`).
+    pub name: String,
+    /// `down` or `stuck`.
+    pub state: crate::supervisor::State,
+}
+
+/// 200 `{"status":"ok"}`, or 503 naming the components down or stuck.
+fn healthz(app: &App) -> Response {
+    let unhealthy = app.unhealthy();
+    if unhealthy.is_empty() {
+        return json(StatusCode::OK, &StatusReply { status: "ok" });
+    }
+    let components = unhealthy
+        .into_iter()
+        .map(|(name, state)| UnhealthyComponent { name, state })
+        .collect();
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &UnhealthyReply {
+            status: "unhealthy",
+            components,
+        },
+    )
+}
+
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }

@@ -38,6 +38,8 @@ use utoipa::{Modify, OpenApi};
         super::http::admin_notification,
         super::http::admin_redrive,
         super::http::admin_user_notifications,
+        super::http::admin_pipeline,
+        super::http::admin_fault,
         super::stream::long_poll,
         stream_doc,
         healthz_doc,
@@ -174,10 +176,11 @@ fn complete(op: &mut Operation) {
         if response.description.is_empty() {
             response.description = meaning(code).to_owned();
         }
-        response.content.insert(
-            "application/json".to_owned(),
-            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
-        );
+        // A route that describes its own failure body (`/healthz`) keeps it.
+        response
+            .content
+            .entry("application/json".to_owned())
+            .or_insert_with(|| Content::new(Some(Ref::from_schema_name("ErrorBody"))));
         if code == 429 {
             response.headers.insert(
                 "Retry-After".to_owned(),
@@ -239,8 +242,13 @@ pub fn document() -> utoipa::openapi::OpenApi {
 #[allow(dead_code)]
 fn stream_doc() {}
 
-/// Liveness.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = super::StatusReply)))]
+/// Health: 200 `{"status":"ok"}` while every background component runs and
+/// none is stuck (work waiting for it for `pipeline.stuck_after` without
+/// moving); 503 naming the components down or stuck otherwise.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses(
+    (status = 200, body = super::StatusReply),
+    (status = 503, body = super::UnhealthyReply,
+     description = "a background component is down or stuck (named in the body); or, with an error body, every connection slot is taken")))]
 #[allow(dead_code)]
 fn healthz_doc() {}
 

@@ -926,7 +926,9 @@ fn reload_bench(args: ReloadArgs) -> Result<(), String> {
     }
 
     let rules = Arc::new(Rules::open(dirs.clone(), now()).map_err(|e| format!("{e:?}"))?);
-    let _watcher = Watcher::start(rules.clone()).map_err(err)?;
+    let watcher = Watcher::start(rules.clone()).map_err(err)?;
+    let runtime = tokio::runtime::Runtime::new().map_err(err)?;
+    runtime.spawn(watcher.run());
     std::thread::sleep(Duration::from_millis(500));
 
     let template_file = dirs.templates.join("inquiry.yaml");

@@ -208,30 +208,35 @@ impl Engine {
     /// Runs the engine and the scheduler until the task is dropped: domain
     /// events as they commit, steps as they fall due.
     pub async fn run(self: Arc<Self>) {
-        let engine = Arc::clone(&self);
-        let events = async move {
-            let committed = engine.store.committed();
-            loop {
-                if let Err(e) = engine.drain().await {
-                    tracing::error!(error = %e, "automation engine");
-                }
-                let _ = tokio::time::timeout(MAX_SLEEP, committed.notified()).await;
+        tokio::join!(Arc::clone(&self).run_events(), self.run_timers());
+    }
+
+    /// Processes domain events as they commit, until the task is dropped
+    /// (the component `engine`).
+    pub async fn run_events(self: Arc<Self>) {
+        let committed = self.store.committed();
+        loop {
+            if let Err(e) = self.drain().await {
+                tracing::error!(error = %e, "automation engine");
             }
-        };
-        let timers = async move {
-            loop {
-                if let Err(e) = self.fire_due().await {
-                    tracing::error!(error = %e, "automation scheduler");
-                }
-                let now = self.clock.now().as_millisecond();
-                let sleep = match self.store.next_due() {
-                    Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now).max(0) as u64),
-                    _ => MAX_SLEEP,
-                };
-                let _ = tokio::time::timeout(sleep.min(MAX_SLEEP), self.timers_changed.notified())
-                    .await;
+            let _ = tokio::time::timeout(MAX_SLEEP, committed.notified()).await;
+        }
+    }
+
+    /// Fires steps as they fall due, until the task is dropped (the
+    /// component `scheduler`).
+    pub async fn run_timers(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.fire_due().await {
+                tracing::error!(error = %e, "automation scheduler");
             }
-        };
-        tokio::join!(events, timers);
+            let now = self.clock.now().as_millisecond();
+            let sleep = match self.store.next_due() {
+                Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now).max(0) as u64),
+                _ => MAX_SLEEP,
+            };
+            let _ =
+                tokio::time::timeout(sleep.min(MAX_SLEEP), self.timers_changed.notified()).await;
+        }
     }
 }

@@ -111,16 +111,20 @@ impl Outbox {
         for lane in Lane::ALL {
             tasks.spawn(Arc::clone(&self).run_lane(lane));
         }
-        tasks.spawn(async move {
-            let mut every = tokio::time::interval(PRUNE_EVERY);
-            loop {
-                every.tick().await;
-                if let Err(e) = self.prune().await {
-                    tracing::error!(error = %e, "notification retention sweep");
-                }
-            }
-        });
+        tasks.spawn(self.run_retention());
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// Forgets finished notifications past their retention every
+    /// [`PRUNE_EVERY`], until the task is dropped.
+    pub async fn run_retention(self: Arc<Self>) {
+        let mut every = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            every.tick().await;
+            if let Err(e) = self.prune().await {
+                tracing::error!(error = %e, "notification retention sweep");
+            }
+        }
     }
 
     /// Forgets finished notifications older than the retention period.
@@ -145,7 +149,9 @@ impl Outbox {
         }
     }
 
-    async fn run_lane(self: Arc<Self>, lane: Lane) {
+    /// Delivers `lane`'s due entries until the task is dropped (the
+    /// component `outbox.<lane>`).
+    pub async fn run_lane(self: Arc<Self>, lane: Lane) {
         // In-app deliveries are appended to the user's event log, where the app
         // shows them in log order: one at a time keeps that the order they were
         // raised in. They are local writes, so there is no wait to overlap.

@@ -18,11 +18,15 @@ use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::config::{ClockMode, Config};
 use crate::engine::Engine;
 use crate::hub::Hub;
+use crate::model::notification::Lane;
 use crate::notify::router::Enabled;
 use crate::notify::worker::Outbox;
+use crate::pipeline;
 use crate::rules::{RuleError, Rules, Watcher};
 use crate::service::App;
 use crate::store::{Delivery, Store, StoreError};
+use crate::supervisor::{Backoff, Supervisor};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -52,6 +56,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(),
 ) -> Result<(), StartError> {
+    // First: whatever the components record from their start is kept.
+    let metrics = crate::telemetry::metrics();
     let open_files_limit = raise_open_files_limit();
     let hub = Arc::new(Hub::default());
     let publish_to = hub.clone();
@@ -74,55 +80,90 @@ pub async fn run(
     )
     .map_err(StartError::Rules)?;
     let rules = Arc::new(rules);
-    let _watcher = Watcher::start(rules.clone())?;
-    let reload_on_hangup = tokio::spawn(reload_on_hangup(rules.clone()));
+    let supervisor = Arc::new(Supervisor::new(
+        Backoff {
+            initial: config.pipeline.restart_backoff,
+            max: config.pipeline.restart_backoff_max,
+        },
+        config.pipeline.stuck_after,
+    ));
+    supervisor.adopt(store.writer_health());
+    // Started here so that a directory that cannot be watched stops the start.
+    let watcher = std::sync::Mutex::new(Some(Watcher::start(rules.clone())?));
+    supervisor.spawn("rules.watch", None, {
+        let rules = rules.clone();
+        move || {
+            let watcher = watcher.lock().ok().and_then(|mut w| w.take());
+            let rules = rules.clone();
+            async move {
+                match watcher.map_or_else(|| Watcher::start(rules), Ok) {
+                    Ok(watcher) => watcher.run().await,
+                    Err(e) => tracing::error!(error = %e, "cannot watch the rules directory"),
+                }
+            }
+        }
+    });
+    supervisor.spawn("rules.hangup", None, {
+        let rules = rules.clone();
+        move || reload_on_hangup(rules.clone())
+    });
     let engine = Arc::new(
         Engine::new(store.clone(), rules.clone(), clock.clone())
             .with_channels(Enabled::from_config(&config.notify)),
     );
-    let automation = tokio::spawn(engine.clone().run());
-    let outbox = Outbox::new(
-        store.clone(),
-        clock.clone(),
-        rules.clone(),
-        &config.notify,
-        engine.outbox_wakers(),
-    )
-    .map_err(StartError::Notify)?;
-    let delivery = tokio::spawn(Arc::new(outbox).run());
-    let app =
-        Arc::new(App::new(config, store, hub, rules, clock).with_automation(engine, manual_clock));
+    supervisor.spawn("engine", Some(pipeline::events_probe(store.clone())), {
+        let engine = engine.clone();
+        move || engine.clone().run_events()
+    });
+    supervisor.spawn(
+        "scheduler",
+        Some(pipeline::timers_probe(store.clone(), clock.clone())),
+        {
+            let engine = engine.clone();
+            move || engine.clone().run_timers()
+        },
+    );
+    let outbox = Arc::new(
+        Outbox::new(
+            store.clone(),
+            clock.clone(),
+            rules.clone(),
+            &config.notify,
+            engine.outbox_wakers(),
+        )
+        .map_err(StartError::Notify)?,
+    );
+    for lane in Lane::ALL {
+        let probe = pipeline::lane_probe(store.clone(), clock.clone(), lane);
+        let outbox = outbox.clone();
+        supervisor.spawn(&format!("outbox.{}", lane.name()), Some(probe), move || {
+            outbox.clone().run_lane(lane)
+        });
+    }
+    supervisor.spawn("outbox.retention", None, {
+        let outbox = outbox.clone();
+        move || outbox.clone().run_retention()
+    });
+    let app = Arc::new(
+        App::new(config, store, hub, rules, clock.clone())
+            .with_automation(engine, manual_clock)
+            .with_supervisor(supervisor.clone()),
+    );
     let streams = Arc::new(Streams::default());
     let user_limits = Arc::new(UserLimits::new(&app.config.limits));
-    let metrics = crate::telemetry::metrics();
     let max_open = connection_capacity(open_files_limit, &app.config)?;
     let admission = Arc::new(Admission::new(&app.config.connections, max_open));
-    let upkeep = tokio::spawn({
+    supervisor.spawn("upkeep", None, {
         let (app, user_limits, metrics) = (app.clone(), user_limits.clone(), metrics.clone());
-        let admission = admission.clone();
-        async move {
-            let mut every = tokio::time::interval(Duration::from_secs(30));
-            let mut hourly = tokio::time::interval(Duration::from_secs(3600));
-            loop {
-                tokio::select! {
-                    _ = every.tick() => {
-                        app.prune_rate_limits();
-                        user_limits.prune();
-                        admission.prune();
-                        metrics.run_upkeep();
-                    }
-                    _ = hourly.tick() => {
-                        // A scan of the whole tree: off the async workers.
-                        let app = app.clone();
-                        let swept = tokio::task::spawn_blocking(move || app.forget_old_replies()).await;
-                        match swept {
-                            Ok(Ok(n)) => tracing::debug!(forgotten = n, "idempotency keys past retention"),
-                            Ok(Err(e)) => tracing::error!(error = %e, "idempotency key sweep"),
-                            Err(e) => tracing::error!(error = %e, "idempotency key sweep task"),
-                        }
-                    }
-                }
-            }
+        let (admission, supervisor) = (admission.clone(), supervisor.clone());
+        move || {
+            upkeep(
+                app.clone(),
+                user_limits.clone(),
+                metrics.clone(),
+                admission.clone(),
+                supervisor.clone(),
+            )
         }
     });
     let routes = api::routes(app.clone(), streams.clone(), user_limits, metrics);
@@ -141,13 +182,58 @@ pub async fn run(
     });
     ready();
     server.await;
-    upkeep.abort();
-    reload_on_hangup.abort();
-    automation.abort();
-    delivery.abort();
+    supervisor.shutdown();
     app.store.flush()?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// How often the pipeline's gauges are read (a scan of what is due) and the
+/// components' health is sampled (so that stuck is seen without a request).
+const PIPELINE_EVERY: Duration = Duration::from_secs(5);
+
+/// Periodic housekeeping (the component `upkeep`): pruning the rate limiters,
+/// the metrics' upkeep, the pipeline gauges, and the idempotency key sweep.
+async fn upkeep(
+    app: Arc<App>,
+    user_limits: Arc<UserLimits>,
+    metrics: PrometheusHandle,
+    admission: Arc<Admission>,
+    supervisor: Arc<Supervisor>,
+) {
+    let mut pipeline = tokio::time::interval(PIPELINE_EVERY);
+    let mut every = tokio::time::interval(Duration::from_secs(30));
+    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = pipeline.tick() => {
+                let _ = supervisor.unhealthy();
+                // Counting what is due scans it: off the async workers.
+                let app = app.clone();
+                match tokio::task::spawn_blocking(move || app.backlog()).await {
+                    Ok(Ok(backlog)) => backlog.record(),
+                    Ok(Err(e)) => tracing::error!(error = %e, "reading the pipeline backlog"),
+                    Err(e) => tracing::error!(error = %e, "reading the pipeline backlog"),
+                }
+            }
+            _ = every.tick() => {
+                app.prune_rate_limits();
+                user_limits.prune();
+                admission.prune();
+                metrics.run_upkeep();
+            }
+            _ = hourly.tick() => {
+                // A scan of the whole tree: off the async workers.
+                let app = app.clone();
+                let swept = tokio::task::spawn_blocking(move || app.forget_old_replies()).await;
+                match swept {
+                    Ok(Ok(n)) => tracing::debug!(forgotten = n, "idempotency keys past retention"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "idempotency key sweep"),
+                    Err(e) => tracing::error!(error = %e, "idempotency key sweep task"),
+                }
+            }
+        }
+    }
 }
 
 /// Raises the soft open-files limit to the hard one, as a server that holds one
@@ -217,14 +303,23 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// SIGHUP reloads the rules, the same way a file change does.
+/// SIGHUP reloads the rules, the same way a file change does (the component
+/// `rules.hangup`; it ends, to be restarted, if the signal cannot be caught).
 async fn reload_on_hangup(rules: Arc<Rules>) {
     #[cfg(unix)]
-    if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    {
-        while hangups.recv().await.is_some() {
-            let _ = rules.reload();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            while hangups.recv().await.is_some() {
+                let _ = rules.reload();
+            }
         }
+        Err(e) => tracing::error!(error = %e, "cannot catch SIGHUP"),
+    }
+    #[cfg(not(unix))]
+    {
+        // No SIGHUP here: nothing to do, and nothing wrong.
+        let _ = rules;
+        std::future::pending::<()>().await;
     }
 }
 

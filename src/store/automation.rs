@@ -310,6 +310,43 @@ impl Store {
             .map(|(due, _, _)| due))
     }
 
+    /// The oldest unacknowledged domain event and how many wait. The count is
+    /// the span of sequence numbers from the oldest to the newest: the engine
+    /// acknowledges in order, so the queue has no holes (two key reads, no scan).
+    pub fn domain_backlog(&self) -> Result<Option<(DomainEvent, u64)>, StoreError> {
+        let (Some((first, value)), Some((last, _))) =
+            (self.trees.domain.first()?, self.trees.domain.last()?)
+        else {
+            return Ok(None);
+        };
+        let mut oldest: DomainEvent = decode(&value)?;
+        oldest.seq = keys::domain_seq(&first);
+        let waiting = keys::domain_seq(&last).saturating_sub(oldest.seq) + 1;
+        Ok(Some((oldest, waiting)))
+    }
+
+    /// The earliest pending timer, due or not.
+    pub fn earliest_timer(&self) -> Result<Option<Timer>, StoreError> {
+        let Some((key, _)) = self.trees.timers.first()? else {
+            return Ok(None);
+        };
+        let (due_ms, instance, step) = keys::parse_timer(&key)
+            .ok_or_else(|| StoreError::Corrupt("unreadable timer key".into()))?;
+        Ok(Some(Timer {
+            due_ms,
+            instance,
+            step,
+        }))
+    }
+
+    /// How many timers are due at `now_ms` (a scan of the due ones).
+    pub fn due_timer_count(&self, now_ms: i64) -> usize {
+        self.trees
+            .timers
+            .range(..keys::timers_after(now_ms))
+            .count()
+    }
+
     pub fn pending_timers(&self) -> usize {
         self.trees.timers.len()
     }

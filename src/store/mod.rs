@@ -295,6 +295,16 @@ impl Store {
         self.writer.run(|_, _| Ok(Ok(()))).await
     }
 
+    /// The writer thread's health (the component `writer`).
+    pub fn writer_health(&self) -> Arc<crate::supervisor::Component> {
+        self.writer.health()
+    }
+
+    /// Write operations queued for the writer and not yet in a batch.
+    pub fn write_queue_depth(&self) -> usize {
+        self.writer.queue_depth()
+    }
+
     /// Flushes synchronously; used at shutdown.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;

@@ -379,10 +379,27 @@ impl Store {
 
     /// When the next entry of `lane` falls due.
     pub fn next_due_in(&self, lane: Lane) -> Result<Option<i64>, StoreError> {
+        Ok(self.earliest_in(lane)?.map(|due| due.due_ms))
+    }
+
+    /// The earliest entry of `lane`'s queue, due or not.
+    pub fn earliest_in(&self, lane: Lane) -> Result<Option<Due>, StoreError> {
         match self.trees.outbox.scan_prefix(queue_prefix(lane)).next() {
-            Some(entry) => Ok(parse_queue_key(&entry?.0).map(|(due, _)| due)),
+            Some(entry) => Ok(parse_queue_key(&entry?.0).map(|(due_ms, id)| Due { due_ms, id })),
             None => Ok(None),
         }
+    }
+
+    /// How many entries of `lane` are due by `now_ms` (a scan of the due ones).
+    pub fn due_count_in(&self, lane: Lane, now_ms: i64) -> usize {
+        let start = queue_key(lane, 0, "");
+        let end = queue_key(lane, now_ms.saturating_add(1), "");
+        self.trees.outbox.range(start..end).count()
+    }
+
+    /// How many deliveries are in the dead-letter list (a scan of the list).
+    pub fn dead_letter_count(&self) -> usize {
+        self.trees.outbox.scan_prefix(b"x").count()
     }
 
     /// How many entries wait in `lane`'s queue.

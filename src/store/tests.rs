@@ -544,3 +544,60 @@ async fn retention_forgets_old_finished_notifications_only() {
         .collect();
     assert_eq!(kept, [old_dead.id, old_pending.id, new_done.id]);
 }
+
+/// A panic inside one write operation fails its batch alone; the writer goes
+/// on (the panic counted as a restart), and the store keeps no trace of it.
+#[tokio::test]
+async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, conversation) = open(dir.path()).await;
+    let health = store.writer_health();
+    let stuck_after = std::time::Duration::from_secs(60);
+    assert_eq!(health.report(stuck_after).restarts, 0);
+    let panicked = store
+        .writer
+        .run(|_, _| -> writer::OpResult<()> { panic!("a broken operation") })
+        .await;
+    assert!(panicked.is_err(), "{panicked:?}");
+    let report = health.report(stuck_after);
+    assert_eq!(report.state, crate::supervisor::State::Up);
+    assert_eq!(report.restarts, 1);
+    assert!(report
+        .last_error
+        .is_some_and(|e| e.contains("a broken operation")));
+    let (stored, created) = store
+        .append_message(message(&conversation.id, "cust", "after"))
+        .await
+        .unwrap();
+    assert!(created);
+    assert!(matches!(stored, Stored::Message(m) if m.seq == 1));
+    assert_eq!(store.write_queue_depth(), 0);
+}
+
+/// A panic outside the operations (here in publishing, after the commit)
+/// ends the writer thread: it is not restarted, but reported down, and
+/// writes fail with an error instead of waiting for ever.
+#[tokio::test]
+async fn a_writer_thread_that_dies_is_reported_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        &config(),
+        Arc::new(|_: &Delivery| panic!("publishing failed")),
+    )
+    .unwrap();
+    store.put_listing(&listing()).unwrap();
+    let health = store.writer_health();
+    let stuck_after = std::time::Duration::from_secs(60);
+    assert_eq!(health.state(stuck_after), crate::supervisor::State::Up);
+    // Opening a conversation publishes an event after the commit: the
+    // thread dies there.
+    let _ = store.open_conversation(&listing(), "cust", "t0").await;
+    let report = health.report(stuck_after);
+    assert_eq!(report.state, crate::supervisor::State::Down);
+    assert_eq!(
+        report.last_error.as_deref(),
+        Some("the writer thread panicked")
+    );
+    assert!(store.durable().await.is_err());
+}

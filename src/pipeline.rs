@@ -1,0 +1,177 @@
+//! What waits in the automation pipeline: the gauges of `/metrics` and the
+//! backlog part of `GET /v1/admin/pipeline`, and the probes by which the
+//! supervisor tells a stuck component from an idle one.
+//!
+//! Ages and lags are measured on the daemon's clock (the injected one: a
+//! manual clock's moves count), in seconds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use crate::clock::Clock;
+use crate::model::notification::Lane;
+use crate::store::{Store, StoreError};
+use crate::supervisor::Probe;
+
+/// `GET /v1/admin/pipeline`: what waits, and for how long.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Backlog {
+    pub events: EventBacklog,
+    pub writer: WriterBacklog,
+    pub timers: TimerBacklog,
+    /// Per channel (`in_app`, `push`, `email`, `sms`, `webhook`, `digest`).
+    pub outbox: BTreeMap<String, LaneBacklog>,
+    pub dead_letters: DeadLetters,
+}
+
+/// Domain events committed and not yet processed by the engine.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct EventBacklog {
+    pub waiting: u64,
+    /// Seconds since the oldest waiting event happened; absent when none waits.
+    pub oldest_age_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct WriterBacklog {
+    /// Write operations queued and not yet taken into a transaction.
+    pub queue_depth: usize,
+}
+
+/// Sequence steps due and not yet fired.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct TimerBacklog {
+    pub due: usize,
+    /// Seconds since the earliest due step fell due; absent when none is due.
+    pub lag_seconds: Option<f64>,
+}
+
+/// Outbox entries of one channel that are due.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct LaneBacklog {
+    pub due: usize,
+    /// Seconds since the earliest due entry fell due; absent when none is due.
+    pub oldest_age_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct DeadLetters {
+    /// Notification deliveries given up on (`GET /v1/admin/outbox`).
+    pub notifications: usize,
+    /// Domain events quarantined by the engine; `null` while the engine has
+    /// no dead-letter list (see [`Backlog::observe`]).
+    pub events: Option<u64>,
+}
+
+fn seconds_since(then_ms: i64, now: Timestamp) -> f64 {
+    (now.as_millisecond().saturating_sub(then_ms) as f64 / 1000.0).max(0.0)
+}
+
+impl Backlog {
+    /// Reads the backlog at `now`. Counting due timers, due outbox entries
+    /// and dead letters scans them (the rest are first-key reads), so this
+    /// runs in the upkeep tick and on an operator's request, never per scrape.
+    pub fn observe(store: &Store, now: Timestamp) -> Result<Backlog, StoreError> {
+        let now_ms = now.as_millisecond();
+        let events = match store.domain_backlog()? {
+            Some((oldest, waiting)) => EventBacklog {
+                waiting,
+                oldest_age_seconds: oldest
+                    .at
+                    .parse::<Timestamp>()
+                    .ok()
+                    .map(|at| seconds_since(at.as_millisecond(), now)),
+            },
+            None => EventBacklog {
+                waiting: 0,
+                oldest_age_seconds: None,
+            },
+        };
+        let timers = TimerBacklog {
+            due: store.due_timer_count(now_ms),
+            lag_seconds: store
+                .earliest_timer()?
+                .filter(|t| t.due_ms <= now_ms)
+                .map(|t| seconds_since(t.due_ms, now)),
+        };
+        let mut outbox = BTreeMap::new();
+        for lane in Lane::ALL {
+            let oldest_age_seconds = store
+                .earliest_in(lane)?
+                .filter(|d| d.due_ms <= now_ms)
+                .map(|d| seconds_since(d.due_ms, now));
+            let due = store.due_count_in(lane, now_ms);
+            outbox.insert(
+                lane.name().to_owned(),
+                LaneBacklog {
+                    due,
+                    oldest_age_seconds,
+                },
+            );
+        }
+        Ok(Backlog {
+            events,
+            writer: WriterBacklog {
+                queue_depth: store.write_queue_depth(),
+            },
+            timers,
+            outbox,
+            dead_letters: DeadLetters {
+                notifications: store.dead_letter_count(),
+                // Hook for the engine's dead-letter list (issue 13, item 3):
+                // its count goes here, and into `parleyd_dead_letters{list="events"}`.
+                events: None,
+            },
+        })
+    }
+
+    /// Sets the pipeline gauges of `/metrics` (ages are 0 when nothing waits).
+    pub fn record(&self) {
+        let age = |a: Option<f64>| a.unwrap_or(0.0);
+        metrics::gauge!("parleyd_domain_events_waiting").set(self.events.waiting as f64);
+        metrics::gauge!("parleyd_domain_event_oldest_age_seconds")
+            .set(age(self.events.oldest_age_seconds));
+        metrics::gauge!("parleyd_writer_queue_depth").set(self.writer.queue_depth as f64);
+        metrics::gauge!("parleyd_timers_due").set(self.timers.due as f64);
+        metrics::gauge!("parleyd_timers_due_lag_seconds").set(age(self.timers.lag_seconds));
+        for (channel, lane) in &self.outbox {
+            metrics::gauge!("parleyd_outbox_due", "channel" => channel.clone())
+                .set(lane.due as f64);
+            metrics::gauge!("parleyd_outbox_due_oldest_age_seconds", "channel" => channel.clone())
+                .set(age(lane.oldest_age_seconds));
+        }
+        metrics::gauge!("parleyd_dead_letters", "list" => "notifications")
+            .set(self.dead_letters.notifications as f64);
+        if let Some(events) = self.dead_letters.events {
+            metrics::gauge!("parleyd_dead_letters", "list" => "events").set(events as f64);
+        }
+    }
+}
+
+/// The engine's probe: the oldest unprocessed domain event.
+pub fn events_probe(store: Store) -> Probe {
+    Box::new(move || {
+        let (oldest, _) = store.domain_backlog().ok()??;
+        Some(format!("event {}", oldest.seq))
+    })
+}
+
+/// The scheduler's probe: the earliest timer, once due.
+pub fn timers_probe(store: Store, clock: Arc<dyn Clock>) -> Probe {
+    Box::new(move || {
+        let timer = store.earliest_timer().ok()??;
+        (timer.due_ms <= clock.now().as_millisecond())
+            .then(|| format!("timer {} {} {}", timer.due_ms, timer.instance, timer.step))
+    })
+}
+
+/// An outbox lane's probe: its earliest entry, once due.
+pub fn lane_probe(store: Store, clock: Arc<dyn Clock>, lane: Lane) -> Probe {
+    Box::new(move || {
+        let due = store.earliest_in(lane).ok()??;
+        (due.due_ms <= clock.now().as_millisecond())
+            .then(|| format!("entry {} {}", due.due_ms, due.id))
+    })
+}
