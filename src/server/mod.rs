@@ -78,7 +78,8 @@ pub async fn run(
     let reload_on_hangup = tokio::spawn(reload_on_hangup(rules.clone()));
     let engine = Arc::new(
         Engine::new(store.clone(), rules.clone(), clock.clone())
-            .with_channels(Enabled::from_config(&config.notify)),
+            .with_channels(Enabled::from_config(&config.notify))
+            .with_max_attempts(config.automation.max_attempts),
     );
     let automation = tokio::spawn(engine.clone().run());
     let outbox = Outbox::new(
@@ -95,6 +96,8 @@ pub async fn run(
     let streams = Arc::new(Streams::default());
     let user_limits = Arc::new(UserLimits::new(&app.config.limits));
     let metrics = crate::telemetry::metrics();
+    // After the recorder is installed: the dead letters of an earlier run.
+    crate::engine::count_dead(&app.store);
     let admission = Arc::new(Admission::new(&app.config.connections, max_open));
     let upkeep = tokio::spawn({
         let (app, user_limits, metrics) = (app.clone(), user_limits.clone(), metrics.clone());
