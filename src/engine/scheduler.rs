@@ -12,6 +12,7 @@ use crate::domain::{Instance, Timer};
 use crate::model::{Automation, SYSTEM_SENDER};
 use crate::rules::plugins::TEMPLATE_VARS;
 use crate::rules::sequences::{Party, Sender, Sequence, Step};
+use crate::rules::templates::Unfilled;
 use crate::rules::RuleSet;
 use crate::store::{Attempted, Change, Failure, Firing, Held, NewMessage, StoreError};
 
@@ -176,7 +177,8 @@ impl Engine {
         let zone = super::reader_zone(recipient.as_ref(), loaded.listing.as_ref());
         let content = match template.render(&context, &zone) {
             Ok(text) => text,
-            Err(reason) => return Err(failed(reason)),
+            Err(Unfilled::Failed(error)) => return Err(failed(error)),
+            Err(Unfilled::NoValue(reason)) => return Ok(Firing::Skip(reason)),
         };
         let sender_id = match step.sender {
             Sender::System => SYSTEM_SENDER.to_owned(),
