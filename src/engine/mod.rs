@@ -65,6 +65,18 @@ impl From<StoreError> for Failed {
     }
 }
 
+impl From<router::RouteError> for Failed {
+    fn from(e: router::RouteError) -> Failed {
+        match e {
+            router::RouteError::Store(e) => Failed::Store(e),
+            router::RouteError::Condition { route, error } => Failed::Rule(Failure {
+                rule: Some(route),
+                error: format!("when: {error}"),
+            }),
+        }
+    }
+}
+
 /// Runs one evaluation, turning a panic that escapes it into a failure of
 /// `rule` (when the evaluation is one rule's), so one bad rule or record
 /// cannot take the engine task (and every later event) down with it.
