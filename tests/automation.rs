@@ -807,3 +807,73 @@ async fn a_step_whose_template_fails_is_dead_lettered_and_the_other_steps_go_on(
     .expect_error(404);
     d.stop().await;
 }
+
+#[tokio::test]
+async fn an_event_a_notification_route_fails_on_is_dead_lettered_and_redriven_after_the_fix() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    copy_rules(dir.path());
+    let shipped = edit(
+        dir.path(),
+        "rules/routing.yaml",
+        "    on: [promotion]\n",
+        "    on: [promotion]\n    when: 'boom()'\n",
+    );
+    let d = start_on(data.path(), dir.path()).await;
+    let p = pair(&d).await;
+    d.post(
+        "/v1/signals",
+        SERVICE_KEY,
+        json!({"type": "promotion", "user_id": p.customer.id,
+               "data": {"title": "Spring sale", "text": "10% off"}}),
+    )
+    .await
+    .expect(202);
+    // The inquiry behind the promotion is acknowledged.
+    d.send(&p.customer, &p.conversation, "q-1", "Hi")
+        .await
+        .expect(201);
+    automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
+    let dead = dead_list(&d).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let entry = &dead[0];
+    assert_eq!(
+        (&entry["kind"], &entry["event"]["name"], &entry["rule"]),
+        (&json!("event"), &json!("promotion"), &json!("promotion")),
+        "{entry}"
+    );
+    assert!(entry["error"].as_str().unwrap().contains("boom"), "{entry}");
+    let notifications = format!("/v1/admin/users/{}/notifications", p.customer.id);
+    let raised = d.get(&notifications, &operator().token).await;
+    raised.expect(200);
+    assert_eq!(raised.body, json!([]));
+
+    std::fs::write(dir.path().join("rules/routing.yaml"), &shipped).unwrap();
+    rules_after(&d, |s| {
+        s["version"].as_u64() > Some(1) && s["last_failure"].is_null()
+    })
+    .await;
+    d.post(
+        &format!(
+            "/v1/admin/pipeline/dead/{}/redrive",
+            entry["id"].as_str().unwrap()
+        ),
+        &operator().token,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    guard("the promotion to be raised", async {
+        loop {
+            let raised = d.get(&notifications, &operator().token).await;
+            if raised.body.as_array().is_some_and(|n| !n.is_empty()) {
+                assert_eq!(raised.body[0]["type"], "promotion", "{}", raised.body);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(dead_list(&d).await.is_empty());
+    d.stop().await;
+}
