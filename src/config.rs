@@ -66,6 +66,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub automation: AutomationConfig,
 }
 
 fn default_templates_dir() -> PathBuf {
@@ -480,6 +482,22 @@ impl NotifyConfig {
     }
 }
 
+/// How the automation engine treats an event or a step it cannot process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutomationConfig {
+    /// Failed evaluations of one domain event (or preparations of one due
+    /// step) before it moves to the dead-letter list
+    /// (`GET /v1/admin/pipeline/dead`) and the events behind it go on.
+    pub max_attempts: u32,
+}
+
+impl Default for AutomationConfig {
+    fn default() -> Self {
+        AutomationConfig { max_attempts: 3 }
+    }
+}
+
 impl Config {
     /// Reads the file, applies `PARLEYD_*` overrides and validates the result.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -567,6 +585,9 @@ impl Config {
             problems.push(format!("auth.default_token_ttl: {e}"));
         }
         problems.extend(self.notify.problems());
+        if self.automation.max_attempts == 0 {
+            problems.push("automation.max_attempts must be > 0".into());
+        }
         let connections = &self.connections;
         if connections.max_open == 0 || connections.max_per_address == 0 {
             problems

@@ -157,7 +157,10 @@ pub enum StepState {
     /// Waiting for its timer.
     Pending,
     Sent,
-    /// Fired, but its condition was false or its template could not be filled.
+    /// Fired, but its condition was false, a placeholder had no value, or its
+    /// sequence, step or template is gone from the rules. A condition or var
+    /// that raises an error is no skip: the step is tried again, then
+    /// dead-lettered (`store::Held`).
     Skipped,
     /// Its time had passed when it was planned, or re-planning removed it.
     Dropped,

@@ -60,9 +60,9 @@ pub struct LaneBacklog {
 pub struct DeadLetters {
     /// Notification deliveries given up on (`GET /v1/admin/outbox`).
     pub notifications: usize,
-    /// Domain events quarantined by the engine; `null` while the engine has
-    /// no dead-letter list (see [`Backlog::observe`]).
-    pub events: Option<u64>,
+    /// Domain events and due steps the rules failed on
+    /// (`GET /v1/admin/pipeline/dead`).
+    pub events: usize,
 }
 
 fn seconds_since(then_ms: i64, now: Timestamp) -> f64 {
@@ -120,9 +120,7 @@ impl Backlog {
             outbox,
             dead_letters: DeadLetters {
                 notifications: store.dead_letter_count(),
-                // Hook for the engine's dead-letter list (issue 13, item 3):
-                // its count goes here, and into `parleyd_dead_letters{list="events"}`.
-                events: None,
+                events: store.dead_count(),
             },
         })
     }
@@ -144,9 +142,8 @@ impl Backlog {
         }
         metrics::gauge!("parleyd_dead_letters", "list" => "notifications")
             .set(self.dead_letters.notifications as f64);
-        if let Some(events) = self.dead_letters.events {
-            metrics::gauge!("parleyd_dead_letters", "list" => "events").set(events as f64);
-        }
+        metrics::gauge!("parleyd_dead_letters", "list" => "events")
+            .set(self.dead_letters.events as f64);
     }
 }
 

@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::events::Frame;
 use crate::hub::Hub;
 use crate::model::notification::{Lane, Notification};
+use crate::model::pipeline::DeadItem;
 use crate::model::{
     check_len, format_time, page_limit, validate_id, validate_period, Booking, BookingInput,
     BookingPatch, Conversation, ConversationView, Flag, Listing, ListingInput, Message,
@@ -644,6 +645,33 @@ impl App {
         Ok(self
             .store
             .notifications_of(user_id, page_limit(limit, 50)?)?)
+    }
+
+    /// The automation pipeline's dead-letter list, oldest first.
+    pub fn pipeline_dead(
+        &self,
+        caller: Caller,
+        limit: Option<usize>,
+    ) -> Result<Vec<DeadItem>, ApiError> {
+        caller.require(&[Role::Operator])?;
+        Ok(self.store.dead_items(page_limit(limit, 50)?)?)
+    }
+
+    /// Takes a dead event or step off the list and queues it again with fresh
+    /// attempts, to be evaluated with the rules in force now; the entry as it
+    /// was. 404 if `id` is not on the list.
+    pub async fn redrive_pipeline(&self, caller: Caller, id: &str) -> Result<DeadItem, ApiError> {
+        caller.require(&[Role::Operator])?;
+        let item = self
+            .store
+            .redrive_dead(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("dead letter"))?;
+        crate::engine::count_dead(&self.store);
+        if let Some(engine) = &self.engine {
+            engine.wake_scheduler();
+        }
+        Ok(item)
     }
 
     /// Puts a dead delivery back in its queue with fresh attempts.

@@ -724,3 +724,309 @@ async fn an_automated_message_is_read_only_by_the_person_it_is_for() {
     assert_counts_follow_audience(&d, &p).await;
     d.stop().await;
 }
+
+/// A daemon on the rules, templates and plugins in `dir` (copied there by
+/// `copy_rules` and edited since), with its data in `data`.
+async fn start_on(data: &Path, dir: &Path) -> Daemon {
+    let mut config = vec![("clock", "manual".to_owned())];
+    for (key, name) in [
+        ("rules_dir", "rules"),
+        ("templates_dir", "templates"),
+        ("plugins_dir", "plugins"),
+    ] {
+        config.push((key, dir.join(name).display().to_string()));
+    }
+    Daemon::launch(Launch {
+        data_dir: Some(data.to_owned()),
+        config,
+        automation: true,
+        ..Launch::default()
+    })
+    .await
+}
+
+/// Replaces the first `from` in `file` under `dir` with `to`; the old text.
+fn edit(dir: &Path, file: &str, from: &str, to: &str) -> String {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{file} has no {from:?}");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    text
+}
+
+/// A second customer, Dora, asking about the pair's listing; her conversation.
+async fn dora_asks(d: &Daemon, p: &Pair, id: &str) -> (Person, String) {
+    let dora = Person::new(id, "customer");
+    d.put(
+        &format!("/v1/users/{id}"),
+        SERVICE_KEY,
+        json!({"name": "Dora"}),
+    )
+    .await
+    .expect(200);
+    let opened = d
+        .post(
+            "/v1/conversations",
+            &dora.token,
+            json!({"listing_id": p.listing_id}),
+        )
+        .await;
+    opened.expect(201);
+    let conversation = opened.body["id"].as_str().unwrap().to_owned();
+    d.send(&dora, &conversation, "d-1", "Hello")
+        .await
+        .expect(201);
+    (dora, conversation)
+}
+
+async fn dead_list(d: &Daemon) -> Vec<Value> {
+    let reply = d.get("/v1/admin/pipeline/dead", &operator().token).await;
+    reply.expect(200);
+    reply.body.as_array().unwrap().clone()
+}
+
+/// Polls the pipeline's dead-letter list until it holds `n` entries.
+async fn dead_reaches(d: &Daemon, n: usize) -> Vec<Value> {
+    guard(&format!("{n} dead letters"), async {
+        loop {
+            let dead = dead_list(d).await;
+            if dead.len() == n {
+                return dead;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_event_the_rules_fail_on_is_dead_lettered_and_redriven_after_the_fix() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    copy_rules(dir.path());
+    // Carla's inquiries make the sequence's condition raise an error.
+    let shipped = edit(
+        dir.path(),
+        "rules/inquiry.yaml",
+        "    trigger: inquiry_received\n",
+        "    trigger: inquiry_received\n    when: 'if customer.name == \"Carla\" { boom() } else { true }'\n",
+    );
+    let d = start_on(data.path(), dir.path()).await;
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "q-1", "Hi! Free in May?")
+        .await
+        .expect(201);
+    // The event behind the poisoned one is processed.
+    let (dora, dora_conversation) = dora_asks(&d, &p, "cust-2").await;
+    automated(&d, &dora, &dora_conversation, "inquiry_ack").await;
+    // Queued before Dora's, Carla's event was given up on first.
+    let dead = dead_list(&d).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let entry = &dead[0];
+    assert_eq!(entry["kind"], "event", "{entry}");
+    assert_eq!(entry["event"]["name"], "message_sent", "{entry}");
+    assert_eq!(entry["event"]["conversation_id"], p.conversation, "{entry}");
+    assert_eq!(entry["rule"], "inquiry_follow_up", "{entry}");
+    assert!(entry["error"].as_str().unwrap().contains("boom"), "{entry}");
+    assert_eq!(entry["attempts"], 3, "automation.max_attempts: {entry}");
+    let id = entry["id"].as_str().unwrap().to_owned();
+    let messages = d.messages(&p.customer, &p.conversation).await;
+    assert!(sent_by_template(&messages, "inquiry_ack").is_empty());
+    assert_eq!(d.metric("parleyd_dead_letters{list=\"events\"}").await, 1.0);
+
+    // Only operators see and re-drive the list.
+    d.get("/v1/admin/pipeline/dead", &p.customer.token)
+        .await
+        .expect_error(403);
+    d.post(
+        &format!("/v1/admin/pipeline/dead/{id}/redrive"),
+        &p.customer.token,
+        json!({}),
+    )
+    .await
+    .expect_error(403);
+
+    // A restart keeps the list, and does not try the event again.
+    d.crash().await;
+    let d = start_on(data.path(), dir.path()).await;
+    let (eve, eve_conversation) = dora_asks(&d, &p, "cust-3").await;
+    automated(&d, &eve, &eve_conversation, "inquiry_ack").await;
+    let dead = dead_list(&d).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["id"], id);
+    assert_eq!(dead[0]["attempts"], 3);
+    assert_eq!(d.metric("parleyd_dead_letters{list=\"events\"}").await, 1.0);
+
+    // Fixed, the rules take it: Carla gets her acknowledgement.
+    std::fs::write(dir.path().join("rules/inquiry.yaml"), &shipped).unwrap();
+    rules_after(&d, |s| {
+        s["version"].as_u64() > Some(1) && s["last_failure"].is_null()
+    })
+    .await;
+    let redriven = d
+        .post(
+            &format!("/v1/admin/pipeline/dead/{id}/redrive"),
+            &operator().token,
+            json!({}),
+        )
+        .await;
+    redriven.expect(200);
+    assert_eq!(redriven.body["id"], id);
+    let ack = automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
+    assert!(
+        ack["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Thanks Carla!"),
+        "{ack}"
+    );
+    assert!(dead_list(&d).await.is_empty());
+    d.metric_reaches("parleyd_dead_letters{list=\"events\"}", 0.0)
+        .await;
+    // Re-driven once: it is no longer dead.
+    d.post(
+        &format!("/v1/admin/pipeline/dead/{id}/redrive"),
+        &operator().token,
+        json!({}),
+    )
+    .await
+    .expect_error(404);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_step_whose_template_fails_is_dead_lettered_and_the_other_steps_go_on() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    copy_rules(dir.path());
+    // Carla's acknowledgement cannot be rendered: a helper given a typo'd
+    // constant panics (or, once helpers check their arithmetic, errs).
+    let response = "    response: 'if listing.response_time";
+    let shipped = edit(
+        dir.path(),
+        "templates/inquiry.yaml",
+        response,
+        "    response: 'if customer.name == \"Carla\" { add_hours(now, 9223372036854775807) } else if listing.response_time",
+    );
+    let d = start_on(data.path(), dir.path()).await;
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "q-1", "Hi! Free in May?")
+        .await
+        .expect(201);
+    let (dora, dora_conversation) = dora_asks(&d, &p, "cust-2").await;
+    automated(&d, &dora, &dora_conversation, "inquiry_ack").await;
+    let dead = dead_reaches(&d, 1).await;
+    let entry = &dead[0];
+    assert_eq!(entry["kind"], "timer", "{entry}");
+    assert_eq!(entry["rule"], "inquiry_follow_up.acknowledge", "{entry}");
+    assert_eq!(entry["timer"]["step"], "acknowledge", "{entry}");
+    assert_eq!(entry["event"]["conversation_id"], p.conversation, "{entry}");
+    assert!(!entry["error"].as_str().unwrap().is_empty(), "{entry}");
+    assert_eq!(entry["attempts"], 3, "{entry}");
+    let id = entry["id"].as_str().unwrap().to_owned();
+    // Carla's sequence goes on: the provider is reminded four hours later.
+    advance(&d, "4h").await;
+    automated(&d, &p.provider, &p.conversation, "provider_reply_reminder").await;
+    let messages = d.messages(&p.customer, &p.conversation).await;
+    assert!(sent_by_template(&messages, "inquiry_ack").is_empty());
+
+    std::fs::write(dir.path().join("templates/inquiry.yaml"), &shipped).unwrap();
+    rules_after(&d, |s| {
+        s["version"].as_u64() > Some(1) && s["last_failure"].is_null()
+    })
+    .await;
+    d.post(
+        &format!("/v1/admin/pipeline/dead/{id}/redrive"),
+        &operator().token,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    let ack = automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
+    assert!(
+        ack["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Thanks Carla!"),
+        "{ack}"
+    );
+    assert!(dead_list(&d).await.is_empty());
+    d.post(
+        "/v1/admin/pipeline/dead/no-such-entry/redrive",
+        &operator().token,
+        json!({}),
+    )
+    .await
+    .expect_error(404);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_a_notification_route_fails_on_is_dead_lettered_and_redriven_after_the_fix() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    copy_rules(dir.path());
+    let shipped = edit(
+        dir.path(),
+        "rules/routing.yaml",
+        "    on: [promotion]\n",
+        "    on: [promotion]\n    when: 'boom()'\n",
+    );
+    let d = start_on(data.path(), dir.path()).await;
+    let p = pair(&d).await;
+    d.post(
+        "/v1/signals",
+        SERVICE_KEY,
+        json!({"type": "promotion", "user_id": p.customer.id,
+               "data": {"title": "Spring sale", "text": "10% off"}}),
+    )
+    .await
+    .expect(202);
+    // The inquiry behind the promotion is acknowledged.
+    d.send(&p.customer, &p.conversation, "q-1", "Hi")
+        .await
+        .expect(201);
+    automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
+    let dead = dead_list(&d).await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let entry = &dead[0];
+    assert_eq!(
+        (&entry["kind"], &entry["event"]["name"], &entry["rule"]),
+        (&json!("event"), &json!("promotion"), &json!("promotion")),
+        "{entry}"
+    );
+    assert!(entry["error"].as_str().unwrap().contains("boom"), "{entry}");
+    let notifications = format!("/v1/admin/users/{}/notifications", p.customer.id);
+    let raised = d.get(&notifications, &operator().token).await;
+    raised.expect(200);
+    assert_eq!(raised.body, json!([]));
+
+    std::fs::write(dir.path().join("rules/routing.yaml"), &shipped).unwrap();
+    rules_after(&d, |s| {
+        s["version"].as_u64() > Some(1) && s["last_failure"].is_null()
+    })
+    .await;
+    d.post(
+        &format!(
+            "/v1/admin/pipeline/dead/{}/redrive",
+            entry["id"].as_str().unwrap()
+        ),
+        &operator().token,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    guard("the promotion to be raised", async {
+        loop {
+            let raised = d.get(&notifications, &operator().token).await;
+            if raised.body.as_array().is_some_and(|n| !n.is_empty()) {
+                assert_eq!(raised.body[0]["type"], "promotion", "{}", raised.body);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(dead_list(&d).await.is_empty());
+    d.stop().await;
+}

@@ -241,6 +241,21 @@ pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Respo
         .and(with_app.clone())
         .and(who.clone())
         .then(admin_redrive);
+    let admin_pipeline_dead = v1
+        .and(warp::path!("admin" / "pipeline" / "dead"))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(warp::query::<LimitQuery>())
+        .then(admin_pipeline_dead);
+    let admin_pipeline_redrive = v1
+        .and(warp::path!(
+            "admin" / "pipeline" / "dead" / String / "redrive"
+        ))
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(who.clone())
+        .then(admin_pipeline_redrive);
 
     // Each group is boxed: one long `.or()` chain makes a type that takes
     // rustc minutes to check.
@@ -282,6 +297,10 @@ pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Respo
         .or(admin_notification)
         .unify()
         .or(admin_redrive)
+        .unify()
+        .or(admin_pipeline_dead)
+        .unify()
+        .or(admin_pipeline_redrive)
         .unify()
         .or(admin_user_notifications)
         .unify()
@@ -633,6 +652,37 @@ pub async fn admin_fault(
 pub async fn admin_redrive(id: String, channel: String, app: Arc<App>, who: Auth) -> Response {
     let result = match who {
         Ok(caller) => app.redrive(caller, &id, &channel).await,
+        Err(e) => Err(e),
+    };
+    respond(StatusCode::OK, result)
+}
+
+/// The automation pipeline's dead-letter list, oldest first: domain events
+/// whose evaluation, and due steps whose preparation, failed
+/// `automation.max_attempts` times, each with the rule and the last error.
+#[utoipa::path(get, path = "/v1/admin/pipeline/dead", tag = "operator", params(LimitQuery),
+    responses((status = 200, body = [crate::model::pipeline::DeadItem]),
+              (status = 422, description = "`limit` outside 1-500")),
+    security(("bearer" = [])))]
+pub async fn admin_pipeline_dead(app: Arc<App>, who: Auth, query: LimitQuery) -> Response {
+    respond(
+        StatusCode::OK,
+        who.and_then(|c| app.pipeline_dead(c, query.limit)),
+    )
+}
+
+/// Re-drives a dead event or step (after the rules are fixed): off the list,
+/// queued again with fresh attempts and evaluated with the rules in force. An
+/// event goes behind those waiting now; a step is due at once. Answers the
+/// entry as it was.
+#[utoipa::path(post, path = "/v1/admin/pipeline/dead/{id}/redrive", tag = "operator",
+    params(("id" = String, Path, description = "the dead entry's id")),
+    responses((status = 200, body = crate::model::pipeline::DeadItem),
+              (status = 404, description = "no such entry on the dead-letter list")),
+    security(("bearer" = [])))]
+pub async fn admin_pipeline_redrive(id: String, app: Arc<App>, who: Auth) -> Response {
+    let result = match who {
+        Ok(caller) => app.redrive_pipeline(caller, &id).await,
         Err(e) => Err(e),
     };
     respond(StatusCode::OK, result)

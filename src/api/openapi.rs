@@ -37,6 +37,8 @@ use utoipa::{Modify, OpenApi};
         super::http::admin_outbox,
         super::http::admin_notification,
         super::http::admin_redrive,
+        super::http::admin_pipeline_dead,
+        super::http::admin_pipeline_redrive,
         super::http::admin_user_notifications,
         super::http::admin_pipeline,
         super::http::admin_fault,

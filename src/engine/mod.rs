@@ -28,7 +28,7 @@ use crate::rules::plugins::{PluginAction, ON_EVENT};
 use crate::rules::script::{off_the_workers, report};
 use crate::rules::sequences::{Anchor, Sequence};
 use crate::rules::{RuleSet, Rules};
-use crate::store::{Change, Store, StoreError};
+use crate::store::{Attempted, Change, Failure, Held, Store, StoreError};
 
 pub use context::{person_value, reader_zone, Loaded};
 
@@ -47,6 +47,55 @@ pub struct Engine {
     channels: Enabled,
     /// Wakes the outbox when notifications are queued or the clock moves.
     outbox: Arc<Wakers>,
+    /// Failed attempts at an event or a step before it is dead.
+    max_attempts: u32,
+}
+
+/// Why an event or a due step was not processed.
+#[derive(Debug)]
+enum Failed {
+    /// The store failed: not the event's fault; the loop tries again later.
+    Store(StoreError),
+    /// The rules failed on it (an error, or a panic caught): an attempt.
+    Rule(Failure),
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Failed {
+        Failed::Store(e)
+    }
+}
+
+impl From<router::RouteError> for Failed {
+    fn from(e: router::RouteError) -> Failed {
+        match e {
+            router::RouteError::Store(e) => Failed::Store(e),
+            router::RouteError::Condition { route, error } => Failed::Rule(Failure {
+                rule: Some(route),
+                error: format!("when: {error}"),
+            }),
+        }
+    }
+}
+
+/// Runs one evaluation, turning a panic that escapes it into a failure of
+/// `rule` (when the evaluation is one rule's), so one bad rule or record
+/// cannot take the engine task (and every later event) down with it.
+fn caught<T>(
+    rule: Option<String>,
+    evaluation: impl FnOnce() -> Result<T, Failed>,
+) -> Result<T, Failed> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(evaluation)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_owned());
+        Err(Failed::Rule(Failure {
+            rule,
+            error: format!("panicked: {message}"),
+        }))
+    })
 }
 
 fn timestamp(text: &str) -> Option<jiff::Timestamp> {
@@ -63,7 +112,15 @@ impl Engine {
             draining: tokio::sync::Mutex::new(()),
             channels: Enabled::default(),
             outbox: Arc::default(),
+            max_attempts: crate::config::AutomationConfig::default().max_attempts,
         }
+    }
+
+    /// Failed attempts at one event or step before it moves to the
+    /// dead-letter list (`automation.max_attempts`; at least 1).
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Engine {
+        self.max_attempts = max_attempts.max(1);
+        self
     }
 
     /// Routes notifications to these outbound channels too (in-app only
@@ -98,20 +155,12 @@ impl Engine {
             // next event is evaluated, which must see its effect.
             let mut pending = Vec::new();
             for event in &events {
-                let rules = self.rules.current();
-                let changes = match off_the_workers(|| self.evaluate(&rules, event)) {
-                    Ok(changes) => changes,
-                    // An unreadable record must not hold up every later event.
-                    Err(StoreError::Corrupt(e)) => {
-                        tracing::error!(seq = event.seq, event = %event.name, error = %e,
-                            "domain event skipped: a record it needs is unreadable");
-                        metrics::counter!("parleyd_engine_skipped_events_total").increment(1);
-                        vec![Change::Ack(event.seq)]
-                    }
-                    Err(e) => return Err(e),
+                let Some(mut changes) = self.evaluate_or_quarantine(event, &mut pending).await?
+                else {
+                    continue;
                 };
                 let effective = changes.len() > 1;
-                pending.extend(changes);
+                pending.append(&mut changes);
                 if effective {
                     self.store
                         .apply_changes(std::mem::take(&mut pending))
@@ -127,8 +176,93 @@ impl Engine {
         }
     }
 
+    /// What one event changes (ending with its acknowledgement), retried at
+    /// once while the rules fail on it; `None` once it has failed
+    /// `max_attempts` times and moved to the dead-letter list. `pending` (the
+    /// earlier events' acknowledgements) is applied before an attempt is
+    /// counted, so the count never outlives an event that was done.
+    async fn evaluate_or_quarantine(
+        &self,
+        event: &DomainEvent,
+        pending: &mut Vec<Change>,
+    ) -> Result<Option<Vec<Change>>, StoreError> {
+        let held = Held::Event(event.seq);
+        let mut retried = self.store.attempts_of(&held)?.is_some();
+        loop {
+            let rules = self.rules.current();
+            let failure = match caught(None, || off_the_workers(|| self.evaluate(&rules, event))) {
+                Ok(mut changes) => {
+                    if retried {
+                        changes.insert(0, Change::Forget(held));
+                    }
+                    return Ok(Some(changes));
+                }
+                // An unreadable record must not hold up every later event.
+                Err(Failed::Store(StoreError::Corrupt(e))) => {
+                    tracing::error!(seq = event.seq, event = %event.name, error = %e,
+                        "domain event skipped: a record it needs is unreadable");
+                    metrics::counter!("parleyd_engine_skipped_events_total").increment(1);
+                    return Ok(Some(vec![Change::Ack(event.seq)]));
+                }
+                Err(Failed::Store(e)) => return Err(e),
+                Err(Failed::Rule(failure)) => failure,
+            };
+            if !pending.is_empty() {
+                self.store.apply_changes(std::mem::take(pending)).await?;
+            }
+            let attempted = self
+                .store
+                .record_failure(
+                    held.clone(),
+                    Some(event.clone()),
+                    failure.clone(),
+                    self.max_attempts,
+                    self.now(),
+                )
+                .await?;
+            self.failed(&failure, &attempted, "event", || {
+                format!("domain event {} ({})", event.seq, event.name)
+            });
+            match attempted {
+                Attempted::Again(_) => retried = true,
+                Attempted::Dead(_) | Attempted::Gone => return Ok(None),
+            }
+        }
+    }
+
+    /// Logs and counts a failed attempt at `what` (an `event` or a `timer`).
+    fn failed(
+        &self,
+        failure: &Failure,
+        attempted: &Attempted,
+        kind: &'static str,
+        what: impl Fn() -> String,
+    ) {
+        let rule = failure.rule.as_deref().unwrap_or("-");
+        // The script error itself was logged at its place and counted by rule
+        // (`rules::script::report`); this counts the attempt.
+        metrics::counter!("parleyd_pipeline_failed_attempts_total", "kind" => kind).increment(1);
+        match attempted {
+            Attempted::Again(attempts) => {
+                tracing::warn!(rule, error = %failure.error, attempts, "{} failed; trying again", what());
+            }
+            Attempted::Dead(id) => {
+                tracing::error!(rule, error = %failure.error, dead = %id,
+                    "{} moved to the dead-letter list (GET /v1/admin/pipeline/dead)", what());
+                metrics::counter!("parleyd_pipeline_dead_total", "kind" => kind).increment(1);
+                self.count_dead();
+            }
+            Attempted::Gone => {}
+        }
+    }
+
+    /// See [`count_dead`].
+    pub fn count_dead(&self) {
+        count_dead(&self.store);
+    }
+
     /// What one event changes; always ends with its acknowledgement.
-    fn evaluate(&self, rules: &RuleSet, event: &DomainEvent) -> Result<Vec<Change>, StoreError> {
+    fn evaluate(&self, rules: &RuleSet, event: &DomainEvent) -> Result<Vec<Change>, Failed> {
         let _span = tracing::debug_span!("rules", event = %event.name, seq = event.seq).entered();
         let mut changes = Vec::new();
         let mut loaded: Option<Loaded> = None;
@@ -198,10 +332,14 @@ impl Engine {
                 match when.test(&context.script_context(&*self.clock)) {
                     Ok(true) => {}
                     Ok(false) => continue,
-                    // Not started.
+                    // Not "not started": the event is tried again, then kept
+                    // for a re-drive once the condition is fixed.
                     Err(e) => {
                         report(&format!("sequence/{}", sequence.name), &e);
-                        continue;
+                        return Err(Failed::Rule(Failure {
+                            rule: Some(sequence.name.clone()),
+                            error: format!("when: {e}"),
+                        }));
                     }
                 }
             }
@@ -263,6 +401,13 @@ impl Engine {
     pub fn now(&self) -> String {
         format_time(self.clock.now())
     }
+}
+
+/// Sets the `parleyd_dead_letters{list="events"}` gauge at once (upkeep
+/// refreshes it too): entries on the pipeline's dead-letter list now (events
+/// and steps; `Store::dead_count`).
+pub fn count_dead(store: &Store) {
+    metrics::gauge!("parleyd_dead_letters", "list" => "events").set(store.dead_count() as f64);
 }
 
 /// When each step of `sequence` is due, for a run triggered by `trigger` and

@@ -7,14 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Engine, Loaded};
+use super::{caught, Engine, Failed, Loaded};
 use crate::domain::{Instance, Timer};
 use crate::model::{Automation, SYSTEM_SENDER};
 use crate::rules::plugins::TEMPLATE_VARS;
 use crate::rules::script::{off_the_workers, report};
 use crate::rules::sequences::{Party, Sender, Sequence, Step};
+use crate::rules::templates::Unfilled;
 use crate::rules::RuleSet;
-use crate::store::{Firing, NewMessage, StoreError};
+use crate::store::{Attempted, Change, Failure, Firing, Held, NewMessage, StoreError};
 
 /// Timers read at a time.
 const BATCH: usize = 64;
@@ -38,9 +39,19 @@ impl Engine {
                 let firing = match self.prepare(&timer).await {
                     Ok(firing) => firing,
                     // Recorded as a skip, so one bad record cannot stall the rest.
-                    Err(StoreError::Corrupt(e)) => Firing::Skip(format!("unreadable record: {e}")),
-                    Err(e) => return Err(e),
+                    Err(Failed::Store(StoreError::Corrupt(e))) => {
+                        Firing::Skip(format!("unreadable record: {e}"))
+                    }
+                    Err(Failed::Store(e)) => return Err(e),
+                    // Counted; the next round tries it again (due timers are
+                    // read earliest first) until it is dead.
+                    Err(Failed::Rule(failure)) => {
+                        self.step_failed(&timer, failure).await?;
+                        continue;
+                    }
                 };
+                let held = Held::Timer(timer.clone());
+                let retried = self.store.attempts_of(&held)?.is_some();
                 let result = match &firing {
                     Firing::Send(_) => "sent",
                     Firing::Skip(reason) => {
@@ -52,13 +63,39 @@ impl Engine {
                     metrics::counter!("parleyd_automation_steps_total", "result" => result)
                         .increment(1);
                 }
+                if retried {
+                    self.store.apply_changes(vec![Change::Forget(held)]).await?;
+                }
                 fired += 1;
             }
         }
     }
 
-    /// Decides what a due step sends, from the rules in force now.
-    async fn prepare(&self, timer: &Timer) -> Result<Firing, StoreError> {
+    /// Counts a failed preparation of `timer`'s step; the last one moves the
+    /// step to the dead-letter list.
+    async fn step_failed(&self, timer: &Timer, failure: Failure) -> Result<(), StoreError> {
+        let attempted = self
+            .store
+            .record_failure(
+                Held::Timer(timer.clone()),
+                None,
+                failure.clone(),
+                self.max_attempts,
+                self.now(),
+            )
+            .await?;
+        self.failed(&failure, &attempted, "timer", || {
+            format!("step {} of {}", timer.step, timer.instance)
+        });
+        if let Attempted::Dead(_) = attempted {
+            metrics::counter!("parleyd_automation_steps_total", "result" => "dead").increment(1);
+        }
+        Ok(())
+    }
+
+    /// Decides what a due step sends, from the rules in force now. A condition
+    /// or template that fails (or panics) is a [`Failed::Rule`] of the step.
+    async fn prepare(&self, timer: &Timer) -> Result<Firing, Failed> {
         let Some(instance) = self.store.instance(&timer.instance)? else {
             return Ok(Firing::Skip("the sequence is no longer running".into()));
         };
@@ -80,19 +117,31 @@ impl Engine {
                 "no conversation to send in (the listing or customer is unknown)".into(),
             ));
         };
-        off_the_workers(|| self.compose(&rules, &instance, sequence, step, conversation_id))
+        let rule = format!("{}.{}", sequence.name, step.name);
+        caught(Some(rule.clone()), || {
+            off_the_workers(|| {
+                self.compose(&rules, rule, sequence, step, &instance, conversation_id)
+            })
+        })
     }
 
-    /// What a step sends in `conversation_id`: its condition, plugin values
-    /// and template evaluated on the data as it is now.
+    /// The message `step` of `instance` sends in `conversation_id`; `rule`
+    /// names the step in failures.
     fn compose(
         &self,
         rules: &RuleSet,
-        instance: &Instance,
+        rule: String,
         sequence: &Sequence,
         step: &Step,
+        instance: &Instance,
         conversation_id: String,
-    ) -> Result<Firing, StoreError> {
+    ) -> Result<Firing, Failed> {
+        let failed = |error: String| {
+            Failed::Rule(Failure {
+                rule: Some(rule.clone()),
+                error,
+            })
+        };
         let subject = crate::domain::Subject {
             conversation_id: Some(conversation_id.clone()),
             ..instance.subject.clone()
@@ -120,7 +169,7 @@ impl Engine {
                 Ok(false) => return Ok(Firing::Skip("its condition is false".into())),
                 Err(e) => {
                     report(&format!("sequence/{}", sequence.name), &e);
-                    return Ok(Firing::Skip(format!("its condition failed: {e}")));
+                    return Err(failed(format!("when: {e}")));
                 }
             }
         }
@@ -134,7 +183,8 @@ impl Engine {
         let zone = super::reader_zone(recipient.as_ref(), loaded.listing.as_ref());
         let content = match template.render(&context, &zone) {
             Ok(text) => text,
-            Err(reason) => return Ok(Firing::Skip(reason)),
+            Err(Unfilled::Failed(error)) => return Err(failed(error)),
+            Err(Unfilled::NoValue(reason)) => return Ok(Firing::Skip(reason)),
         };
         let sender_id = match step.sender {
             Sender::System => SYSTEM_SENDER.to_owned(),

@@ -2,6 +2,7 @@
 //! `*Input` types with `deny_unknown_fields`, validated before anything is stored.
 
 pub mod notification;
+pub mod pipeline;
 
 use std::collections::BTreeMap;
 

@@ -68,8 +68,19 @@ pub struct Input<'a> {
     pub now: Timestamp,
 }
 
+/// Why routing an event failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A route's `when` raised an error: the engine retries the event, then
+    /// dead-letters it.
+    #[error("notification {route}: when: {error}")]
+    Condition { route: String, error: String },
+}
+
 /// The notifications `event` raises (none when nothing routes it).
-pub fn route(input: &Input<'_>) -> Result<Vec<Notification>, StoreError> {
+pub fn route(input: &Input<'_>) -> Result<Vec<Notification>, RouteError> {
     let Input {
         rules,
         event,
@@ -89,7 +100,7 @@ pub fn route(input: &Input<'_>) -> Result<Vec<Notification>, StoreError> {
             .into_iter()
             .filter(|r| !told.contains(r))
             .collect();
-        if recipients.is_empty() || !condition_holds(route, input.context) {
+        if recipients.is_empty() || !condition_holds(route, input.context)? {
             continue;
         }
         for recipient in recipients {
@@ -127,13 +138,16 @@ pub fn route(input: &Input<'_>) -> Result<Vec<Notification>, StoreError> {
     Ok(raised)
 }
 
-fn condition_holds(route: &Route, context: &Context) -> bool {
+fn condition_holds(route: &Route, context: &Context) -> Result<bool, RouteError> {
     let Some(when) = &route.when else {
-        return true;
+        return Ok(true);
     };
-    when.test(context).unwrap_or_else(|e| {
+    when.test(context).map_err(|e| {
         report(&format!("notification/{}", route.name), &e);
-        false
+        RouteError::Condition {
+            route: route.name.clone(),
+            error: e.to_string(),
+        }
     })
 }
 

@@ -271,6 +271,17 @@ fn parse(text: &str, problems: &mut Vec<TemplateError>) -> Result<Vec<Part>, Tem
     Ok(parts)
 }
 
+/// Why a template could not be filled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unfilled {
+    /// A var's Rhai expression raised an error: the rules are at fault.
+    #[error("{0}")]
+    Failed(String),
+    /// A placeholder has no value here (a customer without a name): the data is.
+    #[error("{0}")]
+    NoValue(String),
+}
+
 impl Template {
     pub fn compile(id: &str, spec: &TemplateSpec) -> Result<Template, Vec<TemplateError>> {
         let mut errors = Vec::new();
@@ -349,9 +360,10 @@ impl Template {
 
     /// The text with every placeholder filled, times shown in `zone` (the
     /// reader's), or why it cannot be.
-    pub fn render(&self, context: &Context, zone: &TimeZone) -> Result<String, String> {
-        let context = self.with_vars(context)?;
+    pub fn render(&self, context: &Context, zone: &TimeZone) -> Result<String, Unfilled> {
+        let context = self.with_vars(context).map_err(Unfilled::Failed)?;
         self.fill(&self.parts, &context, zone, false)
+            .map_err(Unfilled::NoValue)
     }
 
     /// Text, subject and HTML, each with every placeholder filled, times
@@ -612,7 +624,10 @@ mod tests {
         let t = Template::compile("t", &spec("Hi {customer.name}", &[])).unwrap();
         let context = Context::default().with("customer", &serde_json::json!({"name": null}));
         let err = t.render(&context, &TimeZone::UTC).unwrap_err();
-        assert!(err.contains("{customer.name}"), "{err}");
+        assert!(
+            matches!(&err, Unfilled::NoValue(e) if e.contains("{customer.name}")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -109,7 +109,8 @@ pub async fn run(
     });
     let engine = Arc::new(
         Engine::new(store.clone(), rules.clone(), clock.clone())
-            .with_channels(Enabled::from_config(&config.notify)),
+            .with_channels(Enabled::from_config(&config.notify))
+            .with_max_attempts(config.automation.max_attempts),
     );
     supervisor.spawn("engine", Some(pipeline::events_probe(store.clone())), {
         let engine = engine.clone();
@@ -152,6 +153,8 @@ pub async fn run(
     let streams = Arc::new(Streams::default());
     let user_limits = Arc::new(UserLimits::new(&app.config.limits));
     let max_open = connection_capacity(open_files_limit, &app.config)?;
+    // After the recorder is installed: the dead letters of an earlier run.
+    crate::engine::count_dead(&app.store);
     let admission = Arc::new(Admission::new(&app.config.connections, max_open));
     supervisor.spawn("upkeep", None, {
         let (app, user_limits, metrics) = (app.clone(), user_limits.clone(), metrics.clone());

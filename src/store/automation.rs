@@ -9,6 +9,9 @@
 //! | `timers`    | due ms (u64) instance `\0` step | empty                     |
 //! | `subjects`  | kind `\0` id                 | JSON list of instance ids    |
 //!
+//! `domain` also holds, behind the queue, failed attempts and the dead-letter
+//! list (`quarantine.rs`).
+//!
 //! sled transactions cannot scan, so the index is a list per id rather than a
 //! prefix of keys; its lists are short (the sequences running about one thing).
 
@@ -40,6 +43,9 @@ pub enum Change {
     Notify(Box<crate::model::notification::Notification>),
     /// The engine is done with this domain event.
     Ack(u64),
+    /// Forgets the failed attempts recorded for an event or a step that went
+    /// through on a retry.
+    Forget(super::Held),
 }
 
 /// What a due step does when it fires.
@@ -49,7 +55,7 @@ pub enum Firing {
     Skip(String),
 }
 
-fn get_instance(tx: &Tx<'_>, id: &str) -> OpResult<Option<Instance>> {
+pub(super) fn get_instance(tx: &Tx<'_>, id: &str) -> OpResult<Option<Instance>> {
     Ok(tx
         .instances
         .get(id.as_bytes())?
@@ -178,6 +184,7 @@ pub fn apply_change(tx: &Tx<'_>, change: &Change) -> OpResult<bool> {
             tx.domain.remove(&keys::domain(*seq))?;
             Ok(Ok(true))
         }
+        Change::Forget(held) => super::quarantine::forget(tx, held),
     }
 }
 
@@ -247,7 +254,7 @@ impl Store {
     pub fn domain_events(&self, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
         self.trees
             .domain
-            .iter()
+            .range(..super::quarantine::QUEUE_END)
             .take(limit)
             .map(|entry| {
                 let (key, value) = entry?;

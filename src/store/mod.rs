@@ -39,6 +39,7 @@ mod automation;
 mod hot;
 mod keys;
 mod outbox;
+mod quarantine;
 mod writer;
 mod writes;
 
@@ -63,6 +64,7 @@ use writes::Cursors;
 
 pub use automation::{Change, Firing};
 pub use outbox::Due;
+pub use quarantine::{Attempted, Failure, Held};
 pub use writer::Publish;
 
 /// Bumped whenever the layout above changes incompatibly.

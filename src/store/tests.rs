@@ -1,6 +1,7 @@
 use super::*;
 use crate::config::StorageConfig;
 use crate::model::{ContextCard, MessageStatus, MessageType};
+use crate::store::{Attempted, Failure, Held};
 
 fn config() -> StorageConfig {
     StorageConfig {
@@ -600,4 +601,91 @@ async fn a_writer_thread_that_dies_is_reported_down() {
         Some("the writer thread panicked")
     );
     assert!(store.durable().await.is_err());
+}
+
+#[tokio::test]
+async fn a_failing_event_is_dead_at_the_last_attempt_kept_across_a_reopen_and_redriven() {
+    let dir = tempfile::tempdir().unwrap();
+    let failure = Failure {
+        rule: Some("seq".into()),
+        error: "boom".into(),
+    };
+    let (id, dead_seq) = {
+        let (store, c) = open(dir.path()).await;
+        // Drop the conversation_opened event: one message's event is queued.
+        let opened: Vec<Change> = store
+            .domain_events(10)
+            .unwrap()
+            .iter()
+            .map(|e| Change::Ack(e.seq))
+            .collect();
+        store.apply_changes(opened).await.unwrap();
+        store
+            .append_message(message(&c.id, "cust", "a"))
+            .await
+            .unwrap();
+        let event = store.domain_events(10).unwrap().remove(0);
+        let held = Held::Event(event.seq);
+        let mut outcomes = Vec::new();
+        for _ in 0..3 {
+            outcomes.push(
+                store
+                    .record_failure(
+                        held.clone(),
+                        Some(event.clone()),
+                        failure.clone(),
+                        3,
+                        "t1".into(),
+                    )
+                    .await
+                    .unwrap(),
+            );
+            if outcomes.len() == 2 {
+                assert_eq!(store.attempts_of(&held).unwrap(), Some(2));
+                assert_eq!(
+                    store.domain_events(10).unwrap(),
+                    std::slice::from_ref(&event)
+                );
+            }
+        }
+        let Attempted::Dead(id) = &outcomes[2] else {
+            panic!("{outcomes:?}");
+        };
+        assert_eq!(outcomes[..2], [Attempted::Again(1), Attempted::Again(2)]);
+        assert!(store.domain_events(10).unwrap().is_empty());
+        assert_eq!(store.attempts_of(&held).unwrap(), None);
+        // Off the queue: a late attempt changes nothing.
+        let late = store
+            .record_failure(held, Some(event.clone()), failure.clone(), 3, "t2".into())
+            .await
+            .unwrap();
+        assert_eq!(late, Attempted::Gone);
+        store.flush().unwrap();
+        (id.clone(), event.seq)
+    };
+    // Reopened, the list is there and the queue does not read it as events;
+    // numbering goes on without reusing a queued seq.
+    let store = store(dir.path());
+    let dead = store.dead_items(10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(store.dead_count(), 1);
+    let entry = &dead[0];
+    assert_eq!((entry.id.as_str(), entry.attempts), (id.as_str(), 3));
+    assert_eq!(entry.rule.as_deref(), Some("seq"));
+    assert_eq!(entry.error, "boom");
+    assert_eq!(
+        (entry.first_failed_at.as_str(), entry.failed_at.as_str()),
+        ("t1", "t1")
+    );
+    assert_eq!(entry.event.seq, dead_seq);
+    assert!(store.domain_events(10).unwrap().is_empty());
+
+    let redriven = store.redrive_dead(&id).await.unwrap().unwrap();
+    assert_eq!(redriven.id, id);
+    let queued = store.domain_events(10).unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].name, entry.event.name);
+    assert_eq!(queued[0].subject, entry.event.subject);
+    assert_eq!(store.dead_count(), 0);
+    assert!(store.redrive_dead(&id).await.unwrap().is_none());
 }

@@ -114,8 +114,9 @@ pub struct DomainSeq {
 
 impl DomainSeq {
     pub fn load(domain: &Tree) -> DomainSeq {
-        let committed = match domain.last() {
-            Ok(Some((key, _))) => keys::domain_seq(&key),
+        // The queue only: the dead-letter list lives behind it (`quarantine.rs`).
+        let committed = match domain.range(..super::quarantine::QUEUE_END).next_back() {
+            Some(Ok((key, _))) => keys::domain_seq(&key),
             _ => 0,
         };
         DomainSeq {
