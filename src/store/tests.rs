@@ -584,7 +584,7 @@ async fn an_item_batched_while_a_digest_is_sent_gets_the_next_digest() {
             .into_iter()
             .map(|n| n.id)
             .collect();
-        assert_eq!(read, [first.id.clone()]);
+        assert_eq!(read, [first.id]);
         // Meanwhile the router batches another item.
         let late = batched(late_due);
         assert!(store.create_notification(late.clone()).await.unwrap());
