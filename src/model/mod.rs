@@ -323,6 +323,18 @@ pub enum Stage {
     Cancelled,
 }
 
+impl Stage {
+    /// Every stage, in the order a booking goes through them.
+    pub const ALL: [Stage; 6] = [
+        Stage::Confirmed,
+        Stage::Preparation,
+        Stage::Active,
+        Stage::Completed,
+        Stage::Review,
+        Stage::Cancelled,
+    ];
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ParticipantState {
     pub user_id: String,
