@@ -168,9 +168,7 @@ impl std::fmt::Display for Emitted {
             Emitted::BookingCreated => "booking_created",
             Emitted::BookingUpdated => "booking_updated",
             Emitted::BookingRescheduled => "booking_rescheduled",
-            Emitted::BookingStage(stage) => {
-                return write!(f, "booking_{}", crate::moderation::stage_name(*stage))
-            }
+            Emitted::BookingStage(stage) => return write!(f, "booking_{}", stage.name()),
         };
         f.write_str(name)
     }

@@ -333,6 +333,18 @@ impl Stage {
         Stage::Review,
         Stage::Cancelled,
     ];
+
+    /// The stage's name, as in JSON and the contact policy (`confirmed`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Confirmed => "confirmed",
+            Stage::Preparation => "preparation",
+            Stage::Active => "active",
+            Stage::Completed => "completed",
+            Stage::Review => "review",
+            Stage::Cancelled => "cancelled",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
