@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::Stage;
+
 /// What an event (or a sequence instance) is about. Every field is optional: a
 /// signal may name only a user and a listing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,18 +106,85 @@ impl Subject {
     }
 }
 
+/// A name or alias of an event the daemon emits itself (signals are the
+/// marketplace's, named by their `type`). The store names the events it emits
+/// with these, and `parleyd check` accepts exactly these (and the signals the
+/// rule files declare) in `trigger`, `stop_on`, `replan_on` and routing's `on`
+/// and `webhooks`: one list for both, so they cannot drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emitted {
+    /// A person's message was stored.
+    MessageSent,
+    /// Alias of `message_sent`: the customer's first message in a conversation
+    /// before booking.
+    InquiryReceived,
+    /// Alias of `message_sent`: any message from the provider.
+    ProviderReplied,
+    /// Alias of `message_sent`: any other message from the customer.
+    CustomerReplied,
+    /// Automation sent a message.
+    AutomatedMessageSent,
+    /// A conversation was created.
+    ConversationOpened,
+    /// A booking id was stored for the first time.
+    BookingCreated,
+    /// A booking changed.
+    BookingUpdated,
+    /// Alias of `booking_updated`: its `start` or `end` changed.
+    BookingRescheduled,
+    /// `booking_{stage}`, alias of `booking_created` and of a `booking_updated`
+    /// that changed the stage.
+    BookingStage(Stage),
+}
+
+impl Emitted {
+    /// Every name and alias the daemon emits.
+    pub fn all() -> impl Iterator<Item = Emitted> {
+        [
+            Emitted::MessageSent,
+            Emitted::InquiryReceived,
+            Emitted::ProviderReplied,
+            Emitted::CustomerReplied,
+            Emitted::AutomatedMessageSent,
+            Emitted::ConversationOpened,
+            Emitted::BookingCreated,
+            Emitted::BookingUpdated,
+            Emitted::BookingRescheduled,
+        ]
+        .into_iter()
+        .chain(Stage::ALL.map(Emitted::BookingStage))
+    }
+}
+
+impl std::fmt::Display for Emitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Emitted::MessageSent => "message_sent",
+            Emitted::InquiryReceived => "inquiry_received",
+            Emitted::ProviderReplied => "provider_replied",
+            Emitted::CustomerReplied => "customer_replied",
+            Emitted::AutomatedMessageSent => "automated_message_sent",
+            Emitted::ConversationOpened => "conversation_opened",
+            Emitted::BookingCreated => "booking_created",
+            Emitted::BookingUpdated => "booking_updated",
+            Emitted::BookingRescheduled => "booking_rescheduled",
+            Emitted::BookingStage(stage) => return write!(f, "booking_{}", stage.name()),
+        };
+        f.write_str(name)
+    }
+}
+
 /// One thing that happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DomainEvent {
     /// Position in the engine's queue (assigned by the store).
     #[serde(default)]
     pub seq: u64,
-    /// `message_sent`, `conversation_opened`, `booking_created`,
-    /// `booking_updated`, or a signal's type.
+    /// An [`Emitted`] name (`message_sent`, `conversation_opened`, …) or a
+    /// signal's type.
     pub name: String,
-    /// More specific names a rule can listen to: `inquiry_received`,
-    /// `provider_replied`, `customer_replied`, `booking_confirmed`,
-    /// `booking_rescheduled`, `booking_cancelled`, `booking_{stage}`.
+    /// More specific [`Emitted`] names a rule can listen to:
+    /// `inquiry_received`, `booking_rescheduled`, `booking_{stage}`, ….
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
     /// When it happened (RFC 3339, the daemon's clock).

@@ -23,17 +23,6 @@ pub fn phase_name(phase: Phase) -> &'static str {
     }
 }
 
-pub fn stage_name(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Confirmed => "confirmed",
-        Stage::Preparation => "preparation",
-        Stage::Active => "active",
-        Stage::Completed => "completed",
-        Stage::Review => "review",
-        Stage::Cancelled => "cancelled",
-    }
-}
-
 /// The policy's decision for a conversation as it is now.
 pub fn decide(
     policy: &ContactPolicy,
@@ -42,7 +31,7 @@ pub fn decide(
 ) -> Decision {
     policy.decide(
         phase_name(conversation.phase),
-        conversation.stage.map(stage_name),
+        conversation.stage.map(Stage::name),
         analysis,
     )
 }

@@ -1030,3 +1030,95 @@ async fn an_event_a_notification_route_fails_on_is_dead_lettered_and_redriven_af
     assert!(dead_list(&d).await.is_empty());
     d.stop().await;
 }
+
+#[tokio::test]
+async fn a_misspelt_stop_event_is_rejected_at_its_place_and_the_old_rules_keep_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(None, Some(dir.path())).await;
+    let rules = dir.path().join("rules/inquiry.yaml");
+    let shipped = std::fs::read_to_string(&rules).unwrap();
+    let edited = shipped.replacen("- provider_replied", "- provider_replyed", 1);
+    std::fs::write(&rules, &edited).unwrap();
+    let status = rules_after(&d, |s| !s["last_failure"].is_null()).await;
+    let errors = status["last_failure"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{status}");
+    let (line, column) = edited
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| Some((i + 1, l.find("provider_replyed")? + 1)))
+        .unwrap();
+    assert_eq!(errors[0]["line"], line, "{status}");
+    assert_eq!(errors[0]["column"], column, "{status}");
+    let message = errors[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("unknown event \"provider_replyed\"")
+            && message.contains("did you mean provider_replied?"),
+        "{message}"
+    );
+    assert_eq!(status["version"], 1);
+
+    // The old rules serve: the provider's reply still stops the follow-up, so
+    // no reminder goes to the provider 4 hours later.
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "q-1", "Hi")
+        .await
+        .expect(201);
+    automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
+    d.send(&p.provider, &p.conversation, "a-1", "Hello!")
+        .await
+        .expect(201);
+    advance(&d, "5h").await;
+    scheduler_settles().await;
+    let messages = d.messages(&p.provider, &p.conversation).await;
+    assert!(
+        sent_by_template(&messages, "provider_reply_reminder").is_empty(),
+        "{messages:?}"
+    );
+}
+
+/// Each folder of `tests/fixtures/invalid_rules` (see its README) against the
+/// real `parleyd check`: exactly the expected `file:line:col: message` lines.
+#[test]
+fn invalid_rule_fixtures_fail_check_where_expected() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixtures = repo.join("tests/fixtures/invalid_rules");
+    let mut cases: Vec<_> = std::fs::read_dir(&fixtures)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 5, "{cases:?}");
+    let copy = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    };
+    for case in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+        std::fs::copy(
+            repo.join("rules/contact.yaml"),
+            dir.path().join("rules/contact.yaml"),
+        )
+        .unwrap();
+        copy(&repo.join("templates"), &dir.path().join("templates"));
+        copy(&case.join("rules"), &dir.path().join("rules"));
+        let expected = std::fs::read_to_string(case.join("expected")).unwrap();
+        let check = std::process::Command::new(env!("CARGO_BIN_EXE_parleyd"))
+            .args(["check", "."])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&check.stderr);
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(stderr.trim_end(), expected.trim_end(), "case {name}");
+        assert_eq!(
+            check.status.success(),
+            expected.trim().is_empty(),
+            "case {name}"
+        );
+    }
+}

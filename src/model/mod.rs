@@ -324,6 +324,30 @@ pub enum Stage {
     Cancelled,
 }
 
+impl Stage {
+    /// Every stage, in the order a booking goes through them.
+    pub const ALL: [Stage; 6] = [
+        Stage::Confirmed,
+        Stage::Preparation,
+        Stage::Active,
+        Stage::Completed,
+        Stage::Review,
+        Stage::Cancelled,
+    ];
+
+    /// The stage's name, as in JSON and the contact policy (`confirmed`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Confirmed => "confirmed",
+            Stage::Preparation => "preparation",
+            Stage::Active => "active",
+            Stage::Completed => "completed",
+            Stage::Review => "review",
+            Stage::Cancelled => "cancelled",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ParticipantState {
     pub user_id: String,

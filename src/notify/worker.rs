@@ -373,6 +373,8 @@ impl Outbox {
     /// hours (if any item respects them).
     async fn send_digest(&self, user_id: &str, due_ms: i64) -> Result<(), StoreError> {
         let now = self.clock.now();
+        // Opened before the read: an item batched after it gets its own digest.
+        self.store.open_digest(user_id, due_ms).await?;
         let items = self.store.batched(user_id)?;
         let user = self.store.user(user_id)?;
         let respects_quiet = items

@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::contact::policy::{ContactPolicy, PolicyError};
 use plugins::Plugin;
 use routing::{Routing, RoutingSpec, ROUTING_FILE};
-use sequences::{RuleFile, Sequence};
+use sequences::{KnownEvents, RuleFile, Sequence, SpecError};
 use templates::{Template, TemplateSpec};
 
 pub use watch::Watcher;
@@ -71,8 +71,8 @@ impl RuleError {
     }
 
     /// An error about `near`, located at its first occurrence in the file's
-    /// text (the start of the file if it is not found); `offset` is a position
-    /// inside `near` (a script error's line and column).
+    /// text (see [`locate`]); `offset` is a position inside `near` (a script
+    /// error's line and column).
     fn near(
         file: &Path,
         text: &str,
@@ -80,7 +80,32 @@ impl RuleError {
         offset: Option<(usize, usize)>,
         message: String,
     ) -> RuleError {
-        let (mut line, mut column) = locate(text, near);
+        RuleError::near_from(file, text, 0, near, offset, message)
+    }
+
+    /// A sequence's or a notification rule's error, located by its `near`
+    /// after its `within` texts (else as [`RuleError::near`]).
+    fn spec(file: &Path, text: &str, e: SpecError) -> RuleError {
+        let mut start = 0;
+        for w in &e.within {
+            if let Some(at) = find_word(text, start, w) {
+                start = at + w.len();
+            }
+        }
+        RuleError::near_from(file, text, start, &e.near, e.offset, e.message)
+    }
+
+    /// [`RuleError::near`], looking for `near` from byte `start` on first
+    /// (the part of the file the error is about).
+    fn near_from(
+        file: &Path,
+        text: &str,
+        start: usize,
+        near: &str,
+        offset: Option<(usize, usize)>,
+        message: String,
+    ) -> RuleError {
+        let (mut line, mut column) = locate_from(text, start, near);
         if let Some((l, c)) = offset {
             if l > 1 {
                 (line, column) = (line + l - 1, c);
@@ -107,12 +132,16 @@ impl RuleError {
     }
 }
 
-/// 1-based line and column of `needle`'s first occurrence in `text`.
+/// 1-based line and column of the first line of `needle` in `text` (the start
+/// of the text if it is not found). See [`find_word`] for what counts.
 fn locate(text: &str, needle: &str) -> (usize, usize) {
+    locate_from(text, 0, needle)
+}
+
+/// [`locate`], looking from byte `start` on first, then from the start.
+fn locate_from(text: &str, start: usize, needle: &str) -> (usize, usize) {
     let first_line = needle.lines().next().unwrap_or(needle).trim();
-    let Some(at) = (!first_line.is_empty())
-        .then(|| text.find(first_line))
-        .flatten()
+    let Some(at) = find_word(text, start, first_line).or_else(|| find_word(text, 0, first_line))
     else {
         return (1, 1);
     };
@@ -129,6 +158,29 @@ fn place<'a>(exprs: impl Iterator<Item = &'a mut script::Expr>, file: &Path, tex
     for expr in exprs {
         expr.place(&file, text);
     }
+}
+
+/// The byte offset of the first occurrence of `needle` in `text` at or after
+/// `start` that is not part of a longer name (so `booking` is not found inside
+/// `booking_created`) and not in a YAML comment. `None` for an empty needle.
+fn find_word(text: &str, start: usize, needle: &str) -> Option<usize> {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    if needle.is_empty() {
+        return None;
+    }
+    let from = text.get(start..).map_or(0, |_| start);
+    text[from..]
+        .match_indices(needle)
+        .map(|(i, _)| from + i)
+        .find(|&at| {
+            let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+            let before = &text[line_start..at];
+            let in_comment = before.trim_start().starts_with('#') || before.contains(" #");
+            let joined_before = needle.starts_with(word) && before.ends_with(word);
+            let joined_after =
+                needle.ends_with(word) && text[at + needle.len()..].starts_with(word);
+            !(in_comment || joined_before || joined_after)
+        })
 }
 
 /// Where the three kinds of rule files live.
@@ -275,47 +327,70 @@ fn load_rule_files(
     errors: &mut Vec<RuleError>,
 ) -> RuleFiles {
     let mut contact = None;
-    let mut routing = Routing::default();
-    let mut sequences: Vec<Sequence> = Vec::new();
+    let mut routing_file = None;
+    let mut rule_files = Vec::new();
     for (path, text) in read_all(dir, YAML, false, files, errors) {
         if path.file_name().is_some_and(|n| n == CONTACT_POLICY_FILE) {
             match ContactPolicy::from_yaml(&text) {
                 Ok(policy) => contact = Some(policy),
                 Err(e) => errors.push(policy_error(&path, e)),
             }
-            continue;
-        }
-        if path.file_name().is_some_and(|n| n == ROUTING_FILE) {
-            let compiled = serde_yaml::from_str::<RoutingSpec>(&text)
-                .map_err(|e| vec![RuleError::yaml(&path, &e)])
-                .and_then(|spec| {
-                    Routing::compile(spec, |t| templates.contains(t)).map_err(|problems| {
-                        problems
-                            .into_iter()
-                            .map(|p| RuleError::near(&path, &text, &p.near, p.offset, p.message))
-                            .collect()
-                    })
-                });
-            match compiled {
-                Ok(mut compiled) => {
-                    place(compiled.scripts_mut(), &path, &text);
-                    routing = compiled;
-                }
-                Err(e) => errors.extend(e),
+        } else if path.file_name().is_some_and(|n| n == ROUTING_FILE) {
+            match serde_yaml::from_str::<RoutingSpec>(&text) {
+                Ok(spec) => routing_file = Some((path, text, spec)),
+                Err(e) => errors.push(RuleError::yaml(&path, &e)),
             }
-            continue;
-        }
-        let file: RuleFile = match serde_yaml::from_str(&text) {
-            Ok(file) => file,
-            Err(e) => {
-                errors.push(RuleError::yaml(&path, &e));
-                continue;
+        } else {
+            match serde_yaml::from_str::<RuleFile>(&text) {
+                Ok(file) => rule_files.push((path, text, file)),
+                Err(e) => errors.push(RuleError::yaml(&path, &e)),
             }
-        };
+        }
+    }
+    // Signals declared in any file count for all, so every file is read
+    // before any name is checked.
+    let declared = rule_files
+        .iter()
+        .map(|(path, text, file)| (path, text, &file.signals))
+        .chain(
+            routing_file
+                .iter()
+                .map(|(path, text, spec)| (path, text, &spec.signals)),
+        );
+    let mut signals = Vec::new();
+    for (path, text, declared) in declared {
+        signals.extend(declared.iter().map(String::as_str));
+        for signal in declared.iter().filter(|s| !sequences::is_name(s)) {
+            errors.push(RuleError::near(
+                path,
+                text,
+                signal,
+                None,
+                format!("signals: {signal:?} is not a signal type (lower_snake_case, at most 64 characters)"),
+            ));
+        }
+    }
+    let events = KnownEvents::new(signals);
+    let mut routing = Routing::default();
+    if let Some((path, text, spec)) = routing_file {
+        match Routing::compile(spec, |t| templates.contains(t), &events) {
+            Ok(mut compiled) => {
+                place(compiled.scripts_mut(), &path, &text);
+                routing = compiled;
+            }
+            Err(problems) => errors.extend(
+                problems
+                    .into_iter()
+                    .map(|p| RuleError::spec(&path, &text, p)),
+            ),
+        }
+    }
+    let mut sequences: Vec<Sequence> = Vec::new();
+    for (path, text, file) in rule_files {
         let shown = path.display().to_string();
         for spec in file.sequences {
             let name = spec.name.clone();
-            match Sequence::compile(spec, &shown, |t| templates.contains(t)) {
+            match Sequence::compile(spec, &shown, |t| templates.contains(t), &events) {
                 Ok(sequence) if sequences.iter().any(|s| s.name == name) => {
                     errors.push(RuleError::near(
                         &path,
@@ -335,7 +410,7 @@ fn load_rule_files(
                 Err(problems) => errors.extend(
                     problems
                         .into_iter()
-                        .map(|p| RuleError::near(&path, &text, &p.near, p.offset, p.message)),
+                        .map(|p| RuleError::spec(&path, &text, p)),
                 ),
             }
         }
@@ -502,5 +577,20 @@ impl Rules {
                 Err(errors)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_found_whole_and_outside_comments() {
+        let text =
+            "# booking_canceled is a typo\nstop_on: [booking_canceled_x, booking_canceled]\n";
+        assert_eq!(locate(text, "booking_canceled"), (2, 31));
+        // From a later start; else from the top; else the top.
+        assert_eq!(locate_from(text, text.len(), "stop_on:"), (2, 1));
+        assert_eq!(locate(text, "booking"), (1, 1));
     }
 }

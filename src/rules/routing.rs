@@ -20,7 +20,7 @@
 use serde::Deserialize;
 
 use super::script::Expr;
-use super::sequences::{condition, is_name, SpecError};
+use super::sequences::{condition, is_name, KnownEvents, SpecError};
 use crate::model::notification::{Priority, Unless};
 use crate::model::Channel;
 
@@ -30,6 +30,9 @@ pub const ROUTING_FILE: &str = "routing.yaml";
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingSpec {
+    /// Signal types the rules may listen to, as in a sequence file.
+    #[serde(default)]
+    pub signals: Vec<String>,
     #[serde(default)]
     pub notifications: Vec<RouteSpec>,
     #[serde(default)]
@@ -180,6 +183,7 @@ impl Route {
     fn compile(
         spec: RouteSpec,
         template_exists: &impl Fn(&str) -> bool,
+        events: &KnownEvents,
     ) -> Result<Route, Vec<SpecError>> {
         let what = format!("notification {}", spec.name);
         let mut errors = Vec::new();
@@ -198,6 +202,12 @@ impl Route {
                 format!("{what}: {event:?} is not an event name"),
             ));
         }
+        let prefix = format!("{what}: ");
+        errors.extend(
+            spec.on
+                .iter()
+                .filter_map(|e| events.check(e, &prefix, "on")),
+        );
         if spec.channels.is_empty() || !unique(&spec.channels) {
             errors.push(at_name(format!(
                 "{what}: channels must name at least one channel, each once"
@@ -247,6 +257,7 @@ impl Route {
         });
         let when = condition(&spec.when, &what, &mut errors);
         if !errors.is_empty() {
+            SpecError::scope(&mut errors, &spec.name);
             return Err(errors);
         }
         Ok(Route {
@@ -273,15 +284,18 @@ impl Routing {
         self.routes.iter_mut().flat_map(|r| r.when.iter_mut())
     }
 
+    /// Compiles the routing file; `template_exists` checks templates,
+    /// `events` the names of `on` and `webhooks`.
     pub fn compile(
         spec: RoutingSpec,
         template_exists: impl Fn(&str) -> bool,
+        events: &KnownEvents,
     ) -> Result<Routing, Vec<SpecError>> {
         let mut errors = Vec::new();
         let mut routes: Vec<Route> = Vec::new();
         for route in spec.notifications {
             let name = route.name.clone();
-            match Route::compile(route, &template_exists) {
+            match Route::compile(route, &template_exists, events) {
                 Ok(_) if routes.iter().any(|r| r.name == name) => errors.push(SpecError::at(
                     format!("name: {name}"),
                     format!("notification {name} is defined twice"),
@@ -309,6 +323,11 @@ impl Routing {
                 format!("webhooks: {event:?} is not an event name"),
             ));
         }
+        errors.extend(
+            spec.webhooks
+                .iter()
+                .filter_map(|e| events.check(e, "", "webhooks")),
+        );
         if !errors.is_empty() {
             return Err(errors);
         }

@@ -14,17 +14,73 @@
 //!         template: inquiry_follow_up
 //!         to: customer
 //! ```
+//!
+//! Event names are checked against [`KnownEvents`]: what the daemon emits
+//! ([`Emitted`]) and the signal types the rule files declare (`signals:`).
+
+use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
 use super::script::Expr;
+use crate::domain::Emitted;
 use crate::model::{MessageType, SuggestedAction};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleFile {
+    /// Signal types (`POST /v1/signals`, field `type`) the rules may listen
+    /// to; declared in any rule file, they count for all of them.
+    #[serde(default)]
+    pub signals: Vec<String>,
     #[serde(default)]
     pub sequences: Vec<SequenceSpec>,
+}
+
+/// The event names rules may name: every [`Emitted`] name and the declared
+/// signal types.
+#[derive(Debug, Clone)]
+pub struct KnownEvents {
+    names: BTreeSet<String>,
+}
+
+impl KnownEvents {
+    pub fn new<'a>(signals: impl IntoIterator<Item = &'a str>) -> KnownEvents {
+        let names = Emitted::all()
+            .map(|e| e.to_string())
+            .chain(signals.into_iter().map(str::to_owned))
+            .collect();
+        KnownEvents { names }
+    }
+
+    /// An error about `name` under `key` (`stop_on`), in `what` (`sequence x:
+    /// `, or empty), unless it is known or not a name at all (reported as such
+    /// elsewhere); suggests the closest known name within two edits
+    /// (Damerau-Levenshtein distance, as `strsim` computes it: a letter
+    /// added, dropped, changed, or two swapped).
+    pub fn check(&self, name: &str, what: &str, key: &str) -> Option<SpecError> {
+        if self.names.contains(name) || !is_name(name) {
+            return None;
+        }
+        let closest = self
+            .names
+            .iter()
+            .map(|known| (strsim::damerau_levenshtein(name, known), known))
+            .filter(|(edits, _)| *edits <= 2)
+            .min_by_key(|(edits, _)| *edits)
+            .map(|(_, known)| format!(" (did you mean {known}?)"))
+            .unwrap_or_default();
+        Some(SpecError {
+            within: vec![format!("{key}:")],
+            ..SpecError::at(
+                name,
+                format!(
+                    "{what}{key}: unknown event {name:?}: the daemon does not emit it and no \
+                     rule file declares it under signals:{closest}"
+                ),
+            )
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +195,11 @@ pub struct SpecError {
     /// Line and column inside `near` (for script errors), 1-based.
     pub offset: Option<(usize, usize)>,
     pub message: String,
+    /// Texts that lead to the part of the file the error is about, each
+    /// looked for after the one before (`name: x` of its sequence or
+    /// notification, then `stop_on:`): `near` is looked for after them first,
+    /// so a name used elsewhere too is found where it is wrong.
+    pub within: Vec<String>,
 }
 
 impl SpecError {
@@ -148,6 +209,14 @@ impl SpecError {
             near: near.into(),
             offset: None,
             message,
+            within: Vec::new(),
+        }
+    }
+
+    /// Marks each error as about the part of the file after `name: {name}`.
+    pub fn scope(errors: &mut [SpecError], name: &str) {
+        for e in errors {
+            e.within.insert(0, format!("name: {name}"));
         }
     }
 }
@@ -171,17 +240,20 @@ pub(super) fn condition(
                 near: source.clone(),
                 offset: Some((e.line.max(1), e.column.max(1))),
                 message: format!("{what}: {}", e.message),
+                within: Vec::new(),
             })
         })
         .ok()
 }
 
 impl Sequence {
-    /// Compiles a sequence; `template_exists` checks step templates.
+    /// Compiles a sequence; `template_exists` checks step templates, `events`
+    /// the names it listens to.
     pub fn compile(
         spec: SequenceSpec,
         file: &str,
         template_exists: impl Fn(&str) -> bool,
+        events: &KnownEvents,
     ) -> Result<Sequence, Vec<SpecError>> {
         let mut errors = Vec::new();
         let at_name = |message: String| SpecError::at(format!("name: {}", spec.name), message);
@@ -201,6 +273,15 @@ impl Sequence {
                     format!("{event:?} is not an event name (lower_snake_case)"),
                 ));
             }
+        }
+        let listened = [
+            ("trigger", std::slice::from_ref(&spec.trigger)),
+            ("stop_on", &spec.stop_on[..]),
+            ("replan_on", &spec.replan_on[..]),
+        ];
+        let what = format!("sequence {}: ", spec.name);
+        for (key, names) in listened {
+            errors.extend(names.iter().filter_map(|n| events.check(n, &what, key)));
         }
         if spec.kind == MessageType::Text {
             errors.push(at_name(format!(
@@ -238,6 +319,7 @@ impl Sequence {
                     near,
                     offset: None,
                     message: format!("{what}: a step cannot come before its trigger"),
+                    within: Vec::new(),
                 });
             }
             if !template_exists(&step.template) {
@@ -259,6 +341,7 @@ impl Sequence {
             });
         }
         if !errors.is_empty() {
+            SpecError::scope(&mut errors, &spec.name);
             return Err(errors);
         }
         Ok(Sequence {
@@ -283,5 +366,28 @@ impl Sequence {
 
     pub fn step(&self, name: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_events_are_the_emitted_ones_and_the_declared_signals() {
+        let events = KnownEvents::new(["checkout_abandoned"]);
+        for known in ["message_sent", "booking_cancelled", "checkout_abandoned"] {
+            assert!(events.check(known, "", "trigger").is_none(), "{known}");
+        }
+        let typo = events.check("booking_canceled", "sequence s: ", "stop_on");
+        let typo = typo.map(|e| e.message).unwrap_or_default();
+        assert!(
+            typo.starts_with("sequence s: stop_on: unknown event \"booking_canceled\"")
+                && typo.ends_with("(did you mean booking_cancelled?)"),
+            "{typo}"
+        );
+        let undeclared = events.check("listing_viewed", "", "trigger");
+        let undeclared = undeclared.map(|e| e.message).unwrap_or_default();
+        assert!(!undeclared.contains("did you mean"), "{undeclared}");
     }
 }

@@ -9,10 +9,16 @@
 //! | `q` lane (1 byte) due ms (u64) id     | empty: the lane's queue        |
 //! | `x` id `\0` lane (1 byte)             | empty: the dead-letter list    |
 //! | `b` user `\0` id                      | empty: waiting for a digest    |
-//! | `w` user                              | due ms of the user's digest    |
+//! | `w` user                              | due ms of the user's next digest, until it opens |
 //! | `u` user `\0` id                      | empty: the user's notifications |
 //!
 //! A digest's queue entry is `q` + the digest lane + due + the user id.
+//!
+//! A digest *opens* ([`open_digest`]) before its items are read: from then on
+//! its `w` key is gone, so an item batched meanwhile schedules a digest of its
+//! own instead of counting on this one, which may have read the items already.
+//! The flush removes exactly the items the digest read; whatever came after
+//! waits for that next digest. So each item is in exactly one digest.
 //! Queue keys lead with the due time, so each lane is read in order of when
 //! things fall due.
 
@@ -254,10 +260,28 @@ pub fn redrive(tx: &Tx<'_>, id: &str, lane: Lane, now_ms: i64) -> OpResult<bool>
     Ok(Ok(true))
 }
 
-/// Sends a user's digest: the batched notifications `items` (those still
-/// waiting) are marked delivered through `digest`, which is created and
-/// queued. The digest timer is cleared; `next_due_ms` sets the next one when
-/// items remain that this digest does not take.
+/// Opens the user's digest falling due at `due_ms`, before its items are
+/// read: its `w` key goes (if it is still this digest's), so items batched from
+/// now on schedule the next digest. The queue entry stays until the flush, so
+/// a crash in between sends this digest again rather than losing it.
+pub fn open_digest(
+    tx: &Tx<'_>,
+    user_id: &str,
+    due_ms: i64,
+) -> Result<(), UnabortableTransactionError> {
+    if let Some(current) = tx.outbox.get(digest_key(user_id))? {
+        if super::keys::read_u64(&current) as i64 == due_ms {
+            tx.outbox.remove(digest_key(user_id))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends a user's opened digest: the batched notifications `items` (those
+/// still waiting, as read after [`open_digest`]) are marked delivered through
+/// `digest`, which is created and queued, and the digest's queue entry
+/// (`due_ms`) goes. Items batched since it opened are left to the digest they
+/// scheduled. `next_due_ms` holds the digest back until then (quiet hours).
 pub fn flush_digest(
     tx: &Tx<'_>,
     user_id: &str,
@@ -267,7 +291,6 @@ pub fn flush_digest(
     next_due_ms: Option<i64>,
 ) -> OpResult<()> {
     tx.outbox.remove(queue_key(Lane::Digest, due_ms, user_id))?;
-    tx.outbox.remove(digest_key(user_id))?;
     for id in items {
         if tx.outbox.remove(batch_key(user_id, id))?.is_none() {
             continue;
@@ -521,6 +544,14 @@ impl Store {
         let id = id.to_owned();
         self.writer
             .run(move |tx, _| redrive(tx, &id, lane, now_ms))
+            .await
+    }
+
+    /// See [`open_digest`].
+    pub async fn open_digest(&self, user_id: &str, due_ms: i64) -> Result<(), StoreError> {
+        let user_id = user_id.to_owned();
+        self.writer
+            .run(move |tx, _| Ok(Ok(open_digest(tx, &user_id, due_ms)?)))
             .await
     }
 

@@ -689,3 +689,86 @@ async fn a_failing_event_is_dead_at_the_last_attempt_kept_across_a_reopen_and_re
     assert_eq!(store.dead_count(), 0);
     assert!(store.redrive_dead(&id).await.unwrap().is_none());
 }
+
+/// A notification for `cust`'s digest, due (the end of its digest window) at
+/// `due_ms`.
+fn batched(due_ms: i64) -> crate::model::notification::Notification {
+    use crate::model::notification::DeliveryState;
+    let mut n = notification("2030-01-01T00:00:00.000Z", DeliveryState::Batched);
+    n.deliveries[0].due_ms = due_ms;
+    n
+}
+
+fn digests_due(store: &Store) -> Vec<(i64, String)> {
+    use crate::model::notification::Lane;
+    store
+        .due_in(Lane::Digest, i64::MAX - 1, 10)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.due_ms, d.id))
+        .collect()
+}
+
+/// The digest worker's steps, interleaved by hand with an item batched after
+/// the digest read its items (due later, then sooner, than the digest): the
+/// item is in the next digest, never in neither.
+#[tokio::test]
+async fn an_item_batched_while_a_digest_is_sent_gets_the_next_digest() {
+    for late_due in [5_000, 500] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path()).await;
+        let first = batched(1_000);
+        assert!(store.create_notification(first.clone()).await.unwrap());
+        assert_eq!(digests_due(&store), [(1_000, "cust".to_owned())]);
+
+        // The worker opens the digest due at 1000 and reads what waits.
+        store.open_digest("cust", 1_000).await.unwrap();
+        let read: Vec<String> = store
+            .batched("cust")
+            .unwrap()
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
+        assert_eq!(read, [first.id]);
+        // Meanwhile the router batches another item.
+        let late = batched(late_due);
+        assert!(store.create_notification(late.clone()).await.unwrap());
+        // The digest goes out with what it read.
+        let digest = notification(
+            "2030-01-01T00:00:01.000Z",
+            crate::model::notification::DeliveryState::Pending,
+        );
+        store
+            .flush_digest("cust", 1_000, read, Some(digest), None)
+            .await
+            .unwrap();
+
+        let waiting: Vec<String> = store
+            .batched("cust")
+            .unwrap()
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
+        assert_eq!(waiting, [late.id], "due {late_due}");
+        assert_eq!(
+            digests_due(&store),
+            [(late_due, "cust".to_owned())],
+            "the late item's own digest, due {late_due}"
+        );
+
+        // That digest takes the late item and leaves nothing behind.
+        store.open_digest("cust", late_due).await.unwrap();
+        let read: Vec<String> = store
+            .batched("cust")
+            .unwrap()
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
+        store
+            .flush_digest("cust", late_due, read, None, None)
+            .await
+            .unwrap();
+        assert!(store.batched("cust").unwrap().is_empty());
+        assert!(digests_due(&store).is_empty());
+    }
+}

@@ -14,7 +14,7 @@ use super::hot::HotWrites;
 use super::writer::OpResult;
 use super::{decode, encode, keys, Delivery, NewMessage, PriorSend, StoreError, Stored};
 use crate::contact::Action;
-use crate::domain::{DomainEvent, Subject};
+use crate::domain::{DomainEvent, Emitted, Subject};
 use crate::events::{Frame, UserEvent};
 use crate::model::{
     Booking, ContextCard, Conversation, Flag, Listing, Message, MessageStatus, MessageType,
@@ -267,7 +267,7 @@ pub fn open_conversation(
         tx,
         DomainEvent {
             seq: 0,
-            name: "conversation_opened".into(),
+            name: Emitted::ConversationOpened.to_string(),
             aliases: Vec::new(),
             at: now.to_owned(),
             subject: Subject {
@@ -410,17 +410,17 @@ fn message_event_names(
     message: &Message,
 ) -> (String, Vec<String>) {
     if message.kind != MessageType::Text {
-        return ("automated_message_sent".into(), Vec::new());
+        return (Emitted::AutomatedMessageSent.to_string(), Vec::new());
     }
     let alias = if message.sender_id == conversation.provider_id {
-        "provider_replied"
+        Emitted::ProviderReplied
     } else if conversation.inquiry_at.is_none() && conversation.phase == Phase::PreBooking {
         conversation.inquiry_at = Some(message.created_at.clone());
-        "inquiry_received"
+        Emitted::InquiryReceived
     } else {
-        "customer_replied"
+        Emitted::CustomerReplied
     };
-    ("message_sent".into(), vec![alias.to_owned()])
+    (Emitted::MessageSent.to_string(), vec![alias.to_string()])
 }
 
 /// Stores what moderation decided about a new message: the operators' record
@@ -654,24 +654,24 @@ pub fn put_booking(
 /// `booking_created` or `booking_updated`, with aliases saying what changed:
 /// `booking_rescheduled` for a new period, `booking_{stage}` for a (new) stage.
 fn booking_event(booking: &Booking, previous: Option<&Booking>) -> DomainEvent {
-    let stage = crate::moderation::stage_name(booking.stage);
+    let stage = Emitted::BookingStage(booking.stage);
     let (name, mut aliases) = match previous {
-        None => ("booking_created", vec![format!("booking_{stage}")]),
+        None => (Emitted::BookingCreated, vec![stage.to_string()]),
         Some(before) => {
             let mut aliases = Vec::new();
             if before.start != booking.start || before.end != booking.end {
-                aliases.push("booking_rescheduled".to_owned());
+                aliases.push(Emitted::BookingRescheduled.to_string());
             }
             if before.stage != booking.stage {
-                aliases.push(format!("booking_{stage}"));
+                aliases.push(stage.to_string());
             }
-            ("booking_updated", aliases)
+            (Emitted::BookingUpdated, aliases)
         }
     };
     aliases.dedup();
     DomainEvent {
         seq: 0,
-        name: name.into(),
+        name: name.to_string(),
         aliases,
         at: booking.updated_at.clone(),
         subject: booking.subject(),
