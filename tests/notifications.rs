@@ -860,3 +860,67 @@ async fn routing_reloads_live_and_a_broken_edit_is_rejected_at_its_line() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_digest_that_cannot_be_rendered_keeps_its_items_until_the_template_is_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    // The digest's greeting calls a function that does not exist: it fails
+    // when the digest is rendered.
+    let config = copy_rules(dir.path());
+    let templates = dir.path().join("templates/notifications.yaml");
+    let good = std::fs::read_to_string(&templates).unwrap();
+    let greeting =
+        r#"    greeting: 'if recipient.name == () { "" } else { " " + recipient.name }'"#;
+    assert!(good.contains(greeting));
+    let broken = good.replace(greeting, "    greeting: 'no_such_function(recipient)'");
+    std::fs::write(&templates, &broken).unwrap();
+    let smtp = SmtpSink::start().await;
+    let d = Daemon::launch(Launch {
+        automation: true,
+        config: [
+            config,
+            vec![
+                ("clock", "manual".into()),
+                ("smtp_url", format!("smtp://127.0.0.1:{}", smtp.port)),
+                ("retry_max", "1m".into()),
+            ],
+        ]
+        .concat(),
+        ..Launch::default()
+    })
+    .await;
+    let p = pair(&d).await;
+    set_customer(&d, &p, json!({})).await;
+    d.post(
+        "/v1/signals",
+        SERVICE_KEY,
+        json!({"type": "promotion", "user_id": p.customer.id,
+               "data": {"title": "Spring sale", "text": "10% off"}}),
+    )
+    .await
+    .expect(202);
+    // Past the digest window (and any quiet hours): the render fails, and
+    // is counted.
+    advance(&d, "12h").await;
+    guard("the failed digest to be counted", async {
+        while d
+            .metric("parleyd_notifications_total{type=\"digest\",result=\"failed\"}")
+            .await
+            < 1.0
+        {
+            advance(&d, "30m").await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(smtp.to(CUSTOMER_EMAIL).is_empty());
+
+    // Fixed: the next try sends the digest, with the promotion in it.
+    std::fs::write(&templates, &good).unwrap();
+    rules_after(&d, |s| s["version"].as_u64() >= Some(2)).await;
+    let digest = eventually("the digest", &d, Some("1m"), || {
+        smtp.to(CUSTOMER_EMAIL).into_iter().next()
+    })
+    .await;
+    assert!(digest.contains("Spring sale"), "{digest}");
+}

@@ -400,11 +400,24 @@ impl Outbox {
         let digest = match off_the_workers(|| self.digest(user_id, user.as_ref(), &items, now)) {
             Ok(digest) => digest,
             Err(reason) => {
-                tracing::error!(user = %user_id, %reason, "digest not sent");
+                // The items stay batched and the digest is tried again once
+                // the rules may have been fixed: never dropped.
+                let again = now.checked_add(self.retry.max).unwrap_or(now);
+                tracing::error!(user = %user_id, %reason, retry_at = %again,
+                    "digest not rendered; its items wait for the next try");
                 metrics::counter!("parleyd_notifications_total",
-                    "type" => "digest", "result" => "skipped")
+                    "type" => "digest", "result" => "failed")
                 .increment(1);
-                None
+                return self
+                    .store
+                    .flush_digest(
+                        user_id,
+                        due_ms,
+                        Vec::new(),
+                        None,
+                        Some(again.as_millisecond()),
+                    )
+                    .await;
             }
         };
         self.store
