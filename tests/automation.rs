@@ -833,6 +833,20 @@ async fn an_event_the_rules_fail_on_is_dead_lettered_and_redriven_after_the_fix(
     let messages = d.messages(&p.customer, &p.conversation).await;
     assert!(sent_by_template(&messages, "inquiry_ack").is_empty());
     assert_eq!(d.metric("parleyd_dead_letters{list=\"events\"}").await, 1.0);
+    // The pipeline's report counts it, and no waiting event for it once the
+    // engine has caught up.
+    let report = guard("the pipeline report to settle", async {
+        loop {
+            let report = d.get("/v1/admin/pipeline", &operator().token).await;
+            report.expect(200);
+            if report.body["events"]["waiting"] == 0 {
+                return report.body;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(report["dead_letters"]["events"], 1, "{report}");
 
     // Only operators see and re-drive the list.
     d.get("/v1/admin/pipeline/dead", &p.customer.token)

@@ -91,6 +91,11 @@ fn caught<T>(
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic".to_owned());
+        // Logged and counted like a script error, so `test-rules` sees it too.
+        let what = rule
+            .as_ref()
+            .map_or("event".to_owned(), |r| format!("step/{r}"));
+        report(&what, &format!("panicked: {message}"));
         Err(Failed::Rule(Failure {
             rule,
             error: format!("panicked: {message}"),

@@ -137,8 +137,9 @@ fn guarded<T>(evaluate: impl FnOnce() -> Result<T, Box<EvalAltResult>>) -> Resul
 /// Logs a rule's failed evaluation (at [`RULE_ERRORS`], with the error's
 /// `file:line:column`) and counts it in `parleyd_rule_errors_total{rule}`,
 /// `rule` being what failed: `sequence/NAME`, `notification/NAME` or
-/// `template/ID`.
-pub fn report(rule: &str, error: &ScriptError) {
+/// `template/ID` (the engine adds `step/SEQUENCE.STEP` and `event` for a
+/// panic outside a script).
+pub fn report(rule: &str, error: &dyn std::fmt::Display) {
     metrics::counter!("parleyd_rule_errors_total", "rule" => rule.to_owned()).increment(1);
     tracing::error!(target: RULE_ERRORS, rule, "{error}");
 }

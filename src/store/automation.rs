@@ -321,9 +321,12 @@ impl Store {
     /// the span of sequence numbers from the oldest to the newest: the engine
     /// acknowledges in order, so the queue has no holes (two key reads, no scan).
     pub fn domain_backlog(&self) -> Result<Option<(DomainEvent, u64)>, StoreError> {
-        let (Some((first, value)), Some((last, _))) =
-            (self.trees.domain.first()?, self.trees.domain.last()?)
-        else {
+        // The queue only: the dead-letter records share the tree, after it.
+        let queue = || self.trees.domain.range(..super::quarantine::QUEUE_END);
+        let (Some((first, value)), Some((last, _))) = (
+            queue().next().transpose()?,
+            queue().next_back().transpose()?,
+        ) else {
             return Ok(None);
         };
         let mut oldest: DomainEvent = decode(&value)?;

@@ -290,7 +290,15 @@ pub fn flush_digest(
     digest: Option<&Notification>,
     next_due_ms: Option<i64>,
 ) -> OpResult<()> {
-    tx.outbox.remove(queue_key(Lane::Digest, due_ms, user_id))?;
+    // An item batched since `open_digest` may have scheduled a digest due at
+    // this very time, with this very queue key: that one stays.
+    let rearmed = tx
+        .outbox
+        .get(digest_key(user_id))?
+        .is_some_and(|due| super::keys::read_u64(&due) as i64 == due_ms);
+    if !rearmed {
+        tx.outbox.remove(queue_key(Lane::Digest, due_ms, user_id))?;
+    }
     for id in items {
         if tx.outbox.remove(batch_key(user_id, id))?.is_none() {
             continue;

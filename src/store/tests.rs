@@ -710,11 +710,11 @@ fn digests_due(store: &Store) -> Vec<(i64, String)> {
 }
 
 /// The digest worker's steps, interleaved by hand with an item batched after
-/// the digest read its items (due later, then sooner, than the digest): the
-/// item is in the next digest, never in neither.
+/// the digest read its items (due later, sooner, and at the same time as the
+/// digest): the item is in the next digest, never in neither.
 #[tokio::test]
 async fn an_item_batched_while_a_digest_is_sent_gets_the_next_digest() {
-    for late_due in [5_000, 500] {
+    for late_due in [5_000, 500, 1_000] {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = open(dir.path()).await;
         let first = batched(1_000);
