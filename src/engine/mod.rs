@@ -86,11 +86,7 @@ fn caught<T>(
     evaluation: impl FnOnce() -> Result<T, Failed>,
 ) -> Result<T, Failed> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(evaluation)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".to_owned());
+        let message = crate::supervisor::panic_message(&*panic);
         // Logged and counted like a script error, so `test-rules` sees it too.
         let what = rule
             .as_ref()

@@ -14,6 +14,7 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -188,8 +189,20 @@ impl Outbox {
                 started += 1;
                 let (outbox, in_flight) = (Arc::clone(&self), Arc::clone(&in_flight));
                 tokio::spawn(async move {
-                    if let Err(e) = outbox.dispatch(lane, &entry).await {
-                        tracing::error!(lane = lane.name(), id = %entry.id, error = %e, "outbox delivery");
+                    // A panic must not skip the cleanup below: the entry
+                    // would stay in flight, never to be dispatched again.
+                    let dispatched = std::panic::AssertUnwindSafe(outbox.dispatch(lane, &entry))
+                        .catch_unwind()
+                        .await;
+                    match dispatched {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(lane = lane.name(), id = %entry.id, error = %e, "outbox delivery");
+                        }
+                        Err(panic) => {
+                            let message = crate::supervisor::panic_message(&*panic);
+                            tracing::error!(lane = lane.name(), id = %entry.id, "outbox delivery panicked: {message}");
+                        }
                     }
                     if let Ok(mut s) = in_flight.lock() {
                         s.remove(&entry.id);
