@@ -600,6 +600,13 @@ pub struct Moderation {
     pub flagged: bool,
 }
 
+impl Moderation {
+    /// Whether the message is refused delivery (kept only as a [`Flag`]).
+    pub fn blocks(&self) -> bool {
+        self.action == Action::Block
+    }
+}
+
 /// A message that contact moderation masked, blocked or flagged: the original
 /// text, for operators only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

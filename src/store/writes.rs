@@ -13,7 +13,6 @@ use sled::Tree;
 use super::hot::HotWrites;
 use super::writer::OpResult;
 use super::{decode, encode, keys, Delivery, NewMessage, PriorSend, StoreError, Stored};
-use crate::contact::Action;
 use crate::domain::{DomainEvent, Emitted, Subject};
 use crate::events::{Frame, UserEvent};
 use crate::model::{
@@ -323,10 +322,7 @@ pub fn append_message(
     let Some(mut conversation) = conversation.filter(may_send) else {
         return Ok(Err(StoreError::NotFound("conversation")));
     };
-    let blocked = new
-        .moderation
-        .as_ref()
-        .is_some_and(|m| m.note.action == Action::Block);
+    let blocked = new.moderation.as_ref().is_some_and(|m| m.note.blocks());
     if blocked {
         // Checked before the first write: a block must leave its record.
         let Some(flag) = new.moderation.as_ref().and_then(|m| m.flag.clone()) else {
