@@ -221,10 +221,13 @@ impl Default for ConnectionsConfig {
 fn positive_duration<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<std::time::Duration, D::Error> {
-    let parsed = duration(d)?;
+    let text = String::deserialize(d)?;
+    let parsed = crate::clock::parse_duration(&text).map_err(serde::de::Error::custom)?;
     match std::time::Duration::try_from(parsed) {
         Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(serde::de::Error::custom("must be greater than zero")),
+        _ => Err(serde::de::Error::custom(format!(
+            "{text:?}: this duration must be greater than zero"
+        ))),
     }
 }
 
@@ -771,5 +774,30 @@ mod tests {
             err.contains("stream.max_long_polls_per_user must be > 0"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn bad_connection_settings_name_the_value_at_fault() {
+        for (setting, expected) in [
+            (
+                "header_read_timeout: 0s",
+                "\"0s\": this duration must be greater than zero",
+            ),
+            ("write_timeout: soon", "\"soon\" is not a duration"),
+            (
+                "trusted_proxies: [10.0.0.0/33]",
+                "\"10.0.0.0/33\" is neither an IP address nor a CIDR block",
+            ),
+        ] {
+            let text = format!("{MINIMAL}connections:\n  {setting}\n");
+            let err = Config::parse(&text, Path::new("c.yaml"))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{setting}: {err}");
+        }
+        let text = format!("{MINIMAL}connections:\n  trusted_proxies: [\"::1\", 10.0.0.0/8]\n");
+        let config = Config::parse(&text, Path::new("c.yaml")).unwrap();
+        assert_eq!(config.connections.trusted_proxies.len(), 2);
     }
 }

@@ -399,13 +399,7 @@ impl Outbox {
             if release > now {
                 return self
                     .store
-                    .flush_digest(
-                        user_id,
-                        due_ms,
-                        Vec::new(),
-                        None,
-                        Some(release.as_millisecond()),
-                    )
+                    .postpone_digest(user_id, due_ms, release.as_millisecond())
                     .await;
             }
         }
@@ -423,13 +417,7 @@ impl Outbox {
                 .increment(1);
                 return self
                     .store
-                    .flush_digest(
-                        user_id,
-                        due_ms,
-                        Vec::new(),
-                        None,
-                        Some(again.as_millisecond()),
-                    )
+                    .postpone_digest(user_id, due_ms, again.as_millisecond())
                     .await;
             }
         };

@@ -578,4 +578,16 @@ impl Store {
             })
             .await
     }
+
+    /// Sends nothing now: the digest due at `due_ms` falls due again at
+    /// `until_ms`, its items still batched.
+    pub async fn postpone_digest(
+        &self,
+        user_id: &str,
+        due_ms: i64,
+        until_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.flush_digest(user_id, due_ms, Vec::new(), None, Some(until_ms))
+            .await
+    }
 }
