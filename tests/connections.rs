@@ -310,6 +310,17 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_limited() {
         .unwrap()
         .contains("198.51.100.1"));
     assert_eq!(healthz("198.51.100.2", None).await.unwrap().status(), 200);
+    // The routes the connection layer rates as public are the ones that
+    // answer without a token (another address, so the budget is fresh).
+    for path in parleyd::api::PUBLIC_PATHS {
+        let reply = http
+            .get(d.url(path))
+            .header("x-forwarded-for", "198.51.100.3")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "{path}");
+    }
     // Authenticated requests do not pay for it.
     let customer = Person::new("cus-proxied", "customer");
     d.get("/v1/conversations", &customer.token)
