@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
-use crate::events::Frame;
+use crate::feed::Frame;
 
 /// At most one typing indicator per conversation and sender reaches a device
 /// in this interval; later ones in it replace each other and the last is sent

@@ -3,17 +3,17 @@
 
 pub mod api;
 pub mod auth;
+pub mod automation;
 pub mod clock;
 pub mod config;
 pub mod contact;
 pub mod domain;
-pub mod engine;
 pub mod error;
-pub mod events;
+pub mod feed;
 pub mod hub;
 pub mod model;
 pub mod moderation;
-pub mod notify;
+pub mod notifications;
 pub mod pipeline;
 pub mod rules;
 pub mod ruletest;

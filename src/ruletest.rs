@@ -33,15 +33,15 @@ use serde::Deserialize;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::auth::{Caller, Role};
+use crate::automation::Engine;
 use crate::clock::{parse_duration, Clock, ManualClock};
 use crate::config::Config;
-use crate::engine::Engine;
 use crate::hub::Hub;
 use crate::model::{
     format_time, BookingInput, BookingPatch, ListingInput, Message, SendInput, SignalInput, Stage,
     UserInput,
 };
-use crate::notify::router::Enabled;
+use crate::notifications::router::Enabled;
 use crate::rules::script::RULE_ERRORS;
 use crate::rules::{RuleDirs, Rules};
 use crate::service::App;

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::auth::{Authenticator, Caller, Role};
+use crate::automation::Engine;
 use crate::clock::{Clock, ManualClock};
 use crate::config::Config;
 use crate::contact::{Action, Analysis, ContactKind, Detector};
 use crate::domain::Subject;
-use crate::engine::Engine;
 use crate::error::ApiError;
-use crate::events::Frame;
+use crate::feed::Frame;
 use crate::hub::Hub;
 use crate::model::notification::{Lane, Notification};
 use crate::model::pipeline::DeadItem;
@@ -667,7 +667,7 @@ impl App {
             .redrive_dead(id)
             .await?
             .ok_or_else(|| ApiError::not_found("dead letter"))?;
-        crate::engine::count_dead(&self.store);
+        crate::automation::count_dead(&self.store);
         if let Some(engine) = &self.engine {
             engine.wake_scheduler();
         }

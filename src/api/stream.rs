@@ -37,7 +37,7 @@ use super::{RequestGuard, Response};
 use crate::auth::Caller;
 use crate::config::StreamConfig;
 use crate::error::ApiError;
-use crate::events::Frame;
+use crate::feed::Frame;
 use crate::hub::TypingSlots;
 use crate::model::SendInput;
 use crate::service::App;

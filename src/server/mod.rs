@@ -14,13 +14,13 @@ use tokio::net::TcpListener;
 use self::admission::Admission;
 use self::forwarded::TrustedProxies;
 use crate::api::{self, Streams, UserLimits};
+use crate::automation::Engine;
 use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::config::{ClockMode, Config};
-use crate::engine::Engine;
 use crate::hub::Hub;
 use crate::model::notification::Lane;
-use crate::notify::router::Enabled;
-use crate::notify::worker::Outbox;
+use crate::notifications::router::Enabled;
+use crate::notifications::worker::Outbox;
 use crate::pipeline;
 use crate::rules::{RuleError, Rules, Watcher};
 use crate::service::App;
@@ -154,7 +154,7 @@ pub async fn run(
     let user_limits = Arc::new(UserLimits::new(&app.config.limits));
     let max_open = connection_capacity(open_files_limit, &app.config)?;
     // After the recorder is installed: the dead letters of an earlier run.
-    crate::engine::count_dead(&app.store);
+    crate::automation::count_dead(&app.store);
     let admission = Arc::new(Admission::new(&app.config.connections, max_open));
     supervisor.spawn("upkeep", None, {
         let (app, user_limits, metrics) = (app.clone(), user_limits.clone(), metrics.clone());

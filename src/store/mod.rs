@@ -52,7 +52,7 @@ use sled::Tree;
 
 use crate::config::StorageConfig;
 use crate::domain::Subject;
-use crate::events::{Frame, UserEvent};
+use crate::feed::{Frame, UserEvent};
 use crate::model::{
     Attachment, Automation, Booking, ContextCard, Conversation, Flag, Listing, Message,
     MessageType, Moderation, Reply, Signal, SuggestedAction, User,

@@ -27,7 +27,7 @@ use sled::transaction::UnabortableTransactionError;
 use super::writer::OpResult;
 use super::writes::{log_event, Tx};
 use super::{decode, encode, Delivery, Store, StoreError};
-use crate::events::UserEvent;
+use crate::feed::UserEvent;
 use crate::model::notification::{DeliveryState, Lane, Notification, Outcome};
 
 const SEP: u8 = 0;

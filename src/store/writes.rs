@@ -14,7 +14,7 @@ use super::hot::HotWrites;
 use super::writer::OpResult;
 use super::{decode, encode, keys, Delivery, NewMessage, PriorSend, StoreError, Stored};
 use crate::domain::{DomainEvent, Emitted, Subject};
-use crate::events::{Frame, UserEvent};
+use crate::feed::{Frame, UserEvent};
 use crate::model::{
     Booking, ContextCard, Conversation, Flag, Listing, Message, MessageStatus, MessageType,
     ParticipantState, Phase, Signal, SYSTEM_SENDER,

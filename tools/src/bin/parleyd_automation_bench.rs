@@ -25,10 +25,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use parleyd::auth::{Caller, Role};
+use parleyd::automation::Engine;
 use parleyd::clock::{Clock, ManualClock};
 use parleyd::config::{Config, StorageConfig};
 use parleyd::domain::{DomainEvent, Instance, PlannedStep, StepState, Subject};
-use parleyd::engine::Engine;
 use parleyd::hub::Hub;
 use parleyd::model::{format_time, ListingInput, SendInput, SignalInput, UserInput};
 use parleyd::rules::{RuleDirs, Rules, Watcher};

@@ -7,8 +7,8 @@ use jiff::Timestamp;
 use serde_json::json;
 
 use super::quiet;
+use crate::automation::{person_value, reader_zone, Loaded};
 use crate::domain::DomainEvent;
-use crate::engine::{person_value, reader_zone, Loaded};
 use crate::model::notification::Priority;
 use crate::model::notification::{ChannelDelivery, DeliveryState, Lane, Notification};
 use crate::model::{format_time, Channel, Message, User};

@@ -22,13 +22,13 @@ use tokio::sync::Semaphore;
 use warp::Filter;
 
 use parleyd::auth::{Caller, Role};
+use parleyd::automation::Engine;
 use parleyd::clock::{Clock, SystemClock};
 use parleyd::config::Config;
-use parleyd::engine::Engine;
 use parleyd::hub::Hub;
 use parleyd::model::{format_time, ListingInput, SendInput, UserInput};
-use parleyd::notify::router::Enabled;
-use parleyd::notify::worker::Outbox;
+use parleyd::notifications::router::Enabled;
+use parleyd::notifications::worker::Outbox;
 use parleyd::rules::{RuleDirs, Rules};
 use parleyd::service::App;
 use parleyd::store::Store;
