@@ -91,7 +91,7 @@ pub struct App {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct PipelineReport {
     /// By name: `engine`, `scheduler`, `outbox.<channel>`, `outbox.retention`,
-    /// `rules.hangup`, `rules.watch`, `upkeep`, `writer`.
+    /// `rules.reload`, `upkeep`, `writer`.
     pub components: Vec<ComponentReport>,
     #[serde(flatten)]
     pub backlog: Backlog,

@@ -103,8 +103,7 @@ async fn in_normal_operation_health_is_ok_and_the_pipeline_is_reported() {
         "scheduler",
         "writer",
         "upkeep",
-        "rules.watch",
-        "rules.hangup",
+        "rules.reload",
         "outbox.retention",
         "outbox.in_app",
         "outbox.email",
@@ -311,4 +310,68 @@ async fn the_fault_route_is_for_operators_and_known_components_only() {
     // The writer thread is watched, not restarted: it cannot be failed on purpose.
     fault(&d, "writer", true).await.expect(404);
     assert_eq!(health(&d).await.0, 200);
+}
+
+/// One task reloads the rules, on file changes and on SIGHUP. Restarted
+/// after a failure, it reloads at once: an edit made while it was down goes
+/// live without waiting for another edit.
+#[tokio::test]
+async fn the_restarted_rule_reloader_catches_up_on_edits_and_sighup_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vec![("clock", "manual".to_owned())];
+    config.extend(copy_rules(dir.path()));
+    let d = Daemon::launch(Launch {
+        config,
+        automation: true,
+        ..Launch::default()
+    })
+    .await;
+
+    fault(&d, "rules.reload", true).await.expect(200);
+    health_until(&d, "/healthz to name the reloader", |status, body| {
+        status == 503 && body["components"] == json!([{"name": "rules.reload", "state": "down"}])
+    })
+    .await;
+    let templates = dir.path().join("templates/inquiry.yaml");
+    let text = std::fs::read_to_string(&templates).unwrap();
+    assert!(text.contains("Thanks {customer.name}!"));
+    std::fs::write(
+        &templates,
+        text.replacen("Thanks {customer.name}!", "Welcome {customer.name}!", 1),
+    )
+    .unwrap();
+
+    fault(&d, "rules.reload", false).await.expect(200);
+    let status = rules_after(&d, |s| s["version"].as_u64() >= Some(2)).await;
+    assert!(status["last_failure"].is_null(), "{status}");
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "q-1", "Hi")
+        .await
+        .expect(201);
+    guard("the acknowledgement with the edited text", async {
+        loop {
+            let messages = d.messages(&p.customer, &p.conversation).await;
+            if let Some(ack) = messages
+                .iter()
+                .find(|m| m["automation"]["template"] == "inquiry_ack")
+            {
+                assert!(
+                    ack["content"].as_str().unwrap().starts_with("Welcome"),
+                    "{ack}"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    let version = status["version"].as_u64().unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &d.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    rules_after(&d, |s| s["version"].as_u64() > Some(version)).await;
+    health_until(&d, "/healthz to be ok", |status, _| status == 200).await;
 }

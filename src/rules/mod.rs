@@ -7,11 +7,11 @@
 //! Start-up, `parleyd check`, a file change and SIGHUP all go through [`load`].
 
 pub mod plugins;
+mod reload;
 pub mod routing;
 pub mod script;
 pub mod sequences;
 pub mod templates;
-mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ use routing::{Routing, RoutingSpec, ROUTING_FILE};
 use sequences::{KnownEvents, RuleFile, Sequence, SpecError};
 use templates::{Template, TemplateSpec};
 
-pub use watch::Watcher;
+pub use reload::Reloader;
 
 /// The contact moderation policy file, relative to the rules directory.
 pub const CONTACT_POLICY_FILE: &str = "contact.yaml";

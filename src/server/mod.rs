@@ -22,7 +22,7 @@ use crate::model::notification::Lane;
 use crate::notifications::router::Enabled;
 use crate::notifications::worker::Outbox;
 use crate::pipeline;
-use crate::rules::{RuleError, Rules, Watcher};
+use crate::rules::{Reloader, RuleError, Rules};
 use crate::service::App;
 use crate::store::{Delivery, Store, StoreError};
 use crate::supervisor::{Backoff, Supervisor};
@@ -88,24 +88,22 @@ pub async fn run(
         config.pipeline.stuck_after,
     ));
     supervisor.adopt(store.writer_health());
-    // Started here so that a directory that cannot be watched stops the start.
-    let watcher = std::sync::Mutex::new(Some(Watcher::start(rules.clone())?));
-    supervisor.spawn("rules.watch", None, {
+    // Started here so that a directory that cannot be watched stops the start;
+    // a restart watches afresh and catches up on what changed meanwhile.
+    let first_watch = std::sync::Mutex::new(Some(Reloader::watch(rules.clone())?));
+    supervisor.spawn("rules.reload", None, {
         let rules = rules.clone();
         move || {
-            let watcher = watcher.lock().ok().and_then(|mut w| w.take());
+            let first = first_watch.lock().ok().and_then(|mut w| w.take());
             let rules = rules.clone();
             async move {
-                match watcher.map_or_else(|| Watcher::start(rules), Ok) {
-                    Ok(watcher) => watcher.run().await,
+                let restarted = first.is_none();
+                match first.map_or_else(|| Reloader::watch(rules), Ok) {
+                    Ok(reloader) => reloader.run(restarted).await,
                     Err(e) => tracing::error!(error = %e, "cannot watch the rules directory"),
                 }
             }
         }
-    });
-    supervisor.spawn("rules.hangup", None, {
-        let rules = rules.clone();
-        move || reload_on_hangup(rules.clone())
     });
     let engine = Arc::new(
         Engine::new(store.clone(), rules.clone(), clock.clone())
@@ -304,26 +302,6 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
-}
-
-/// SIGHUP reloads the rules, the same way a file change does (the component
-/// `rules.hangup`; it ends, to be restarted, if the signal cannot be caught).
-async fn reload_on_hangup(rules: Arc<Rules>) {
-    #[cfg(unix)]
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(mut hangups) => {
-            while hangups.recv().await.is_some() {
-                let _ = rules.reload();
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "cannot catch SIGHUP"),
-    }
-    #[cfg(not(unix))]
-    {
-        // No SIGHUP here: nothing to do, and nothing wrong.
-        let _ = rules;
-        std::future::pending::<()>().await;
-    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

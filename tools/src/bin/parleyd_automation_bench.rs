@@ -31,7 +31,7 @@ use parleyd::config::{Config, StorageConfig};
 use parleyd::domain::{DomainEvent, Instance, PlannedStep, StepState, Subject};
 use parleyd::hub::Hub;
 use parleyd::model::{format_time, ListingInput, SendInput, SignalInput, UserInput};
-use parleyd::rules::{RuleDirs, Rules, Watcher};
+use parleyd::rules::{Reloader, RuleDirs, Rules};
 use parleyd::service::App;
 use parleyd::store::{Change, Store};
 
@@ -933,9 +933,9 @@ fn reload_bench(args: ReloadArgs) -> Result<(), String> {
     }
 
     let rules = Arc::new(Rules::open(dirs.clone(), now()).map_err(|e| format!("{e:?}"))?);
-    let watcher = Watcher::start(rules.clone()).map_err(err)?;
+    let reloader = Reloader::watch(rules.clone()).map_err(err)?;
     let runtime = tokio::runtime::Runtime::new().map_err(err)?;
-    runtime.spawn(watcher.run());
+    runtime.spawn(reloader.run(false));
     std::thread::sleep(Duration::from_millis(500));
 
     let template_file = dirs.templates.join("inquiry.yaml");
