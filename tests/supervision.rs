@@ -6,10 +6,13 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 async fn start() -> Daemon {
     Daemon::launch(Launch {
@@ -374,4 +377,112 @@ async fn the_restarted_rule_reloader_catches_up_on_edits_and_sighup_reloads() {
     assert!(hup.success());
     rules_after(&d, |s| s["version"].as_u64() > Some(version)).await;
     health_until(&d, "/healthz to be ok", |status, _| status == 200).await;
+}
+
+/// A webhook receiver that reads every request and answers none until it is
+/// released; then it answers each with 200.
+struct Hanging {
+    url: String,
+    release: Arc<watch::Sender<bool>>,
+}
+
+impl Hanging {
+    async fn start() -> Hanging {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/webhook", listener.local_addr().unwrap());
+        let release = Arc::new(watch::channel(false).0);
+        let released = Arc::clone(&release);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut released = released.subscribe();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        tokio::select! {
+                            read = socket.read(&mut buf) => if matches!(read, Ok(0) | Err(_)) { return },
+                            _ = released.wait_for(|r| *r) => break,
+                        }
+                    }
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        Hanging { url, release }
+    }
+}
+
+/// A channel whose endpoint never answers holds its lane's queue: the
+/// component is up but makes no progress, and `/healthz` names it stuck
+/// after `pipeline.stuck_after`, until the endpoint answers again.
+#[tokio::test]
+async fn a_lane_whose_endpoint_hangs_is_named_stuck_until_it_moves_again() {
+    let webhook = Hanging::start().await;
+    let d = Daemon::launch(Launch {
+        config: vec![
+            ("clock", "manual".to_owned()),
+            ("webhook_url", webhook.url.clone()),
+            (
+                "webhook_secret",
+                "test-webhook-secret-0123456789".to_owned(),
+            ),
+            ("timeout", "1h".to_owned()),
+            ("concurrency", "1".to_owned()),
+            ("stuck_after", "1s".to_owned()),
+        ],
+        automation: true,
+        ..Launch::default()
+    })
+    .await;
+    let first = pair(&d).await;
+    let second = pair_of(
+        &d,
+        Person::new("cust-2", "customer"),
+        Person::new("prov-1", "provider"),
+    )
+    .await;
+    // Two inquiries: two `inquiry_received` webhooks, one at a time.
+    for p in [&first, &second] {
+        d.send(&p.customer, &p.conversation, "q-1", "Hi! Free in May?")
+            .await
+            .expect(201);
+    }
+
+    let stuck = health_until(
+        &d,
+        "/healthz to name the webhook lane stuck",
+        |status, _| status == 503,
+    )
+    .await;
+    assert_eq!(
+        stuck,
+        json!({"status": "unhealthy", "components": [{"name": "outbox.webhook", "state": "stuck"}]})
+    );
+    let report = pipeline(&d).await;
+    let lane = component(&report, "outbox.webhook");
+    assert_eq!(lane["state"], "stuck", "{lane}");
+    assert!(lane["waiting_seconds"].as_f64().unwrap() >= 1.0, "{lane}");
+    assert_eq!(lane["restarts"], 0, "{lane}");
+
+    webhook.release.send_replace(true);
+    health_until(
+        &d,
+        "/healthz to be ok once the endpoint answers",
+        |status, body| status == 200 && *body == json!({"status": "ok"}),
+    )
+    .await;
+    guard("both webhooks delivered", async {
+        loop {
+            let outbox = d.get("/v1/admin/outbox", &operator().token).await;
+            outbox.expect(200);
+            if outbox.body["queued"]["webhook"].as_u64().unwrap_or(0) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
 }
