@@ -7,13 +7,17 @@
 //! | `domain`    | event seq (u64)              | `DomainEvent` JSON           |
 //! | `instances` | instance id                  | `Instance` JSON              |
 //! | `timers`    | due ms (u64) instance `\0` step | empty                     |
-//! | `subjects`  | kind `\0` id                 | JSON list of instance ids    |
+//! | `subjects`  | kind `\0` id `\0` scope `\0` instance | empty (`keys::subject_entries`) |
 //!
 //! `domain` also holds, behind the queue, failed attempts and the dead-letter
 //! list (`quarantine.rs`).
 //!
-//! sled transactions cannot scan, so the index is a list per id rather than a
-//! prefix of keys; its lists are short (the sequences running about one thing).
+//! The subject index has one key per (id, instance), so starting or stopping
+//! an instance writes a few small keys and rewrites nothing. sled transactions
+//! cannot scan: it is read by prefix outside the writer
+//! ([`Store::instances_about`]). Schema 3 and earlier kept one JSON list per id;
+//! opening such a directory rebuilds the index from `instances`
+//! ([`rebuild_subject_index`]).
 
 use std::collections::BTreeSet;
 
@@ -63,31 +67,20 @@ pub(super) fn get_instance(tx: &Tx<'_>, id: &str) -> OpResult<Option<Instance>> 
         .transpose())
 }
 
+/// Adds (or removes) the instance's subject-index entries.
 fn index_update(
     tx: &Tx<'_>,
     instance: &Instance,
     add: bool,
-) -> Result<Result<(), StoreError>, UnabortableTransactionError> {
-    for key in instance.subject.index_keys() {
-        let mut ids: BTreeSet<String> = match tx.subjects.get(key.as_bytes())? {
-            Some(bytes) => match decode(&bytes) {
-                Ok(ids) => ids,
-                Err(e) => return Ok(Err(e)),
-            },
-            None => BTreeSet::new(),
-        };
+) -> Result<(), UnabortableTransactionError> {
+    for key in keys::subject_entries(&instance.subject, &instance.id) {
         if add {
-            ids.insert(instance.id.clone());
+            tx.subjects.insert(key, &[])?;
         } else {
-            ids.remove(&instance.id);
-        }
-        if ids.is_empty() {
-            tx.subjects.remove(key.as_bytes())?;
-        } else {
-            tx.subjects.insert(key.as_bytes(), encode(&ids))?;
+            tx.subjects.remove(key)?;
         }
     }
-    Ok(Ok(()))
+    Ok(())
 }
 
 /// Saves an instance, or forgets it (and its index entries) once nothing of it
@@ -99,7 +92,8 @@ fn save_or_finish(tx: &Tx<'_>, instance: &Instance) -> OpResult<()> {
         return Ok(Ok(()));
     }
     tx.instances.remove(instance.id.as_bytes())?;
-    index_update(tx, instance, false)
+    index_update(tx, instance, false)?;
+    Ok(Ok(()))
 }
 
 fn remove_timers(tx: &Tx<'_>, instance: &Instance) -> Result<(), UnabortableTransactionError> {
@@ -127,9 +121,7 @@ pub fn apply_change(tx: &Tx<'_>, change: &Change) -> OpResult<bool> {
             if instance.pending().next().is_none() {
                 return Ok(Ok(false));
             }
-            if let Err(e) = index_update(tx, instance, true)? {
-                return Ok(Err(e));
-            }
+            index_update(tx, instance, true)?;
             insert_timers(tx, instance)?;
             tx.instances
                 .insert(instance.id.as_bytes(), encode(instance))?;
@@ -145,7 +137,8 @@ pub fn apply_change(tx: &Tx<'_>, change: &Change) -> OpResult<bool> {
             };
             remove_timers(tx, &instance)?;
             tx.instances.remove(id.as_bytes())?;
-            index_update(tx, &instance, false).map(|r| r.map(|()| true))
+            index_update(tx, &instance, false)?;
+            Ok(Ok(true))
         }
         Change::Replan { instance, steps } => {
             let Some(instance) = get_instance(tx, instance)?.transpose() else {
@@ -249,6 +242,32 @@ pub fn fire(
     Ok(Ok(sent))
 }
 
+/// Replaces whatever `subjects` holds with the entries of every instance in
+/// `instances` (the upgrade from schema 3's JSON lists). An unreadable
+/// instance is left out of the index, logged: no event finds it, and its
+/// timers clear it when they fire (see [`fire`]).
+pub(super) fn rebuild_subject_index(
+    instances: &sled::Tree,
+    subjects: &sled::Tree,
+) -> Result<usize, StoreError> {
+    subjects.clear()?;
+    let mut indexed = 0;
+    for entry in instances.iter() {
+        let (id, value) = entry?;
+        match decode::<Instance>(&value) {
+            Ok(instance) => {
+                for key in keys::subject_entries(&instance.subject, &instance.id) {
+                    subjects.insert(key, &[])?;
+                }
+                indexed += 1;
+            }
+            Err(e) => tracing::error!(instance = %String::from_utf8_lossy(&id), error = %e,
+                "instance left out of the subject index: it is unreadable"),
+        }
+    }
+    Ok(indexed)
+}
+
 impl Store {
     /// The oldest domain events the engine has not acknowledged.
     pub fn domain_events(&self, limit: usize) -> Result<Vec<DomainEvent>, StoreError> {
@@ -269,17 +288,23 @@ impl Store {
         self.get(&self.trees.instances, id.as_bytes())
     }
 
-    /// Every running instance whose subject shares an id with `event`'s.
+    /// The running instances `event` may concern: a superset of those
+    /// `Subject::concerns` accepts, read by prefix from the subject index
+    /// (`keys::subject_scans`), so an event reads its own conversation's
+    /// instances and not those of the provider's other conversations. Read
+    /// outside the writer (sled transactions cannot scan): the engine is the
+    /// only writer of instances, and the writer re-reads each one it changes.
     pub fn instances_about(&self, event: &DomainEvent) -> Result<Vec<Instance>, StoreError> {
         let mut ids = BTreeSet::new();
-        for key in event.subject.index_keys() {
-            if let Some(list) = self.trees.subjects.get(key.as_bytes())? {
-                ids.extend(decode::<Vec<String>>(&list)?);
+        for prefix in keys::subject_scans(&event.subject) {
+            for entry in self.trees.subjects.scan_prefix(prefix) {
+                let (key, _) = entry?;
+                ids.insert(keys::instance_of_subject_entry(&key).to_vec());
             }
         }
         let mut instances = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(instance) = self.instance(&id)? {
+            if let Some(instance) = self.get(&self.trees.instances, &id)? {
                 instances.push(instance);
             }
         }

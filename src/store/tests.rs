@@ -323,6 +323,102 @@ async fn a_version_2_directory_is_read_and_marked_current() {
     an_older_directory_is_read_and_marked_current(2).await;
 }
 
+/// An instance `id` about conversation `conversation` of provider `prov`,
+/// with one step pending at `due_ms`.
+fn running(id: &str, conversation: &str, due_ms: i64) -> crate::domain::Instance {
+    use crate::domain::{DomainEvent, Instance, PlannedStep, StepState, Subject};
+    let subject = Subject {
+        conversation_id: Some(conversation.into()),
+        listing_id: Some("l1".into()),
+        customer_id: Some(format!("cust-{conversation}")),
+        provider_id: Some("prov".into()),
+        user_id: None,
+        booking_id: None,
+    };
+    Instance {
+        id: id.into(),
+        rule: "r".into(),
+        run: format!("run-{id}"),
+        subject: subject.clone(),
+        trigger: DomainEvent {
+            seq: 1,
+            name: "e".into(),
+            aliases: Vec::new(),
+            at: "2030-01-01T00:00:00Z".into(),
+            subject,
+            data: serde_json::Value::Null,
+        },
+        steps: vec![PlannedStep {
+            name: "s".into(),
+            due_ms,
+            state: StepState::Pending,
+            note: None,
+        }],
+    }
+}
+
+/// A directory of schema 3 kept its subject index as one JSON list per id;
+/// opened now, the index is rebuilt as one entry per (id, instance) and an
+/// event finds the instances of its own conversation only.
+#[tokio::test]
+async fn a_version_3_subject_index_is_rebuilt_on_open() {
+    use crate::domain::DomainEvent;
+    let dir = tempfile::tempdir().unwrap();
+    drop(store(dir.path()));
+    {
+        let db = open_raw(dir.path());
+        let (instances, subjects) = (
+            db.open_tree("instances").unwrap(),
+            db.open_tree("subjects").unwrap(),
+        );
+        for (id, conversation) in [("r/c:c1", "c1"), ("r/c:c2", "c2")] {
+            instances
+                .insert(id, encode(&running(id, conversation, 1_000)))
+                .unwrap();
+            subjects
+                .insert(format!("c\0{conversation}"), encode(&[id]))
+                .unwrap();
+        }
+        subjects
+            .insert("u\0prov", encode(&["r/c:c1", "r/c:c2"]))
+            .unwrap();
+        subjects
+            .insert("l\0l1", encode(&["r/c:c1", "r/c:c2"]))
+            .unwrap();
+        db.flush().unwrap();
+    }
+    set_schema_version(dir.path(), 3);
+
+    let store = store(dir.path());
+    let event = DomainEvent {
+        subject: crate::domain::Subject {
+            user_id: Some("prov".into()),
+            ..running("x", "c1", 0).subject
+        },
+        ..running("x", "c1", 0).trigger
+    };
+    let found: Vec<String> = store
+        .instances_about(&event)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(found, ["r/c:c1"]);
+    // The provider's broad events still reach both.
+    let provider_wide = DomainEvent {
+        subject: crate::domain::Subject {
+            user_id: Some("prov".into()),
+            ..crate::domain::Subject::default()
+        },
+        ..event
+    };
+    assert_eq!(store.instances_about(&provider_wide).unwrap().len(), 2);
+    assert!(
+        store.trees.subjects.iter().all(|e| e.unwrap().1.is_empty()),
+        "no JSON list is left"
+    );
+}
+
 #[tokio::test]
 async fn a_client_id_is_a_retry_only_with_the_same_conversation_and_content() {
     let dir = tempfile::tempdir().unwrap();

@@ -72,9 +72,13 @@ struct EngineArgs {
     /// Domain events to generate (messages and signals).
     #[arg(long, default_value_t = 10_000)]
     events: usize,
-    /// Conversations (one customer each) the events are spread over.
-    #[arg(long, default_value_t = 1_000)]
-    conversations: usize,
+    /// Conversations (one customer each) the events are spread over; by
+    /// default `--per-provider` for each provider.
+    #[arg(long)]
+    conversations: Option<usize>,
+    /// Conversations per provider when `--conversations` is not given.
+    #[arg(long, default_value_t = 50)]
+    per_provider: usize,
     /// Providers; each has two listings, the conversations are spread over them.
     #[arg(long, default_value_t = 20)]
     providers: usize,
@@ -497,8 +501,11 @@ async fn engine_bench(args: EngineArgs) -> Result<(), String> {
         app.put_listing(service.clone(), &format!("l{l}"), listing)
             .map_err(err)?;
     }
-    let mut conversations = Vec::with_capacity(args.conversations);
-    for c in 0..args.conversations {
+    let conversation_count = args
+        .conversations
+        .unwrap_or(args.providers.max(1) * args.per_provider);
+    let mut conversations = Vec::with_capacity(conversation_count);
+    for c in 0..conversation_count {
         let tz = if c % 2 == 0 {
             "Europe/Paris"
         } else {
@@ -526,7 +533,7 @@ async fn engine_bench(args: EngineArgs) -> Result<(), String> {
         args.rules,
         plugins,
         args.providers.max(1),
-        args.conversations,
+        conversation_count,
         setup.elapsed().as_secs_f64()
     );
     println!(
@@ -537,7 +544,7 @@ async fn engine_bench(args: EngineArgs) -> Result<(), String> {
     let fixture = Arc::new(Fixture { app, conversations });
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let events: Vec<Event> = (0..args.events)
-        .map(|_| generate(&mut rng, args.conversations.max(1)))
+        .map(|_| generate(&mut rng, conversation_count.max(1)))
         .collect();
     let failures = Arc::new(AtomicUsize::new(0));
     let semaphore = Arc::new(Semaphore::new(args.concurrency.max(1)));
