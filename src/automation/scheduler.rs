@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{caught, Engine, Failed, Loaded};
+use super::changes::{fire, Firing};
+use super::{caught, sequence, Engine, Failed, Loaded};
 use crate::domain::{Instance, Timer};
 use crate::model::{Automation, SYSTEM_SENDER};
 use crate::rules::plugins::TEMPLATE_VARS;
@@ -15,21 +16,28 @@ use crate::rules::script::{off_the_workers, report};
 use crate::rules::sequences::{Party, Sender, Sequence, Step};
 use crate::rules::templates::Unfilled;
 use crate::rules::RuleSet;
-use crate::store::{Attempted, Change, Failure, Firing, Held, NewMessage, StoreError};
+use crate::store::{Attempted, Failure, Held, NewMessage, StoreError};
 
 /// Timers read at a time.
 const BATCH: usize = 64;
+/// Domain events processed before each round of timers: the queue is drained
+/// first as long as it keeps up, but under a load above the engine's capacity
+/// timers still fire (a stop queued behind this many events may then come
+/// after a step it would have cancelled).
+const EVENTS_PER_ROUND: usize = 256;
 /// The longest the loop sleeps without looking.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 impl Engine {
     /// Fires every step due by the clock's now; returns how many fired.
-    /// Queued events are processed first: a stop that happened before a step
-    /// fell due (a reply, then a clock jump past the next nudge) must cancel it.
+    /// Before each round of timers, queued events are processed (at most
+    /// [`EVENTS_PER_ROUND`]): a stop that happened before a step fell due (a
+    /// reply, then a clock jump past the next nudge) must cancel it, and
+    /// events and timers share the engine when it cannot keep up.
     pub async fn fire_due(&self) -> Result<usize, StoreError> {
         let mut fired = 0;
         loop {
-            self.drain().await?;
+            self.drain_at_most(EVENTS_PER_ROUND).await?;
             let now = self.clock.now().as_millisecond();
             let due = self.store.due_timers(now, BATCH)?;
             if due.is_empty() {
@@ -50,8 +58,6 @@ impl Engine {
                         continue;
                     }
                 };
-                let held = Held::Timer(timer.clone());
-                let retried = self.store.attempts_of(&held)?.is_some();
                 let result = match &firing {
                     Firing::Send(_) => "sent",
                     Firing::Skip(reason) => {
@@ -59,12 +65,10 @@ impl Engine {
                         "skipped"
                     }
                 };
-                if self.store.fire(timer, firing).await?.is_some() || result == "skipped" {
+                // Its failed attempts go with its timer.
+                if fire(&self.store, timer, firing).await?.is_some() || result == "skipped" {
                     metrics::counter!("parleyd_automation_steps_total", "result" => result)
                         .increment(1);
-                }
-                if retried {
-                    self.store.apply_changes(vec![Change::Forget(held)]).await?;
                 }
                 fired += 1;
             }
@@ -72,17 +76,28 @@ impl Engine {
     }
 
     /// Counts a failed preparation of `timer`'s step; the last one moves the
-    /// step to the dead-letter list.
+    /// step to the dead-letter list and marks it dead on its instance, in the
+    /// same transaction.
     async fn step_failed(&self, timer: &Timer, failure: Failure) -> Result<(), StoreError> {
+        let (timer_owned, failure_owned) = (timer.clone(), failure.clone());
+        let (max_attempts, now) = (self.max_attempts, self.now());
+        let dead_id = uuid::Uuid::now_v7().to_string();
         let attempted = self
             .store
-            .record_failure(
-                Held::Timer(timer.clone()),
-                None,
-                failure.clone(),
-                self.max_attempts,
-                self.now(),
-            )
+            .transact(move |tx| {
+                let held = Held::Timer(timer_owned.clone());
+                let attempted =
+                    tx.record_failure(&held, None, &failure_owned, max_attempts, (&now, &dead_id))?;
+                if let Attempted::Dead(_) = attempted {
+                    let dead = tx.instance(&timer_owned.instance)?.and_then(|instance| {
+                        sequence::dead(instance, &timer_owned, &failure_owned.error)
+                    });
+                    if let Some(write) = dead {
+                        tx.write(&write)?;
+                    }
+                }
+                Ok(attempted)
+            })
             .await?;
         self.failed(&failure, &attempted, "timer", || {
             format!("step {} of {}", timer.step, timer.instance)

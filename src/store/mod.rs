@@ -62,7 +62,7 @@ use hot::HotConversations;
 use writer::{WriteTrees, Writer};
 use writes::Cursors;
 
-pub use automation::{Change, Firing};
+pub use automation::{AutomationTx, InstanceWrite, TxError, Written};
 pub use outbox::Due;
 pub use quarantine::{Attempted, Failure, Held};
 pub use writer::Publish;
@@ -105,6 +105,15 @@ pub enum StoreError {
         client_id: String,
         conversation_id: String,
     },
+}
+
+impl StoreError {
+    /// Whether a write operation panicked in the writer (its batch failed as a
+    /// whole; see `writer.rs`): the caller can tell its own poison input from
+    /// a store that fails.
+    pub fn panicked(&self) -> bool {
+        matches!(self, StoreError::Flush(cause) if cause.contains("a write operation panicked"))
+    }
 }
 
 /// A committed event that still has to reach the user's live connections.

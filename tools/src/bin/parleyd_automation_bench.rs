@@ -6,7 +6,7 @@
 //!   `App::signal`), enqueued in rounds and processed by `Engine::drain()`. The
 //!   enqueue and the drain are timed separately and never overlap.
 //! - `timers`: fills a fresh store with pending timers through
-//!   `Store::apply_changes(Change::Start ..)`, then restarts it and times how
+//!   `automation::apply_changes(Change::Start ..)`, then restarts it and times how
 //!   soon the scheduler could answer.
 //! - `reload`: hot-reload latency: from a rule or template file write to the new
 //!   rule set in force (`Rules::status().version`).
@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use parleyd::auth::{Caller, Role};
-use parleyd::automation::Engine;
+use parleyd::automation::{apply_changes, Change, Engine};
 use parleyd::clock::{Clock, ManualClock};
 use parleyd::config::{Config, StorageConfig};
 use parleyd::domain::{DomainEvent, Instance, PlannedStep, StepState, Subject};
@@ -33,7 +33,7 @@ use parleyd::hub::Hub;
 use parleyd::model::{format_time, ListingInput, SendInput, SignalInput, UserInput};
 use parleyd::rules::{RuleDirs, Rules, Watcher};
 use parleyd::service::App;
-use parleyd::store::{Change, Store};
+use parleyd::store::Store;
 
 /// Virtual time of the engine run (the clock never moves).
 const EPOCH: &str = "2030-01-07T09:00:00Z";
@@ -104,7 +104,7 @@ struct TimersArgs {
     /// Pending timers to create (one instance with one pending step each).
     #[arg(long, default_value_t = 1_000_000)]
     count: usize,
-    /// Instances per `Store::apply_changes` call (one writer transaction).
+    /// Instances per `automation::apply_changes` call (one writer transaction).
     #[arg(long, default_value_t = 1_000)]
     batch: usize,
     /// Stop filling after this many seconds and extrapolate.
@@ -624,6 +624,7 @@ async fn engine_bench(args: EngineArgs) -> Result<(), String> {
             name: "message_sent".into(),
             aliases: vec!["customer_replied".into()],
             at: EPOCH.into(),
+            redriven_at: None,
             subject: Subject {
                 conversation_id: Some(id.clone()),
                 listing_id: Some(listing.clone()),
@@ -714,6 +715,7 @@ fn timer_instance(i: usize, due_ms: i64) -> Instance {
         name: "message_sent".into(),
         aliases: vec!["inquiry_received".into()],
         at: EPOCH.into(),
+        redriven_at: None,
         subject: Subject {
             user_id: subject.customer_id.clone(),
             ..subject.clone()
@@ -787,7 +789,7 @@ async fn timers_bench(args: TimersArgs) -> Result<(), String> {
             .map(|i| Change::Start(Box::new(timer_instance(i, due(i)))))
             .collect();
         let t = Instant::now();
-        let applied = store.apply_changes(changes).await.map_err(err)?;
+        let applied = apply_changes(&store, changes).await.map_err(err)?;
         batch_times.push(ms(t.elapsed()));
         if applied.iter().any(|a| !a) {
             return Err("an instance was not started".into());
