@@ -305,3 +305,100 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::automation::{apply_changes, Change};
+    use crate::clock::ManualClock;
+    use crate::domain::{DomainEvent, PlannedStep, StepState, Subject};
+    use crate::model::Signal;
+    use crate::rules::{RuleDirs, Rules};
+    use crate::store::Store;
+
+    /// Under more queued events than a round processes, a due step still
+    /// fires: the scheduler does not wait for the event queue to empty (it
+    /// never would under a load above the engine's capacity).
+    #[tokio::test]
+    async fn a_due_step_fires_while_events_are_still_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::StorageConfig {
+            cache_capacity_mb: 16,
+            ..Default::default()
+        };
+        let store = Store::open(&dir.path().join("data"), &config, Arc::new(|_| {})).unwrap();
+        let root = dir.path().join("rules");
+        for sub in ["rules", "templates", "plugins"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        // The one rule file a rule set needs; no sequence.
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/contact.yaml");
+        std::fs::copy(shipped, root.join("rules/contact.yaml")).unwrap();
+        let rules = Rules::open(RuleDirs::under(&root), Box::new(|| "t".into())).unwrap();
+        let clock = Arc::new(ManualClock::starting_at(
+            "2030-01-01T00:00:00Z".parse().unwrap(),
+        ));
+        let engine = Engine::new(store.clone(), Arc::new(rules), clock);
+
+        // A step due long ago, of a sequence no longer in the rules: it fires
+        // as a skip, which finishes its instance.
+        let trigger = DomainEvent {
+            seq: 0,
+            name: "e".into(),
+            aliases: Vec::new(),
+            at: "2029-01-01T00:00:00Z".into(),
+            redriven_at: None,
+            subject: Subject::default(),
+            data: serde_json::Value::Null,
+        };
+        let instance = Instance {
+            id: "gone/c:c1".into(),
+            rule: "gone".into(),
+            run: "run".into(),
+            subject: Subject {
+                conversation_id: Some("c1".into()),
+                ..Subject::default()
+            },
+            trigger,
+            steps: vec![PlannedStep {
+                name: "s".into(),
+                due_ms: 1_000,
+                state: StepState::Pending,
+                note: None,
+            }],
+        };
+        apply_changes(&store, vec![Change::Start(Box::new(instance))])
+            .await
+            .unwrap();
+        let signals = (0..3 * EVENTS_PER_ROUND).map(|i| {
+            let signal = Signal {
+                id: format!("s{i}"),
+                kind: "viewed".into(),
+                user_id: Some(format!("u{i}")),
+                listing_id: None,
+                conversation_id: None,
+                data: serde_json::Value::Null,
+                received_at: "2030-01-01T00:00:00Z".into(),
+            };
+            let subject = Subject {
+                user_id: signal.user_id.clone(),
+                ..Subject::default()
+            };
+            store.put_signal(signal, subject)
+        });
+        for queued in futures_util::future::join_all(signals).await {
+            queued.unwrap();
+        }
+
+        assert_eq!(engine.fire_due().await.unwrap(), 1);
+        assert!(store.instance("gone/c:c1").unwrap().is_none(), "it fired");
+        let (_, waiting) = store
+            .domain_backlog()
+            .unwrap()
+            .expect("events still queued");
+        assert!(waiting > 0);
+    }
+}
