@@ -319,11 +319,9 @@ mod tests {
     use crate::rules::{RuleDirs, Rules};
     use crate::store::Store;
 
-    /// Under more queued events than a round processes, a due step still
-    /// fires: the scheduler does not wait for the event queue to empty (it
-    /// never would under a load above the engine's capacity).
-    #[tokio::test]
-    async fn a_due_step_fires_while_events_are_still_queued() {
+    /// A store and an engine whose rules are the shipped contact policy and
+    /// `files` (path under the rule directory, text).
+    fn engine_with(files: &[(&str, &str)]) -> (tempfile::TempDir, Store, Engine, Arc<ManualClock>) {
         let dir = tempfile::tempdir().unwrap();
         let config = crate::config::StorageConfig {
             cache_capacity_mb: 16,
@@ -334,14 +332,101 @@ mod tests {
         for sub in ["rules", "templates", "plugins"] {
             std::fs::create_dir_all(root.join(sub)).unwrap();
         }
-        // The one rule file a rule set needs; no sequence.
+        // The one rule file a rule set needs.
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/contact.yaml");
         std::fs::copy(shipped, root.join("rules/contact.yaml")).unwrap();
+        for (path, text) in files {
+            std::fs::write(root.join(path), text).unwrap();
+        }
         let rules = Rules::open(RuleDirs::under(&root), Box::new(|| "t".into())).unwrap();
         let clock = Arc::new(ManualClock::starting_at(
             "2030-01-01T00:00:00Z".parse().unwrap(),
         ));
-        let engine = Engine::new(store.clone(), Arc::new(rules), clock);
+        let engine = Engine::new(store.clone(), Arc::new(rules), clock.clone());
+        (dir, store, engine, clock)
+    }
+
+    fn signal(id: &str, kind: &str, conversation: Option<&str>) -> (Signal, Subject) {
+        let signal = Signal {
+            id: id.into(),
+            kind: kind.into(),
+            user_id: Some("cust".into()),
+            listing_id: None,
+            conversation_id: conversation.map(str::to_owned),
+            data: serde_json::Value::Null,
+            received_at: "2030-01-01T00:00:00Z".into(),
+        };
+        let subject = Subject {
+            user_id: signal.user_id.clone(),
+            conversation_id: signal.conversation_id.clone(),
+            ..Subject::default()
+        };
+        (signal, subject)
+    }
+
+    /// A step that fails `max_attempts` times is dead on its sequence: a
+    /// re-plan does not arm it again, and a re-drive does.
+    #[tokio::test]
+    async fn a_dead_step_stays_dead_through_a_replan_until_it_is_redriven() {
+        let rules = "signals: [go, again]\nsequences:\n  - name: s\n    trigger: go\n    replan_on: [again]\n    steps:\n      - name: a\n        after: 1h\n        when: 'boom()'\n        template: t\n        to: customer\n";
+        let (_dir, store, engine, clock) = engine_with(&[
+            ("rules/s.yaml", rules),
+            ("templates/t.yaml", "t:\n  text: \"hello\"\n"),
+        ]);
+        let listing = crate::model::Listing {
+            id: "l1".into(),
+            title: "Kayak tour".into(),
+            price: None,
+            currency: None,
+            provider_id: "prov".into(),
+            primary_image: None,
+            badges: vec![],
+            response_time: None,
+            availability: vec![],
+            included: vec![],
+            address: None,
+            timezone: None,
+            updated_at: "2030-01-01T00:00:00Z".into(),
+        };
+        store.put_listing(&listing).unwrap();
+        let (conversation, _) = store
+            .open_conversation(&listing, "cust", "2030-01-01T00:00:00Z")
+            .await
+            .unwrap();
+        let (go, about) = signal("go", "go", Some(&conversation.id));
+        store.put_signal(go, about).await.unwrap();
+        engine.drain().await.unwrap();
+        let id = format!("s/c:{}", conversation.id);
+        let step = |store: &Store| store.instance(&id).unwrap().unwrap().steps[0].clone();
+        assert_eq!(step(&store).state, StepState::Pending);
+
+        clock.advance(jiff::SignedDuration::from_hours(2)).unwrap();
+        engine.fire_due().await.unwrap();
+        assert_eq!(step(&store).state, StepState::Dead);
+        assert_eq!(store.dead_count(), 1);
+        assert_eq!(store.next_due().unwrap(), None, "no timer");
+
+        let (again, about) = signal("again", "again", Some(&conversation.id));
+        store.put_signal(again, about).await.unwrap();
+        engine.drain().await.unwrap();
+        assert_eq!(step(&store).state, StepState::Dead, "the re-plan left it");
+        assert_eq!(store.next_due().unwrap(), None);
+
+        let dead = store.dead_items(1).unwrap().remove(0);
+        crate::automation::changes::redrive(&store, &dead.id, engine.now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(step(&store).state, StepState::Pending);
+        assert_eq!(store.next_due().unwrap(), Some(step(&store).due_ms));
+    }
+
+    /// Under more queued events than a round processes, a due step still
+    /// fires: the scheduler does not wait for the event queue to empty (it
+    /// never would under a load above the engine's capacity).
+    #[tokio::test]
+    async fn a_due_step_fires_while_events_are_still_queued() {
+        let (_dir, store, engine, _) = engine_with(&[]);
 
         // A step due long ago, of a sequence no longer in the rules: it fires
         // as a skip, which finishes its instance.
