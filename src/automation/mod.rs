@@ -426,13 +426,25 @@ impl Engine {
                 .iter()
                 .any(|a| matches!(a, PluginAction::Start(name) if *name == s.name))
         };
+        // Built once per event, for every condition and route that reads it.
+        let mut script = None;
         for sequence in &rules.sequences {
             if !(event.is(&sequence.trigger) || started_by_plugin(sequence)) {
                 continue;
             }
             let context = self.loaded(&mut loaded, event)?;
+            let subject = context.subject(event);
+            let id = Instance::id_for(&sequence.name, &subject);
+            // Already running (a second message of a conversation whose
+            // sequence starts on message_sent): nothing to write, and no
+            // condition to evaluate. The writer checks again, so a race only
+            // costs a no-op.
+            if overlay.instance(&self.store, &id)?.is_some() {
+                continue;
+            }
             if let Some(when) = &sequence.when {
-                match when.test(&context.script_context(&*self.clock)) {
+                let script = script.get_or_insert_with(|| context.script_context(&*self.clock));
+                match when.test(script) {
                     Ok(true) => {}
                     Ok(false) => continue,
                     // Not "not started": the event is tried again, then kept
@@ -445,14 +457,6 @@ impl Engine {
                         }));
                     }
                 }
-            }
-            let subject = context.subject(event);
-            let id = Instance::id_for(&sequence.name, &subject);
-            // Already running (a second message of a conversation whose
-            // sequence starts on message_sent): nothing to write. The writer
-            // checks again, so a race only costs a no-op.
-            if overlay.instance(&self.store, &id)?.is_some() {
-                continue;
             }
             let instance = Instance {
                 id,
@@ -477,7 +481,7 @@ impl Engine {
                 rules,
                 event,
                 loaded,
-                context: &loaded.script_context(&*self.clock),
+                context: script.get_or_insert_with(|| loaded.script_context(&*self.clock)),
                 store: &self.store,
                 enabled: self.channels,
                 now: self.clock.now(),
