@@ -189,6 +189,11 @@ pub struct DomainEvent {
     pub aliases: Vec<String>,
     /// When it happened (RFC 3339, the daemon's clock).
     pub at: String,
+    /// When an operator re-drove it from the dead-letter list (RFC 3339):
+    /// sequences plan from then (`automation::plan`), so a re-drive does not
+    /// fire in a burst the steps of the days the event was dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redriven_at: Option<String>,
     #[serde(flatten)]
     pub subject: Subject,
     /// Details: a message's seq and content, a booking's period, a signal's data.
@@ -233,6 +238,10 @@ pub enum StepState {
     Skipped,
     /// Its time had passed when it was planned, or re-planning removed it.
     Dropped,
+    /// Failed `automation.max_attempts` times and moved to the dead-letter
+    /// list: it has no timer and re-planning leaves it; a re-drive makes it
+    /// pending again.
+    Dead,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

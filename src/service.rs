@@ -662,9 +662,8 @@ impl App {
     /// was. 404 if `id` is not on the list.
     pub async fn redrive_pipeline(&self, caller: Caller, id: &str) -> Result<DeadItem, ApiError> {
         caller.require(&[Role::Operator])?;
-        let item = self
-            .store
-            .redrive_dead(id)
+        let now = crate::model::format_time(self.clock.now());
+        let item = crate::automation::changes::redrive(&self.store, id, now)
             .await?
             .ok_or_else(|| ApiError::not_found("dead letter"))?;
         crate::automation::count_dead(&self.store);

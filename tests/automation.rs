@@ -345,13 +345,17 @@ async fn a_broken_rule_edit_is_rejected_while_the_old_rules_serve_and_the_fix_go
     );
 }
 
+/// A plugin whose `on_event` fails fails the event, like a rule's condition:
+/// tried again, then dead-lettered naming the plugin, and re-drivable once the
+/// plugin is fixed; chat and the daemon go on meanwhile.
 #[tokio::test]
-async fn a_runaway_plugin_is_stopped_by_its_budget_and_the_daemon_keeps_serving() {
+async fn a_runaway_plugin_is_stopped_by_its_budget_and_its_events_are_dead_lettered() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
     let d = start(None, Some(dir.path())).await;
+    let spin = dir.path().join("plugins/spin.rhai");
     std::fs::write(
-        dir.path().join("plugins/spin.rhai"),
+        &spin,
         "// Never returns.\nfn on_event(event) {\n    loop { }\n}\n",
     )
     .unwrap();
@@ -361,8 +365,17 @@ async fn a_runaway_plugin_is_stopped_by_its_budget_and_the_daemon_keeps_serving(
     d.send(&p.customer, &p.conversation, "q-1", "Hi")
         .await
         .expect(201);
-    // The rest of the pipeline goes on: the shipped sequence still answers.
-    automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
+    // The conversation's opening and the message.
+    let dead = dead_reaches(&d, 2).await;
+    let entry = dead
+        .iter()
+        .find(|e| e["event"]["name"] == "message_sent")
+        .unwrap_or_else(|| panic!("{dead:?}"));
+    assert_eq!(entry["rule"], "plugin/spin", "{entry}");
+    assert!(
+        entry["error"].as_str().unwrap().contains("budget"),
+        "{entry}"
+    );
     let metrics = d.metrics().await;
     let errors = metrics
         .lines()
@@ -378,6 +391,19 @@ async fn a_runaway_plugin_is_stopped_by_its_budget_and_the_daemon_keeps_serving(
     d.call(reqwest::Method::GET, "/healthz", None, None)
         .await
         .expect(200);
+
+    // Without the plugin, the re-driven message gets its acknowledgement.
+    std::fs::remove_file(&spin).unwrap();
+    rules_after(&d, |s| s["version"].as_u64() > Some(2)).await;
+    let id = entry["id"].as_str().unwrap();
+    d.post(
+        &format!("/v1/admin/pipeline/dead/{id}/redrive"),
+        &operator().token,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
 }
 
 /// The value of the Prometheus series that starts with `series`, if any.
@@ -871,7 +897,10 @@ async fn an_event_the_rules_fail_on_is_dead_lettered_and_redriven_after_the_fix(
     assert_eq!(dead[0]["attempts"], 3);
     assert_eq!(d.metric("parleyd_dead_letters{list=\"events\"}").await, 1.0);
 
-    // Fixed, the rules take it: Carla gets her acknowledgement.
+    // Fixed four days later, the rules take it: Carla gets her
+    // acknowledgement, and the sequence runs from the re-drive rather than
+    // firing four days of nudges at once.
+    advance(&d, "96h").await;
     std::fs::write(dir.path().join("rules/inquiry.yaml"), &shipped).unwrap();
     rules_after(&d, |s| {
         s["version"].as_u64() > Some(1) && s["last_failure"].is_null()
@@ -897,6 +926,20 @@ async fn an_event_the_rules_fail_on_is_dead_lettered_and_redriven_after_the_fix(
     assert!(dead_list(&d).await.is_empty());
     d.metric_reaches("parleyd_dead_letters{list=\"events\"}", 0.0)
         .await;
+    scheduler_settles().await;
+    let messages = d.messages(&p.customer, &p.conversation).await;
+    for later in [
+        "inquiry_follow_up",
+        "inquiry_final",
+        "provider_reply_reminder",
+    ] {
+        assert!(
+            sent_by_template(&messages, later).is_empty(),
+            "{later} fired at the re-drive"
+        );
+    }
+    advance(&d, "4h").await;
+    automated(&d, &p.provider, &p.conversation, "provider_reply_reminder").await;
     // Re-driven once: it is no longer dead.
     d.post(
         &format!("/v1/admin/pipeline/dead/{id}/redrive"),

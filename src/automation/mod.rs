@@ -11,9 +11,11 @@
 //! whose sequence or step name has disappeared is skipped (recorded on the
 //! instance). Stop and re-plan events are those of the current rules.
 
+pub mod changes;
 mod context;
 pub mod invite;
 pub mod scheduler;
+pub mod sequence;
 
 use std::sync::Arc;
 
@@ -28,12 +30,39 @@ use crate::rules::plugins::{PluginAction, ON_EVENT};
 use crate::rules::script::{off_the_workers, report};
 use crate::rules::sequences::{Anchor, Sequence};
 use crate::rules::{RuleSet, Rules};
-use crate::store::{Attempted, Change, Failure, Held, Store, StoreError};
+use crate::store::{Attempted, Failure, Held, Store, StoreError};
 
+use changes::Overlay;
+pub use changes::{apply_changes, Change, Firing};
 pub use context::{person_value, reader_zone, Loaded};
 
-/// Events read from the queue at a time.
+/// Events read from the queue, evaluated and written at a time.
 const BATCH: usize = 256;
+
+/// The pauses before the 2nd, 3rd, … attempt at an event or a step that
+/// failed (the last one repeats): a transient failure (a script deadline
+/// missed on a busy machine) gets a chance to pass. Short, because the events
+/// behind a failing one wait for it to go through or die.
+const RETRY_DELAYS: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(300),
+    std::time::Duration::from_secs(1),
+];
+
+/// The pause before the next attempt after `attempts` failed ones.
+fn retry_delay(attempts: u32) -> std::time::Duration {
+    let at = (attempts as usize)
+        .saturating_sub(1)
+        .min(RETRY_DELAYS.len() - 1);
+    RETRY_DELAYS[at]
+}
+
+/// The events evaluated and not yet written.
+#[derive(Default)]
+struct Batch {
+    changes: Vec<Change>,
+    overlay: Overlay,
+}
 
 pub struct Engine {
     store: Store,
@@ -145,59 +174,123 @@ impl Engine {
 
     /// Processes every queued domain event, in order; returns how many.
     pub async fn drain(&self) -> Result<usize, StoreError> {
+        self.drain_at_most(usize::MAX).await
+    }
+
+    /// Processes queued domain events, in order, until the queue is empty or
+    /// `limit` are done (at least one batch); returns how many. Each batch's
+    /// changes and acknowledgements are written in one writer transaction:
+    /// every event is evaluated against the instances as the batch's earlier
+    /// events left them ([`Overlay`]), so it sees their effect unwritten.
+    pub async fn drain_at_most(&self, limit: usize) -> Result<usize, StoreError> {
         let _one_at_a_time = self.draining.lock().await;
         let mut processed = 0;
-        loop {
+        while processed < limit {
             let events = self.store.domain_events(BATCH)?;
             if events.is_empty() {
-                return Ok(processed);
+                break;
             }
-            // Acknowledgements accumulate; anything else is applied before the
-            // next event is evaluated, which must see its effect.
-            let mut pending = Vec::new();
+            let mut batch = Batch::default();
             for event in &events {
-                let Some(mut changes) = self.evaluate_or_quarantine(event, &mut pending).await?
-                else {
-                    continue;
-                };
-                let effective = changes.len() > 1;
-                pending.append(&mut changes);
-                if effective {
-                    self.store
-                        .apply_changes(std::mem::take(&mut pending))
-                        .await?;
-                    self.wake_scheduler();
+                if let Some(changes) = self.evaluate_or_quarantine(event, &mut batch).await? {
+                    for change in &changes {
+                        batch.overlay.record(&self.store, change)?;
+                    }
+                    batch.changes.extend(changes);
                 }
             }
-            if !pending.is_empty() {
-                self.store.apply_changes(pending).await?;
-            }
+            self.write(&mut batch).await?;
             processed += events.len();
             metrics::counter!("parleyd_engine_events_total").increment(events.len() as u64);
         }
+        Ok(processed)
     }
 
-    /// What one event changes (ending with its acknowledgement), retried at
-    /// once while the rules fail on it; `None` once it has failed
-    /// `max_attempts` times and moved to the dead-letter list. `pending` (the
-    /// earlier events' acknowledgements) is applied before an attempt is
+    /// Writes the batch's changes (one writer transaction) and starts it
+    /// afresh. If the writer panics applying them (a bug, or a record that
+    /// trips one), each event's changes are written on their own, and the
+    /// event whose changes panic again gets a failed attempt: a poison event
+    /// ends on the dead-letter list instead of being retried forever.
+    async fn write(&self, batch: &mut Batch) -> Result<(), StoreError> {
+        if batch.changes.is_empty() {
+            return Ok(());
+        }
+        let changes = std::mem::take(&mut batch.changes);
+        batch.overlay.clear();
+        let wake = changes.iter().any(|c| !matches!(c, Change::Ack(_)));
+        match apply_changes(&self.store, changes.clone()).await {
+            Err(e) if e.panicked() => {
+                // Each event's changes end with its acknowledgement.
+                for group in changes.split_inclusive(|c| matches!(c, Change::Ack(_))) {
+                    match apply_changes(&self.store, group.to_vec()).await {
+                        Err(e) if e.panicked() => self.write_failed(group, &e).await?,
+                        result => {
+                            result?;
+                        }
+                    }
+                }
+            }
+            result => {
+                result?;
+            }
+        }
+        if wake {
+            self.wake_scheduler();
+        }
+        Ok(())
+    }
+
+    /// Counts a failed attempt at the event whose changes (`group`, ending
+    /// with its acknowledgement) could not be written.
+    async fn write_failed(&self, group: &[Change], error: &StoreError) -> Result<(), StoreError> {
+        let Some(Change::Ack(seq)) = group.last() else {
+            return Ok(());
+        };
+        let Some(event) = self.store.domain_event(*seq)? else {
+            return Ok(());
+        };
+        let failure = Failure {
+            rule: None,
+            error: format!("writing its changes failed: {error}"),
+        };
+        let attempted = self
+            .store
+            .record_failure(
+                Held::Event(*seq),
+                Some(event.clone()),
+                failure.clone(),
+                self.max_attempts,
+                self.now(),
+            )
+            .await?;
+        self.failed(&failure, &attempted, "event", || {
+            format!("domain event {} ({})", event.seq, event.name)
+        });
+        Ok(())
+    }
+
+    /// What one event changes (ending with its acknowledgement), retried while
+    /// the rules fail on it, after a short growing pause ([`RETRY_DELAYS`]);
+    /// `None` once it has failed `max_attempts` times and moved to the
+    /// dead-letter list. The batch so far is written before an attempt is
     /// counted, so the count never outlives an event that was done.
     async fn evaluate_or_quarantine(
         &self,
         event: &DomainEvent,
-        pending: &mut Vec<Change>,
+        batch: &mut Batch,
     ) -> Result<Option<Vec<Change>>, StoreError> {
         let held = Held::Event(event.seq);
-        let mut retried = self.store.attempts_of(&held)?.is_some();
+        let mut retried = self.store.attempts_of(&held)?;
         loop {
+            if let Some(attempts) = retried {
+                tokio::time::sleep(retry_delay(attempts)).await;
+            }
             let rules = self.rules.current();
-            let failure = match caught(None, || off_the_workers(|| self.evaluate(&rules, event))) {
-                Ok(mut changes) => {
-                    if retried {
-                        changes.insert(0, Change::Forget(held));
-                    }
-                    return Ok(Some(changes));
-                }
+            let overlay = &batch.overlay;
+            let failure = match caught(None, || {
+                off_the_workers(|| self.evaluate(&rules, event, overlay))
+            }) {
+                Ok(changes) => return Ok(Some(changes)),
                 // An unreadable record must not hold up every later event.
                 Err(Failed::Store(StoreError::Corrupt(e))) => {
                     tracing::error!(seq = event.seq, event = %event.name, error = %e,
@@ -208,9 +301,7 @@ impl Engine {
                 Err(Failed::Store(e)) => return Err(e),
                 Err(Failed::Rule(failure)) => failure,
             };
-            if !pending.is_empty() {
-                self.store.apply_changes(std::mem::take(pending)).await?;
-            }
+            self.write(batch).await?;
             let attempted = self
                 .store
                 .record_failure(
@@ -225,7 +316,7 @@ impl Engine {
                 format!("domain event {} ({})", event.seq, event.name)
             });
             match attempted {
-                Attempted::Again(_) => retried = true,
+                Attempted::Again(attempts) => retried = Some(attempts),
                 Attempted::Dead(_) | Attempted::Gone => return Ok(None),
             }
         }
@@ -263,21 +354,32 @@ impl Engine {
     }
 
     /// What one event changes; always ends with its acknowledgement.
-    fn evaluate(&self, rules: &RuleSet, event: &DomainEvent) -> Result<Vec<Change>, Failed> {
+    /// `overlay`: the instances as the batch's earlier events left them.
+    fn evaluate(
+        &self,
+        rules: &RuleSet,
+        event: &DomainEvent,
+        overlay: &Overlay,
+    ) -> Result<Vec<Change>, Failed> {
         let _span = tracing::debug_span!("rules", event = %event.name, seq = event.seq).entered();
         let mut changes = Vec::new();
         let mut loaded: Option<Loaded> = None;
         let reacting = rules.plugins.iter().any(|p| p.has(ON_EVENT));
-        let plugin_actions: Vec<PluginAction> = if !reacting {
-            Vec::new()
-        } else {
+        let mut plugin_actions: Vec<PluginAction> = Vec::new();
+        if reacting {
             let argument = rhai::serde::to_dynamic(event).unwrap_or(rhai::Dynamic::UNIT);
-            rules
-                .plugins
-                .iter()
-                .flat_map(|p| p.on_event(argument.clone()))
-                .collect()
-        };
+            for plugin in &rules.plugins {
+                // Not "no actions": the event is tried again, then kept for a
+                // re-drive once the plugin is fixed.
+                let actions = plugin.on_event(argument.clone()).map_err(|error| {
+                    Failed::Rule(Failure {
+                        rule: Some(format!("plugin/{}", plugin.name)),
+                        error: format!("{ON_EVENT}: {error}"),
+                    })
+                })?;
+                plugin_actions.extend(actions);
+            }
+        }
 
         let listens = |s: &Sequence| {
             s.stop_on.iter().chain(&s.replan_on).any(|n| event.is(n))
@@ -286,7 +388,7 @@ impl Engine {
                     .any(|a| matches!(a, PluginAction::Stop(name) if *name == s.name))
         };
         if rules.sequences.iter().any(listens) {
-            for instance in self.store.instances_about(event)? {
+            for instance in overlay.about(event, self.store.instances_about(event)?) {
                 if !event.subject.concerns(&instance.subject) {
                     continue;
                 }
@@ -324,13 +426,25 @@ impl Engine {
                 .iter()
                 .any(|a| matches!(a, PluginAction::Start(name) if *name == s.name))
         };
+        // Built once per event, for every condition and route that reads it.
+        let mut script = None;
         for sequence in &rules.sequences {
             if !(event.is(&sequence.trigger) || started_by_plugin(sequence)) {
                 continue;
             }
             let context = self.loaded(&mut loaded, event)?;
+            let subject = context.subject(event);
+            let id = Instance::id_for(&sequence.name, &subject);
+            // Already running (a second message of a conversation whose
+            // sequence starts on message_sent): nothing to write, and no
+            // condition to evaluate. The writer checks again, so a race only
+            // costs a no-op.
+            if overlay.instance(&self.store, &id)?.is_some() {
+                continue;
+            }
             if let Some(when) = &sequence.when {
-                match when.test(&context.script_context(&*self.clock)) {
+                let script = script.get_or_insert_with(|| context.script_context(&*self.clock));
+                match when.test(script) {
                     Ok(true) => {}
                     Ok(false) => continue,
                     // Not "not started": the event is tried again, then kept
@@ -343,14 +457,6 @@ impl Engine {
                         }));
                     }
                 }
-            }
-            let subject = context.subject(event);
-            let id = Instance::id_for(&sequence.name, &subject);
-            // Already running (a second message of a conversation whose
-            // sequence starts on message_sent): nothing to write. The writer
-            // checks again, so a race only costs a no-op.
-            if self.store.instance(&id)?.is_some() {
-                continue;
             }
             let instance = Instance {
                 id,
@@ -375,7 +481,7 @@ impl Engine {
                 rules,
                 event,
                 loaded,
-                context: &loaded.script_context(&*self.clock),
+                context: script.get_or_insert_with(|| loaded.script_context(&*self.clock)),
                 store: &self.store,
                 enabled: self.channels,
                 now: self.clock.now(),
@@ -414,15 +520,19 @@ pub fn count_dead(store: &Store) {
 /// When each step of `sequence` is due, for a run triggered by `trigger` and
 /// planned (or re-planned) on `event`. A step whose time is before `event` (a
 /// day-before reminder for a booking made this morning) or that needs a
-/// booking there is none of, is dropped.
+/// booking there is none of, is dropped. An event re-driven from the
+/// dead-letter list counts as happening when it was re-driven
+/// (`DomainEvent::redriven_at`): steps timed from it are planned from then,
+/// not fired at once for the days it was dead.
 pub fn plan(
     sequence: &Sequence,
     trigger: &DomainEvent,
     event: &DomainEvent,
     booking: Option<&Booking>,
 ) -> Vec<PlannedStep> {
-    let triggered = timestamp(&trigger.at);
-    let at = timestamp(&event.at);
+    // A re-driven event happened, for planning, when it was re-driven.
+    let when = |e: &DomainEvent| timestamp(e.redriven_at.as_deref().unwrap_or(&e.at));
+    let (triggered, at) = (when(trigger), when(event));
     let period = booking.and_then(|b| Some((timestamp(&b.start)?, timestamp(&b.end)?)));
     sequence
         .steps

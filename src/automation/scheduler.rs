@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{caught, Engine, Failed, Loaded};
+use super::changes::{fire, Firing};
+use super::{caught, sequence, Engine, Failed, Loaded};
 use crate::domain::{Instance, Timer};
 use crate::model::{Automation, SYSTEM_SENDER};
 use crate::rules::plugins::TEMPLATE_VARS;
@@ -15,21 +16,28 @@ use crate::rules::script::{off_the_workers, report};
 use crate::rules::sequences::{Party, Sender, Sequence, Step};
 use crate::rules::templates::Unfilled;
 use crate::rules::RuleSet;
-use crate::store::{Attempted, Change, Failure, Firing, Held, NewMessage, StoreError};
+use crate::store::{Attempted, Failure, Held, NewMessage, StoreError};
 
 /// Timers read at a time.
 const BATCH: usize = 64;
+/// Domain events processed before each round of timers: the queue is drained
+/// first as long as it keeps up, but under a load above the engine's capacity
+/// timers still fire (a stop queued behind this many events may then come
+/// after a step it would have cancelled).
+const EVENTS_PER_ROUND: usize = 256;
 /// The longest the loop sleeps without looking.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 impl Engine {
     /// Fires every step due by the clock's now; returns how many fired.
-    /// Queued events are processed first: a stop that happened before a step
-    /// fell due (a reply, then a clock jump past the next nudge) must cancel it.
+    /// Before each round of timers, queued events are processed (at most
+    /// [`EVENTS_PER_ROUND`]): a stop that happened before a step fell due (a
+    /// reply, then a clock jump past the next nudge) must cancel it, and
+    /// events and timers share the engine when it cannot keep up.
     pub async fn fire_due(&self) -> Result<usize, StoreError> {
         let mut fired = 0;
         loop {
-            self.drain().await?;
+            self.drain_at_most(EVENTS_PER_ROUND).await?;
             let now = self.clock.now().as_millisecond();
             let due = self.store.due_timers(now, BATCH)?;
             if due.is_empty() {
@@ -50,8 +58,6 @@ impl Engine {
                         continue;
                     }
                 };
-                let held = Held::Timer(timer.clone());
-                let retried = self.store.attempts_of(&held)?.is_some();
                 let result = match &firing {
                     Firing::Send(_) => "sent",
                     Firing::Skip(reason) => {
@@ -59,12 +65,10 @@ impl Engine {
                         "skipped"
                     }
                 };
-                if self.store.fire(timer, firing).await?.is_some() || result == "skipped" {
+                // Its failed attempts go with its timer.
+                if fire(&self.store, timer, firing).await?.is_some() || result == "skipped" {
                     metrics::counter!("parleyd_automation_steps_total", "result" => result)
                         .increment(1);
-                }
-                if retried {
-                    self.store.apply_changes(vec![Change::Forget(held)]).await?;
                 }
                 fired += 1;
             }
@@ -72,17 +76,28 @@ impl Engine {
     }
 
     /// Counts a failed preparation of `timer`'s step; the last one moves the
-    /// step to the dead-letter list.
+    /// step to the dead-letter list and marks it dead on its instance, in the
+    /// same transaction.
     async fn step_failed(&self, timer: &Timer, failure: Failure) -> Result<(), StoreError> {
+        let (timer_owned, failure_owned) = (timer.clone(), failure.clone());
+        let (max_attempts, now) = (self.max_attempts, self.now());
+        let dead_id = uuid::Uuid::now_v7().to_string();
         let attempted = self
             .store
-            .record_failure(
-                Held::Timer(timer.clone()),
-                None,
-                failure.clone(),
-                self.max_attempts,
-                self.now(),
-            )
+            .transact(move |tx| {
+                let held = Held::Timer(timer_owned.clone());
+                let attempted =
+                    tx.record_failure(&held, None, &failure_owned, max_attempts, (&now, &dead_id))?;
+                if let Attempted::Dead(_) = attempted {
+                    let dead = tx.instance(&timer_owned.instance)?.and_then(|instance| {
+                        sequence::dead(instance, &timer_owned, &failure_owned.error)
+                    });
+                    if let Some(write) = dead {
+                        tx.write(&write)?;
+                    }
+                }
+                Ok(attempted)
+            })
             .await?;
         self.failed(&failure, &attempted, "timer", || {
             format!("step {} of {}", timer.step, timer.instance)
@@ -288,5 +303,187 @@ impl Engine {
             let _ =
                 tokio::time::timeout(sleep.min(MAX_SLEEP), self.timers_changed.notified()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::automation::{apply_changes, Change};
+    use crate::clock::ManualClock;
+    use crate::domain::{DomainEvent, PlannedStep, StepState, Subject};
+    use crate::model::Signal;
+    use crate::rules::{RuleDirs, Rules};
+    use crate::store::Store;
+
+    /// A store and an engine whose rules are the shipped contact policy and
+    /// `files` (path under the rule directory, text).
+    fn engine_with(files: &[(&str, &str)]) -> (tempfile::TempDir, Store, Engine, Arc<ManualClock>) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::StorageConfig {
+            cache_capacity_mb: 16,
+            ..Default::default()
+        };
+        let store = Store::open(&dir.path().join("data"), &config, Arc::new(|_| {})).unwrap();
+        let root = dir.path().join("rules");
+        for sub in ["rules", "templates", "plugins"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        // The one rule file a rule set needs.
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/contact.yaml");
+        std::fs::copy(shipped, root.join("rules/contact.yaml")).unwrap();
+        for (path, text) in files {
+            std::fs::write(root.join(path), text).unwrap();
+        }
+        let rules = Rules::open(RuleDirs::under(&root), Box::new(|| "t".into())).unwrap();
+        let clock = Arc::new(ManualClock::starting_at(
+            "2030-01-01T00:00:00Z".parse().unwrap(),
+        ));
+        let engine = Engine::new(store.clone(), Arc::new(rules), clock.clone());
+        (dir, store, engine, clock)
+    }
+
+    fn signal(id: &str, kind: &str, conversation: Option<&str>) -> (Signal, Subject) {
+        let signal = Signal {
+            id: id.into(),
+            kind: kind.into(),
+            user_id: Some("cust".into()),
+            listing_id: None,
+            conversation_id: conversation.map(str::to_owned),
+            data: serde_json::Value::Null,
+            received_at: "2030-01-01T00:00:00Z".into(),
+        };
+        let subject = Subject {
+            user_id: signal.user_id.clone(),
+            conversation_id: signal.conversation_id.clone(),
+            ..Subject::default()
+        };
+        (signal, subject)
+    }
+
+    /// A step that fails `max_attempts` times is dead on its sequence: a
+    /// re-plan does not arm it again, and a re-drive does.
+    #[tokio::test]
+    async fn a_dead_step_stays_dead_through_a_replan_until_it_is_redriven() {
+        let rules = "signals: [go, again]\nsequences:\n  - name: s\n    trigger: go\n    replan_on: [again]\n    steps:\n      - name: a\n        after: 1h\n        when: 'boom()'\n        template: t\n        to: customer\n";
+        let (_dir, store, engine, clock) = engine_with(&[
+            ("rules/s.yaml", rules),
+            ("templates/t.yaml", "t:\n  text: \"hello\"\n"),
+        ]);
+        let listing = crate::model::Listing {
+            id: "l1".into(),
+            title: "Kayak tour".into(),
+            price: None,
+            currency: None,
+            provider_id: "prov".into(),
+            primary_image: None,
+            badges: vec![],
+            response_time: None,
+            availability: vec![],
+            included: vec![],
+            address: None,
+            timezone: None,
+            updated_at: "2030-01-01T00:00:00Z".into(),
+        };
+        store.put_listing(&listing).unwrap();
+        let (conversation, _) = store
+            .open_conversation(&listing, "cust", "2030-01-01T00:00:00Z")
+            .await
+            .unwrap();
+        let (go, about) = signal("go", "go", Some(&conversation.id));
+        store.put_signal(go, about).await.unwrap();
+        engine.drain().await.unwrap();
+        let id = format!("s/c:{}", conversation.id);
+        let step = |store: &Store| store.instance(&id).unwrap().unwrap().steps[0].clone();
+        assert_eq!(step(&store).state, StepState::Pending);
+
+        clock.advance(jiff::SignedDuration::from_hours(2)).unwrap();
+        engine.fire_due().await.unwrap();
+        assert_eq!(step(&store).state, StepState::Dead);
+        assert_eq!(store.dead_count(), 1);
+        assert_eq!(store.next_due().unwrap(), None, "no timer");
+
+        let (again, about) = signal("again", "again", Some(&conversation.id));
+        store.put_signal(again, about).await.unwrap();
+        engine.drain().await.unwrap();
+        assert_eq!(step(&store).state, StepState::Dead, "the re-plan left it");
+        assert_eq!(store.next_due().unwrap(), None);
+
+        let dead = store.dead_items(1).unwrap().remove(0);
+        crate::automation::changes::redrive(&store, &dead.id, engine.now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(step(&store).state, StepState::Pending);
+        assert_eq!(store.next_due().unwrap(), Some(step(&store).due_ms));
+    }
+
+    /// Under more queued events than a round processes, a due step still
+    /// fires: the scheduler does not wait for the event queue to empty (it
+    /// never would under a load above the engine's capacity).
+    #[tokio::test]
+    async fn a_due_step_fires_while_events_are_still_queued() {
+        let (_dir, store, engine, _) = engine_with(&[]);
+
+        // A step due long ago, of a sequence no longer in the rules: it fires
+        // as a skip, which finishes its instance.
+        let trigger = DomainEvent {
+            seq: 0,
+            name: "e".into(),
+            aliases: Vec::new(),
+            at: "2029-01-01T00:00:00Z".into(),
+            redriven_at: None,
+            subject: Subject::default(),
+            data: serde_json::Value::Null,
+        };
+        let instance = Instance {
+            id: "gone/c:c1".into(),
+            rule: "gone".into(),
+            run: "run".into(),
+            subject: Subject {
+                conversation_id: Some("c1".into()),
+                ..Subject::default()
+            },
+            trigger,
+            steps: vec![PlannedStep {
+                name: "s".into(),
+                due_ms: 1_000,
+                state: StepState::Pending,
+                note: None,
+            }],
+        };
+        apply_changes(&store, vec![Change::Start(Box::new(instance))])
+            .await
+            .unwrap();
+        let signals = (0..3 * EVENTS_PER_ROUND).map(|i| {
+            let signal = Signal {
+                id: format!("s{i}"),
+                kind: "viewed".into(),
+                user_id: Some(format!("u{i}")),
+                listing_id: None,
+                conversation_id: None,
+                data: serde_json::Value::Null,
+                received_at: "2030-01-01T00:00:00Z".into(),
+            };
+            let subject = Subject {
+                user_id: signal.user_id.clone(),
+                ..Subject::default()
+            };
+            store.put_signal(signal, subject)
+        });
+        for queued in futures_util::future::join_all(signals).await {
+            queued.unwrap();
+        }
+
+        assert_eq!(engine.fire_due().await.unwrap(), 1);
+        assert!(store.instance("gone/c:c1").unwrap().is_none(), "it fired");
+        let (_, waiting) = store
+            .domain_backlog()
+            .unwrap()
+            .expect("events still queued");
+        assert!(waiting > 0);
     }
 }

@@ -73,24 +73,23 @@ impl Plugin {
             })
     }
 
-    /// `on_event`'s actions; an error or a malformed answer gives none.
-    pub fn on_event(&self, event: Dynamic) -> Vec<PluginAction> {
+    /// `on_event`'s actions. A failing hook or a malformed answer is an error
+    /// (logged and counted here): the engine counts it as a failed attempt at
+    /// the event, like a rule's failing condition.
+    pub fn on_event(&self, event: Dynamic) -> Result<Vec<PluginAction>, String> {
         if !self.has(ON_EVENT) {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let Ok(value) = self.call(ON_EVENT, event) else {
-            return Vec::new();
-        };
+        let value = self.call(ON_EVENT, event).map_err(|e| e.to_string())?;
         if value.is_null() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        serde_json::from_value(value)
-            .inspect_err(|e| {
-                metrics::counter!("parleyd_plugin_errors_total", "plugin" => self.name.clone())
-                    .increment(1);
-                tracing::error!(target: RULE_ERRORS, plugin = %self.name, file = %self.file, error = %e,
-                    "on_event must return an array of #{{start: name}} or #{{stop: name}}");
-            })
-            .unwrap_or_default()
+        serde_json::from_value(value).map_err(|e| {
+            metrics::counter!("parleyd_plugin_errors_total", "plugin" => self.name.clone())
+                .increment(1);
+            tracing::error!(target: RULE_ERRORS, plugin = %self.name, file = %self.file, error = %e,
+                "on_event must return an array of #{{start: name}} or #{{stop: name}}");
+            format!("{ON_EVENT} must return an array of #{{start: name}} or #{{stop: name}}: {e}")
+        })
     }
 }

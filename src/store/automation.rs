@@ -7,13 +7,17 @@
 //! | `domain`    | event seq (u64)              | `DomainEvent` JSON           |
 //! | `instances` | instance id                  | `Instance` JSON              |
 //! | `timers`    | due ms (u64) instance `\0` step | empty                     |
-//! | `subjects`  | kind `\0` id                 | JSON list of instance ids    |
+//! | `subjects`  | kind `\0` id `\0` scope `\0` instance | empty (`keys::subject_entries`) |
 //!
 //! `domain` also holds, behind the queue, failed attempts and the dead-letter
 //! list (`quarantine.rs`).
 //!
-//! sled transactions cannot scan, so the index is a list per id rather than a
-//! prefix of keys; its lists are short (the sequences running about one thing).
+//! The subject index has one key per (id, instance), so starting or stopping
+//! an instance writes a few small keys and rewrites nothing. sled transactions
+//! cannot scan: it is read by prefix outside the writer
+//! ([`Store::instances_about`]). Schema 3 and earlier kept one JSON list per id;
+//! opening such a directory rebuilds the index from `instances`
+//! ([`rebuild_subject_index`]).
 
 use std::collections::BTreeSet;
 
@@ -22,37 +26,135 @@ use sled::transaction::UnabortableTransactionError;
 use super::writer::OpResult;
 use super::writes::{append_message, Tx};
 use super::{decode, encode, keys, Delivery, NewMessage, Store, StoreError, Stored};
-use crate::domain::{DomainEvent, Instance, StepState, Timer};
-use crate::model::Message;
+use crate::domain::{DomainEvent, Instance, Timer};
+use crate::model::notification::Notification;
 
-/// A change the engine makes to its state, applied in a writer transaction.
-#[derive(Debug, Clone)]
-pub enum Change {
-    /// Starts the instance unless one with its id is running.
-    Start(Box<Instance>),
-    /// Stops the instance: its pending steps will not fire.
-    Stop(String),
-    /// Moves the instance's pending (and dropped) steps: each to a new time, or
-    /// dropped (with the reason).
-    Replan {
-        instance: String,
-        steps: Vec<(String, Result<i64, String>)>,
-    },
-    /// A notification to queue (it exists already after a crash and replay:
-    /// then nothing changes).
-    Notify(Box<crate::model::notification::Notification>),
-    /// The engine is done with this domain event.
-    Ack(u64),
-    /// Forgets the failed attempts recorded for an event or a step that went
-    /// through on a retry.
-    Forget(super::Held),
+/// What a transition of a sequence instance writes (the transition itself is
+/// decided by `automation::sequence`): the instance as it is after it, whether
+/// it is new, running or finished, and the timers to cancel and to arm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceWrite {
+    pub instance: Instance,
+    pub state: Written,
+    /// Timers to remove, with their failed attempts (`quarantine.rs`).
+    pub cancel: Vec<Timer>,
+    pub arm: Vec<Timer>,
 }
 
-/// What a due step does when it fires.
-#[derive(Debug, Clone)]
-pub enum Firing {
-    Send(Box<NewMessage>),
-    Skip(String),
+/// What becomes of the instance record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Saved for the first time, with its subject-index entries.
+    Started,
+    /// Saved over the stored one.
+    Running,
+    /// Removed, with its subject-index entries.
+    Finished,
+}
+
+/// Why an operation of an [`AutomationTx`] failed: sled's (the whole batch is
+/// retried or fails) or the operation's own.
+#[derive(Debug)]
+pub enum TxError {
+    Sled(UnabortableTransactionError),
+    Store(StoreError),
+}
+
+impl From<UnabortableTransactionError> for TxError {
+    fn from(e: UnabortableTransactionError) -> TxError {
+        TxError::Sled(e)
+    }
+}
+
+impl From<StoreError> for TxError {
+    fn from(e: StoreError) -> TxError {
+        TxError::Store(e)
+    }
+}
+
+/// The automation engine's view of one writer transaction: typed reads of its
+/// records and the writes it may make. Everything done through it commits (or
+/// not) together.
+pub struct AutomationTx<'a, 'b> {
+    pub(super) tx: &'a Tx<'b>,
+    out: std::cell::RefCell<&'a mut Vec<Delivery>>,
+}
+
+impl AutomationTx<'_, '_> {
+    pub fn instance(&self, id: &str) -> Result<Option<Instance>, TxError> {
+        Ok(get_instance(self.tx, id)??)
+    }
+
+    /// Writes what a transition decided (see [`InstanceWrite`]).
+    pub fn write(&self, write: &InstanceWrite) -> Result<(), TxError> {
+        let tx = self.tx;
+        for timer in &write.cancel {
+            self.remove_timer(timer)?;
+        }
+        for timer in &write.arm {
+            tx.timers
+                .insert(keys::timer(timer.due_ms, &timer.instance, &timer.step), &[])?;
+        }
+        let instance = &write.instance;
+        match write.state {
+            Written::Started | Written::Running => {
+                tx.instances
+                    .insert(instance.id.as_bytes(), encode(instance))?;
+            }
+            Written::Finished => {
+                tx.instances.remove(instance.id.as_bytes())?;
+            }
+        }
+        if write.state != Written::Running {
+            for key in keys::subject_entries(&instance.subject, &instance.id) {
+                if write.state == Written::Started {
+                    tx.subjects.insert(key, &[])?;
+                } else {
+                    tx.subjects.remove(key)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `timer` is armed.
+    pub fn armed(&self, timer: &Timer) -> Result<bool, TxError> {
+        let key = keys::timer(timer.due_ms, &timer.instance, &timer.step);
+        Ok(self.tx.timers.get(key)?.is_some())
+    }
+
+    /// Removes `timer` and its failed attempts.
+    pub fn remove_timer(&self, timer: &Timer) -> Result<(), TxError> {
+        self.tx
+            .timers
+            .remove(keys::timer(timer.due_ms, &timer.instance, &timer.step))?;
+        self.forget(&super::Held::Timer(timer.clone()))
+    }
+
+    /// Queues a notification; `false` if it exists already (a replay).
+    pub fn notify(&self, notification: &Notification) -> Result<bool, TxError> {
+        Ok(super::outbox::create(self.tx, notification)??)
+    }
+
+    /// Takes the domain event off the queue, with its failed attempts.
+    pub fn ack(&self, seq: u64) -> Result<(), TxError> {
+        self.tx.domain.remove(&keys::domain(seq))?;
+        self.forget(&super::Held::Event(seq))
+    }
+
+    /// Forgets the failed attempts recorded for an event or a step.
+    pub fn forget(&self, held: &super::Held) -> Result<(), TxError> {
+        super::quarantine::forget(self.tx, held)??;
+        Ok(())
+    }
+
+    /// Stores an automated message (see `writes::append_message`); an error
+    /// of the message's own (the conversation is gone) is returned as such.
+    pub fn append_message(&self, new: &NewMessage) -> Result<Result<Stored, StoreError>, TxError> {
+        let message_id = uuid::Uuid::now_v7().to_string();
+        let mut out = self.out.borrow_mut();
+        Ok(append_message(self.tx, new, &message_id, &mut out)?.map(|(stored, _)| stored))
+    }
 }
 
 pub(super) fn get_instance(tx: &Tx<'_>, id: &str) -> OpResult<Option<Instance>> {
@@ -63,190 +165,30 @@ pub(super) fn get_instance(tx: &Tx<'_>, id: &str) -> OpResult<Option<Instance>> 
         .transpose())
 }
 
-fn index_update(
-    tx: &Tx<'_>,
-    instance: &Instance,
-    add: bool,
-) -> Result<Result<(), StoreError>, UnabortableTransactionError> {
-    for key in instance.subject.index_keys() {
-        let mut ids: BTreeSet<String> = match tx.subjects.get(key.as_bytes())? {
-            Some(bytes) => match decode(&bytes) {
-                Ok(ids) => ids,
-                Err(e) => return Ok(Err(e)),
-            },
-            None => BTreeSet::new(),
-        };
-        if add {
-            ids.insert(instance.id.clone());
-        } else {
-            ids.remove(&instance.id);
-        }
-        if ids.is_empty() {
-            tx.subjects.remove(key.as_bytes())?;
-        } else {
-            tx.subjects.insert(key.as_bytes(), encode(&ids))?;
-        }
-    }
-    Ok(Ok(()))
-}
-
-/// Saves an instance, or forgets it (and its index entries) once nothing of it
-/// is pending.
-fn save_or_finish(tx: &Tx<'_>, instance: &Instance) -> OpResult<()> {
-    if instance.pending().next().is_some() {
-        tx.instances
-            .insert(instance.id.as_bytes(), encode(instance))?;
-        return Ok(Ok(()));
-    }
-    tx.instances.remove(instance.id.as_bytes())?;
-    index_update(tx, instance, false)
-}
-
-fn remove_timers(tx: &Tx<'_>, instance: &Instance) -> Result<(), UnabortableTransactionError> {
-    for step in instance.pending() {
-        tx.timers
-            .remove(keys::timer(step.due_ms, &instance.id, &step.name))?;
-    }
-    Ok(())
-}
-
-fn insert_timers(tx: &Tx<'_>, instance: &Instance) -> Result<(), UnabortableTransactionError> {
-    for step in instance.pending() {
-        tx.timers
-            .insert(keys::timer(step.due_ms, &instance.id, &step.name), &[])?;
-    }
-    Ok(())
-}
-
-pub fn apply_change(tx: &Tx<'_>, change: &Change) -> OpResult<bool> {
-    match change {
-        Change::Start(instance) => {
-            if tx.instances.get(instance.id.as_bytes())?.is_some() {
-                return Ok(Ok(false));
-            }
-            if instance.pending().next().is_none() {
-                return Ok(Ok(false));
-            }
-            if let Err(e) = index_update(tx, instance, true)? {
-                return Ok(Err(e));
-            }
-            insert_timers(tx, instance)?;
-            tx.instances
-                .insert(instance.id.as_bytes(), encode(instance))?;
-            Ok(Ok(true))
-        }
-        Change::Stop(id) => {
-            let Some(instance) = get_instance(tx, id)?.transpose() else {
-                return Ok(Ok(false));
-            };
-            let instance = match instance {
-                Ok(i) => i,
-                Err(e) => return Ok(Err(e)),
-            };
-            remove_timers(tx, &instance)?;
-            tx.instances.remove(id.as_bytes())?;
-            index_update(tx, &instance, false).map(|r| r.map(|()| true))
-        }
-        Change::Replan { instance, steps } => {
-            let Some(instance) = get_instance(tx, instance)?.transpose() else {
-                return Ok(Ok(false));
-            };
-            let mut instance = match instance {
-                Ok(i) => i,
-                Err(e) => return Ok(Err(e)),
-            };
-            remove_timers(tx, &instance)?;
-            // Steps already sent or skipped stay so; a dropped one whose new
-            // time is ahead is pending again.
-            for step in instance
-                .steps
-                .iter_mut()
-                .filter(|s| matches!(s.state, StepState::Pending | StepState::Dropped))
-            {
-                match steps.iter().find(|(name, _)| *name == step.name) {
-                    Some((_, Ok(due))) => {
-                        step.due_ms = *due;
-                        step.state = StepState::Pending;
-                        step.note = None;
-                    }
-                    Some((_, Err(reason))) => {
-                        step.state = StepState::Dropped;
-                        step.note = Some(reason.clone());
-                    }
-                    None => {}
+/// Replaces whatever `subjects` holds with the entries of every instance in
+/// `instances` (the upgrade from schema 3's JSON lists). An unreadable
+/// instance is left out of the index, logged: no event finds it, and its
+/// timers clear it when they fire (`automation::changes::fire`).
+pub(super) fn rebuild_subject_index(
+    instances: &sled::Tree,
+    subjects: &sled::Tree,
+) -> Result<usize, StoreError> {
+    subjects.clear()?;
+    let mut indexed = 0;
+    for entry in instances.iter() {
+        let (id, value) = entry?;
+        match decode::<Instance>(&value) {
+            Ok(instance) => {
+                for key in keys::subject_entries(&instance.subject, &instance.id) {
+                    subjects.insert(key, &[])?;
                 }
+                indexed += 1;
             }
-            insert_timers(tx, &instance)?;
-            save_or_finish(tx, &instance).map(|r| r.map(|()| true))
+            Err(e) => tracing::error!(instance = %String::from_utf8_lossy(&id), error = %e,
+                "instance left out of the subject index: it is unreadable"),
         }
-        Change::Notify(notification) => super::outbox::create(tx, notification),
-        Change::Ack(seq) => {
-            tx.domain.remove(&keys::domain(*seq))?;
-            Ok(Ok(true))
-        }
-        Change::Forget(held) => super::quarantine::forget(tx, held),
     }
-}
-
-/// Fires one due step: sends its message (or records why not), removes its
-/// timer and updates its instance, all in one transaction, so a step is sent
-/// exactly once even if the daemon dies right after. A timer that is gone was
-/// cancelled (or already fired): nothing happens.
-pub fn fire(
-    tx: &Tx<'_>,
-    timer: &Timer,
-    firing: &Firing,
-    out: &mut Vec<Delivery>,
-) -> OpResult<Option<Message>> {
-    let key = keys::timer(timer.due_ms, &timer.instance, &timer.step);
-    if tx.timers.get(&key)?.is_none() {
-        return Ok(Ok(None));
-    }
-    let mut instance = match get_instance(tx, &timer.instance)? {
-        Ok(Some(instance)) => instance,
-        Ok(None) => {
-            // A timer without its instance: nothing to send; clear it.
-            tx.timers.remove(key)?;
-            return Ok(Ok(None));
-        }
-        Err(e) => {
-            // An unreadable instance cannot be sent for; clearing its timer
-            // keeps it from blocking the timers behind it.
-            tracing::error!(instance = %timer.instance, error = %e, "timer dropped: its instance is unreadable");
-            tx.timers.remove(key)?;
-            return Ok(Ok(None));
-        }
-    };
-    let Some(index) = instance
-        .steps
-        .iter()
-        .position(|s| s.name == timer.step && s.state == StepState::Pending)
-    else {
-        tx.timers.remove(key)?;
-        return Ok(Ok(None));
-    };
-    let (state, note, sent) = match firing {
-        Firing::Send(new) => {
-            let message_id = uuid::Uuid::now_v7().to_string();
-            match append_message(tx, new, &message_id, out)? {
-                Ok((Stored::Message(message), _)) => (StepState::Sent, None, Some(message)),
-                Ok((Stored::Blocked(_), _)) => (
-                    StepState::Skipped,
-                    Some("the message was blocked".to_owned()),
-                    None,
-                ),
-                Err(e) => (StepState::Skipped, Some(e.to_string()), None),
-            }
-        }
-        Firing::Skip(reason) => (StepState::Skipped, Some(reason.clone()), None),
-    };
-    tx.timers.remove(key)?;
-    instance.steps[index].state = state;
-    instance.steps[index].note = note;
-    if let Err(e) = save_or_finish(tx, &instance)? {
-        return Ok(Err(e));
-    }
-    Ok(Ok(sent))
+    Ok(indexed)
 }
 
 impl Store {
@@ -269,17 +211,36 @@ impl Store {
         self.get(&self.trees.instances, id.as_bytes())
     }
 
-    /// Every running instance whose subject shares an id with `event`'s.
+    /// Overwrites the record of instance `id` with bytes that do not decode.
+    #[cfg(test)]
+    pub fn corrupt_instance(&self, id: &str) -> Result<(), StoreError> {
+        self.trees.instances.insert(id, &b"{not json"[..])?;
+        Ok(())
+    }
+
+    /// The queued domain event `seq`, if it is still queued.
+    pub fn domain_event(&self, seq: u64) -> Result<Option<DomainEvent>, StoreError> {
+        let event: Option<DomainEvent> = self.get(&self.trees.domain, &keys::domain(seq))?;
+        Ok(event.map(|e| DomainEvent { seq, ..e }))
+    }
+
+    /// The running instances `event` may concern: a superset of those
+    /// `Subject::concerns` accepts, read by prefix from the subject index
+    /// (`keys::subject_scans`), so an event reads its own conversation's
+    /// instances and not those of the provider's other conversations. Read
+    /// outside the writer (sled transactions cannot scan): the engine is the
+    /// only writer of instances, and the writer re-reads each one it changes.
     pub fn instances_about(&self, event: &DomainEvent) -> Result<Vec<Instance>, StoreError> {
         let mut ids = BTreeSet::new();
-        for key in event.subject.index_keys() {
-            if let Some(list) = self.trees.subjects.get(key.as_bytes())? {
-                ids.extend(decode::<Vec<String>>(&list)?);
+        for prefix in keys::subject_scans(&event.subject) {
+            for entry in self.trees.subjects.scan_prefix(prefix) {
+                let (key, _) = entry?;
+                ids.insert(keys::instance_of_subject_entry(&key).to_vec());
             }
         }
         let mut instances = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(instance) = self.instance(&id)? {
+            if let Some(instance) = self.get(&self.trees.instances, &id)? {
                 instances.push(instance);
             }
         }
@@ -361,26 +322,27 @@ impl Store {
         self.trees.timers.len()
     }
 
-    /// Applies the engine's changes in one transaction; says which took effect.
-    pub async fn apply_changes(&self, changes: Vec<Change>) -> Result<Vec<bool>, StoreError> {
+    /// Runs `op` in one writer transaction: everything it writes through the
+    /// [`AutomationTx`] commits together (durably, under `group_commit`)
+    /// before this returns; an error of its own is returned, with whatever it
+    /// wrote before it in the batch (operations check before they write).
+    pub async fn transact<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&AutomationTx<'_, '_>) -> Result<T, TxError> + Send + 'static,
+    {
         self.writer
-            .run(move |tx, _| {
-                let mut applied = Vec::with_capacity(changes.len());
-                for change in &changes {
-                    match apply_change(tx, change)? {
-                        Ok(done) => applied.push(done),
-                        Err(e) => return Ok(Err(e)),
-                    }
+            .run(move |tx, out| {
+                let atx = AutomationTx {
+                    tx,
+                    out: std::cell::RefCell::new(out),
+                };
+                match op(&atx) {
+                    Ok(value) => Ok(Ok(value)),
+                    Err(TxError::Store(e)) => Ok(Err(e)),
+                    Err(TxError::Sled(e)) => Err(e),
                 }
-                Ok(Ok(applied))
             })
-            .await
-    }
-
-    /// Fires a due step (see [`fire`]); the message it sent, if any.
-    pub async fn fire(&self, timer: Timer, firing: Firing) -> Result<Option<Message>, StoreError> {
-        self.writer
-            .run(move |tx, out| fire(tx, &timer, &firing, out))
             .await
     }
 }

@@ -3,6 +3,8 @@
 //! matches another that merely starts with it. Numbers are big-endian so that byte
 //! order is numeric order.
 
+use crate::domain::Subject;
+
 const SEP: u8 = 0;
 
 fn join(parts: &[&[u8]]) -> Vec<u8> {
@@ -172,6 +174,74 @@ pub fn parse_timer(key: &[u8]) -> Option<(i64, String, String)> {
     Some((due, instance.to_owned(), step.to_owned()))
 }
 
+/// The scope of a subject-index entry: the most specific thing its instance is
+/// about. `c` conversation, or `lc` listing and customer (a customer who viewed
+/// a listing but never wrote), or `-` anything broader. An event about a
+/// conversation reads only its own scope and the broader ones, so a provider's
+/// other conversations cost it nothing.
+fn scope(subject: &Subject) -> Vec<&[u8]> {
+    match (
+        &subject.conversation_id,
+        &subject.listing_id,
+        &subject.customer_id,
+    ) {
+        (Some(c), _, _) => vec![b"c", c.as_bytes()],
+        (None, Some(l), Some(u)) => vec![b"lc", l.as_bytes(), u.as_bytes()],
+        _ => vec![b"-"],
+    }
+}
+
+/// The `subjects` keys of an instance about `subject`: one per id it names
+/// (`Subject::index_keys`), each followed by the instance's scope and its id:
+/// `kind \0 id \0 scope… \0 instance`.
+pub fn subject_entries(subject: &Subject, instance: &str) -> Vec<Vec<u8>> {
+    let scope = scope(subject);
+    subject
+        .index_keys()
+        .iter()
+        .map(|key| {
+            let mut parts: Vec<&[u8]> = vec![key.as_bytes()];
+            parts.extend(&scope);
+            parts.push(instance.as_bytes());
+            join(&parts)
+        })
+        .collect()
+}
+
+/// The `subjects` prefixes that hold every instance an event about `subject`
+/// can concern (`Subject::concerns`: they agree on every id both name), and
+/// few others: under each id of the event, the scope of its conversation (all
+/// conversations when it names none), of its listing and customer, and the
+/// broad scope.
+pub fn subject_scans(subject: &Subject) -> Vec<Vec<u8>> {
+    let conversation: Vec<&[u8]> = match &subject.conversation_id {
+        Some(c) => vec![b"c", c.as_bytes(), b""],
+        None => vec![b"c", b""],
+    };
+    let viewed: Vec<&[u8]> = match (&subject.listing_id, &subject.customer_id) {
+        (Some(l), Some(u)) => vec![b"lc", l.as_bytes(), u.as_bytes(), b""],
+        (Some(l), None) => vec![b"lc", l.as_bytes(), b""],
+        _ => vec![b"lc", b""],
+    };
+    let broad: Vec<&[u8]> = vec![b"-", b""];
+    let mut scans = Vec::new();
+    for key in subject.index_keys() {
+        for scope in [&conversation, &viewed, &broad] {
+            let mut parts: Vec<&[u8]> = vec![key.as_bytes()];
+            parts.extend(scope);
+            scans.push(join(&parts));
+        }
+    }
+    scans
+}
+
+/// The instance id at the end of a `subjects` key.
+pub fn instance_of_subject_entry(key: &[u8]) -> &[u8] {
+    key.iter()
+        .rposition(|&b| b == SEP)
+        .map_or(key, |at| &key[at + 1..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +288,76 @@ mod tests {
         assert_eq!(user_of_event(&event("ann", 7)), b"ann");
         assert!(after_user(b"ann") > event("ann", u64::MAX));
         assert!(after_user(b"ann") < event("ann2", 1));
+    }
+
+    fn subject(conversation: Option<&str>, listing: &str, customer: &str) -> Subject {
+        Subject {
+            conversation_id: conversation.map(str::to_owned),
+            listing_id: Some(listing.into()),
+            customer_id: Some(customer.into()),
+            provider_id: Some("p".into()),
+            ..Subject::default()
+        }
+    }
+
+    /// Which of `instances` an event about `event` finds by its scans.
+    fn found<'a>(event: &Subject, instances: &[(&'a str, Subject)]) -> Vec<&'a str> {
+        let scans = subject_scans(event);
+        instances
+            .iter()
+            .filter(|(id, subject)| {
+                subject_entries(subject, id)
+                    .iter()
+                    .any(|e| scans.iter().any(|s| e.starts_with(s)))
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    #[test]
+    fn an_event_reads_only_the_instances_that_can_concern_it() {
+        let instances = [
+            ("in-c1", subject(Some("c1"), "l1", "u1")),
+            ("in-c2", subject(Some("c2"), "l1", "u2")),
+            ("in-c10", subject(Some("c10"), "l1", "u3")),
+            ("viewed-l1-u1", subject(None, "l1", "u1")),
+            ("viewed-l1-u2", subject(None, "l1", "u2")),
+            (
+                "provider-wide",
+                Subject {
+                    provider_id: Some("p".into()),
+                    ..Subject::default()
+                },
+            ),
+        ];
+        // A message in c1: its own conversation, what its customer viewed of
+        // its listing, and the provider's broad instances; never c2 or c10.
+        assert_eq!(
+            found(&subject(Some("c1"), "l1", "u1"), &instances),
+            ["in-c1", "viewed-l1-u1", "provider-wide"]
+        );
+        // A signal naming only the provider reaches all of them.
+        let provider = Subject {
+            user_id: Some("p".into()),
+            ..Subject::default()
+        };
+        assert_eq!(found(&provider, &instances).len(), instances.len());
+        // Every instance it finds is one `concerns` may accept, and it misses
+        // none that `concerns` accepts.
+        for (_, event) in &instances {
+            let reached = found(event, &instances);
+            for (id, instance) in &instances {
+                if event.concerns(instance) {
+                    assert!(reached.contains(id), "{id} missed by {event:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_subject_entry_ends_with_its_instance() {
+        for entry in subject_entries(&subject(Some("c1"), "l1", "u1"), "rule/c:c1") {
+            assert_eq!(instance_of_subject_entry(&entry), b"rule/c:c1");
+        }
     }
 }

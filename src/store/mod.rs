@@ -62,20 +62,25 @@ use hot::HotConversations;
 use writer::{WriteTrees, Writer};
 use writes::Cursors;
 
-pub use automation::{Change, Firing};
+pub use automation::{AutomationTx, InstanceWrite, TxError, Written};
 pub use outbox::Due;
 pub use quarantine::{Attempted, Failure, Held};
 pub use writer::Publish;
 
 /// Bumped whenever the layout above changes incompatibly.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
-/// The oldest layout this version still reads as it is. Version 2 added message
+/// The oldest layout this version still reads. Version 2 added message
 /// references to `events` (version 1 logged only frames, which 2 still reads);
 /// version 3 put fingerprints in front of `client_ids` values (earlier values,
-/// without one, still read). Opening an older directory only records the new
-/// version: from then on an older parleyd refuses it instead of misreading.
+/// without one, still read); version 4 keys the `subjects` index one entry per
+/// (id, instance) instead of a JSON list per id: opening an older directory
+/// rebuilds it from `instances`. Then the new version is recorded: from then on
+/// an older parleyd refuses the directory instead of misreading it.
 const READS_SCHEMA_FROM: u32 = 1;
+
+/// The first version with one `subjects` key per (id, instance).
+const SUBJECT_ENTRIES_FROM: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -100,6 +105,15 @@ pub enum StoreError {
         client_id: String,
         conversation_id: String,
     },
+}
+
+impl StoreError {
+    /// Whether a write operation panicked in the writer (its batch failed as a
+    /// whole; see `writer.rs`): the caller can tell its own poison input from
+    /// a store that fails.
+    pub fn panicked(&self) -> bool {
+        matches!(self, StoreError::Flush(cause) if cause.contains("a write operation panicked"))
+    }
 }
 
 /// A committed event that still has to reach the user's live connections.
@@ -249,7 +263,7 @@ impl Store {
             .cache_capacity(config.cache_capacity_mb * 1024 * 1024)
             .flush_every_ms(Some(config.flush_every_ms.max(1)))
             .open()?;
-        check_schema(&db, dir)?;
+        let upgrading_from = check_schema(&db, dir)?;
         let tree = |name: &str| db.open_tree(name);
         let trees = WriteTrees {
             conversations: tree("conversations")?,
@@ -267,6 +281,16 @@ impl Store {
             subjects: tree("subjects")?,
             outbox: tree("outbox")?,
         };
+        if let Some(found) = upgrading_from {
+            if found < SUBJECT_ENTRIES_FROM {
+                let indexed = automation::rebuild_subject_index(&trees.instances, &trees.subjects)?;
+                tracing::info!(instances = indexed, "subject index rebuilt");
+            }
+            let meta = db.open_tree("meta")?;
+            meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+            db.flush()?;
+            tracing::info!(from = found, to = SCHEMA_VERSION, "data directory upgraded");
+        }
         let committed = Arc::new(tokio::sync::Notify::new());
         let hot = Arc::new(HotConversations::new(config.hot_conversations));
         let store = Store {
@@ -727,7 +751,10 @@ fn last_cursor(events: &Tree, user_id: &str) -> Result<u64, StoreError> {
     )
 }
 
-fn check_schema(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
+/// Checks the directory's schema version; records it in a fresh directory.
+/// `Some(version)` when the directory is older and must be upgraded (the
+/// caller records the new version once it has).
+fn check_schema(db: &sled::Db, dir: &Path) -> Result<Option<u32>, StoreError> {
     let meta = db.open_tree("meta")?;
     match meta.get("schema_version")? {
         Some(v) => {
@@ -737,8 +764,7 @@ fn check_schema(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
                 .map(u32::from_be_bytes)
                 .map_err(|_| StoreError::Schema("schema_version is unreadable".into()))?;
             if (READS_SCHEMA_FROM..SCHEMA_VERSION).contains(&found) {
-                tracing::info!(from = found, to = SCHEMA_VERSION, "data directory upgraded");
-                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                return Ok(Some(found));
             } else if found != SCHEMA_VERSION {
                 return Err(StoreError::Schema(format!(
                     "data directory {} has schema version {found}; this parleyd reads versions {READS_SCHEMA_FROM} to {SCHEMA_VERSION}. Use a parleyd that matches it, or another data_dir",
@@ -764,7 +790,7 @@ fn check_schema(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
             db.flush()?;
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -8,13 +8,14 @@
 //! | `0xFF a e` event seq (u64)         | `Attempts` JSON: a queued event's   |
 //! | `0xFF a t` timer key               | `Attempts` JSON: a due step's       |
 //! | `0xFF d` id (uuid v7)              | `DeadItem` JSON: the dead-letter list |
+//! | `0xFF s`                           | u64: the last event seq given (`writes::DomainSeq`) |
 //!
 //! Queue keys are 8-byte big-endian seqs, which stay below `0xFF` (it would
 //! take 2^63 events), so [`QUEUE_END`] bounds the queue.
 
 use serde::{Deserialize, Serialize};
 
-use super::automation::get_instance;
+use super::automation::{get_instance, AutomationTx, TxError};
 use super::writer::OpResult;
 use super::writes::{emit, Tx};
 use super::{decode, encode, keys, Store, StoreError};
@@ -26,6 +27,8 @@ use crate::model::pipeline::{DeadItem, DeadKind, DeadTimer};
 pub const QUEUE_END: [u8; 1] = [0xFF];
 const ATTEMPTS: [u8; 2] = [0xFF, b'a'];
 const DEAD: [u8; 2] = [0xFF, b'd'];
+/// The last domain event number given, so that none is reused.
+pub const LAST_SEQ: [u8; 2] = [0xFF, b's'];
 
 /// What the engine failed to process: a queued event (by seq) or a due step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,27 +169,54 @@ pub fn forget(tx: &Tx<'_>, held: &Held) -> OpResult<bool> {
     Ok(Ok(tx.domain.remove(held.attempts_key())?.is_some()))
 }
 
-/// Takes the entry `id` off the dead-letter list and queues it again: an event
-/// behind those waiting now (with a new seq), a step due at its old time (so at
-/// once, ahead of later ones). `None` if `id` is not on the list.
-pub fn redrive(tx: &Tx<'_>, id: &str) -> OpResult<Option<DeadItem>> {
-    let key = dead_key(id);
-    let Some(bytes) = tx.domain.get(&key)? else {
-        return Ok(Ok(None));
-    };
-    let item: DeadItem = match decode(&bytes) {
-        Ok(item) => item,
-        Err(e) => return Ok(Err(e)),
-    };
-    tx.domain.remove(key)?;
-    match (&item.kind, &item.timer) {
-        (DeadKind::Timer, Some(t)) => {
-            tx.timers
-                .insert(keys::timer(t.due_ms, &t.instance, &t.step), &[])?;
-        }
-        _ => emit(tx, item.event.clone())?,
+impl AutomationTx<'_, '_> {
+    /// Counts a failed attempt (see [`record_failure`]).
+    pub fn record_failure(
+        &self,
+        held: &Held,
+        event: Option<&DomainEvent>,
+        failure: &Failure,
+        max_attempts: u32,
+        (now, dead_id): (&str, &str),
+    ) -> Result<Attempted, TxError> {
+        Ok(record_failure(
+            self.tx,
+            held,
+            event,
+            failure,
+            max_attempts,
+            (now, dead_id),
+        )??)
     }
-    Ok(Ok(Some(item)))
+
+    /// Takes the entry `id` off the dead-letter list: an event is queued again
+    /// behind those waiting now (with a new seq), marked re-driven at `now`
+    /// (`DomainEvent::redriven_at`); a step is handed to `rearm`. `None` if
+    /// `id` is not on the list.
+    pub fn redrive(
+        &self,
+        id: &str,
+        now: &str,
+        rearm: impl Fn(&DeadTimer) -> Result<(), TxError>,
+    ) -> Result<Option<DeadItem>, TxError> {
+        let key = dead_key(id);
+        let Some(bytes) = self.tx.domain.get(&key)? else {
+            return Ok(None);
+        };
+        let item: DeadItem = decode(&bytes)?;
+        self.tx.domain.remove(key)?;
+        match (&item.kind, &item.timer) {
+            (DeadKind::Timer, Some(timer)) => rearm(timer)?,
+            _ => emit(
+                self.tx,
+                DomainEvent {
+                    redriven_at: Some(now.to_owned()),
+                    ..item.event.clone()
+                },
+            )?,
+        }
+        Ok(Some(item))
+    }
 }
 
 impl Store {
@@ -240,11 +270,5 @@ impl Store {
                 )
             })
             .await
-    }
-
-    /// Queues the dead entry `id` again (see [`redrive`]).
-    pub async fn redrive_dead(&self, id: &str) -> Result<Option<DeadItem>, StoreError> {
-        let id = id.to_owned();
-        self.writer.run(move |tx, _| redrive(tx, &id)).await
     }
 }

@@ -323,6 +323,103 @@ async fn a_version_2_directory_is_read_and_marked_current() {
     an_older_directory_is_read_and_marked_current(2).await;
 }
 
+/// An instance `id` about conversation `conversation` of provider `prov`,
+/// with one step pending at `due_ms`.
+fn running(id: &str, conversation: &str, due_ms: i64) -> crate::domain::Instance {
+    use crate::domain::{DomainEvent, Instance, PlannedStep, StepState, Subject};
+    let subject = Subject {
+        conversation_id: Some(conversation.into()),
+        listing_id: Some("l1".into()),
+        customer_id: Some(format!("cust-{conversation}")),
+        provider_id: Some("prov".into()),
+        user_id: None,
+        booking_id: None,
+    };
+    Instance {
+        id: id.into(),
+        rule: "r".into(),
+        run: format!("run-{id}"),
+        subject: subject.clone(),
+        trigger: DomainEvent {
+            seq: 1,
+            name: "e".into(),
+            aliases: Vec::new(),
+            at: "2030-01-01T00:00:00Z".into(),
+            redriven_at: None,
+            subject,
+            data: serde_json::Value::Null,
+        },
+        steps: vec![PlannedStep {
+            name: "s".into(),
+            due_ms,
+            state: StepState::Pending,
+            note: None,
+        }],
+    }
+}
+
+/// A directory of schema 3 kept its subject index as one JSON list per id;
+/// opened now, the index is rebuilt as one entry per (id, instance) and an
+/// event finds the instances of its own conversation only.
+#[tokio::test]
+async fn a_version_3_subject_index_is_rebuilt_on_open() {
+    use crate::domain::DomainEvent;
+    let dir = tempfile::tempdir().unwrap();
+    drop(store(dir.path()));
+    {
+        let db = open_raw(dir.path());
+        let (instances, subjects) = (
+            db.open_tree("instances").unwrap(),
+            db.open_tree("subjects").unwrap(),
+        );
+        for (id, conversation) in [("r/c:c1", "c1"), ("r/c:c2", "c2")] {
+            instances
+                .insert(id, encode(&running(id, conversation, 1_000)))
+                .unwrap();
+            subjects
+                .insert(format!("c\0{conversation}"), encode(&[id]))
+                .unwrap();
+        }
+        subjects
+            .insert("u\0prov", encode(&["r/c:c1", "r/c:c2"]))
+            .unwrap();
+        subjects
+            .insert("l\0l1", encode(&["r/c:c1", "r/c:c2"]))
+            .unwrap();
+        db.flush().unwrap();
+    }
+    set_schema_version(dir.path(), 3);
+
+    let store = store(dir.path());
+    let event = DomainEvent {
+        subject: crate::domain::Subject {
+            user_id: Some("prov".into()),
+            ..running("x", "c1", 0).subject
+        },
+        ..running("x", "c1", 0).trigger
+    };
+    let found: Vec<String> = store
+        .instances_about(&event)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(found, ["r/c:c1"]);
+    // The provider's broad events still reach both.
+    let provider_wide = DomainEvent {
+        subject: crate::domain::Subject {
+            user_id: Some("prov".into()),
+            ..crate::domain::Subject::default()
+        },
+        ..event
+    };
+    assert_eq!(store.instances_about(&provider_wide).unwrap().len(), 2);
+    assert!(
+        store.trees.subjects.iter().all(|e| e.unwrap().1.is_empty()),
+        "no JSON list is left"
+    );
+}
+
 #[tokio::test]
 async fn a_client_id_is_a_retry_only_with_the_same_conversation_and_content() {
     let dir = tempfile::tempdir().unwrap();
@@ -421,66 +518,6 @@ async fn events_are_published_in_commit_order_after_commit() {
         .collect();
     assert_eq!(prov, vec![Some(1), Some(2)]);
     assert_eq!(seen.len(), 4);
-}
-
-#[tokio::test]
-async fn an_unreadable_instance_drops_its_timer_instead_of_blocking_the_others() {
-    use crate::domain::{DomainEvent, Instance, PlannedStep, StepState, Subject, Timer};
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path());
-    let instance = |id: &str, due_ms: i64| Instance {
-        id: id.into(),
-        rule: "r".into(),
-        run: format!("run-{id}"),
-        subject: Subject {
-            conversation_id: Some(format!("conv-{id}")),
-            ..Subject::default()
-        },
-        trigger: DomainEvent {
-            seq: 1,
-            name: "e".into(),
-            aliases: Vec::new(),
-            at: "2030-01-01T00:00:00Z".into(),
-            subject: Subject::default(),
-            data: serde_json::Value::Null,
-        },
-        steps: vec![PlannedStep {
-            name: "s".into(),
-            due_ms,
-            state: StepState::Pending,
-            note: None,
-        }],
-    };
-    store
-        .apply_changes(vec![
-            Change::Start(Box::new(instance("a", 1_000))),
-            Change::Start(Box::new(instance("b", 2_000))),
-        ])
-        .await
-        .unwrap();
-    store
-        .trees
-        .instances
-        .insert("a", &b"{not json"[..])
-        .unwrap();
-    let due = store.due_timers(5_000, 10).unwrap();
-    assert_eq!(due.len(), 2);
-    let first = Timer {
-        due_ms: 1_000,
-        instance: "a".into(),
-        step: "s".into(),
-    };
-    assert_eq!(due[0], first);
-    let fired = store
-        .fire(first, Firing::Skip("test".into()))
-        .await
-        .unwrap();
-    assert!(fired.is_none());
-    assert_eq!(
-        store.next_due().unwrap(),
-        Some(2_000),
-        "the next timer is up"
-    );
 }
 
 fn notification(
@@ -613,13 +650,7 @@ async fn a_failing_event_is_dead_at_the_last_attempt_kept_across_a_reopen_and_re
     let (id, dead_seq) = {
         let (store, c) = open(dir.path()).await;
         // Drop the conversation_opened event: one message's event is queued.
-        let opened: Vec<Change> = store
-            .domain_events(10)
-            .unwrap()
-            .iter()
-            .map(|e| Change::Ack(e.seq))
-            .collect();
-        store.apply_changes(opened).await.unwrap();
+        ack_all(&store).await;
         store
             .append_message(message(&c.id, "cust", "a"))
             .await
@@ -680,14 +711,76 @@ async fn a_failing_event_is_dead_at_the_last_attempt_kept_across_a_reopen_and_re
     assert_eq!(entry.event.seq, dead_seq);
     assert!(store.domain_events(10).unwrap().is_empty());
 
-    let redriven = store.redrive_dead(&id).await.unwrap().unwrap();
+    let redrive = |id: String| {
+        store.transact(move |tx| tx.redrive(&id, "t3", |_| unreachable!("an event, not a step")))
+    };
+    let redriven = redrive(id.clone()).await.unwrap().unwrap();
     assert_eq!(redriven.id, id);
     let queued = store.domain_events(10).unwrap();
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].name, entry.event.name);
     assert_eq!(queued[0].subject, entry.event.subject);
+    assert!(queued[0].seq > dead_seq);
+    assert_eq!(queued[0].redriven_at.as_deref(), Some("t3"));
     assert_eq!(store.dead_count(), 0);
-    assert!(store.redrive_dead(&id).await.unwrap().is_none());
+    assert!(redrive(id).await.unwrap().is_none());
+}
+
+/// Acknowledges every queued domain event.
+async fn ack_all(store: &Store) {
+    let queued: Vec<u64> = store
+        .domain_events(100)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    store
+        .transact(move |tx| queued.iter().try_for_each(|seq| tx.ack(*seq)))
+        .await
+        .unwrap();
+}
+
+/// Failed attempts are kept by event number: an acknowledged event's go with
+/// it, and a number is never given twice, even after a restart with an empty
+/// queue, so a new event cannot inherit an old one's attempts.
+#[tokio::test]
+async fn attempts_go_with_their_event_whose_number_is_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let failure = Failure {
+        rule: None,
+        error: "transient".into(),
+    };
+    let first = {
+        let (store, c) = open(dir.path()).await;
+        store
+            .append_message(message(&c.id, "cust", "a"))
+            .await
+            .unwrap();
+        let last = store.domain_events(10).unwrap().pop().unwrap();
+        let attempted = store
+            .record_failure(
+                Held::Event(last.seq),
+                Some(last.clone()),
+                failure,
+                3,
+                "t1".into(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(attempted, Attempted::Again(1));
+        ack_all(&store).await;
+        assert_eq!(store.attempts_of(&Held::Event(last.seq)).unwrap(), None);
+        store.flush().unwrap();
+        last.seq
+    };
+    let (store, c) = open(dir.path()).await;
+    assert!(store.domain_events(10).unwrap().is_empty());
+    store
+        .append_message(message(&c.id, "cust", "b"))
+        .await
+        .unwrap();
+    let next = store.domain_events(10).unwrap().remove(0);
+    assert!(next.seq > first, "{} reuses {first}", next.seq);
 }
 
 /// A notification for `cust`'s digest, due (the end of its digest window) at

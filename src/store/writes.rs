@@ -104,8 +104,10 @@ impl Cursors {
 }
 
 /// The last domain event number, kept by the writer like [`Cursors`]. The engine
-/// removes the events it has processed, so after a restart numbering goes on
-/// from the last one still queued; nothing outside the queue refers to them.
+/// removes the events it has processed, but failed attempts and dead letters
+/// name events by number, so numbers are never reused: the last one given is
+/// kept in `domain` ([`super::quarantine::LAST_SEQ`]) and numbering goes on
+/// from it after a restart, even with an empty queue.
 pub struct DomainSeq {
     committed: u64,
     pending: Cell<Option<u64>>,
@@ -114,10 +116,15 @@ pub struct DomainSeq {
 impl DomainSeq {
     pub fn load(domain: &Tree) -> DomainSeq {
         // The queue only: the dead-letter list lives behind it (`quarantine.rs`).
-        let committed = match domain.range(..super::quarantine::QUEUE_END).next_back() {
+        let queued = match domain.range(..super::quarantine::QUEUE_END).next_back() {
             Some(Ok((key, _))) => keys::domain_seq(&key),
             _ => 0,
         };
+        let given = match domain.get(super::quarantine::LAST_SEQ) {
+            Ok(Some(value)) => keys::read_u64(&value),
+            _ => 0,
+        };
+        let committed = queued.max(given);
         DomainSeq {
             committed,
             pending: Cell::new(None),
@@ -145,6 +152,8 @@ impl DomainSeq {
 pub fn emit(tx: &Tx<'_>, mut event: DomainEvent) -> Result<(), UnabortableTransactionError> {
     event.seq = tx.domain_seq.next();
     tx.domain.insert(&keys::domain(event.seq), encode(&event))?;
+    tx.domain
+        .insert(&super::quarantine::LAST_SEQ, &event.seq.to_be_bytes())?;
     Ok(())
 }
 
@@ -269,6 +278,7 @@ pub fn open_conversation(
             name: Emitted::ConversationOpened.to_string(),
             aliases: Vec::new(),
             at: now.to_owned(),
+            redriven_at: None,
             subject: Subject {
                 user_id: Some(customer_id.to_owned()),
                 ..conversation.subject()
@@ -383,6 +393,7 @@ pub fn append_message(
             name,
             aliases,
             at: message.created_at.clone(),
+            redriven_at: None,
             subject: Subject {
                 user_id: Some(message.sender_id.clone()),
                 ..conversation.subject()
@@ -670,6 +681,7 @@ fn booking_event(booking: &Booking, previous: Option<&Booking>) -> DomainEvent {
         name: name.to_string(),
         aliases,
         at: booking.updated_at.clone(),
+        redriven_at: None,
         subject: booking.subject(),
         data: serde_json::json!({
             "start": booking.start,
@@ -696,6 +708,7 @@ pub fn put_signal(tx: &Tx<'_>, signal: &Signal, subject: &Subject) -> OpResult<S
             name: signal.kind.clone(),
             aliases: Vec::new(),
             at: signal.received_at.clone(),
+            redriven_at: None,
             subject: subject.clone(),
             data: signal.data.clone(),
         },

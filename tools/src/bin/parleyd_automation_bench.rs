@@ -6,7 +6,7 @@
 //!   `App::signal`), enqueued in rounds and processed by `Engine::drain()`. The
 //!   enqueue and the drain are timed separately and never overlap.
 //! - `timers`: fills a fresh store with pending timers through
-//!   `Store::apply_changes(Change::Start ..)`, then restarts it and times how
+//!   `automation::apply_changes(Change::Start ..)`, then restarts it and times how
 //!   soon the scheduler could answer.
 //! - `reload`: hot-reload latency: from a rule or template file write to the new
 //!   rule set in force (`Rules::status().version`).
@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use parleyd::auth::{Caller, Role};
-use parleyd::automation::Engine;
+use parleyd::automation::{apply_changes, Change, Engine};
 use parleyd::clock::{Clock, ManualClock};
 use parleyd::config::{Config, StorageConfig};
 use parleyd::domain::{DomainEvent, Instance, PlannedStep, StepState, Subject};
@@ -33,7 +33,7 @@ use parleyd::hub::Hub;
 use parleyd::model::{format_time, ListingInput, SendInput, SignalInput, UserInput};
 use parleyd::rules::{Reloader, RuleDirs, Rules};
 use parleyd::service::App;
-use parleyd::store::{Change, Store};
+use parleyd::store::Store;
 
 /// Virtual time of the engine run (the clock never moves).
 const EPOCH: &str = "2030-01-07T09:00:00Z";
@@ -72,9 +72,13 @@ struct EngineArgs {
     /// Domain events to generate (messages and signals).
     #[arg(long, default_value_t = 10_000)]
     events: usize,
-    /// Conversations (one customer each) the events are spread over.
-    #[arg(long, default_value_t = 1_000)]
-    conversations: usize,
+    /// Conversations (one customer each) the events are spread over; by
+    /// default `--per-provider` for each provider.
+    #[arg(long)]
+    conversations: Option<usize>,
+    /// Conversations per provider when `--conversations` is not given.
+    #[arg(long, default_value_t = 50)]
+    per_provider: usize,
     /// Providers; each has two listings, the conversations are spread over them.
     #[arg(long, default_value_t = 20)]
     providers: usize,
@@ -100,7 +104,7 @@ struct TimersArgs {
     /// Pending timers to create (one instance with one pending step each).
     #[arg(long, default_value_t = 1_000_000)]
     count: usize,
-    /// Instances per `Store::apply_changes` call (one writer transaction).
+    /// Instances per `automation::apply_changes` call (one writer transaction).
     #[arg(long, default_value_t = 1_000)]
     batch: usize,
     /// Stop filling after this many seconds and extrapolate.
@@ -497,8 +501,11 @@ async fn engine_bench(args: EngineArgs) -> Result<(), String> {
         app.put_listing(service.clone(), &format!("l{l}"), listing)
             .map_err(err)?;
     }
-    let mut conversations = Vec::with_capacity(args.conversations);
-    for c in 0..args.conversations {
+    let conversation_count = args
+        .conversations
+        .unwrap_or(args.providers.max(1) * args.per_provider);
+    let mut conversations = Vec::with_capacity(conversation_count);
+    for c in 0..conversation_count {
         let tz = if c % 2 == 0 {
             "Europe/Paris"
         } else {
@@ -526,7 +533,7 @@ async fn engine_bench(args: EngineArgs) -> Result<(), String> {
         args.rules,
         plugins,
         args.providers.max(1),
-        args.conversations,
+        conversation_count,
         setup.elapsed().as_secs_f64()
     );
     println!(
@@ -537,7 +544,7 @@ async fn engine_bench(args: EngineArgs) -> Result<(), String> {
     let fixture = Arc::new(Fixture { app, conversations });
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let events: Vec<Event> = (0..args.events)
-        .map(|_| generate(&mut rng, args.conversations.max(1)))
+        .map(|_| generate(&mut rng, conversation_count.max(1)))
         .collect();
     let failures = Arc::new(AtomicUsize::new(0));
     let semaphore = Arc::new(Semaphore::new(args.concurrency.max(1)));
@@ -617,6 +624,7 @@ async fn engine_bench(args: EngineArgs) -> Result<(), String> {
             name: "message_sent".into(),
             aliases: vec!["customer_replied".into()],
             at: EPOCH.into(),
+            redriven_at: None,
             subject: Subject {
                 conversation_id: Some(id.clone()),
                 listing_id: Some(listing.clone()),
@@ -707,6 +715,7 @@ fn timer_instance(i: usize, due_ms: i64) -> Instance {
         name: "message_sent".into(),
         aliases: vec!["inquiry_received".into()],
         at: EPOCH.into(),
+        redriven_at: None,
         subject: Subject {
             user_id: subject.customer_id.clone(),
             ..subject.clone()
@@ -780,7 +789,7 @@ async fn timers_bench(args: TimersArgs) -> Result<(), String> {
             .map(|i| Change::Start(Box::new(timer_instance(i, due(i)))))
             .collect();
         let t = Instant::now();
-        let applied = store.apply_changes(changes).await.map_err(err)?;
+        let applied = apply_changes(&store, changes).await.map_err(err)?;
         batch_times.push(ms(t.elapsed()));
         if applied.iter().any(|a| !a) {
             return Err("an instance was not started".into());

@@ -1,0 +1,331 @@
+//! The engine's decisions about one event, and how a batch of them is written:
+//! each [`Change`] is applied inside one writer transaction through the
+//! sequence state machine ([`super::sequence`]) on the instance as the
+//! transaction reads it. [`Overlay`] lets the engine evaluate several events
+//! before writing: each sees the instances as the batch's earlier changes left
+//! them.
+
+use std::collections::HashMap;
+
+use crate::domain::{DomainEvent, Instance, StepState, Timer};
+use crate::model::notification::Notification;
+use crate::model::Message;
+use crate::store::{
+    AutomationTx, Held, InstanceWrite, NewMessage, Store, StoreError, Stored, TxError, Written,
+};
+
+use super::sequence;
+
+/// A change the engine makes to its state.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Starts the instance unless one with its id is running.
+    Start(Box<Instance>),
+    /// Stops the instance: its pending steps will not fire.
+    Stop(String),
+    /// Moves the instance's pending (and dropped) steps: each to a new time, or
+    /// dropped (with the reason).
+    Replan {
+        instance: String,
+        steps: Vec<(String, Result<i64, String>)>,
+    },
+    /// A notification to queue (it exists already after a crash and replay:
+    /// then nothing changes).
+    Notify(Box<Notification>),
+    /// The engine is done with this domain event (its failed attempts go too).
+    Ack(u64),
+    /// Forgets the failed attempts recorded for an event or a step that went
+    /// through on a retry.
+    Forget(Held),
+}
+
+/// What `change` writes, given the instance it is about as it stands
+/// (`current`); `None` when it changes no instance.
+fn transition(change: &Change, current: Option<Instance>) -> Option<InstanceWrite> {
+    match change {
+        Change::Start(new) => sequence::start(current.as_ref(), Instance::clone(new)),
+        Change::Stop(_) => current.map(sequence::stop),
+        Change::Replan { steps, .. } => current.map(|i| sequence::replan(i, steps)),
+        Change::Notify(_) | Change::Ack(_) | Change::Forget(_) => None,
+    }
+}
+
+/// The instance a change is about.
+fn about(change: &Change) -> Option<&str> {
+    match change {
+        Change::Start(new) => Some(&new.id),
+        Change::Stop(id) | Change::Replan { instance: id, .. } => Some(id),
+        Change::Notify(_) | Change::Ack(_) | Change::Forget(_) => None,
+    }
+}
+
+/// Applies one change in `tx`; says whether it took effect.
+pub fn apply(tx: &AutomationTx<'_, '_>, change: &Change) -> Result<bool, TxError> {
+    match change {
+        Change::Notify(notification) => tx.notify(notification),
+        Change::Ack(seq) => tx.ack(*seq).map(|()| true),
+        Change::Forget(held) => tx.forget(held).map(|()| true),
+        _ => {
+            let current = match about(change) {
+                Some(id) => tx.instance(id)?,
+                None => None,
+            };
+            match transition(change, current) {
+                Some(write) => tx.write(&write).map(|()| true),
+                None => Ok(false),
+            }
+        }
+    }
+}
+
+/// Applies `changes` in one writer transaction; says which took effect.
+pub async fn apply_changes(store: &Store, changes: Vec<Change>) -> Result<Vec<bool>, StoreError> {
+    store
+        .transact(move |tx| changes.iter().map(|c| apply(tx, c)).collect())
+        .await
+}
+
+/// What a due step does when it fires.
+#[derive(Debug, Clone)]
+pub enum Firing {
+    Send(Box<NewMessage>),
+    Skip(String),
+}
+
+/// Fires one due step: sends its message (or records why not), removes its
+/// timer (and its failed attempts) and updates its instance, all in one
+/// transaction, so a step is sent exactly once even if the daemon dies right
+/// after. A timer that is gone was cancelled (or already fired): nothing
+/// happens. A timer whose instance is gone or unreadable is cleared, so it
+/// cannot block the timers behind it.
+pub async fn fire(
+    store: &Store,
+    timer: Timer,
+    firing: Firing,
+) -> Result<Option<Message>, StoreError> {
+    store
+        .transact(move |tx| {
+            if !tx.armed(&timer)? {
+                return Ok(None);
+            }
+            let instance = match tx.instance(&timer.instance) {
+                Ok(Some(instance)) => instance,
+                Ok(None) => return tx.remove_timer(&timer).map(|()| None),
+                Err(TxError::Store(e)) => {
+                    tracing::error!(instance = %timer.instance, error = %e,
+                        "timer dropped: its instance is unreadable");
+                    return tx.remove_timer(&timer).map(|()| None);
+                }
+                Err(e) => return Err(e),
+            };
+            if !instance.pending().any(|s| s.name == timer.step) {
+                // Stopped, re-planned or fired already: a stale timer.
+                return tx.remove_timer(&timer).map(|()| None);
+            }
+            let (state, note, sent) = match &firing {
+                Firing::Send(new) => match tx.append_message(new)? {
+                    Ok(Stored::Message(message)) => (StepState::Sent, None, Some(message)),
+                    Ok(Stored::Blocked(_)) => (
+                        StepState::Skipped,
+                        Some("the message was blocked".to_owned()),
+                        None,
+                    ),
+                    Err(e) => (StepState::Skipped, Some(e.to_string()), None),
+                },
+                Firing::Skip(reason) => (StepState::Skipped, Some(reason.clone()), None),
+            };
+            match sequence::fired(instance, &timer, state, note) {
+                Some(write) => tx.write(&write).map(|()| sent),
+                None => Ok(sent),
+            }
+        })
+        .await
+}
+
+/// Takes the entry `id` off the dead-letter list and queues it again, with
+/// fresh attempts, in one transaction: an event behind those waiting now,
+/// marked re-driven at `now` (RFC 3339), so its sequences are planned from
+/// then rather than fire in a burst what fell due meanwhile ([`super::plan`]); a
+/// step pending again at its old time (so at once), if its sequence still
+/// runs (a stop since has the last word). `None` if `id` is not on the list.
+pub async fn redrive(
+    store: &Store,
+    id: &str,
+    now: String,
+) -> Result<Option<crate::model::pipeline::DeadItem>, StoreError> {
+    let id = id.to_owned();
+    store
+        .transact(move |tx| {
+            tx.redrive(&id, &now, |dead| {
+                let timer = Timer {
+                    due_ms: dead.due_ms,
+                    instance: dead.instance.clone(),
+                    step: dead.step.clone(),
+                };
+                let again = tx
+                    .instance(&timer.instance)?
+                    .and_then(|i| sequence::redrive(i, &timer.step, timer.due_ms));
+                match again {
+                    Some(write) => tx.write(&write),
+                    None => {
+                        tracing::info!(instance = %timer.instance, step = %timer.step,
+                            "re-driven step not armed: its sequence no longer runs");
+                        Ok(())
+                    }
+                }
+            })
+        })
+        .await
+}
+
+/// The instances as a batch of changes not yet written leaves them: `Some`
+/// for one started or changed by the batch, `None` for one it finished.
+#[derive(Debug, Default)]
+pub struct Overlay {
+    instances: HashMap<String, Option<Instance>>,
+}
+
+impl Overlay {
+    /// The instance `id` as the batch leaves it (the store's if the batch
+    /// has not touched it).
+    pub fn instance(&self, store: &Store, id: &str) -> Result<Option<Instance>, StoreError> {
+        match self.instances.get(id) {
+            Some(instance) => Ok(instance.clone()),
+            None => store.instance(id),
+        }
+    }
+
+    /// `found` (the store's instances an event may concern) as the batch
+    /// leaves them, with those the batch started that `event` concerns.
+    pub fn about(&self, event: &DomainEvent, found: Vec<Instance>) -> Vec<Instance> {
+        let mut instances: Vec<Instance> = found
+            .into_iter()
+            .filter(|i| !self.instances.contains_key(&i.id))
+            .collect();
+        instances.extend(
+            self.instances
+                .values()
+                .flatten()
+                .filter(|i| event.subject.concerns(&i.subject))
+                .cloned(),
+        );
+        instances
+    }
+
+    /// Records what `change` does to the instance it is about.
+    pub fn record(&mut self, store: &Store, change: &Change) -> Result<(), StoreError> {
+        let Some(id) = about(change) else {
+            return Ok(());
+        };
+        let current = self.instance(store, id)?;
+        if let Some(write) = transition(change, current) {
+            let after = (write.state != Written::Finished).then_some(write.instance);
+            self.instances.insert(id.to_owned(), after);
+        }
+        Ok(())
+    }
+
+    /// Forgets everything (the batch was written).
+    pub fn clear(&mut self) {
+        self.instances.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domain::{PlannedStep, Subject};
+
+    fn instance(id: &str, due_ms: i64) -> Instance {
+        let subject = Subject {
+            conversation_id: Some(format!("conv-{id}")),
+            ..Subject::default()
+        };
+        Instance {
+            id: id.into(),
+            rule: "r".into(),
+            run: format!("run-{id}"),
+            subject: subject.clone(),
+            trigger: DomainEvent {
+                seq: 1,
+                name: "e".into(),
+                aliases: Vec::new(),
+                at: "2030-01-01T00:00:00Z".into(),
+                redriven_at: None,
+                subject,
+                data: serde_json::Value::Null,
+            },
+            steps: vec![PlannedStep {
+                name: "s".into(),
+                due_ms,
+                state: StepState::Pending,
+                note: None,
+            }],
+        }
+    }
+
+    fn store(dir: &std::path::Path) -> Store {
+        let config = crate::config::StorageConfig {
+            cache_capacity_mb: 16,
+            ..Default::default()
+        };
+        Store::open(dir, &config, Arc::new(|_| {})).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_instance_drops_its_timer_instead_of_blocking_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let started = apply_changes(
+            &store,
+            vec![
+                Change::Start(Box::new(instance("a", 1_000))),
+                Change::Start(Box::new(instance("b", 2_000))),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(started, [true, true]);
+        store.corrupt_instance("a").unwrap();
+        let due = store.due_timers(5_000, 10).unwrap();
+        assert_eq!(due.len(), 2);
+        let first = Timer {
+            due_ms: 1_000,
+            instance: "a".into(),
+            step: "s".into(),
+        };
+        assert_eq!(due[0], first);
+        let fired = fire(&store, first, Firing::Skip("test".into()))
+            .await
+            .unwrap();
+        assert!(fired.is_none());
+        assert_eq!(
+            store.next_due().unwrap(),
+            Some(2_000),
+            "the next timer is up"
+        );
+    }
+
+    /// Events of one batch see each other's effect before it is written: a
+    /// start then a stop of the same instance leave nothing running.
+    #[tokio::test]
+    async fn the_overlay_shows_the_batch_so_far() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let mut overlay = Overlay::default();
+        let start = Change::Start(Box::new(instance("a", 1_000)));
+        overlay.record(&store, &start).unwrap();
+        assert!(overlay.instance(&store, "a").unwrap().is_some());
+        let event = DomainEvent {
+            subject: instance("a", 0).subject,
+            ..instance("a", 0).trigger
+        };
+        assert_eq!(overlay.about(&event, Vec::new()).len(), 1);
+        overlay.record(&store, &Change::Stop("a".into())).unwrap();
+        assert!(overlay.instance(&store, "a").unwrap().is_none());
+        assert!(overlay.about(&event, Vec::new()).is_empty());
+        assert!(store.instance("a").unwrap().is_none(), "nothing written");
+    }
+}
