@@ -145,6 +145,9 @@ pub struct StorageConfig {
     pub flush_every_ms: u64,
     pub cache_capacity_mb: u64,
     pub hot_conversations: usize,
+    /// Writes waiting for the writer past which a request's write is refused
+    /// (HTTP 503 `overloaded`); background writes are never refused.
+    pub writer_queue: usize,
     /// How long answers to requests with an `Idempotency-Key` are replayed.
     #[serde(deserialize_with = "duration")]
     pub idempotency_retention: jiff::SignedDuration,
@@ -163,6 +166,7 @@ impl Default for StorageConfig {
             flush_every_ms: 500,
             cache_capacity_mb: 128,
             hot_conversations: 20_000,
+            writer_queue: 4096,
             idempotency_retention: jiff::SignedDuration::from_hours(7 * 24),
         }
     }
@@ -591,6 +595,9 @@ impl Config {
         if self.automation.max_attempts == 0 {
             problems.push("automation.max_attempts must be > 0".into());
         }
+        if self.storage.writer_queue == 0 {
+            problems.push("storage.writer_queue must be > 0".into());
+        }
         let connections = &self.connections;
         if connections.max_open == 0 || connections.max_per_address == 0 {
             problems
@@ -754,7 +761,8 @@ mod tests {
         let text = MINIMAL.replace("0123456789abcdef0", "short")
             + "stream:\n  heartbeat_seconds: 30\n  idle_timeout_seconds: 10\n"
             + "  max_streams_per_user: 0\n  max_long_polls_per_user: 0\n"
-            + "limits:\n  ping_rate: {per_second: 0, burst: 5}\n";
+            + "limits:\n  ping_rate: {per_second: 0, burst: 5}\n"
+            + "storage:\n  writer_queue: 0\n";
         let err = Config::parse(&text, Path::new("c.yaml"))
             .unwrap()
             .validate()
@@ -766,6 +774,7 @@ mod tests {
         );
         assert!(err.contains("idle_timeout_seconds"), "{err}");
         assert!(err.contains("limits.ping_rate"), "{err}");
+        assert!(err.contains("storage.writer_queue must be > 0"), "{err}");
         assert!(
             err.contains("stream.max_streams_per_user must be > 0"),
             "{err}"

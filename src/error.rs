@@ -45,6 +45,14 @@ pub enum ApiError {
     Blocked(String),
     #[error("{0}")]
     Unavailable(String),
+    /// More writes wait to be stored than `storage.writer_queue` allows:
+    /// nothing was written; the same request may be sent again after
+    /// `retry_after` (the `Retry-After` header, as for `RateLimited`).
+    #[error("{message}")]
+    Overloaded {
+        message: String,
+        retry_after: Duration,
+    },
     /// A request body did not arrive within `connections.body_read_timeout`.
     #[error("{0}")]
     RequestTimeout(String),
@@ -62,8 +70,9 @@ pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `not_found`, `rate_limited`.
     pub code: &'static str,
     pub message: String,
-    /// With `rate_limited`: milliseconds until the same request would be
-    /// allowed (the stream's `error` frames have no `Retry-After` header).
+    /// With `rate_limited` and `overloaded`: milliseconds until the same
+    /// request may be tried again (the stream's `error` frames have no
+    /// `Retry-After` header).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
 }
@@ -85,7 +94,9 @@ impl ApiError {
             }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Blocked(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -107,6 +118,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Blocked(_) => "blocked",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Internal(_) => "internal",
         }
@@ -121,13 +133,19 @@ impl ApiError {
                     ApiError::Internal(_) => "internal error".to_owned(),
                     other => other.to_string(),
                 },
-                retry_after_ms: match self {
-                    ApiError::RateLimited { retry_after, .. } => {
-                        Some(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX))
-                    }
-                    _ => None,
-                },
+                retry_after_ms: self
+                    .retry_after()
+                    .map(|wait| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
             },
+        }
+    }
+
+    /// How long the caller should wait before trying again, if it should.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::RateLimited { retry_after, .. }
+            | ApiError::Overloaded { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -151,6 +169,10 @@ impl From<crate::store::StoreError> for ApiError {
                 ApiError::ClientIdConflict(e.to_string())
             }
             e @ crate::store::StoreError::BookingExists(_) => ApiError::Conflict(e.to_string()),
+            e @ crate::store::StoreError::Overloaded { retry_after, .. } => ApiError::Overloaded {
+                message: e.to_string(),
+                retry_after,
+            },
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -163,22 +185,19 @@ impl warp::Reply for ApiError {
         }
         let mut response = warp::reply::with_status(warp::reply::json(&self.body()), self.status())
             .into_response();
-        match self {
-            ApiError::PayloadTooLarge(_) => {
-                // The rest of the body is left unread, so the connection cannot carry
-                // another request: say so, or a keep-alive client writes into a dead socket.
-                response.headers_mut().insert(
-                    warp::http::header::CONNECTION,
-                    warp::http::HeaderValue::from_static("close"),
-                );
-            }
-            ApiError::RateLimited { retry_after, .. } => {
-                response.headers_mut().insert(
-                    warp::http::header::RETRY_AFTER,
-                    warp::http::HeaderValue::from(retry_after_seconds(retry_after)),
-                );
-            }
-            _ => {}
+        if let Some(wait) = self.retry_after() {
+            response.headers_mut().insert(
+                warp::http::header::RETRY_AFTER,
+                warp::http::HeaderValue::from(retry_after_seconds(wait)),
+            );
+        }
+        if let ApiError::PayloadTooLarge(_) = self {
+            // The rest of the body is left unread, so the connection cannot carry
+            // another request: say so, or a keep-alive client writes into a dead socket.
+            response.headers_mut().insert(
+                warp::http::header::CONNECTION,
+                warp::http::HeaderValue::from_static("close"),
+            );
         }
         response
     }

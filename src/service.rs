@@ -102,7 +102,9 @@ pub struct PipelineReport {
 #[serde(deny_unknown_fields)]
 pub struct FaultInput {
     /// `true` ends the component's current run as a failure and fails every
-    /// restart; `false` lets the next restart run (at once).
+    /// restart; `false` lets the next restart run (at once). For `writer`,
+    /// which is not restarted, `true` stalls it (it takes no batch, as if the
+    /// disk hung) and `false` lets it go on.
     pub fail: bool,
 }
 
@@ -216,9 +218,10 @@ impl App {
         })
     }
 
-    /// Makes a component fail on purpose, to see supervision at work. Only
-    /// on the manual clock (`clock: manual`, which needs `--dev`), and not the
-    /// writer thread: 404 otherwise, as for an unknown component.
+    /// Makes a component fail (the writer: stall) on purpose, to see
+    /// supervision and back-pressure at work. Only on the manual clock
+    /// (`clock: manual`, which needs `--dev`): 404 otherwise, as for an
+    /// unknown component.
     pub fn inject_fault(
         &self,
         caller: Caller,
@@ -229,7 +232,7 @@ impl App {
         let component = self
             .manual_clock
             .as_ref()
-            .and_then(|_| self.supervisor.spawned(name))
+            .and_then(|_| self.supervisor.component(name))
             .ok_or_else(|| ApiError::not_found("component"))?;
         component.inject_fault(input.fail);
         Ok(component.report(self.config.pipeline.stuck_after))

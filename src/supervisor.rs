@@ -201,7 +201,9 @@ impl Component {
     }
 
     /// Dev fault injection: `fail` ends the current run as a failure and fails
-    /// every restart until called again with `false`.
+    /// every restart until called again with `false`. A component that runs
+    /// elsewhere reads [`Component::fault_injected`] instead (the writer
+    /// stalls while it is set).
     pub fn inject_fault(&self, fail: bool) {
         self.held_down.store(fail, Ordering::Relaxed);
         if fail {
@@ -210,6 +212,11 @@ impl Component {
         } else {
             self.wake.notify_one();
         }
+    }
+
+    /// Whether a dev fault is injected now (see [`Component::inject_fault`]).
+    pub fn fault_injected(&self) -> bool {
+        self.held_down.load(Ordering::Relaxed)
     }
 }
 
@@ -275,23 +282,13 @@ impl Supervisor {
         component
     }
 
-    /// The component `name` if this supervisor runs it (not an adopted one:
-    /// only these can be failed on purpose, see [`Component::inject_fault`]).
-    pub fn spawned(&self, name: &str) -> Option<Arc<Component>> {
-        let spawned = self
-            .tasks
+    /// The component `name`, spawned or adopted.
+    pub fn component(&self, name: &str) -> Option<Arc<Component>> {
+        self.components
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(name);
-        spawned
-            .then(|| {
-                self.components
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get(name)
-                    .cloned()
-            })
-            .flatten()
+            .get(name)
+            .cloned()
     }
 
     /// Every component's report, by name.
@@ -343,7 +340,7 @@ where
     let mut failures = 0u32;
     loop {
         let started = Instant::now();
-        let cause = if component.held_down.load(Ordering::Relaxed) {
+        let cause = if component.fault_injected() {
             "fault injected by an operator (dev)".to_owned()
         } else {
             component.started();

@@ -196,6 +196,19 @@ impl<K: Hash + Eq> Windows<K> {
     }
 }
 
+/// Counts one refusal by a capacity limit in `parleyd_limit_refusals_total{limit}`:
+/// a request or connection turned away, or a stream closed to make room. The
+/// `limit` label names what was full: `streams` (`stream.max_connections`),
+/// `streams_per_user` (`stream.max_streams_per_user`, counted per oldest stream
+/// closed), `long_polls_per_user` (`stream.max_long_polls_per_user`), and the
+/// connection layer's `connections` (`connections.max_open`),
+/// `connections_per_address` and `anonymous_requests_per_address`, and the
+/// store's `writer_queue` (`storage.writer_queue`, a write refused as
+/// `overloaded`).
+pub fn count_refusal(limit: &'static str) {
+    metrics::counter!("parleyd_limit_refusals_total", "limit" => limit).increment(1);
+}
+
 /// The process-wide metrics recorder (installed on first use).
 pub fn metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

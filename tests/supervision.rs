@@ -310,8 +310,6 @@ async fn the_fault_route_is_for_operators_and_known_components_only() {
     .await
     .expect(403);
     fault(&d, "no-such-thing", true).await.expect(404);
-    // The writer thread is watched, not restarted: it cannot be failed on purpose.
-    fault(&d, "writer", true).await.expect(404);
     assert_eq!(health(&d).await.0, 200);
 }
 

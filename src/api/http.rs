@@ -387,7 +387,8 @@ pub async fn list_messages(id: String, app: Arc<App>, who: Auth, page: PageQuery
               (status = 200, description = "already stored under this client_id", body = crate::service::SendReply),
               (status = 409, description = "this client_id names another message (code `client_id_conflict`)"),
               (status = 422, description = "invalid body (code `invalid`), or refused by contact moderation (code `blocked`)"),
-              (status = 429, description = "over the sender's message rate (code `rate_limited`)")),
+              (status = 429, description = "over the sender's message rate (code `rate_limited`)"),
+              (status = 503, description = "overloaded (code `overloaded`): `storage.writer_queue` writes wait to be stored; nothing was stored, send the same request again after Retry-After seconds")),
     security(("bearer" = [])))]
 pub async fn send_message(id: String, app: Arc<App>, who: Auth, body: Body<SendInput>) -> Response {
     let result = async { app.send(who?, &id, body?).await }.await;

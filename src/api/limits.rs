@@ -14,16 +14,7 @@ use crate::auth::Caller;
 use crate::config::{LimitsConfig, Rate};
 use crate::error::ApiError;
 
-/// Counts one refusal by a capacity limit in `parleyd_limit_refusals_total{limit}`:
-/// a request or connection turned away, or a stream closed to make room. The
-/// `limit` label names what was full: `streams` (`stream.max_connections`),
-/// `streams_per_user` (`stream.max_streams_per_user`, counted per oldest stream
-/// closed), `long_polls_per_user` (`stream.max_long_polls_per_user`), and the
-/// connection layer's `connections` (`connections.max_open`),
-/// `connections_per_address` and `anonymous_requests_per_address`.
-pub fn count_refusal(limit: &'static str) {
-    metrics::counter!("parleyd_limit_refusals_total", "limit" => limit).increment(1);
-}
+pub use crate::telemetry::count_refusal;
 
 /// What a client asked for, as far as the limits are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

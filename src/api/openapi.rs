@@ -79,7 +79,9 @@ impl Modify for BearerAuth {
 /// code return, and gives every error response the `ErrorBody` schema:
 ///
 /// - every route: 429 and 503 from the connection layer (`server::admission`:
-///   a client address past its limits, every connection slot taken);
+///   a client address past its limits, every connection slot taken); a
+///   secured route also 503 `overloaded` when `storage.writer_queue` writes
+///   wait for the writer (`store::writer`);
 /// - secured (every `/v1` route): 401 from `Authenticator::authenticate`, 403
 ///   from `Caller::require` (every `/v1` route serves only some roles), 500
 ///   when storage fails;
@@ -90,7 +92,8 @@ impl Modify for BearerAuth {
 ///   value of the wrong type or an unknown parameter;
 /// - path parameters: 404, whether nothing has that id (or nothing the caller
 ///   may see) or the segment is empty and no route matches;
-/// - 429 carries `Retry-After`; POSTs and PATCHes of the `service` tag take an
+/// - 429 and 503 carry `Retry-After` (but for a route that describes its own
+///   failure body, `/healthz`); POSTs and PATCHes of the `service` tag take an
 ///   `Idempotency-Key` header (`api::idempotency`), with its 409 and 422.
 struct ErrorStatuses;
 
@@ -129,7 +132,11 @@ fn meaning(status: u16) -> &'static str {
         422 => "well-formed but invalid: a body of the wrong shape, or an invalid value",
         429 => "too many requests; retry after Retry-After seconds",
         500 => "internal error (details in the daemon's log)",
-        503 => "unavailable; retry later",
+        503 => {
+            "unavailable (every connection slot taken, or shutting down), or overloaded \
+                (code `overloaded`: the writer's queue is full, nothing was stored); \
+                retry after Retry-After seconds"
+        }
         _ => "error",
     }
 }
@@ -159,7 +166,7 @@ fn has_tag(op: &Operation, tag: &str) -> bool {
 }
 
 /// Adds the implied statuses, then gives every error response the error body
-/// (and 429 its `Retry-After`).
+/// (and 429 and 503 their `Retry-After`).
 fn complete(op: &mut Operation) {
     let implied = implied_statuses(op);
     let responses = &mut op.responses.responses;
@@ -179,11 +186,12 @@ fn complete(op: &mut Operation) {
             response.description = meaning(code).to_owned();
         }
         // A route that describes its own failure body (`/healthz`) keeps it.
+        let own_body = response.content.contains_key("application/json");
         response
             .content
             .entry("application/json".to_owned())
             .or_insert_with(|| Content::new(Some(Ref::from_schema_name("ErrorBody"))));
-        if code == 429 {
+        if code == 429 || (code == 503 && !own_body) {
             response.headers.insert(
                 "Retry-After".to_owned(),
                 HeaderBuilder::new()

@@ -53,6 +53,10 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 4002;
 /// `stream.max_streams_per_user`: the reason says to resume with `since=` the
 /// cursor it names (nothing is lost). 4008 echoes 1008, "policy violation".
 pub const CLOSE_REPLACED: u16 = 4008;
+/// Close code for a stream opened while the writer's queue is full
+/// (`storage.writer_queue`): reconnect a little later with the same `since`.
+/// 1013 is "Try Again Later" in the IANA WebSocket close code registry.
+pub const CLOSE_TRY_AGAIN: u16 = 1013;
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -475,7 +479,15 @@ impl Connection {
             .subscribe(&self.caller.user_id, cfg.queue_capacity);
         let head = match self.app.store.durable_cursor(&self.caller.user_id).await {
             Ok(head) => head,
-            Err(e) => return internal(e.into()),
+            Err(e) => {
+                return match ApiError::from(e) {
+                    ApiError::Overloaded { .. } => Ending::Close(
+                        CLOSE_TRY_AGAIN,
+                        "overloaded; reconnect shortly with the same since".into(),
+                    ),
+                    e => internal(e),
+                }
+            }
         };
         // A cursor beyond the log (e.g. a client of a reset deployment) is the head.
         self.position = since.unwrap_or(head).min(head);

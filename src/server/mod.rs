@@ -144,7 +144,9 @@ pub async fn run(
         move || outbox.clone().run_retention()
     });
     let app = Arc::new(
-        App::new(config, store, hub, rules, clock.clone())
+        // Requests write through a handle that refuses past the writer's
+        // bound; the components above keep the one that waits its turn.
+        App::new(config, store.for_requests(), hub, rules, clock.clone())
             .with_automation(engine, manual_clock)
             .with_supervisor(supervisor.clone()),
     );

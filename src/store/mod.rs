@@ -59,7 +59,7 @@ use crate::model::{
 };
 
 use hot::HotConversations;
-use writer::{WriteTrees, Writer};
+use writer::{WriteTrees, Writer, WriterConfig};
 use writes::Cursors;
 
 pub use automation::{AutomationTx, InstanceWrite, TxError, Written};
@@ -94,6 +94,20 @@ pub enum StoreError {
     Schema(String),
     #[error("flush failed: {0}")]
     Flush(String),
+    /// The write operation panicked (a defect): it changed nothing, and the
+    /// other writes of its batch were applied without it.
+    #[error("the write panicked: {0}")]
+    Panicked(String),
+    /// More writes wait for the writer than `storage.writer_queue` allows
+    /// (on a refusing handle, see [`Store::for_requests`]); nothing was
+    /// written, the same write may be tried again after `retry_after`.
+    #[error(
+        "the daemon is overloaded ({waiting} writes are waiting to be stored); try again shortly"
+    )]
+    Overloaded {
+        waiting: usize,
+        retry_after: std::time::Duration,
+    },
     /// A booking with this id exists, with other details.
     #[error("booking {0} exists with other details; change it with PATCH /v1/bookings/{0}")]
     BookingExists(String),
@@ -302,7 +316,10 @@ impl Store {
                 trees.clone(),
                 Cursors::load(&trees.events)?,
                 Arc::clone(&hot),
-                config.durability,
+                WriterConfig {
+                    durability: config.durability,
+                    bound: config.writer_queue,
+                },
                 publish,
                 Arc::clone(&committed),
             ),
@@ -319,6 +336,18 @@ impl Store {
     /// writer's next batch.
     pub async fn durable(&self) -> Result<(), StoreError> {
         self.writer.run(|_, _| Ok(Ok(()))).await
+    }
+
+    /// The same store for request handlers (people and the marketplace's
+    /// backend): its writes are refused with [`StoreError::Overloaded`] while
+    /// `storage.writer_queue` writes wait for the writer, where the store
+    /// [`Store::open`] gives (for the background components) waits its turn
+    /// instead (see `store::writer`).
+    pub fn for_requests(&self) -> Store {
+        Store {
+            writer: self.writer.refusing(),
+            ..self.clone()
+        }
     }
 
     /// The writer thread's health (the component `writer`).

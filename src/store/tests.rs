@@ -612,6 +612,120 @@ async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
     assert_eq!(store.write_queue_depth(), 0);
 }
 
+/// Starts `new` on its own task, as a request would.
+fn spawn_append(
+    store: &Store,
+    new: NewMessage,
+) -> tokio::task::JoinHandle<Result<(Stored, bool), StoreError>> {
+    let store = store.clone();
+    tokio::spawn(async move { store.append_message(new).await })
+}
+
+/// Waits until `n` writes are queued behind the stalled writer.
+async fn queued(store: &Store, n: usize) {
+    while store.write_queue_depth() < n {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// A panic inside one write of a batch fails that write alone: the batch is
+/// applied again one write per transaction, and the other writes commit.
+#[tokio::test]
+async fn a_panicking_write_in_a_batch_fails_alone_and_the_others_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, conversation) = open(dir.path()).await;
+    let health = store.writer_health();
+    // Stalled (the dev fault), the writer lets the three writes queue up
+    // into one batch.
+    health.inject_fault(true);
+    let first = spawn_append(&store, message(&conversation.id, "cust", "first"));
+    let broken = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .writer
+                .run(|_, _| -> writer::OpResult<()> { panic!("a broken operation") })
+                .await
+        })
+    };
+    let last = spawn_append(&store, message(&conversation.id, "prov", "last"));
+    queued(&store, 3).await;
+    health.inject_fault(false);
+
+    let broken = broken.await.unwrap();
+    assert!(
+        matches!(&broken, Err(StoreError::Panicked(m)) if m.contains("a broken operation")),
+        "{broken:?}"
+    );
+    for appended in [first.await.unwrap(), last.await.unwrap()] {
+        assert!(
+            appended.unwrap().1,
+            "a good write of the batch was not stored"
+        );
+    }
+    let mut client_ids: Vec<String> = store
+        .messages(&conversation.id, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.client_id)
+        .collect();
+    client_ids.sort();
+    assert_eq!(client_ids, ["first", "last"]);
+    let report = health.report(std::time::Duration::from_secs(60));
+    assert_eq!(report.state, crate::supervisor::State::Up);
+    assert_eq!(report.restarts, 1, "one panic, counted once");
+}
+
+/// Past `storage.writer_queue` waiting writes, the requests' handle is
+/// refused at once and writes nothing; the background components' handle
+/// still queues; once the queue drains, requests are let in again.
+#[tokio::test]
+async fn past_the_bound_requests_are_refused_and_background_writes_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StorageConfig {
+        writer_queue: 2,
+        ..config()
+    };
+    let store = Store::open(dir.path(), &config, Arc::new(|_: &Delivery| {})).unwrap();
+    store.put_listing(&listing()).unwrap();
+    let (conversation, _) = store
+        .open_conversation(&listing(), "cust", "t0")
+        .await
+        .unwrap();
+    let requests = store.for_requests();
+    store.writer_health().inject_fault(true);
+    let queued_first = spawn_append(&requests, message(&conversation.id, "cust", "a"));
+    let queued_second = spawn_append(&requests, message(&conversation.id, "cust", "b"));
+    queued(&store, 2).await;
+
+    let refused = requests
+        .append_message(message(&conversation.id, "cust", "c"))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Overloaded { waiting: 2, .. })),
+        "{refused:?}"
+    );
+    let background = spawn_append(&store, message(&conversation.id, "prov", "d"));
+    queued(&store, 3).await;
+    store.writer_health().inject_fault(false);
+
+    for appended in [queued_first, queued_second, background] {
+        assert!(appended.await.unwrap().unwrap().1);
+    }
+    let again = requests
+        .append_message(message(&conversation.id, "cust", "c"))
+        .await;
+    assert!(again.is_ok(), "{again:?}");
+    let client_ids: Vec<String> = store
+        .messages(&conversation.id, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.client_id)
+        .collect();
+    assert_eq!(client_ids.len(), 4, "{client_ids:?}");
+    assert_eq!(client_ids.last().map(String::as_str), Some("c"));
+}
+
 /// A panic outside the operations (here in publishing, after the commit)
 /// ends the writer thread: it is not restarted, but reported down, and
 /// writes fail with an error instead of waiting for ever.

@@ -6,21 +6,40 @@
 //! caller. Under load the batches grow on their own: whatever queues during a
 //! flush is the next batch.
 //!
+//! Back-pressure: a [`Writer::refusing`] handle (the one requests write
+//! through) is refused with [`StoreError::Overloaded`] while
+//! `storage.writer_queue` operations wait, so a load the disk cannot keep up
+//! with gets fast refusals instead of a queue, and memory, that grow without
+//! bound. The background components (automation engine, scheduler, outbox)
+//! write through the plain handle and are never refused: each is one task that
+//! waits for its own write, so together they add a handful of operations
+//! beyond the bound, and their work (a domain event, a due step, a
+//! notification) must not be dropped or counted as a failure of the rules.
+//!
 //! Supervision: the thread reports as the component `writer` (see
-//! `supervisor`). A panic inside an operation fails that batch alone: sled
+//! `supervisor`). A panic inside an operation fails that operation alone: sled
 //! applies a transaction only when its closure returns, and the in-memory
-//! cursors stage their changes until commit, so nothing of the batch is kept
-//! and the next batch starts clean; the panic is logged and counted as a
-//! restart. A panic anywhere else (after the commit: flushing, publishing)
-//! would leave the cursors out of step with what was committed, so the thread
-//! is not restarted: it ends, is reported down (`/healthz` answers 503,
-//! `parleyd_component_up{component="writer"}` is 0), and every write fails
-//! with "the writer has stopped" until the daemon is restarted.
+//! cursors stage their changes until commit, so nothing of the panicking
+//! transaction is kept; its batch is then applied again one operation per
+//! transaction, so only the operation that panics fails (its caller gets
+//! [`StoreError::Panicked`]) and the others commit. Each such panic is logged
+//! and counted as a restart. A panic anywhere else (after the commit:
+//! flushing, publishing) would leave the cursors out of step with what was
+//! committed, so the thread is not restarted: it ends, is reported down
+//! (`/healthz` answers 503, `parleyd_component_up{component="writer"}` is 0),
+//! and every write fails with "the writer has stopped" until the daemon is
+//! restarted.
+//!
+//! Development only: while a fault is injected into the component `writer`
+//! (`PUT /v1/admin/pipeline/components/writer/fault`), the thread takes no
+//! batch, as if the disk had stalled; writes queue up and past the bound are
+//! refused, as under overload.
 
 use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use sled::transaction::{TransactionError, UnabortableTransactionError};
 use sled::{Transactional, Tree};
@@ -43,16 +62,22 @@ pub type Publish = Arc<dyn Fn(&Delivery) + Send + Sync>;
 /// The most operations applied in one transaction.
 const MAX_BATCH: usize = 1024;
 
+/// How long a refused caller is told to wait: a full queue at the default
+/// bound is about half a second of the writer's work at its peak rate
+/// (BENCHMARKS.md, "Overload").
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 trait Job: Send {
-    /// Applies the operation; runs again if sled retries the transaction, so it
-    /// only records its outcome.
+    /// Applies the operation; runs again if sled retries the transaction, or
+    /// alone in a transaction of its own after another operation of its batch
+    /// panicked, so it only records its outcome.
     fn apply(
         &mut self,
         tx: &Tx<'_>,
         deliveries: &mut Vec<Delivery>,
     ) -> Result<(), UnabortableTransactionError>;
-    /// Answers the caller once the batch is durable, or failed as a whole.
-    fn finish(self: Box<Self>, batch_failure: Option<&StoreError>);
+    /// Answers the caller once its transaction is durable, or failed as a whole.
+    fn finish(self: Box<Self>, failure: Option<&StoreError>);
 }
 
 struct Pending<T, F> {
@@ -80,8 +105,9 @@ where
         Ok(())
     }
 
-    fn finish(self: Box<Self>, batch_failure: Option<&StoreError>) {
-        let result = match (batch_failure, self.outcome) {
+    fn finish(self: Box<Self>, failure: Option<&StoreError>) {
+        let result = match (failure, self.outcome) {
+            (Some(StoreError::Panicked(cause)), _) => Err(StoreError::Panicked(cause.clone())),
             (Some(e), _) => Err(StoreError::Flush(e.to_string())),
             (None, Some(outcome)) => outcome,
             (None, None) => Err(StoreError::Flush("operation was not applied".into())),
@@ -112,6 +138,9 @@ pub struct WriteTrees {
 #[derive(Clone)]
 pub struct Writer {
     inner: Arc<Inner>,
+    /// Whether this handle's writes are refused past the bound (see the
+    /// module doc).
+    refuses: bool,
 }
 
 struct Inner {
@@ -119,6 +148,9 @@ struct Inner {
     thread: Option<std::thread::JoinHandle<()>>,
     load: Arc<Load>,
     health: Arc<Component>,
+    /// Operations waiting past which a refusing handle's writes are refused
+    /// (`storage.writer_queue`).
+    bound: usize,
 }
 
 /// How busy the writer is, for the health probe and the pipeline gauges.
@@ -141,13 +173,20 @@ impl Drop for Inner {
     }
 }
 
+/// How the writer thread is set up.
+pub struct WriterConfig {
+    pub durability: Durability,
+    /// `storage.writer_queue`: see [`Writer::refusing`].
+    pub bound: usize,
+}
+
 impl Writer {
     pub fn start(
         db: sled::Db,
         trees: WriteTrees,
         cursors: Cursors,
         hot: Arc<HotConversations>,
-        durability: Durability,
+        config: WriterConfig,
         publish: Publish,
         committed: Arc<tokio::sync::Notify>,
     ) -> Writer {
@@ -164,6 +203,7 @@ impl Writer {
         let health = Component::new("writer", Some(Box::new(probe)));
         health.started();
         let (thread_load, thread_health) = (Arc::clone(&load), Arc::clone(&health));
+        let durability = config.durability;
         let thread = std::thread::Builder::new()
             .name("parleyd-writer".into())
             .spawn(move || {
@@ -191,7 +231,21 @@ impl Writer {
                 thread,
                 load,
                 health,
+                bound: config.bound,
             }),
+            refuses: false,
+        }
+    }
+
+    /// A handle to the same writer whose writes are refused with
+    /// [`StoreError::Overloaded`] (and counted in
+    /// `parleyd_limit_refusals_total{limit="writer_queue"}`) while
+    /// `storage.writer_queue` operations wait: for requests, whose callers can
+    /// try again.
+    pub fn refusing(&self) -> Writer {
+        Writer {
+            inner: Arc::clone(&self.inner),
+            refuses: true,
         }
     }
 
@@ -205,8 +259,33 @@ impl Writer {
         self.inner.load.queued.load(Ordering::Relaxed)
     }
 
+    /// Takes a place in the queue, unless this handle refuses and the queue
+    /// is full.
+    fn admit(&self) -> Result<(), StoreError> {
+        let queued = &self.inner.load.queued;
+        if !self.refuses {
+            queued.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let bound = self.inner.bound;
+        queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < bound).then_some(n + 1)
+            })
+            .map(drop)
+            .map_err(|_| {
+                crate::telemetry::count_refusal("writer_queue");
+                StoreError::Overloaded {
+                    waiting: bound,
+                    retry_after: RETRY_AFTER,
+                }
+            })
+    }
+
     /// Runs `op` in the next batch; resolves once its effects are durable (under
-    /// `group_commit`) and published.
+    /// `group_commit`) and published. Fails at once with
+    /// [`StoreError::Overloaded`] on a [`Writer::refusing`] handle while the
+    /// queue is full.
     pub async fn run<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -220,7 +299,7 @@ impl Writer {
             reply,
         });
         let queue = self.inner.queue.as_ref().ok_or_else(stopped)?;
-        self.inner.load.queued.fetch_add(1, Ordering::Relaxed);
+        self.admit()?;
         if queue.send(job).is_err() {
             self.inner.load.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(stopped());
@@ -258,22 +337,32 @@ impl Drop for Ended<'_> {
     }
 }
 
-fn write_loop(
-    db: &sled::Db,
-    trees: &WriteTrees,
-    mut state: LoopState,
-    jobs: mpsc::Receiver<Box<dyn Job>>,
-) {
-    // Ends when the last `Writer` handle has been dropped.
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        batch.extend(jobs.try_iter().take(MAX_BATCH - 1));
-        state.load.queued.fetch_sub(batch.len(), Ordering::Relaxed);
-        let started = std::time::Instant::now();
-        let batch = RefCell::new(batch);
-        let _down_if_it_panics = Ended(&state.health);
+/// Why a transaction did not commit.
+enum Failed {
+    /// sled's error, or an abort: every operation of the transaction fails.
+    Store(StoreError),
+    /// An operation panicked, with this message.
+    Panicked(String),
+}
+
+/// Operations applied in one transaction, and what came of it: the events to
+/// publish once durable, or the error every one of them gets.
+struct Applied {
+    jobs: Vec<Box<dyn Job>>,
+    outcome: Result<Vec<Delivery>, StoreError>,
+}
+
+impl LoopState {
+    /// Applies `jobs` in one transaction; on commit the in-memory cursors
+    /// move on and the events to publish come back.
+    fn transact(
+        &mut self,
+        trees: &WriteTrees,
+        jobs: &mut [Box<dyn Job>],
+    ) -> Result<Vec<Delivery>, Failed> {
+        let jobs = RefCell::new(jobs);
         let deliveries = RefCell::new(Vec::new());
-        let (cursors, hot, domain_seq) = (&state.cursors, &state.hot, &state.domain_seq);
+        let (cursors, hot, domain_seq) = (&self.cursors, &self.hot, &self.domain_seq);
         // sled implements transactions over tuples of up to 14 trees.
         let transaction = || {
             (
@@ -333,50 +422,122 @@ fn write_loop(
                         domain_seq.begin();
                         let mut deliveries = deliveries.borrow_mut();
                         deliveries.clear();
-                        for job in batch.borrow_mut().iter_mut() {
+                        for job in jobs.borrow_mut().iter_mut() {
                             job.apply(&tx, &mut deliveries)?;
                         }
                         Ok::<(), sled::transaction::ConflictableTransactionError<StoreError>>(())
                     },
                 )
         };
-        // A panicking operation aborts the transaction (nothing is applied) and
-        // fails its batch; see the module doc.
-        let committed =
-            std::panic::catch_unwind(AssertUnwindSafe(transaction)).unwrap_or_else(|panic| {
-                let cause = format!("a write operation panicked: {}", panic_message(&*panic));
-                state.health.failed(&cause);
-                state.health.started();
-                Err(TransactionError::Abort(StoreError::Flush(cause)))
-            });
-        if committed.is_ok() {
-            state.cursors.commit();
-            state.hot.commit();
-            state.domain_seq.commit();
-        }
-        let failure = match committed {
-            Ok(()) if state.durability == Durability::GroupCommit => {
-                db.flush().err().map(StoreError::from)
+        // A panicking operation aborts the transaction: nothing is applied.
+        match std::panic::catch_unwind(AssertUnwindSafe(transaction)) {
+            Ok(Ok(())) => {
+                self.cursors.commit();
+                self.hot.commit();
+                self.domain_seq.commit();
+                Ok(deliveries.into_inner())
             }
-            Ok(()) => None,
-            Err(TransactionError::Storage(e)) => Some(StoreError::from(e)),
-            Err(TransactionError::Abort(e)) => Some(e),
+            Ok(Err(TransactionError::Storage(e))) => Err(Failed::Store(StoreError::from(e))),
+            Ok(Err(TransactionError::Abort(e))) => Err(Failed::Store(e)),
+            Err(panic) => Err(Failed::Panicked(panic_message(&*panic).to_owned())),
+        }
+    }
+
+    /// Applies a batch in one transaction; if an operation panics, applies the
+    /// batch again one operation per transaction, so that only the panicking
+    /// one fails.
+    fn apply(&mut self, trees: &WriteTrees, mut batch: Vec<Box<dyn Job>>) -> Vec<Applied> {
+        match self.transact(trees, &mut batch) {
+            Err(Failed::Panicked(cause)) if batch.len() > 1 => {
+                tracing::warn!(
+                    %cause,
+                    operations = batch.len(),
+                    "a write operation panicked; applying its batch one operation at a time"
+                );
+                batch
+                    .into_iter()
+                    .map(|job| {
+                        let mut jobs = vec![job];
+                        let outcome = self.transact(trees, &mut jobs).map_err(|f| self.failure(f));
+                        Applied { jobs, outcome }
+                    })
+                    .collect()
+            }
+            outcome => vec![Applied {
+                outcome: outcome.map_err(|f| self.failure(f)),
+                jobs: batch,
+            }],
+        }
+    }
+
+    /// The error a failed transaction's callers get; a panic is counted as a
+    /// restart of the writer (which goes on).
+    fn failure(&self, failed: Failed) -> StoreError {
+        match failed {
+            Failed::Store(e) => e,
+            Failed::Panicked(message) => {
+                let cause = format!("a write operation panicked: {message}");
+                self.health.failed(&cause);
+                self.health.started();
+                StoreError::Panicked(message)
+            }
+        }
+    }
+
+    /// Development only: waits while a fault is injected into `writer`. A
+    /// plain sleep, as the thread has nothing else to do and the fault is
+    /// lifted by a person.
+    fn stall_while_faulted(&self) {
+        while self.health.fault_injected() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn write_loop(
+    db: &sled::Db,
+    trees: &WriteTrees,
+    mut state: LoopState,
+    jobs: mpsc::Receiver<Box<dyn Job>>,
+) {
+    let health = Arc::clone(&state.health);
+    // Ends when the last `Writer` handle has been dropped.
+    while let Ok(first) = jobs.recv() {
+        state.stall_while_faulted();
+        let mut batch = vec![first];
+        batch.extend(jobs.try_iter().take(MAX_BATCH - 1));
+        state.load.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        let size = batch.len();
+        let started = std::time::Instant::now();
+        let _down_if_it_panics = Ended(&health);
+        let applied = state.apply(trees, batch);
+        let _down_if_it_panics_now = Ended(&health);
+        let any_committed = applied.iter().any(|a| a.outcome.is_ok());
+        let flush_failure = match state.durability {
+            Durability::GroupCommit if any_committed => db.flush().err().map(StoreError::from),
+            _ => None,
         };
-        let batch = batch.into_inner();
-        let _down_if_it_panics_now = Ended(&state.health);
-        metrics::histogram!("parleyd_write_batch_size").record(batch.len() as f64);
+        metrics::histogram!("parleyd_write_batch_size").record(size as f64);
         metrics::histogram!("parleyd_write_batch_seconds").record(started.elapsed().as_secs_f64());
-        match &failure {
-            Some(e) => tracing::error!(error = %e, "write batch failed"),
-            None => {
-                for delivery in deliveries.into_inner() {
-                    (state.publish)(&delivery);
+        for Applied { jobs, outcome } in applied {
+            let failure = match &outcome {
+                Err(e) => Some(e),
+                Ok(_) => flush_failure.as_ref(),
+            };
+            match (failure, &outcome) {
+                (Some(e), _) => tracing::error!(error = %e, "write batch failed"),
+                (None, deliveries) => {
+                    for delivery in deliveries.iter().flatten() {
+                        (state.publish)(delivery);
+                    }
                 }
-                state.committed.notify_one();
+            }
+            for job in jobs {
+                job.finish(failure);
             }
         }
-        for job in batch {
-            job.finish(failure.as_ref());
+        if any_committed && flush_failure.is_none() {
+            state.committed.notify_one();
         }
         state.load.batches.fetch_add(1, Ordering::Relaxed);
     }
