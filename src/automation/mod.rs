@@ -219,11 +219,11 @@ impl Engine {
         batch.overlay.clear();
         let wake = changes.iter().any(|c| !matches!(c, Change::Ack(_)));
         match apply_changes(&self.store, changes.clone()).await {
-            Err(e) if e.panicked() => {
+            Err(StoreError::Panicked(_)) => {
                 // Each event's changes end with its acknowledgement.
                 for group in changes.split_inclusive(|c| matches!(c, Change::Ack(_))) {
                     match apply_changes(&self.store, group.to_vec()).await {
-                        Err(e) if e.panicked() => self.write_failed(group, &e).await?,
+                        Err(e @ StoreError::Panicked(_)) => self.write_failed(group, &e).await?,
                         result => {
                             result?;
                         }

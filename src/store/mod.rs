@@ -121,15 +121,6 @@ pub enum StoreError {
     },
 }
 
-impl StoreError {
-    /// Whether a write operation panicked in the writer (its batch failed as a
-    /// whole; see `writer.rs`): the caller can tell its own poison input from
-    /// a store that fails.
-    pub fn panicked(&self) -> bool {
-        matches!(self, StoreError::Flush(cause) if cause.contains("a write operation panicked"))
-    }
-}
-
 /// A committed event that still has to reach the user's live connections.
 #[derive(Debug, Clone)]
 pub struct Delivery {
