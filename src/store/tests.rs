@@ -52,7 +52,25 @@ fn stored(appended: &(Stored, bool)) -> &Message {
 }
 
 fn store(dir: &Path) -> Store {
-    Store::open(dir, &config(), Arc::new(|_: &Delivery| {})).unwrap()
+    reopen(dir).unwrap()
+}
+
+/// Opens the store in `dir`, waiting while a store or raw sled handle just
+/// dropped still holds the directory's lock (sled's background flusher may
+/// hold it a moment longer).
+fn reopen(dir: &Path) -> Result<Store, StoreError> {
+    let open = || Store::open(dir, &config(), Arc::new(|_: &Delivery| {}));
+    let mut result = open();
+    for _ in 0..100 {
+        match &result {
+            Err(StoreError::Sled(e)) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                result = open();
+            }
+            _ => break,
+        }
+    }
+    result
 }
 
 async fn open(dir: &Path) -> (Store, Conversation) {
@@ -253,10 +271,7 @@ async fn another_schema_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(store(dir.path()));
     set_schema_version(dir.path(), 99);
-    let err = Store::open(dir.path(), &config(), Arc::new(|_: &Delivery| {}))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = reopen(dir.path()).err().unwrap().to_string();
     assert!(err.contains("schema version 99"), "{err}");
 }
 
@@ -283,7 +298,7 @@ async fn an_older_directory_is_read_and_marked_current(version: u32) {
     }
     set_schema_version(dir.path(), version);
 
-    let store = Store::open(dir.path(), &config(), Arc::new(|_: &Delivery| {})).unwrap();
+    let store = reopen(dir.path()).unwrap();
     let after = store.events_between("cust", 0, u64::MAX, 100).unwrap();
     let json = |frames: &[Frame]| {
         frames
@@ -456,10 +471,7 @@ async fn foreign_data_is_refused() {
         db.insert("something", "else").unwrap();
         db.flush().unwrap();
     }
-    let err = Store::open(dir.path(), &config(), Arc::new(|_: &Delivery| {}))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = reopen(dir.path()).err().unwrap().to_string();
     assert!(err.contains("without a parleyd schema version"), "{err}");
 }
 
