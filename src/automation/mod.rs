@@ -11,7 +11,6 @@
 //! whose sequence or step name has disappeared is skipped (recorded on the
 //! instance). Stop and re-plan events are those of the current rules.
 
-mod context;
 pub mod invite;
 pub mod scheduler;
 
@@ -30,7 +29,7 @@ use crate::rules::sequences::{Anchor, Sequence};
 use crate::rules::{RuleSet, Rules};
 use crate::store::{Attempted, Change, Failure, Held, Store, StoreError};
 
-pub use context::{person_value, reader_zone, Loaded};
+use crate::rules::context::{reader_zone, Loaded};
 
 /// Events read from the queue at a time.
 const BATCH: usize = 256;

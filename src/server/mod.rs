@@ -75,7 +75,7 @@ pub async fn run(
     };
     let rules_clock = clock.clone();
     let rules = Rules::open(
-        config.rule_dirs(),
+        crate::rules::RuleDirs::of(&config),
         Box::new(move || crate::model::format_time(rules_clock.now())),
     )
     .map_err(StartError::Rules)?;
