@@ -691,7 +691,7 @@ impl App {
                 ))
             })?;
         let now = self.clock.now().as_millisecond();
-        if !self.store.redrive(id, lane, now).await? {
+        if !crate::notifications::outbox::redrive(&self.store, id, lane, now).await? {
             return Err(ApiError::not_found("dead letter"));
         }
         if let Some(engine) = &self.engine {

@@ -179,7 +179,7 @@ pub fn apply_change(tx: &Tx<'_>, change: &Change) -> OpResult<bool> {
             insert_timers(tx, &instance)?;
             save_or_finish(tx, &instance).map(|r| r.map(|()| true))
         }
-        Change::Notify(notification) => super::outbox::create(tx, notification),
+        Change::Notify(notification) => Ok(Ok(super::outbox::create(tx, notification)?)),
         Change::Ack(seq) => {
             tx.domain.remove(&keys::domain(*seq))?;
             Ok(Ok(true))

@@ -63,7 +63,11 @@ use writer::{WriteTrees, Writer};
 use writes::Cursors;
 
 pub use automation::{Change, Firing};
-pub use outbox::Due;
+pub use outbox::{Due, OutboxTx};
+
+/// Why a step inside a writer transaction stopped: sled aborted it (the
+/// writer retries or reports it).
+pub type TxError = sled::transaction::UnabortableTransactionError;
 pub use quarantine::{Attempted, Failure, Held};
 pub use writer::Publish;
 
