@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::channels::{Channels, SendError};
 use super::outbox;
@@ -41,108 +41,6 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// Notifications looked at per prune transaction.
 const PRUNE_BATCH: usize = 1000;
-/// In-app deliveries one task takes at a time (in order, finished together).
-const IN_APP_GROUP: usize = 64;
-
-/// A due entry taken by a lane: in its in-flight set, holding one of its
-/// permits. Dropping it (done, failed or panicked) frees both and wakes the
-/// lane, so an entry is never left in flight for good.
-struct Taken {
-    entry: Due,
-    in_flight: Arc<Mutex<HashSet<String>>>,
-    _permit: OwnedSemaphorePermit,
-    wakers: Arc<Wakers>,
-    lane: Lane,
-}
-
-impl Drop for Taken {
-    fn drop(&mut self) {
-        if let Ok(mut s) = self.in_flight.lock() {
-            s.remove(&self.entry.id);
-        }
-        self.wakers.lane(self.lane).notify_one();
-    }
-}
-
-/// Whether an outcome was recorded, or why not (shared by its batch).
-type Reply = oneshot::Sender<Result<bool, Arc<StoreError>>>;
-
-/// What a due entry needs.
-enum Plan {
-    /// No attempt: record this outcome (suppressed, held, or an in-app
-    /// delivery, which is its own record).
-    Finish(Outcome),
-    /// An attempt, leased until `lease`.
-    Attempt {
-        user: Option<Box<crate::model::User>>,
-        attempt: u32,
-        lease: Timestamp,
-    },
-}
-
-/// A lane's outcomes waiting to be recorded, and whether a task is recording
-/// some: whoever finds no recording under way records everything waiting in
-/// one writer round trip (a group commit), so outcomes that arrive together
-/// cost one transaction.
-#[derive(Default)]
-struct Finisher {
-    waiting: Mutex<Vec<(Due, Outcome, Reply)>>,
-    recording: tokio::sync::Mutex<()>,
-}
-
-impl Finisher {
-    /// Records each outcome for its entry, in order (see [`outbox::finish`]);
-    /// answers, in the same order, `true` if it was recorded, `false` if the
-    /// delivery was not pending any more.
-    async fn finish(
-        &self,
-        outbox: &Outbox,
-        lane: Lane,
-        outcomes: Vec<(Due, Outcome)>,
-    ) -> Vec<Result<bool, Arc<StoreError>>> {
-        let mut answers = Vec::with_capacity(outcomes.len());
-        if let Ok(mut waiting) = self.waiting.lock() {
-            for (entry, outcome) in outcomes {
-                let (reply, answer) = oneshot::channel();
-                waiting.push((entry, outcome, reply));
-                answers.push(answer);
-            }
-        }
-        {
-            let _recording = self.recording.lock().await;
-            let batch = self
-                .waiting
-                .lock()
-                .map(|mut w| std::mem::take(&mut *w))
-                .unwrap_or_default();
-            if !batch.is_empty() {
-                let (outcomes, replies): (Vec<_>, Vec<_>) =
-                    batch.into_iter().map(|(e, o, r)| ((e, o), r)).unzip();
-                let at = format_time(outbox.clock.now());
-                match outbox::finish(&outbox.store, lane, outcomes, at).await {
-                    Ok(recorded) => {
-                        for (reply, recorded) in replies.into_iter().zip(recorded) {
-                            let _ = reply.send(Ok(recorded));
-                        }
-                    }
-                    Err(e) => {
-                        let e = Arc::new(e);
-                        for reply in replies {
-                            let _ = reply.send(Err(Arc::clone(&e)));
-                        }
-                    }
-                }
-            }
-        }
-        let mut recorded = Vec::with_capacity(answers.len());
-        for answer in answers {
-            recorded.push(answer.await.unwrap_or_else(|_| {
-                Err(Arc::new(StoreError::Flush("outcome not recorded".into())))
-            }));
-        }
-        recorded
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
@@ -252,23 +150,17 @@ impl Outbox {
     }
 
     /// Delivers `lane`'s due entries until the task is dropped (the
-    /// component `outbox.<lane>`). Each round takes the due entries there are
-    /// free permits for, records all their attempts in one writer round trip,
-    /// then sends each in its own task; outcomes are recorded together by
-    /// the lane's [`Finisher`].
+    /// component `outbox.<lane>`).
     pub async fn run_lane(self: Arc<Self>, lane: Lane) {
         // In-app deliveries are appended to the user's event log, where the app
-        // shows them in log order: one task at a time, delivering its group in
-        // order, keeps that the order they were raised in. They are local
-        // writes, so there is no wait to overlap.
-        let (permits, group) = match lane {
-            Lane::InApp => (IN_APP_GROUP, IN_APP_GROUP),
-            // One group: its attempts recorded together, its sends side by side.
-            _ => (self.concurrency, self.concurrency),
+        // shows them in log order: one at a time keeps that the order they were
+        // raised in. They are local writes, so there is no wait to overlap.
+        let concurrency = match lane {
+            Lane::InApp => 1,
+            _ => self.concurrency,
         };
-        let permits = Arc::new(Semaphore::new(permits));
+        let permits = Arc::new(Semaphore::new(concurrency));
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
-        let finisher = Arc::new(Finisher::default());
         let wake = self.wakers.lane(lane);
         loop {
             let now = self.clock.now().as_millisecond();
@@ -281,213 +173,124 @@ impl Outbox {
                     Vec::new()
                 }
             };
-            let mut fresh = Vec::new();
+            let mut started = 0;
             for entry in due {
                 let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
                     break;
                 };
-                let inserted = in_flight
+                let fresh = in_flight
                     .lock()
                     .map(|mut s| s.insert(entry.id.clone()))
                     .unwrap_or(false);
-                if inserted {
-                    fresh.push(Taken {
-                        entry,
-                        in_flight: Arc::clone(&in_flight),
-                        _permit: permit,
-                        wakers: Arc::clone(&self.wakers),
-                        lane,
-                    });
+                if !fresh {
+                    continue;
                 }
+                started += 1;
+                let (outbox, in_flight) = (Arc::clone(&self), Arc::clone(&in_flight));
+                tokio::spawn(async move {
+                    // A panic must not skip the cleanup below: the entry
+                    // would stay in flight, never to be dispatched again.
+                    let dispatched = std::panic::AssertUnwindSafe(outbox.dispatch(lane, &entry))
+                        .catch_unwind()
+                        .await;
+                    match dispatched {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(lane = lane.name(), id = %entry.id, error = %e, "outbox delivery");
+                        }
+                        Err(panic) => {
+                            let message = crate::supervisor::panic_message(&*panic);
+                            tracing::error!(lane = lane.name(), id = %entry.id, "outbox delivery panicked: {message}");
+                        }
+                    }
+                    if let Ok(mut s) = in_flight.lock() {
+                        s.remove(&entry.id);
+                    }
+                    drop(permit);
+                    outbox.wakers.lane(lane).notify_one();
+                });
             }
-            if fresh.is_empty() {
-                let sleep = match self.store.next_due_in(lane) {
-                    Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now).max(20) as u64),
-                    _ => MAX_SLEEP,
-                };
-                let _ = tokio::time::timeout(sleep.min(MAX_SLEEP), wake.notified()).await;
+            if started > 0 {
                 continue;
             }
-            let mut fresh = fresh.into_iter().peekable();
-            while fresh.peek().is_some() {
-                let group: Vec<Taken> = fresh.by_ref().take(group).collect();
-                let dispatch =
-                    Arc::clone(&self).dispatch_caught(lane, group, Arc::clone(&finisher));
-                if lane == Lane::InApp {
-                    // In order: the next group waits for this one.
-                    dispatch.await;
-                } else {
-                    tokio::spawn(dispatch);
-                }
-            }
+            let sleep = match self.store.next_due_in(lane) {
+                Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now).max(20) as u64),
+                _ => MAX_SLEEP,
+            };
+            let _ = tokio::time::timeout(sleep.min(MAX_SLEEP), wake.notified()).await;
         }
     }
 
-    /// [`Outbox::dispatch`], with a panic logged rather than lost: each
-    /// entry's [`Taken`] leaves the in-flight set when dropped, panic or not.
-    async fn dispatch_caught(
-        self: Arc<Self>,
-        lane: Lane,
-        group: Vec<Taken>,
-        finisher: Arc<Finisher>,
-    ) {
-        let ids: Vec<String> = group.iter().map(|t| t.entry.id.clone()).collect();
-        let dispatched = std::panic::AssertUnwindSafe(self.dispatch(lane, group, &finisher))
-            .catch_unwind()
-            .await;
-        if let Err(panic) = dispatched {
-            let message = crate::supervisor::panic_message(&*panic);
-            tracing::error!(
-                lane = lane.name(),
-                ?ids,
-                "outbox delivery panicked: {message}"
-            );
-        }
-    }
-
-    /// Delivers a group of due entries of `lane`: decides what each needs
-    /// (nothing any more, a hold, an attempt), records every attempt in one
-    /// writer round trip, makes the attempts side by side, and records the
-    /// outcomes through `finisher`.
-    async fn dispatch(self: Arc<Self>, lane: Lane, group: Vec<Taken>, finisher: &Arc<Finisher>) {
+    async fn dispatch(&self, lane: Lane, entry: &Due) -> Result<(), StoreError> {
         if lane == Lane::Digest {
-            for taken in group {
-                let entry = &taken.entry;
-                if let Err(e) = self.send_digest(&entry.id, entry.due_ms).await {
-                    tracing::error!(lane = lane.name(), id = %entry.id, error = %e, "outbox delivery");
-                }
-            }
-            return;
+            return self.send_digest(&entry.id, entry.due_ms).await;
         }
         let now = self.clock.now();
-        let mut attempts = Vec::new();
-        let mut outcomes = Vec::new();
-        for taken in group {
-            match self.prepare(lane, &taken.entry, now) {
-                Ok(Plan::Finish(outcome)) => outcomes.push((taken, outcome)),
-                Ok(Plan::Attempt {
-                    user,
-                    attempt,
-                    lease,
-                }) => attempts.push((taken, user, attempt, lease)),
-                Err(e) => {
-                    tracing::error!(lane = lane.name(), id = %taken.entry.id, error = %e, "outbox delivery");
-                }
-            }
-        }
-        let leases = attempts
-            .iter()
-            .map(|(taken, _, _, lease)| (taken.entry.id.clone(), lease.as_millisecond()))
-            .collect();
-        let begun = if attempts.is_empty() {
-            Vec::new()
-        } else {
-            match outbox::begin_attempts(&self.store, lane, leases).await {
-                Ok(begun) => begun,
-                Err(e) => {
-                    tracing::error!(lane = lane.name(), error = %e, "outbox: attempts not recorded");
-                    return;
-                }
-            }
-        };
-        let mut sends = tokio::task::JoinSet::new();
-        for ((taken, user, attempt, lease), notification) in attempts.into_iter().zip(begun) {
-            let Some(notification) = notification else {
-                // Answered meanwhile (a re-drive raced it): just drop this entry.
-                outcomes.push((taken, Outcome::Suppressed("no longer pending".into())));
-                continue;
-            };
-            let leased = Due {
-                due_ms: lease.as_millisecond(),
-                id: taken.entry.id.clone(),
-            };
-            let (outbox, finisher) = (Arc::clone(&self), Arc::clone(finisher));
-            sends.spawn(async move {
-                let outcome = outbox
-                    .attempt(lane, &notification, user, attempt, now)
-                    .await;
-                outbox
-                    .finish(lane, &finisher, vec![(leased, outcome, taken)])
-                    .await;
-            });
-        }
-        let outcomes = outcomes
-            .into_iter()
-            .map(|(taken, outcome)| (taken.entry.clone(), outcome, taken))
-            .collect();
-        self.finish(lane, finisher, outcomes).await;
-        while let Some(sent) = sends.join_next().await {
-            if let Err(e) = sent {
-                if e.is_panic() {
-                    let panic = e.into_panic();
-                    let message = crate::supervisor::panic_message(&*panic);
-                    tracing::error!(lane = lane.name(), "outbox delivery panicked: {message}");
-                }
-            }
-        }
-    }
-
-    /// What a due entry needs, read from its record as it is now.
-    fn prepare(&self, lane: Lane, entry: &Due, now: Timestamp) -> Result<Plan, StoreError> {
         let notification = match self.store.notification(&entry.id) {
             Ok(Some(n)) => n,
-            Ok(None) => return Ok(Plan::Finish(Outcome::Suppressed("gone".into()))),
+            Ok(None) => {
+                return self
+                    .finish(lane, entry, Outcome::Suppressed("gone".into()))
+                    .await
+            }
             Err(StoreError::Corrupt(e)) => {
                 tracing::error!(id = %entry.id, error = %e, "unreadable notification dropped");
-                return Ok(Plan::Finish(Outcome::Dead(e)));
+                return self.finish(lane, entry, Outcome::Dead(e)).await;
             }
             Err(e) => return Err(e),
         };
         let Some(delivery) = notification.delivery(lane).cloned() else {
-            return Ok(Plan::Finish(Outcome::Suppressed("gone".into())));
+            return self
+                .finish(lane, entry, Outcome::Suppressed("gone".into()))
+                .await;
         };
         if let Some(reason) = self.not_needed(&notification, &delivery)? {
-            return Ok(Plan::Finish(Outcome::Suppressed(reason)));
+            return self.finish(lane, entry, Outcome::Suppressed(reason)).await;
         }
         if lane == Lane::InApp {
             self.record_latency(lane, &notification, now);
-            return Ok(Plan::Finish(Outcome::Delivered));
+            return self.finish(lane, entry, Outcome::Delivered).await;
         }
         // Read now, not when routed: quiet hours and addresses may have changed.
         let user = match &notification.user_id {
-            Some(id) => self.store.user(id)?.map(Box::new),
+            Some(id) => self.store.user(id)?,
             None => None,
         };
         if let (true, Some(user)) = (delivery.quiet_hours, &user) {
             let release = quiet::release(now, user);
             if release > now {
                 let until_ms = release.as_millisecond();
-                return Ok(Plan::Finish(Outcome::Hold { until_ms }));
+                return self.finish(lane, entry, Outcome::Hold { until_ms }).await;
             }
         }
         let attempt = delivery.attempts + 1;
         let lease = now
             .checked_add(self.retry.timeout + self.retry.backoff(attempt))
             .unwrap_or(now);
-        Ok(Plan::Attempt {
-            user,
-            attempt,
-            lease,
-        })
-    }
-
-    /// Makes attempt number `attempt` and says how it went.
-    async fn attempt(
-        &self,
-        lane: Lane,
-        notification: &Notification,
-        user: Option<Box<crate::model::User>>,
-        attempt: u32,
-        now: Timestamp,
-    ) -> Outcome {
+        let begun = outbox::begin_attempts(
+            &self.store,
+            lane,
+            vec![(entry.id.clone(), lease.as_millisecond())],
+        )
+        .await?;
+        let Some(notification) = begun.into_iter().next().flatten() else {
+            // Answered meanwhile (a re-drive raced it): just drop this entry.
+            return self
+                .finish(lane, entry, Outcome::Suppressed("no longer pending".into()))
+                .await;
+        };
+        let leased = Due {
+            due_ms: lease.as_millisecond(),
+            id: entry.id.clone(),
+        };
         let result = self
             .channels
-            .send(lane, notification, user.as_deref(), now)
+            .send(lane, &notification, user.as_ref(), now)
             .await;
         let now = self.clock.now();
-        match result {
+        let outcome = match result {
             Ok(()) => {
-                self.record_latency(lane, notification, now);
+                self.record_latency(lane, &notification, now);
                 Outcome::Delivered
             }
             Err(SendError::Permanent(e)) => Outcome::Dead(e),
@@ -501,7 +304,8 @@ impl Outbox {
                     error,
                 }
             }
-        }
+        };
+        self.finish(lane, &leased, outcome).await
     }
 
     /// Why a delivery need not be made any more, if it need not.
@@ -545,39 +349,25 @@ impl Outbox {
             .unwrap_or(false))
     }
 
-    /// Records each outcome for its queue entry, in order (with the other
-    /// outcomes waiting, in one writer round trip), then lets the entries go.
-    async fn finish(&self, lane: Lane, finisher: &Finisher, outcomes: Vec<(Due, Outcome, Taken)>) {
-        let mut results = Vec::with_capacity(outcomes.len());
-        let mut taken = Vec::with_capacity(outcomes.len());
-        let mut records = Vec::with_capacity(outcomes.len());
-        for (entry, outcome, t) in outcomes {
-            results.push(match &outcome {
-                Outcome::Delivered => "delivered",
-                Outcome::Retry { .. } => "retry",
-                Outcome::Dead(_) => "dead",
-                Outcome::Suppressed(_) => "suppressed",
-                Outcome::Hold { .. } => "held",
-            });
-            if let Outcome::Dead(error) = &outcome {
-                tracing::warn!(lane = lane.name(), id = %entry.id, %error, "delivery moved to the dead-letter list");
-            }
-            taken.push(t);
-            records.push((entry, outcome));
+    async fn finish(&self, lane: Lane, entry: &Due, outcome: Outcome) -> Result<(), StoreError> {
+        let result = match &outcome {
+            Outcome::Delivered => "delivered",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Dead(_) => "dead",
+            Outcome::Suppressed(_) => "suppressed",
+            Outcome::Hold { .. } => "held",
+        };
+        if let Outcome::Dead(error) = &outcome {
+            tracing::warn!(lane = lane.name(), id = %entry.id, %error, "delivery moved to the dead-letter list");
         }
-        let recorded = finisher.finish(self, lane, records).await;
-        for ((recorded, result), t) in recorded.into_iter().zip(results).zip(&taken) {
-            match recorded {
-                Ok(true) => {
-                    metrics::counter!("parleyd_deliveries_total", "channel" => lane.name(), "result" => result)
-                        .increment(1);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!(lane = lane.name(), id = %t.entry.id, error = %e, "outbox delivery")
-                }
-            }
+        let at = format_time(self.clock.now());
+        let recorded =
+            outbox::finish(&self.store, lane, vec![(entry.clone(), outcome)], at).await?;
+        if recorded.first() == Some(&true) {
+            metrics::counter!("parleyd_deliveries_total", "channel" => lane.name(), "result" => result)
+                .increment(1);
         }
+        Ok(())
     }
 
     /// Time from the notification's creation (its event) to its delivery.
