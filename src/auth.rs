@@ -159,15 +159,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Parses a token lifetime such as `30m`, `1h`, `7d` (jiff's friendly duration format).
-pub fn parse_ttl(text: &str) -> Result<i64, String> {
-    let seconds = crate::clock::parse_duration(text)?.as_secs();
-    if seconds <= 0 {
-        return Err(format!("{text:?} must be a positive duration"));
-    }
-    Ok(seconds)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,13 +214,5 @@ mod tests {
         assert_eq!(caller.role, Role::Service);
         assert!(auth().authenticate(Some("Basic abc"), None).is_err());
         assert!(auth().authenticate(None, None).is_err());
-    }
-
-    #[test]
-    fn ttl_parsing() {
-        assert_eq!(parse_ttl("1h").unwrap(), 3600);
-        assert_eq!(parse_ttl("7d").unwrap(), 7 * 86400);
-        assert!(parse_ttl("soon").is_err());
-        assert!(parse_ttl("-5m").is_err());
     }
 }

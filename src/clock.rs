@@ -14,6 +14,16 @@ pub fn parse_duration(text: &str) -> Result<jiff::SignedDuration, String> {
         .map_err(invalid)
 }
 
+/// Parses a token lifetime such as `30m`, `1h`, `7d` (see [`parse_duration`])
+/// into whole seconds; zero and negative lifetimes are errors.
+pub fn parse_ttl(text: &str) -> Result<i64, String> {
+    let seconds = parse_duration(text)?.as_secs();
+    if seconds <= 0 {
+        return Err(format!("{text:?} must be a positive duration"));
+    }
+    Ok(seconds)
+}
+
 /// The wall clock.
 pub struct SystemClock;
 
@@ -56,5 +66,18 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> jiff::Timestamp {
         *self.now.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_parsing() {
+        assert_eq!(parse_ttl("1h").unwrap(), 3600);
+        assert_eq!(parse_ttl("7d").unwrap(), 7 * 86400);
+        assert!(parse_ttl("soon").is_err());
+        assert!(parse_ttl("-5m").is_err());
     }
 }

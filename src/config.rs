@@ -588,7 +588,7 @@ impl Config {
         if self.auth.service_key.len() < 16 {
             problems.push("auth.service_key must be at least 16 bytes".to_owned());
         }
-        if let Err(e) = crate::auth::parse_ttl(&self.auth.default_token_ttl) {
+        if let Err(e) = crate::clock::parse_ttl(&self.auth.default_token_ttl) {
             problems.push(format!("auth.default_token_ttl: {e}"));
         }
         problems.extend(self.notify.problems());
@@ -662,14 +662,6 @@ impl Config {
     }
 
     /// True while either secret is the one shipped in the example config.
-    pub fn rule_dirs(&self) -> crate::rules::RuleDirs {
-        crate::rules::RuleDirs {
-            rules: self.rules_dir.clone(),
-            templates: self.templates_dir.clone(),
-            plugins: self.plugins_dir.clone(),
-        }
-    }
-
     pub fn uses_example_secrets(&self) -> bool {
         self.auth.jwt_secret == EXAMPLE_JWT_SECRET || self.auth.service_key == EXAMPLE_SERVICE_KEY
     }

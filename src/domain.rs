@@ -4,8 +4,7 @@
 //! event and never sees one whose change was rolled back.
 
 use serde::{Deserialize, Serialize};
-
-use crate::model::Stage;
+use utoipa::ToSchema;
 
 /// What an event (or a sequence instance) is about. Every field is optional: a
 /// signal may name only a user and a listing.
@@ -283,6 +282,42 @@ pub struct Timer {
     pub due_ms: i64,
     pub instance: String,
     pub step: String,
+}
+
+/// The stages a booking goes through; `booking_{stage}` events name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Confirmed,
+    Preparation,
+    Active,
+    Completed,
+    Review,
+    Cancelled,
+}
+
+impl Stage {
+    /// Every stage, in the order a booking goes through them.
+    pub const ALL: [Stage; 6] = [
+        Stage::Confirmed,
+        Stage::Preparation,
+        Stage::Active,
+        Stage::Completed,
+        Stage::Review,
+        Stage::Cancelled,
+    ];
+
+    /// The stage's name, as in JSON and the contact policy (`confirmed`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Confirmed => "confirmed",
+            Stage::Preparation => "preparation",
+            Stage::Active => "active",
+            Stage::Completed => "completed",
+            Stage::Review => "review",
+            Stage::Cancelled => "cancelled",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -178,6 +178,12 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+impl From<crate::model::Invalid> for ApiError {
+    fn from(e: crate::model::Invalid) -> ApiError {
+        ApiError::Unprocessable(e.0)
+    }
+}
+
 impl warp::Reply for ApiError {
     fn into_response(self) -> warp::reply::Response {
         if let ApiError::Internal(detail) = &self {

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use parleyd::auth::{parse_ttl, Authenticator, Role};
+use parleyd::auth::{Authenticator, Role};
+use parleyd::clock::parse_ttl;
 use parleyd::config::Config;
 use parleyd::contact::{detect_jsonl, Detector};
 use parleyd::rules::RuleDirs;
@@ -157,7 +158,7 @@ fn test_rules(dir: Option<PathBuf>, config: &std::path::Path) -> ExitCode {
 fn rule_dirs(dir: Option<PathBuf>, config: &std::path::Path) -> Result<RuleDirs, ExitCode> {
     match dir {
         Some(dir) => Ok(RuleDirs::under(&dir)),
-        None => Config::load(config).map(|c| c.rule_dirs()).map_err(fail),
+        None => Config::load(config).map(|c| RuleDirs::of(&c)).map_err(fail),
     }
 }
 
@@ -199,7 +200,7 @@ fn detect(stage: Option<&str>, config_path: &std::path::Path) -> ExitCode {
     let detector = Detector::new(&contact.detector());
     let rules = match (stage, &config) {
         (None, _) => None,
-        (Some(_), Some(config)) => match parleyd::rules::load(&config.rule_dirs()) {
+        (Some(_), Some(config)) => match parleyd::rules::load(&RuleDirs::of(config)) {
             Ok(rules) => Some(rules),
             Err(errors) => {
                 for e in errors {

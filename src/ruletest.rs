@@ -326,6 +326,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RuleErrors {
 /// The fixture: a customer, a provider and a listing, over a fresh store.
 struct World {
     app: Arc<App>,
+    /// The world's own handle on the store it opened, to read what happened.
+    store: Store,
     engine: Engine,
     clock: Arc<ManualClock>,
     start: jiff::Timestamp,
@@ -382,7 +384,7 @@ impl World {
                 sms: true,
                 webhook: false,
             });
-        let app = Arc::new(App::new(config, store, hub, rules, clock.clone()));
+        let app = Arc::new(App::new(config, store.clone(), hub, rules, clock.clone()));
         let service = caller("marketplace", Role::Service);
         let dates: Vec<String> = (1..=4).map(|d| format!("2030-02-{:02}", d * 3)).collect();
         let listing: ListingInput = merged(
@@ -409,6 +411,7 @@ impl World {
             .map_err(|e| e.to_string())?;
         Ok(World {
             app,
+            store,
             engine,
             clock,
             start,
@@ -439,7 +442,7 @@ impl World {
     async fn advance_to(&self, target: jiff::Timestamp) -> Result<(), String> {
         loop {
             self.settle().await?;
-            let next = self.app.store.next_due().map_err(|e| e.to_string())?;
+            let next = self.store.next_due().map_err(|e| e.to_string())?;
             match next.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()) {
                 Some(due) if due <= target => {
                     self.clock.set(due);
@@ -481,7 +484,6 @@ impl World {
             }
             Event::Signal { kind, from, data } => {
                 let existing = self
-                    .app
                     .store
                     .conversations_of("customer")
                     .map_err(|e| e.to_string())?;
@@ -543,13 +545,11 @@ impl World {
     fn sent(&self) -> Result<Vec<Sent>, String> {
         let mut sent = Vec::new();
         let conversations = self
-            .app
             .store
             .conversations_of("customer")
             .map_err(|e| e.to_string())?;
         for conversation in conversations {
             let messages: Vec<Message> = self
-                .app
                 .store
                 .messages(&conversation.id, 0, usize::MAX)
                 .map_err(|e| e.to_string())?;
@@ -571,7 +571,7 @@ impl World {
                 });
             }
         }
-        for n in self.app.store.notifications().map_err(|e| e.to_string())? {
+        for n in self.store.notifications().map_err(|e| e.to_string())? {
             let (Some(user), Ok(at)) = (&n.user_id, n.created_at.parse::<jiff::Timestamp>()) else {
                 continue;
             };

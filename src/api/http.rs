@@ -63,7 +63,7 @@ pub struct LimitQuery {
 }
 
 pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Response,)> {
-    let limit = BodyLimits::of(&app.config);
+    let limit = BodyLimits::of(app.config());
     let with_app = {
         let app = app.clone();
         warp::any().map(move || app.clone())

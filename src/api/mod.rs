@@ -209,7 +209,7 @@ fn caller(
     warp::header::optional::<String>("authorization")
         .or(warp::any().map(|| None))
         .unify()
-        .map(move |header: Option<String>| app.auth.authenticate(header.as_deref(), None))
+        .map(move |header: Option<String>| app.authenticate(header.as_deref(), None))
 }
 
 /// The request body, read within `limits` whether or not a Content-Length is

@@ -280,7 +280,7 @@ fn authenticate(
     header: Option<&str>,
     token: Option<&str>,
 ) -> Result<(Caller, Option<i64>), ApiError> {
-    let (caller, expires) = app.auth.authenticate_until(header, token)?;
+    let (caller, expires) = app.authenticate_until(header, token)?;
     Ok((caller.require_person()?, expires))
 }
 
@@ -335,12 +335,12 @@ fn upgrade(
         )
         .into_response();
     };
-    let (admitted, replaced) = match streams.admit(&caller.user_id, &app.config.stream) {
+    let (admitted, replaced) = match streams.admit(&caller.user_id, &app.config().stream) {
         Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
     };
     let accept = derive_accept_key(key.as_bytes());
-    let max_frame = app.config.limits.max_body_bytes as usize;
+    let max_frame = app.config().limits.max_body_bytes as usize;
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
@@ -434,7 +434,7 @@ impl Connection {
         shutdown: watch::Receiver<bool>,
     ) -> Connection {
         Connection {
-            limits: ConnectionLimits::new(&app.config.limits),
+            limits: ConnectionLimits::new(&app.config().limits),
             app,
             caller,
             expires,
@@ -472,12 +472,9 @@ impl Connection {
         R: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
             + Unpin,
     {
-        let cfg = self.app.config.stream.clone();
-        let mut subscription = self
-            .app
-            .hub
-            .subscribe(&self.caller.user_id, cfg.queue_capacity);
-        let head = match self.app.store.durable_cursor(&self.caller.user_id).await {
+        let cfg = self.app.config().stream.clone();
+        let mut subscription = self.app.subscribe(&self.caller.user_id, cfg.queue_capacity);
+        let head = match self.app.durable_cursor(&self.caller.user_id).await {
             Ok(head) => head,
             Err(e) => {
                 return match ApiError::from(e) {
@@ -608,11 +605,10 @@ impl Connection {
     where
         S: futures_util::Sink<WsMessage, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
     {
-        let page = self.app.config.stream.replay_page;
+        let page = self.app.config().stream.replay_page;
         while self.position < until {
             let frames = self
                 .app
-                .store
                 .events_between(&self.caller.user_id, self.position, until, page)
                 .map_err(|e| internal(e.into()))?;
             let Some(last) = frames.last().and_then(|f| f.cursor) else {
@@ -891,21 +887,21 @@ async fn poll_events(
 ) -> Result<(Vec<Frame>, u64), ApiError> {
     let (caller, expires) = authenticate(app, auth_header, query.token.as_deref())?;
     let user = &caller.user_id;
-    let page = app.config.stream.replay_page;
+    let page = app.config().stream.replay_page;
     // Never past the token's expiry: the next poll needs a valid one.
     let wait = query
         .wait
         .unwrap_or(0)
-        .min(app.config.stream.long_poll_max_wait_seconds)
+        .min(app.config().stream.long_poll_max_wait_seconds)
         .min(expires.map_or(u64::MAX, |at| until(at).as_secs()));
     // Subscribe before reading so an event committed in between still wakes us.
-    let mut subscription = app.hub.subscribe(user, 16);
-    let head = app.store.durable_cursor(user).await?;
+    let mut subscription = app.subscribe(user, 16);
+    let head = app.durable_cursor(user).await?;
     let since = query.since.unwrap_or(0).min(head);
     if head == since && wait > 0 {
         let wait = Duration::from_secs(wait);
         let _slot =
-            streams.hold_long_poll(user, app.config.stream.max_long_polls_per_user, wait)?;
+            streams.hold_long_poll(user, app.config().stream.max_long_polls_per_user, wait)?;
         let mut shutdown = streams.shutdown.subscribe();
         let logged = async {
             while let Some(frame) = subscription.frames.recv().await {
@@ -921,8 +917,8 @@ async fn poll_events(
         }
     }
     drop(subscription);
-    let head = app.store.durable_cursor(user).await?;
-    let frames = app.store.events_between(user, since, head, page)?;
+    let head = app.durable_cursor(user).await?;
+    let frames = app.events_between(user, since, head, page)?;
     let cursor = frames.last().and_then(|f| f.cursor).unwrap_or(since);
     Ok((frames, cursor))
 }

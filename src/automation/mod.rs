@@ -12,7 +12,6 @@
 //! instance). Stop and re-plan events are those of the current rules.
 
 pub mod changes;
-mod context;
 pub mod invite;
 pub mod scheduler;
 pub mod sequence;
@@ -32,9 +31,9 @@ use crate::rules::sequences::{Anchor, Sequence};
 use crate::rules::{RuleSet, Rules};
 use crate::store::{Attempted, Failure, Held, Store, StoreError};
 
+use crate::rules::context::{reader_zone, Loaded};
 use changes::Overlay;
 pub use changes::{apply_changes, Change, Firing};
-pub use context::{person_value, reader_zone, Loaded};
 
 /// Events read from the queue, evaluated and written at a time.
 const BATCH: usize = 256;

@@ -10,11 +10,17 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::contact::{Action, ContactKind, Detection};
-use crate::error::ApiError;
+pub use crate::domain::Stage;
+
+/// Input that breaks a rule of the record it would become (HTTP 422
+/// `unprocessable`); the message names the field and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
 
 /// Ids are chosen by the marketplace (users, listings) or by parleyd (uuid v7).
 /// They must not contain the store's key separator, so the alphabet is restricted.
-pub fn validate_id(field: &str, id: &str) -> Result<(), ApiError> {
+pub fn validate_id(field: &str, id: &str) -> Result<(), Invalid> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id
@@ -23,7 +29,7 @@ pub fn validate_id(field: &str, id: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::Unprocessable(format!(
+        Err(Invalid(format!(
             "{field} must be 1-128 characters of A-Z a-z 0-9 - _ . : @"
         )))
     }
@@ -34,9 +40,9 @@ pub fn format_time(t: jiff::Timestamp) -> String {
     format!("{:.3}", t)
 }
 
-pub fn parse_time(field: &str, text: &str) -> Result<jiff::Timestamp, ApiError> {
+pub fn parse_time(field: &str, text: &str) -> Result<jiff::Timestamp, Invalid> {
     text.parse().map_err(|_| {
-        ApiError::Unprocessable(format!(
+        Invalid(format!(
             "{field} must be an RFC 3339 timestamp such as 2026-12-01T15:00:00Z"
         ))
     })
@@ -48,21 +54,17 @@ pub const MAX_PAGE: usize = 500;
 /// A list route's `limit`: `default` when absent; 422 outside `1..=MAX_PAGE`
 /// (refused rather than clamped, so a client never mistakes a short page for
 /// the end of the list).
-pub fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
+pub fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, Invalid> {
     match limit {
         None => Ok(default),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::Unprocessable(format!(
-            "limit must be 1-{MAX_PAGE}, not {n}"
-        ))),
+        Some(n) => Err(Invalid(format!("limit must be 1-{MAX_PAGE}, not {n}"))),
     }
 }
 
-pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
     if value.chars().count() > max {
-        return Err(ApiError::Unprocessable(format!(
-            "{field} is longer than {max} characters"
-        )));
+        return Err(Invalid(format!("{field} is longer than {max} characters")));
     }
     Ok(())
 }
@@ -77,9 +79,9 @@ pub enum Channel {
 }
 
 /// A `timezone` field: an IANA name the bundled tz database knows.
-pub fn check_timezone(tz: &str) -> Result<(), ApiError> {
+pub fn check_timezone(tz: &str) -> Result<(), Invalid> {
     jiff::tz::TimeZone::get(tz).map(drop).map_err(|_| {
-        ApiError::Unprocessable(format!(
+        Invalid(format!(
             "timezone {tz:?} is not an IANA time zone name such as Europe/Paris"
         ))
     })
@@ -125,7 +127,7 @@ pub struct UserInput {
 }
 
 impl UserInput {
-    pub fn into_user(self, id: &str, now: jiff::Timestamp) -> Result<User, ApiError> {
+    pub fn into_user(self, id: &str, now: jiff::Timestamp) -> Result<User, Invalid> {
         validate_id("user id", id)?;
         for (field, value) in [
             ("name", &self.name),
@@ -138,9 +140,7 @@ impl UserInput {
         }
         if let Some(email) = &self.email {
             if !email.contains('@') || email.contains(char::is_whitespace) {
-                return Err(ApiError::Unprocessable(format!(
-                    "email {email:?} is not an address"
-                )));
+                return Err(Invalid(format!("email {email:?} is not an address")));
             }
         }
         if let Some(tz) = &self.timezone {
@@ -148,9 +148,9 @@ impl UserInput {
         }
         if let Some(q) = &self.quiet_hours {
             for (field, value) in [("quiet_hours.start", &q.start), ("quiet_hours.end", &q.end)] {
-                value.parse::<jiff::civil::Time>().map_err(|_| {
-                    ApiError::Unprocessable(format!("{field} must be a local time HH:MM"))
-                })?;
+                value
+                    .parse::<jiff::civil::Time>()
+                    .map_err(|_| Invalid(format!("{field} must be a local time HH:MM")))?;
             }
         }
         Ok(User {
@@ -213,23 +213,21 @@ pub struct ListingInput {
 }
 
 impl ListingInput {
-    pub fn into_listing(self, id: &str, now: jiff::Timestamp) -> Result<Listing, ApiError> {
+    pub fn into_listing(self, id: &str, now: jiff::Timestamp) -> Result<Listing, Invalid> {
         validate_id("listing id", id)?;
         validate_id("provider_id", &self.provider_id)?;
         if self.title.trim().is_empty() {
-            return Err(ApiError::Unprocessable("title must not be empty".into()));
+            return Err(Invalid("title must not be empty".into()));
         }
         check_len("title", &self.title, 300)?;
         if let Some(price) = self.price {
             if !price.is_finite() || price < 0.0 {
-                return Err(ApiError::Unprocessable(
-                    "price must be a non-negative number".into(),
-                ));
+                return Err(Invalid("price must be a non-negative number".into()));
             }
         }
         if let Some(c) = &self.currency {
             if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(ApiError::Unprocessable(
+                return Err(Invalid(
                     "currency must be a three-letter ISO 4217 code such as EUR".into(),
                 ));
             }
@@ -238,9 +236,8 @@ impl ListingInput {
             check_timezone(tz)?;
         }
         for date in &self.availability {
-            date.parse::<jiff::civil::Date>().map_err(|_| {
-                ApiError::Unprocessable(format!("availability date {date:?} is not YYYY-MM-DD"))
-            })?;
+            date.parse::<jiff::civil::Date>()
+                .map_err(|_| Invalid(format!("availability date {date:?} is not YYYY-MM-DD")))?;
         }
         for (field, list) in [
             ("badges", &self.badges),
@@ -248,9 +245,7 @@ impl ListingInput {
             ("availability", &self.availability),
         ] {
             if list.len() > 1000 {
-                return Err(ApiError::Unprocessable(format!(
-                    "{field} has more than 1000 entries"
-                )));
+                return Err(Invalid(format!("{field} has more than 1000 entries")));
             }
             for item in list {
                 check_len(field, item, 300)?;
@@ -311,41 +306,6 @@ pub struct ContextCard {
 pub enum Phase {
     PreBooking,
     PostBooking,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    Confirmed,
-    Preparation,
-    Active,
-    Completed,
-    Review,
-    Cancelled,
-}
-
-impl Stage {
-    /// Every stage, in the order a booking goes through them.
-    pub const ALL: [Stage; 6] = [
-        Stage::Confirmed,
-        Stage::Preparation,
-        Stage::Active,
-        Stage::Completed,
-        Stage::Review,
-        Stage::Cancelled,
-    ];
-
-    /// The stage's name, as in JSON and the contact policy (`confirmed`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Confirmed => "confirmed",
-            Stage::Preparation => "preparation",
-            Stage::Active => "active",
-            Stage::Completed => "completed",
-            Stage::Review => "review",
-            Stage::Cancelled => "cancelled",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -654,17 +614,17 @@ pub struct SendInput {
 }
 
 impl SendInput {
-    pub fn validate(&self, max_chars: usize) -> Result<(), ApiError> {
+    pub fn validate(&self, max_chars: usize) -> Result<(), Invalid> {
         let id_ok = !self.client_id.is_empty()
             && self.client_id.len() <= 128
             && self.client_id.bytes().all(|b| b.is_ascii_graphic());
         if !id_ok {
-            return Err(ApiError::Unprocessable(
+            return Err(Invalid(
                 "client_id must be 1-128 printable ASCII characters".into(),
             ));
         }
         if self.content.trim().is_empty() {
-            return Err(ApiError::Unprocessable("content must not be empty".into()));
+            return Err(Invalid("content must not be empty".into()));
         }
         check_len("content", &self.content, max_chars)
     }
@@ -735,9 +695,9 @@ pub struct BookingPatch {
 }
 
 /// Checks that a booking's `start` and `end` are timestamps in order.
-pub fn validate_period(start: &str, end: &str) -> Result<(), ApiError> {
+pub fn validate_period(start: &str, end: &str) -> Result<(), Invalid> {
     if parse_time("start", start)? >= parse_time("end", end)? {
-        return Err(ApiError::Unprocessable("start must be before end".into()));
+        return Err(Invalid("start must be before end".into()));
     }
     Ok(())
 }
@@ -776,7 +736,7 @@ pub struct SignalInput {
 }
 
 impl SignalInput {
-    pub fn validate(&self) -> Result<(), ApiError> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let name_ok = !self.kind.is_empty()
             && self.kind.len() <= 64
             && self
@@ -784,7 +744,7 @@ impl SignalInput {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !name_ok {
-            return Err(ApiError::Unprocessable(
+            return Err(Invalid(
                 "type must be a lower_snake_case name of at most 64 characters".into(),
             ));
         }
@@ -798,7 +758,7 @@ impl SignalInput {
             }
         }
         if !(self.data.is_null() || self.data.is_object()) {
-            return Err(ApiError::Unprocessable("data must be an object".into()));
+            return Err(Invalid("data must be an object".into()));
         }
         Ok(())
     }

@@ -3,6 +3,8 @@
 //! outbox (`worker`, `channels`). See README "Notifications".
 
 pub mod channels;
+pub mod delivery;
+pub mod outbox;
 mod quiet;
 pub mod router;
 pub mod worker;

@@ -7,11 +7,11 @@ use jiff::Timestamp;
 use serde_json::json;
 
 use super::quiet;
-use crate::automation::{person_value, reader_zone, Loaded};
 use crate::domain::DomainEvent;
 use crate::model::notification::Priority;
 use crate::model::notification::{ChannelDelivery, DeliveryState, Lane, Notification};
 use crate::model::{format_time, Channel, Message, User};
+use crate::rules::context::{person_value, reader_zone, Loaded};
 use crate::rules::routing::{QuietHoursPolicy, Recipient, Route};
 use crate::rules::script::{report, Context};
 use crate::rules::RuleSet;

@@ -20,14 +20,15 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use super::channels::{Channels, SendError};
+use super::outbox;
 use super::quiet;
 use super::Wakers;
-use crate::automation::{person_value, reader_zone};
 use crate::clock::Clock;
 use crate::config::NotifyConfig;
 use crate::model::format_time;
 use crate::model::notification::{ChannelDelivery, DeliveryState, Lane, Notification, Outcome};
 use crate::model::notification::{Priority, Unless};
+use crate::rules::context::{person_value, reader_zone};
 use crate::rules::script::{off_the_workers, Context};
 use crate::rules::templates::escape_html;
 use crate::rules::Rules;
@@ -138,10 +139,8 @@ impl Outbox {
         let cutoff = format_time(cutoff);
         let (mut total, mut after) = (0, None);
         loop {
-            let (forgotten, next) = self
-                .store
-                .prune_notifications(&cutoff, after.as_deref(), PRUNE_BATCH)
-                .await?;
+            let (forgotten, next) =
+                outbox::prune(&self.store, &cutoff, after.as_deref(), PRUNE_BATCH).await?;
             total += forgotten;
             match next {
                 Some(id) => after = Some(id),
@@ -268,11 +267,13 @@ impl Outbox {
         let lease = now
             .checked_add(self.retry.timeout + self.retry.backoff(attempt))
             .unwrap_or(now);
-        let Some(notification) = self
-            .store
-            .begin_attempt(&entry.id, lane, lease.as_millisecond())
-            .await?
-        else {
+        let begun = outbox::begin_attempts(
+            &self.store,
+            lane,
+            vec![(entry.id.clone(), lease.as_millisecond())],
+        )
+        .await?;
+        let Some(notification) = begun.into_iter().next().flatten() else {
             // Answered meanwhile (a re-drive raced it): just drop this entry.
             return self
                 .finish(lane, entry, Outcome::Suppressed("no longer pending".into()))
@@ -360,11 +361,9 @@ impl Outbox {
             tracing::warn!(lane = lane.name(), id = %entry.id, %error, "delivery moved to the dead-letter list");
         }
         let at = format_time(self.clock.now());
-        let recorded = self
-            .store
-            .finish_delivery(&entry.id, lane, entry.due_ms, outcome, at)
-            .await?;
-        if recorded {
+        let recorded =
+            outbox::finish(&self.store, lane, vec![(entry.clone(), outcome)], at).await?;
+        if recorded.first() == Some(&true) {
             metrics::counter!("parleyd_deliveries_total", "channel" => lane.name(), "result" => result)
                 .increment(1);
         }
@@ -387,7 +386,7 @@ impl Outbox {
     async fn send_digest(&self, user_id: &str, due_ms: i64) -> Result<(), StoreError> {
         let now = self.clock.now();
         // Opened before the read: an item batched after it gets its own digest.
-        self.store.open_digest(user_id, due_ms).await?;
+        outbox::open_digest(&self.store, user_id, due_ms).await?;
         let items = self.store.batched(user_id)?;
         let user = self.store.user(user_id)?;
         let respects_quiet = items
@@ -397,10 +396,13 @@ impl Outbox {
         if let (true, Some(user)) = (respects_quiet, &user) {
             let release = quiet::release(now, user);
             if release > now {
-                return self
-                    .store
-                    .postpone_digest(user_id, due_ms, release.as_millisecond())
-                    .await;
+                return outbox::postpone_digest(
+                    &self.store,
+                    user_id,
+                    due_ms,
+                    release.as_millisecond(),
+                )
+                .await;
             }
         }
         let ids: Vec<String> = items.iter().map(|n| n.id.clone()).collect();
@@ -415,15 +417,16 @@ impl Outbox {
                 metrics::counter!("parleyd_notifications_total",
                     "type" => "digest", "result" => "failed")
                 .increment(1);
-                return self
-                    .store
-                    .postpone_digest(user_id, due_ms, again.as_millisecond())
-                    .await;
+                return outbox::postpone_digest(
+                    &self.store,
+                    user_id,
+                    due_ms,
+                    again.as_millisecond(),
+                )
+                .await;
             }
         };
-        self.store
-            .flush_digest(user_id, due_ms, ids, digest, None)
-            .await?;
+        outbox::flush_digest(&self.store, user_id, due_ms, ids, digest, None).await?;
         self.wakers.wake_all();
         Ok(())
     }

@@ -6,6 +6,7 @@
 //!
 //! Start-up, `parleyd check`, a file change and SIGHUP all go through [`load`].
 
+pub mod context;
 pub mod plugins;
 mod reload;
 pub mod routing;
@@ -198,6 +199,15 @@ impl RuleDirs {
             rules: root.join("rules"),
             templates: root.join("templates"),
             plugins: root.join("plugins"),
+        }
+    }
+
+    /// The directories a config names (`rules_dir`, `templates_dir`, `plugins_dir`).
+    pub fn of(config: &crate::config::Config) -> RuleDirs {
+        RuleDirs {
+            rules: config.rules_dir.clone(),
+            templates: config.templates_dir.clone(),
+            plugins: config.plugins_dir.clone(),
         }
     }
 }

@@ -75,7 +75,7 @@ pub async fn run(
     };
     let rules_clock = clock.clone();
     let rules = Rules::open(
-        config.rule_dirs(),
+        crate::rules::RuleDirs::of(&config),
         Box::new(move || crate::model::format_time(rules_clock.now())),
     )
     .map_err(StartError::Rules)?;
@@ -151,11 +151,11 @@ pub async fn run(
             .with_supervisor(supervisor.clone()),
     );
     let streams = Arc::new(Streams::default());
-    let user_limits = Arc::new(UserLimits::new(&app.config.limits));
-    let max_open = connection_capacity(open_files_limit, &app.config)?;
+    let user_limits = Arc::new(UserLimits::new(&app.config().limits));
+    let max_open = connection_capacity(open_files_limit, app.config())?;
     // After the recorder is installed: the dead letters of an earlier run.
-    crate::automation::count_dead(&app.store);
-    let admission = Arc::new(Admission::new(&app.config.connections, max_open));
+    crate::automation::count_dead(&store);
+    let admission = Arc::new(Admission::new(&app.config().connections, max_open));
     supervisor.spawn("upkeep", None, {
         let (app, user_limits, metrics) = (app.clone(), user_limits.clone(), metrics.clone());
         let (admission, supervisor) = (admission.clone(), supervisor.clone());
@@ -172,9 +172,9 @@ pub async fn run(
     let routes = api::routes(app.clone(), streams.clone(), user_limits, metrics);
     let settings = accept::Settings {
         admission,
-        proxies: TrustedProxies::new(app.config.connections.trusted_proxies.clone()),
-        header_read_timeout: app.config.connections.header_read_timeout,
-        write_timeout: app.config.connections.write_timeout,
+        proxies: TrustedProxies::new(app.config().connections.trusted_proxies.clone()),
+        header_read_timeout: app.config().connections.header_read_timeout,
+        write_timeout: app.config().connections.write_timeout,
         drain_timeout: SHUTDOWN_DRAIN_TIMEOUT,
     };
     let stopping = streams.clone();
@@ -186,7 +186,7 @@ pub async fn run(
     ready();
     server.await;
     supervisor.shutdown();
-    app.store.flush()?;
+    store.flush()?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

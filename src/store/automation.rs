@@ -72,6 +72,18 @@ impl From<StoreError> for TxError {
     }
 }
 
+impl TxError {
+    /// What the writer makes of an operation's outcome: sled's error goes to
+    /// the whole batch, the operation's own to its caller.
+    pub(super) fn into_op<T>(result: Result<T, TxError>) -> OpResult<T> {
+        match result {
+            Ok(value) => Ok(Ok(value)),
+            Err(TxError::Store(e)) => Ok(Err(e)),
+            Err(TxError::Sled(e)) => Err(e),
+        }
+    }
+}
+
 /// The automation engine's view of one writer transaction: typed reads of its
 /// records and the writes it may make. Everything done through it commits (or
 /// not) together.
@@ -133,7 +145,7 @@ impl AutomationTx<'_, '_> {
 
     /// Queues a notification; `false` if it exists already (a replay).
     pub fn notify(&self, notification: &Notification) -> Result<bool, TxError> {
-        Ok(super::outbox::create(self.tx, notification)??)
+        super::outbox::create(self.tx, notification)
     }
 
     /// Takes the domain event off the queue, with its failed attempts.
@@ -337,11 +349,7 @@ impl Store {
                     tx,
                     out: std::cell::RefCell::new(out),
                 };
-                match op(&atx) {
-                    Ok(value) => Ok(Ok(value)),
-                    Err(TxError::Store(e)) => Ok(Err(e)),
-                    Err(TxError::Sled(e)) => Err(e),
-                }
+                TxError::into_op(op(&atx))
             })
             .await
     }

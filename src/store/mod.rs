@@ -63,7 +63,7 @@ use writer::{WriteTrees, Writer, WriterConfig};
 use writes::Cursors;
 
 pub use automation::{AutomationTx, InstanceWrite, TxError, Written};
-pub use outbox::Due;
+pub use outbox::{Due, OutboxTx};
 pub use quarantine::{Attempted, Failure, Held};
 pub use writer::Publish;
 

@@ -14,21 +14,16 @@
 //!
 //! A digest's queue entry is `q` + the digest lane + due + the user id.
 //!
-//! A digest *opens* ([`open_digest`]) before its items are read: from then on
-//! its `w` key is gone, so an item batched meanwhile schedules a digest of its
-//! own instead of counting on this one, which may have read the items already.
-//! The flush removes exactly the items the digest read; whatever came after
-//! waits for that next digest. So each item is in exactly one digest.
-//! Queue keys lead with the due time, so each lane is read in order of when
-//! things fall due.
+//! The record decides: every `q`, `x`, `b` and `u` key follows from it
+//! ([`OutboxTx::save`] moves them with it). How a record moves (attempts,
+//! retries, dead letters, digests) is decided in `notifications::delivery`;
+//! this module stores. Queue keys lead with the due time, so each lane is read
+//! in order of when things fall due.
 
-use sled::transaction::UnabortableTransactionError;
-
-use super::writer::OpResult;
 use super::writes::{log_event, Tx};
-use super::{decode, encode, Delivery, Store, StoreError};
+use super::{decode, encode, Delivery, Store, StoreError, TxError};
 use crate::feed::UserEvent;
-use crate::model::notification::{DeliveryState, Lane, Notification, Outcome};
+use crate::model::notification::{DeliveryState, Lane, Notification};
 
 const SEP: u8 = 0;
 
@@ -73,55 +68,35 @@ fn digest_key(user_id: &str) -> Vec<u8> {
     [b"w", user_id.as_bytes()].concat()
 }
 
-/// The notification `id`, read in the transaction. One that cannot be read
-/// is logged and treated as gone: its queue entries are dropped instead of
-/// coming round forever, and no operation fails halfway through its writes.
-fn get_notification(
-    tx: &Tx<'_>,
-    id: &str,
-) -> Result<Option<Notification>, UnabortableTransactionError> {
-    let Some(bytes) = tx.outbox.get(notification_key(id))? else {
-        return Ok(None);
-    };
-    match decode(&bytes) {
-        Ok(notification) => Ok(Some(notification)),
-        Err(e) => {
-            tracing::error!(id, error = %e, "unreadable notification ignored");
-            Ok(None)
+/// The keys a notification's record implies: its user's list entry, and for
+/// each delivery its queue entry (pending), dead-letter entry (dead) or batch
+/// entry (batched). [`OutboxTx::save`] keeps them in step with the record.
+fn derived_keys(notification: &Notification) -> Vec<Vec<u8>> {
+    let id = &notification.id;
+    let mut keys = Vec::new();
+    if let Some(user) = &notification.user_id {
+        keys.push([user_prefix(user), id.as_bytes().to_vec()].concat());
+    }
+    for delivery in &notification.deliveries {
+        match (delivery.state, &notification.user_id) {
+            (DeliveryState::Pending, _) => {
+                keys.push(queue_key(delivery.channel, delivery.due_ms, id));
+            }
+            (DeliveryState::Dead, _) => keys.push(dead_key(id, delivery.channel)),
+            (DeliveryState::Batched, Some(user)) => keys.push(batch_key(user, id)),
+            _ => {}
         }
     }
-}
-
-/// The notification `id` and the index of its `lane` delivery, if that
-/// delivery is in `state`.
-fn delivery_in(
-    tx: &Tx<'_>,
-    id: &str,
-    lane: Lane,
-    state: DeliveryState,
-) -> Result<Option<(Notification, usize)>, UnabortableTransactionError> {
-    Ok(get_notification(tx, id)?.and_then(|n| {
-        let index = n
-            .deliveries
-            .iter()
-            .position(|d| d.channel == lane && d.state == state)?;
-        Some((n, index))
-    }))
-}
-
-fn save(tx: &Tx<'_>, notification: &Notification) -> Result<(), UnabortableTransactionError> {
-    tx.outbox
-        .insert(notification_key(&notification.id), encode(notification))?;
-    Ok(())
+    keys
 }
 
 /// Sets the user's digest to fall due at `due_ms` unless it already falls due
-/// sooner.
-fn schedule_digest(tx: &Tx<'_>, user_id: &str, due_ms: i64) -> OpResult<()> {
+/// sooner (the `w` key holds the earliest, with its queue entry).
+fn arm_digest(tx: &Tx<'_>, user_id: &str, due_ms: i64) -> Result<(), TxError> {
     if let Some(current) = tx.outbox.get(digest_key(user_id))? {
         let current = super::keys::read_u64(&current) as i64;
         if current <= due_ms {
-            return Ok(Ok(()));
+            return Ok(());
         }
         tx.outbox
             .remove(queue_key(Lane::Digest, current, user_id))?;
@@ -130,227 +105,125 @@ fn schedule_digest(tx: &Tx<'_>, user_id: &str, due_ms: i64) -> OpResult<()> {
         .insert(digest_key(user_id), &(due_ms as u64).to_be_bytes())?;
     tx.outbox
         .insert(queue_key(Lane::Digest, due_ms, user_id), &[])?;
-    Ok(Ok(()))
-}
-
-/// Stores a new notification and queues its deliveries (or adds it to its
-/// recipient's digest). Creating one that exists changes nothing.
-pub fn create(tx: &Tx<'_>, notification: &Notification) -> OpResult<bool> {
-    if tx.outbox.get(notification_key(&notification.id))?.is_some() {
-        return Ok(Ok(false));
-    }
-    save(tx, notification)?;
-    if let Some(user) = &notification.user_id {
-        tx.outbox.insert(
-            [user_prefix(user), notification.id.as_bytes().to_vec()].concat(),
-            &[],
-        )?;
-    }
-    for delivery in &notification.deliveries {
-        match (delivery.state, &notification.user_id) {
-            (DeliveryState::Pending, _) => {
-                tx.outbox.insert(
-                    queue_key(delivery.channel, delivery.due_ms, &notification.id),
-                    &[],
-                )?;
-            }
-            (DeliveryState::Batched, Some(user)) => {
-                tx.outbox.insert(batch_key(user, &notification.id), &[])?;
-                if let Err(e) = schedule_digest(tx, user, delivery.due_ms)? {
-                    return Ok(Err(e));
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(Ok(true))
-}
-
-/// Records an attempt about to be made: the attempt count goes up and the
-/// queue entry moves to `lease_until_ms`, so a crash during the attempt
-/// retries it then. Returns the notification as recorded, or `None` when the
-/// delivery is no longer pending.
-pub fn begin_attempt(
-    tx: &Tx<'_>,
-    id: &str,
-    lane: Lane,
-    lease_until_ms: i64,
-) -> OpResult<Option<Notification>> {
-    let Some((mut notification, i)) = delivery_in(tx, id, lane, DeliveryState::Pending)? else {
-        return Ok(Ok(None));
-    };
-    let delivery = &mut notification.deliveries[i];
-    tx.outbox.remove(queue_key(lane, delivery.due_ms, id))?;
-    delivery.attempts += 1;
-    delivery.due_ms = lease_until_ms;
-    tx.outbox.insert(queue_key(lane, lease_until_ms, id), &[])?;
-    save(tx, &notification)?;
-    Ok(Ok(Some(notification)))
-}
-
-/// Records how a delivery went (or why it was not made); an in-app delivery
-/// also logs the `notification` event to the recipient's stream. `due_ms` is
-/// the queue entry being answered: it goes whatever the record says, so an
-/// entry whose record is gone or unreadable cannot come round again.
-pub fn finish(
-    tx: &Tx<'_>,
-    id: &str,
-    lane: Lane,
-    due_ms: i64,
-    outcome: &Outcome,
-    at: &str,
-    out: &mut Vec<Delivery>,
-) -> OpResult<bool> {
-    tx.outbox.remove(queue_key(lane, due_ms, id))?;
-    let Some((mut notification, i)) = delivery_in(tx, id, lane, DeliveryState::Pending)? else {
-        return Ok(Ok(false));
-    };
-    let delivery = &mut notification.deliveries[i];
-    tx.outbox.remove(queue_key(lane, delivery.due_ms, id))?;
-    delivery.updated_at = Some(at.to_owned());
-    match outcome {
-        Outcome::Delivered => {
-            delivery.state = DeliveryState::Delivered;
-            delivery.note = None;
-        }
-        Outcome::Retry { at_ms, error } => {
-            delivery.due_ms = *at_ms;
-            delivery.note = Some(error.clone());
-            tx.outbox.insert(queue_key(lane, *at_ms, id), &[])?;
-        }
-        Outcome::Hold { until_ms } => {
-            delivery.due_ms = *until_ms;
-            tx.outbox.insert(queue_key(lane, *until_ms, id), &[])?;
-        }
-        Outcome::Dead(error) => {
-            delivery.state = DeliveryState::Dead;
-            delivery.note = Some(error.clone());
-            tx.outbox.insert(dead_key(id, lane), &[])?;
-        }
-        Outcome::Suppressed(reason) => {
-            delivery.state = DeliveryState::Suppressed;
-            delivery.note = Some(reason.clone());
-        }
-    }
-    save(tx, &notification)?;
-    if lane == Lane::InApp && *outcome == Outcome::Delivered {
-        if let Some(user) = &notification.user_id {
-            let event = UserEvent::Notification {
-                notification: Box::new(notification.view()),
-            };
-            log_event(tx, user, &event, out)?;
-        }
-    }
-    Ok(Ok(true))
-}
-
-/// Puts a dead delivery back in its queue, due at `now_ms`, with its attempts
-/// reset. `false` if it is not dead.
-pub fn redrive(tx: &Tx<'_>, id: &str, lane: Lane, now_ms: i64) -> OpResult<bool> {
-    let Some((mut notification, i)) = delivery_in(tx, id, lane, DeliveryState::Dead)? else {
-        return Ok(Ok(false));
-    };
-    let delivery = &mut notification.deliveries[i];
-    delivery.state = DeliveryState::Pending;
-    delivery.attempts = 0;
-    delivery.due_ms = now_ms;
-    tx.outbox.remove(dead_key(id, lane))?;
-    tx.outbox.insert(queue_key(lane, now_ms, id), &[])?;
-    save(tx, &notification)?;
-    Ok(Ok(true))
-}
-
-/// Opens the user's digest falling due at `due_ms`, before its items are
-/// read: its `w` key goes (if it is still this digest's), so items batched from
-/// now on schedule the next digest. The queue entry stays until the flush, so
-/// a crash in between sends this digest again rather than losing it.
-pub fn open_digest(
-    tx: &Tx<'_>,
-    user_id: &str,
-    due_ms: i64,
-) -> Result<(), UnabortableTransactionError> {
-    if let Some(current) = tx.outbox.get(digest_key(user_id))? {
-        if super::keys::read_u64(&current) as i64 == due_ms {
-            tx.outbox.remove(digest_key(user_id))?;
-        }
-    }
     Ok(())
 }
 
-/// Sends a user's opened digest: the batched notifications `items` (those
-/// still waiting, as read after [`open_digest`]) are marked delivered through
-/// `digest`, which is created and queued, and the digest's queue entry
-/// (`due_ms`) goes. Items batched since it opened are left to the digest they
-/// scheduled. `next_due_ms` holds the digest back until then (quiet hours).
-pub fn flush_digest(
-    tx: &Tx<'_>,
-    user_id: &str,
-    due_ms: i64,
-    items: &[String],
-    digest: Option<&Notification>,
-    next_due_ms: Option<i64>,
-) -> OpResult<()> {
-    // An item batched since `open_digest` may have scheduled a digest due at
-    // this very time, with this very queue key: that one stays.
-    let rearmed = tx
-        .outbox
-        .get(digest_key(user_id))?
-        .is_some_and(|due| super::keys::read_u64(&due) as i64 == due_ms);
-    if !rearmed {
-        tx.outbox.remove(queue_key(Lane::Digest, due_ms, user_id))?;
+/// Stores a new notification with the keys it implies, and arms its
+/// recipient's digest no later than its batched deliveries are due. Creating
+/// one that exists changes nothing; `false` then.
+pub fn create(tx: &Tx<'_>, notification: &Notification) -> Result<bool, TxError> {
+    if tx.outbox.get(notification_key(&notification.id))?.is_some() {
+        return Ok(false);
     }
-    for id in items {
-        if tx.outbox.remove(batch_key(user_id, id))?.is_none() {
-            continue;
-        }
-        let Some(mut notification) = get_notification(tx, id)? else {
-            continue;
-        };
-        for delivery in &mut notification.deliveries {
+    tx.outbox
+        .insert(notification_key(&notification.id), encode(notification))?;
+    for key in derived_keys(notification) {
+        tx.outbox.insert(key, &[])?;
+    }
+    if let Some(user) = &notification.user_id {
+        for delivery in &notification.deliveries {
             if delivery.state == DeliveryState::Batched {
-                delivery.state = DeliveryState::Delivered;
-                delivery.note = digest.map(|d| format!("in digest {}", d.id));
+                arm_digest(tx, user, delivery.due_ms)?;
             }
         }
-        save(tx, &notification)?;
     }
-    if let Some(digest) = digest {
-        if let Err(e) = create(tx, digest)? {
-            return Ok(Err(e));
-        }
-    }
-    if let Some(next) = next_due_ms {
-        return schedule_digest(tx, user_id, next);
-    }
-    Ok(Ok(()))
+    Ok(true)
 }
 
-/// Whether a notification is finished with: every delivery delivered or
-/// suppressed. A dead one stays for operators until re-driven.
-fn finished(notification: &Notification) -> bool {
-    notification.deliveries.iter().all(|d| {
-        matches!(
-            d.state,
-            DeliveryState::Delivered | DeliveryState::Suppressed
-        )
-    })
+/// The outbox as one writer transaction sees it: typed reads, and writes
+/// that keep the keys derived from a record in step with it. The delivery
+/// state machine (`notifications::delivery`) decides; this only stores. Its
+/// methods fail only when sled aborts the transaction, which the writer then
+/// retries or reports.
+pub struct OutboxTx<'t, 'a> {
+    tx: &'t Tx<'a>,
+    out: &'t mut Vec<Delivery>,
 }
 
-/// Forgets the finished notifications among `ids` (checked again here).
-pub fn forget(tx: &Tx<'_>, ids: &[String]) -> OpResult<usize> {
-    let mut forgotten = 0;
-    for id in ids {
-        let Some(notification) = get_notification(tx, id)?.filter(finished) else {
-            continue;
+impl OutboxTx<'_, '_> {
+    /// The notification `id`. One that cannot be read is logged and treated
+    /// as gone, so its queue entries are dropped instead of coming round
+    /// forever, and no step fails halfway through its writes.
+    pub fn notification(&self, id: &str) -> Result<Option<Notification>, TxError> {
+        let Some(bytes) = self.tx.outbox.get(notification_key(id))? else {
+            return Ok(None);
         };
-        tx.outbox.remove(notification_key(id))?;
-        if let Some(user) = &notification.user_id {
-            tx.outbox
-                .remove([user_prefix(user), id.as_bytes().to_vec()].concat())?;
+        match decode(&bytes) {
+            Ok(notification) => Ok(Some(notification)),
+            Err(e) => {
+                tracing::error!(id, error = %e, "unreadable notification ignored");
+                Ok(None)
+            }
         }
-        forgotten += 1;
     }
-    Ok(Ok(forgotten))
+
+    /// See [`create`].
+    pub fn create(&self, notification: &Notification) -> Result<bool, TxError> {
+        create(self.tx, notification)
+    }
+
+    /// Stores `after`, the record read as `before`, moving the keys it implies
+    /// (queue, dead-letter and batch entries) along with it.
+    pub fn save(&self, before: &Notification, after: &Notification) -> Result<(), TxError> {
+        for key in derived_keys(before) {
+            self.tx.outbox.remove(key)?;
+        }
+        for key in derived_keys(after) {
+            self.tx.outbox.insert(key, &[])?;
+        }
+        self.tx
+            .outbox
+            .insert(notification_key(&after.id), encode(after))?;
+        Ok(())
+    }
+
+    /// Removes the queue entry `lane`/`due_ms`/`id` (in the digest lane the
+    /// id is the user's), whatever any record says.
+    pub fn unqueue(&self, lane: Lane, due_ms: i64, id: &str) -> Result<(), TxError> {
+        self.tx.outbox.remove(queue_key(lane, due_ms, id))?;
+        Ok(())
+    }
+
+    /// Removes the batch entry of `id` in `user_id`'s digest; `false` if it
+    /// was not there.
+    pub fn unbatch(&self, user_id: &str, id: &str) -> Result<bool, TxError> {
+        Ok(self.tx.outbox.remove(batch_key(user_id, id))?.is_some())
+    }
+
+    /// When the user's next digest falls due, until it opens.
+    pub fn digest_due(&self, user_id: &str) -> Result<Option<i64>, TxError> {
+        Ok(self
+            .tx
+            .outbox
+            .get(digest_key(user_id))?
+            .map(|due| super::keys::read_u64(&due) as i64))
+    }
+
+    /// Forgets when the user's next digest falls due (it has opened); its
+    /// queue entry stays.
+    pub fn clear_digest_due(&self, user_id: &str) -> Result<(), TxError> {
+        self.tx.outbox.remove(digest_key(user_id))?;
+        Ok(())
+    }
+
+    /// See [`arm_digest`].
+    pub fn arm_digest(&self, user_id: &str, due_ms: i64) -> Result<(), TxError> {
+        arm_digest(self.tx, user_id, due_ms)
+    }
+
+    /// Removes the record and every key it implies.
+    pub fn forget(&self, notification: &Notification) -> Result<(), TxError> {
+        for key in derived_keys(notification) {
+            self.tx.outbox.remove(key)?;
+        }
+        self.tx.outbox.remove(notification_key(&notification.id))?;
+        Ok(())
+    }
+
+    /// Appends `event` to `user_id`'s event log, published once committed.
+    pub fn log(&mut self, user_id: &str, event: &UserEvent) -> Result<(), TxError> {
+        Ok(log_event(self.tx, user_id, event, self.out)?)
+    }
 }
 
 /// A queue entry that has fallen due.
@@ -472,16 +345,16 @@ impl Store {
         Ok(dead)
     }
 
-    /// Looks at up to `limit` notifications after the id `after` and forgets
-    /// the finished ones created before `before` (RFC 3339). Returns how many
-    /// it forgot and where to go on from, `None` once it reached notifications
-    /// recent enough to keep (ids are time-ordered, uuid v7).
-    pub async fn prune_notifications(
+    /// Up to `limit` notifications after the id `after` (or from the first)
+    /// created before `before` (RFC 3339), oldest first, and where to go on
+    /// from: `None` once it reached notifications recent enough or the end
+    /// (ids are time-ordered, uuid v7). Unreadable ones are skipped.
+    pub fn notifications_before(
         &self,
         before: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<(usize, Option<String>), StoreError> {
+    ) -> Result<(Vec<Notification>, Option<String>), StoreError> {
         let start = match after {
             Some(id) => [notification_key(id), vec![0]].concat(),
             None => b"n".to_vec(),
@@ -500,94 +373,30 @@ impl Store {
                     next = None;
                     break;
                 }
-                Ok(n) if finished(&n) => old.push(id.clone()),
-                _ => {}
+                Ok(n) => old.push(n),
+                Err(_) => {}
             }
             next = Some(id);
         }
-        let forgotten = if old.is_empty() {
-            0
-        } else {
-            self.writer.run(move |tx, _| forget(tx, &old)).await?
-        };
-        Ok((forgotten, next))
+        Ok((old, next))
+    }
+
+    /// Runs `step` in one writer transaction over the outbox (again if sled
+    /// retries it) and returns what it returned once committed and durable.
+    pub async fn outbox<T, F>(&self, step: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&mut OutboxTx<'_, '_>) -> Result<T, TxError> + Send + 'static,
+    {
+        self.writer
+            .run(move |tx, out| TxError::into_op(step(&mut OutboxTx { tx, out })))
+            .await
     }
 
     pub async fn create_notification(
         &self,
         notification: Notification,
     ) -> Result<bool, StoreError> {
-        self.writer
-            .run(move |tx, _| create(tx, &notification))
-            .await
-    }
-
-    pub async fn begin_attempt(
-        &self,
-        id: &str,
-        lane: Lane,
-        lease_until_ms: i64,
-    ) -> Result<Option<Notification>, StoreError> {
-        let id = id.to_owned();
-        self.writer
-            .run(move |tx, _| begin_attempt(tx, &id, lane, lease_until_ms))
-            .await
-    }
-
-    pub async fn finish_delivery(
-        &self,
-        id: &str,
-        lane: Lane,
-        due_ms: i64,
-        outcome: Outcome,
-        at: String,
-    ) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        self.writer
-            .run(move |tx, out| finish(tx, &id, lane, due_ms, &outcome, &at, out))
-            .await
-    }
-
-    pub async fn redrive(&self, id: &str, lane: Lane, now_ms: i64) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        self.writer
-            .run(move |tx, _| redrive(tx, &id, lane, now_ms))
-            .await
-    }
-
-    /// See [`open_digest`].
-    pub async fn open_digest(&self, user_id: &str, due_ms: i64) -> Result<(), StoreError> {
-        let user_id = user_id.to_owned();
-        self.writer
-            .run(move |tx, _| Ok(Ok(open_digest(tx, &user_id, due_ms)?)))
-            .await
-    }
-
-    pub async fn flush_digest(
-        &self,
-        user_id: &str,
-        due_ms: i64,
-        items: Vec<String>,
-        digest: Option<Notification>,
-        next_due_ms: Option<i64>,
-    ) -> Result<(), StoreError> {
-        let user_id = user_id.to_owned();
-        self.writer
-            .run(move |tx, _| {
-                flush_digest(tx, &user_id, due_ms, &items, digest.as_ref(), next_due_ms)
-            })
-            .await
-    }
-
-    /// Sends nothing now: the digest due at `due_ms` falls due again at
-    /// `until_ms`, its items still batched.
-    pub async fn postpone_digest(
-        &self,
-        user_id: &str,
-        due_ms: i64,
-        until_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.flush_digest(user_id, due_ms, Vec::new(), None, Some(until_ms))
-            .await
+        self.outbox(move |tx| tx.create(&notification)).await
     }
 }

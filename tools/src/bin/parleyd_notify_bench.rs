@@ -126,7 +126,10 @@ fn main() -> Result<(), String> {
 
 async fn run(args: Args) -> Result<(), String> {
     let scratch = tempfile::tempdir().map_err(err)?;
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The repository root: this binary lives in its tools/ member.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("tools/ has no parent directory")?;
     let dirs = RuleDirs::under(scratch.path());
     for dir in [&dirs.rules, &dirs.templates] {
         std::fs::create_dir_all(dir).map_err(err)?;

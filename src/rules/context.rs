@@ -5,10 +5,10 @@
 use jiff::tz::TimeZone;
 use serde_json::{json, Value};
 
+use super::script::Context;
 use crate::clock::Clock;
 use crate::domain::{DomainEvent, Subject};
 use crate::model::{format_time, Booking, Conversation, Listing, User};
-use crate::rules::script::Context;
 use crate::store::{Store, StoreError};
 
 /// The records a subject names, read once per evaluation.
