@@ -394,12 +394,18 @@ impl Hanging {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let mut released = released.subscribe();
                 tokio::spawn(async move {
+                    // The whole request first: answering before it is read
+                    // would reset the connection under the client.
+                    let mut request = Vec::new();
                     let mut buf = [0u8; 4096];
-                    loop {
-                        tokio::select! {
-                            read = socket.read(&mut buf) => if matches!(read, Ok(0) | Err(_)) { return },
-                            _ = released.wait_for(|r| *r) => break,
+                    while !complete(&request) {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
                         }
+                    }
+                    if released.wait_for(|r| *r).await.is_err() {
+                        return;
                     }
                     let _ = socket
                         .write_all(
@@ -483,4 +489,19 @@ async fn a_lane_whose_endpoint_hangs_is_named_stuck_until_it_moves_again() {
         }
     })
     .await;
+}
+
+/// Whether `request` holds a whole HTTP/1.1 request: its head and as many body
+/// bytes as its `content-length` says.
+fn complete(request: &[u8]) -> bool {
+    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    request.len() >= end + 4 + length
 }

@@ -11,7 +11,7 @@ use crate::domain::{DomainEvent, Instance, StepState, Timer};
 use crate::model::notification::Notification;
 use crate::model::Message;
 use crate::store::{
-    AutomationTx, Held, InstanceWrite, NewMessage, Store, StoreError, Stored, TxError, Written,
+    AutomationTx, InstanceWrite, NewMessage, Store, StoreError, Stored, TxError, Written,
 };
 
 use super::sequence;
@@ -29,14 +29,11 @@ pub enum Change {
         instance: String,
         steps: Vec<(String, Result<i64, String>)>,
     },
-    /// A notification to queue (it exists already after a crash and replay:
-    /// then nothing changes).
+    /// A notification to queue; written with its event's acknowledgement, so
+    /// each event is routed once.
     Notify(Box<Notification>),
     /// The engine is done with this domain event (its failed attempts go too).
     Ack(u64),
-    /// Forgets the failed attempts recorded for an event or a step that went
-    /// through on a retry.
-    Forget(Held),
 }
 
 /// What `change` writes, given the instance it is about as it stands
@@ -46,7 +43,7 @@ fn transition(change: &Change, current: Option<Instance>) -> Option<InstanceWrit
         Change::Start(new) => sequence::start(current.as_ref(), Instance::clone(new)),
         Change::Stop(_) => current.map(sequence::stop),
         Change::Replan { steps, .. } => current.map(|i| sequence::replan(i, steps)),
-        Change::Notify(_) | Change::Ack(_) | Change::Forget(_) => None,
+        Change::Notify(_) | Change::Ack(_) => None,
     }
 }
 
@@ -55,7 +52,7 @@ fn about(change: &Change) -> Option<&str> {
     match change {
         Change::Start(new) => Some(&new.id),
         Change::Stop(id) | Change::Replan { instance: id, .. } => Some(id),
-        Change::Notify(_) | Change::Ack(_) | Change::Forget(_) => None,
+        Change::Notify(_) | Change::Ack(_) => None,
     }
 }
 
@@ -64,7 +61,6 @@ pub fn apply(tx: &AutomationTx<'_, '_>, change: &Change) -> Result<bool, TxError
     match change {
         Change::Notify(notification) => tx.notify(notification),
         Change::Ack(seq) => tx.ack(*seq).map(|()| true),
-        Change::Forget(held) => tx.forget(held).map(|()| true),
         _ => {
             let current = match about(change) {
                 Some(id) => tx.instance(id)?,

@@ -182,9 +182,12 @@ impl Engine {
     /// every event is evaluated against the instances as the batch's earlier
     /// events left them ([`Overlay`]), so it sees their effect unwritten.
     pub async fn drain_at_most(&self, limit: usize) -> Result<usize, StoreError> {
-        let _one_at_a_time = self.draining.lock().await;
         let mut processed = 0;
         while processed < limit {
+            // Taken per batch, not per drain: the lock is fair, so the
+            // scheduler waiting for its round of events gets the next batch
+            // even while the events task never finds the queue empty.
+            let _one_at_a_time = self.draining.lock().await;
             let events = self.store.domain_events(BATCH)?;
             if events.is_empty() {
                 break;

@@ -1,6 +1,6 @@
 //! The durable scheduler: pending steps are timers in sled, ordered by due
 //! time. A due step is rendered from the rules in force and sent in one
-//! transaction that also removes its timer (see `store::automation::fire`):
+//! transaction that also removes its timer (see `automation::changes::fire`):
 //! exactly once, across crashes. The loop sleeps until the earliest timer (at
 //! most a second, so a manual clock's moves are seen promptly even unwoken).
 
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::changes::{fire, Firing};
-use super::{caught, sequence, Engine, Failed, Loaded};
+use super::{caught, retry_delay, sequence, Engine, Failed, Loaded};
 use crate::domain::{Instance, Timer};
 use crate::model::{Automation, SYSTEM_SENDER};
 use crate::rules::plugins::TEMPLATE_VARS;
@@ -102,8 +102,15 @@ impl Engine {
         self.failed(&failure, &attempted, "timer", || {
             format!("step {} of {}", timer.step, timer.instance)
         });
-        if let Attempted::Dead(_) = attempted {
-            metrics::counter!("parleyd_automation_steps_total", "result" => "dead").increment(1);
+        match attempted {
+            Attempted::Dead(_) => {
+                metrics::counter!("parleyd_automation_steps_total", "result" => "dead")
+                    .increment(1);
+            }
+            // The same pause as an event's before its next attempt, so a
+            // transient failure (a deadline missed on a busy machine) can pass.
+            Attempted::Again(attempts) => tokio::time::sleep(retry_delay(attempts)).await,
+            Attempted::Gone => {}
         }
         Ok(())
     }

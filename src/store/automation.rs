@@ -155,7 +155,7 @@ impl AutomationTx<'_, '_> {
     }
 
     /// Forgets the failed attempts recorded for an event or a step.
-    pub fn forget(&self, held: &super::Held) -> Result<(), TxError> {
+    fn forget(&self, held: &super::Held) -> Result<(), TxError> {
         super::quarantine::forget(self.tx, held)??;
         Ok(())
     }

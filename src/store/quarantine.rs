@@ -204,7 +204,8 @@ impl AutomationTx<'_, '_> {
             return Ok(None);
         };
         let item: DeadItem = decode(&bytes)?;
-        self.tx.domain.remove(key)?;
+        // Re-armed or queued first: an error there (an unreadable instance)
+        // leaves the entry on the list, as the whole transaction commits.
         match (&item.kind, &item.timer) {
             (DeadKind::Timer, Some(timer)) => rearm(timer)?,
             _ => emit(
@@ -215,6 +216,7 @@ impl AutomationTx<'_, '_> {
                 },
             )?,
         }
+        self.tx.domain.remove(key)?;
         Ok(Some(item))
     }
 }

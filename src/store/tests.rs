@@ -694,6 +694,14 @@ async fn a_writer_thread_that_dies_is_reported_down() {
     // Opening a conversation publishes an event after the commit: the
     // thread dies there.
     let _ = store.open_conversation(&listing(), "cust", "t0").await;
+    // The caller's answer is dropped while the thread unwinds, a moment
+    // before the thread's end is recorded.
+    for _ in 0..500 {
+        if health.state(stuck_after) == crate::supervisor::State::Down {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let report = health.report(stuck_after);
     assert_eq!(report.state, crate::supervisor::State::Down);
     assert_eq!(

@@ -11,9 +11,10 @@
 //! `storage.writer_queue` operations wait, so a load the disk cannot keep up
 //! with gets fast refusals instead of a queue, and memory, that grow without
 //! bound. The background components (automation engine, scheduler, outbox)
-//! write through the plain handle and are never refused: each is one task that
-//! waits for its own write, so together they add a handful of operations
-//! beyond the bound, and their work (a domain event, a due step, a
+//! write through the plain handle and are never refused: each of their tasks
+//! waits for its own write, so together they add at most one operation per
+//! task beyond the bound (the engine, the scheduler, `notify.concurrency` per
+//! outbox lane), and their work (a domain event, a due step, a
 //! notification) must not be dropped or counted as a failure of the rules.
 //!
 //! Supervision: the thread reports as the component `writer` (see

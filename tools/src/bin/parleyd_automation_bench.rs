@@ -94,8 +94,9 @@ struct EngineArgs {
     /// Also copy the shipped plugins/ (promo.rhai) into the rule set.
     #[arg(long)]
     plugins: bool,
-    /// The repository whose rules/contact.yaml and templates/ are used.
-    #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
+    /// The repository whose rules/contact.yaml and templates/ are used
+    /// (default: the one this tool was built in).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/.."))]
     repo: PathBuf,
 }
 
@@ -123,7 +124,7 @@ struct ReloadArgs {
     #[arg(long, default_value_t = 300)]
     gap_ms: u64,
     /// The repository whose rules/, templates/ and plugins/ are copied.
-    #[arg(long, default_value = env!("CARGO_MANIFEST_DIR"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/.."))]
     repo: PathBuf,
 }
 
