@@ -320,6 +320,33 @@ impl Stage {
     }
 }
 
+/// A running instance `id` about `subject` with one step pending at `due_ms`
+/// (rule `r`, triggered by an event `e`), for tests.
+#[cfg(test)]
+pub(crate) fn test_instance(id: &str, subject: Subject, due_ms: i64) -> Instance {
+    Instance {
+        id: id.into(),
+        rule: "r".into(),
+        run: format!("run-{id}"),
+        subject: subject.clone(),
+        trigger: DomainEvent {
+            seq: 1,
+            name: "e".into(),
+            aliases: Vec::new(),
+            at: "2030-01-01T00:00:00Z".into(),
+            redriven_at: None,
+            subject,
+            data: serde_json::Value::Null,
+        },
+        steps: vec![PlannedStep {
+            name: "s".into(),
+            due_ms,
+            state: StepState::Pending,
+            note: None,
+        }],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

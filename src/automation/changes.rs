@@ -232,34 +232,14 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::domain::{PlannedStep, Subject};
+    use crate::domain::Subject;
 
     fn instance(id: &str, due_ms: i64) -> Instance {
         let subject = Subject {
             conversation_id: Some(format!("conv-{id}")),
             ..Subject::default()
         };
-        Instance {
-            id: id.into(),
-            rule: "r".into(),
-            run: format!("run-{id}"),
-            subject: subject.clone(),
-            trigger: DomainEvent {
-                seq: 1,
-                name: "e".into(),
-                aliases: Vec::new(),
-                at: "2030-01-01T00:00:00Z".into(),
-                redriven_at: None,
-                subject,
-                data: serde_json::Value::Null,
-            },
-            steps: vec![PlannedStep {
-                name: "s".into(),
-                due_ms,
-                state: StepState::Pending,
-                note: None,
-            }],
-        }
+        crate::domain::test_instance(id, subject, due_ms)
     }
 
     fn store(dir: &std::path::Path) -> Store {

@@ -255,10 +255,19 @@ impl Engine {
             rule: None,
             error: format!("writing its changes failed: {error}"),
         };
+        self.event_failed(&event, failure).await.map(drop)
+    }
+
+    /// Records, logs and counts a failed attempt at `event`.
+    async fn event_failed(
+        &self,
+        event: &DomainEvent,
+        failure: Failure,
+    ) -> Result<Attempted, StoreError> {
         let attempted = self
             .store
             .record_failure(
-                Held::Event(*seq),
+                Held::Event(event.seq),
                 Some(event.clone()),
                 failure.clone(),
                 self.max_attempts,
@@ -268,7 +277,7 @@ impl Engine {
         self.failed(&failure, &attempted, "event", || {
             format!("domain event {} ({})", event.seq, event.name)
         });
-        Ok(())
+        Ok(attempted)
     }
 
     /// What one event changes (ending with its acknowledgement), retried while
@@ -304,20 +313,7 @@ impl Engine {
                 Err(Failed::Rule(failure)) => failure,
             };
             self.write(batch).await?;
-            let attempted = self
-                .store
-                .record_failure(
-                    held.clone(),
-                    Some(event.clone()),
-                    failure.clone(),
-                    self.max_attempts,
-                    self.now(),
-                )
-                .await?;
-            self.failed(&failure, &attempted, "event", || {
-                format!("domain event {} ({})", event.seq, event.name)
-            });
-            match attempted {
+            match self.event_failed(event, failure).await? {
                 Attempted::Again(attempts) => retried = Some(attempts),
                 Attempted::Dead(_) | Attempted::Gone => return Ok(None),
             }

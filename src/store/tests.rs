@@ -341,7 +341,7 @@ async fn a_version_2_directory_is_read_and_marked_current() {
 /// An instance `id` about conversation `conversation` of provider `prov`,
 /// with one step pending at `due_ms`.
 fn running(id: &str, conversation: &str, due_ms: i64) -> crate::domain::Instance {
-    use crate::domain::{DomainEvent, Instance, PlannedStep, StepState, Subject};
+    use crate::domain::Subject;
     let subject = Subject {
         conversation_id: Some(conversation.into()),
         listing_id: Some("l1".into()),
@@ -350,27 +350,7 @@ fn running(id: &str, conversation: &str, due_ms: i64) -> crate::domain::Instance
         user_id: None,
         booking_id: None,
     };
-    Instance {
-        id: id.into(),
-        rule: "r".into(),
-        run: format!("run-{id}"),
-        subject: subject.clone(),
-        trigger: DomainEvent {
-            seq: 1,
-            name: "e".into(),
-            aliases: Vec::new(),
-            at: "2030-01-01T00:00:00Z".into(),
-            redriven_at: None,
-            subject,
-            data: serde_json::Value::Null,
-        },
-        steps: vec![PlannedStep {
-            name: "s".into(),
-            due_ms,
-            state: StepState::Pending,
-            note: None,
-        }],
-    }
+    crate::domain::test_instance(id, subject, due_ms)
 }
 
 /// A directory of schema 3 kept its subject index as one JSON list per id;
