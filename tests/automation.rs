@@ -319,22 +319,7 @@ async fn a_broken_rule_edit_is_rejected_while_the_old_rules_serve_and_the_fix_go
     })
     .await;
     assert!(status["files"].as_array().unwrap().len() >= 5, "{status}");
-    let other = Person::new("cust-2", "customer");
-    let opened = d
-        .post(
-            "/v1/conversations",
-            &other.token,
-            json!({"listing_id": p.listing_id}),
-        )
-        .await;
-    opened.expect(201);
-    let conversation = opened.body["id"].as_str().unwrap().to_owned();
-    d.put("/v1/users/cust-2", SERVICE_KEY, json!({"name": "Dora"}))
-        .await
-        .expect(200);
-    d.send(&other, &conversation, "q-2", "Hello")
-        .await
-        .expect(201);
+    let (other, conversation) = dora_asks(&d, &p, "cust-2").await;
     let ack = automated(&d, &other, &conversation, "inquiry_ack").await;
     assert!(
         ack["content"]
@@ -475,22 +460,7 @@ async fn a_failing_template_helper_is_counted_while_other_conversations_keep_the
     );
 
     // The engine goes on: another conversation gets its acknowledgement.
-    let other = Person::new("cust-2", "customer");
-    d.put("/v1/users/cust-2", SERVICE_KEY, json!({"name": "Dora"}))
-        .await
-        .expect(200);
-    let opened = d
-        .post(
-            "/v1/conversations",
-            &other.token,
-            json!({"listing_id": p.listing_id}),
-        )
-        .await;
-    opened.expect(201);
-    let conversation = opened.body["id"].as_str().unwrap().to_owned();
-    d.send(&other, &conversation, "q-2", "Hello")
-        .await
-        .expect(201);
+    let (other, conversation) = dora_asks(&d, &p, "cust-2").await;
     let ack = automated(&d, &other, &conversation, "inquiry_ack").await;
     assert!(
         ack["content"].as_str().unwrap().starts_with("Thanks Dora!"),

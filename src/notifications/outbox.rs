@@ -285,6 +285,16 @@ mod tests {
         n
     }
 
+    /// The ids of what waits for `cust`'s digest.
+    fn batched_ids(store: &Store) -> Vec<String> {
+        store
+            .batched("cust")
+            .unwrap()
+            .into_iter()
+            .map(|n| n.id)
+            .collect()
+    }
+
     fn digests_due(store: &Store) -> Vec<(i64, String)> {
         use crate::model::notification::Lane;
         store
@@ -309,12 +319,7 @@ mod tests {
 
             // The worker opens the digest due at 1000 and reads what waits.
             open_digest(&store, "cust", 1_000).await.unwrap();
-            let read: Vec<String> = store
-                .batched("cust")
-                .unwrap()
-                .into_iter()
-                .map(|n| n.id)
-                .collect();
+            let read = batched_ids(&store);
             assert_eq!(read, [first.id]);
             // Meanwhile the router batches another item.
             let late = batched(late_due);
@@ -328,12 +333,7 @@ mod tests {
                 .await
                 .unwrap();
 
-            let waiting: Vec<String> = store
-                .batched("cust")
-                .unwrap()
-                .into_iter()
-                .map(|n| n.id)
-                .collect();
+            let waiting = batched_ids(&store);
             assert_eq!(waiting, [late.id], "due {late_due}");
             assert_eq!(
                 digests_due(&store),
@@ -343,12 +343,7 @@ mod tests {
 
             // That digest takes the late item and leaves nothing behind.
             open_digest(&store, "cust", late_due).await.unwrap();
-            let read: Vec<String> = store
-                .batched("cust")
-                .unwrap()
-                .into_iter()
-                .map(|n| n.id)
-                .collect();
+            let read = batched_ids(&store);
             flush_digest(&store, "cust", late_due, read, None, None)
                 .await
                 .unwrap();

@@ -56,14 +56,19 @@ fn store(dir: &Path) -> Store {
 }
 
 /// Opens the store in `dir`, waiting while a store or raw sled handle just
-/// dropped still holds the directory's lock (sled's background flusher may
-/// hold it a moment longer).
+/// dropped still holds the directory's lock.
 fn reopen(dir: &Path) -> Result<Store, StoreError> {
-    let open = || Store::open(dir, &config(), Arc::new(|_: &Delivery| {}));
+    while_locked(|| Store::open(dir, &config(), Arc::new(|_: &Delivery| {})))
+}
+
+/// Runs `open` until it stops failing on the directory's lock (sled's
+/// background flusher may hold it a moment after a handle is dropped), at
+/// most for 2 s.
+fn while_locked<T, E: std::fmt::Display>(open: impl Fn() -> Result<T, E>) -> Result<T, E> {
     let mut result = open();
     for _ in 0..100 {
         match &result {
-            Err(StoreError::Sled(e)) if e.to_string().contains("could not acquire lock") => {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
                 result = open();
             }
@@ -245,16 +250,7 @@ async fn everything_survives_a_reopen() {
 
 /// Opens a closed store's database directly.
 fn open_raw(dir: &Path) -> sled::Db {
-    // sled's background flusher may hold the file lock a moment longer.
-    let mut db = sled::open(dir);
-    for _ in 0..100 {
-        if db.is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        db = sled::open(dir);
-    }
-    db.unwrap()
+    while_locked(|| sled::open(dir)).unwrap()
 }
 
 /// Writes `version` as the data directory's schema version.
