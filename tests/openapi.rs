@@ -11,7 +11,6 @@ use std::path::Path;
 
 use common::python::{python3, python_packages};
 use common::*;
-use serde_json::json;
 
 /// Pinned so a new release cannot change what passes.
 const CHECKERS: [&str; 2] = ["openapi-spec-validator==0.9.0", "schemathesis==4.32.5"];
@@ -81,16 +80,13 @@ async fn every_operation_answers_as_the_document_says() {
     )
     .await
     .expect(201);
-    let booking = d
-        .post(
-            "/v1/bookings",
-            SERVICE_KEY,
-            json!({"conversation_id": p.conversation,
-                   "start": "2030-06-01T09:00:00Z", "end": "2030-06-01T12:00:00Z"}),
-        )
-        .await;
-    booking.expect(201);
-    let booking = booking.body["id"].as_str().unwrap().to_owned();
+    let booking = book(
+        &d,
+        &p.conversation,
+        "2030-06-01T09:00:00Z",
+        "2030-06-01T12:00:00Z",
+    )
+    .await;
     let scratch = tempfile::tempdir().unwrap();
     let config = scratch.path().join("schemathesis.toml");
     std::fs::write(

@@ -333,17 +333,15 @@ async fn every_documented_operation_refuses_whom_it_is_not_for_and_serves_whom_i
     )
     .await
     .expect(201);
-    let booking = d
-        .post(
-            "/v1/bookings",
-            SERVICE_KEY,
-            json!({"conversation_id": pair.conversation,
-                   "start": "2027-06-01T09:00:00Z", "end": "2027-06-01T12:00:00Z"}),
-        )
-        .await;
-    booking.expect(201);
+    let booking_id = book(
+        &d,
+        &pair.conversation,
+        "2027-06-01T09:00:00Z",
+        "2027-06-01T12:00:00Z",
+    )
+    .await;
     let world = World {
-        booking_id: booking.body["id"].as_str().unwrap().to_owned(),
+        booking_id,
         pair,
         outsider,
     };

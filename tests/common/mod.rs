@@ -653,6 +653,19 @@ pub async fn pair(d: &Daemon) -> Pair {
     .await
 }
 
+/// Books `conversation` (as the service) from `start` to `end`; the booking's id.
+pub async fn book(d: &Daemon, conversation: &str, start: &str, end: &str) -> String {
+    let booking = d
+        .post(
+            "/v1/bookings",
+            SERVICE_KEY,
+            json!({"conversation_id": conversation, "start": start, "end": end}),
+        )
+        .await;
+    booking.expect(201);
+    booking.body["id"].as_str().unwrap().to_owned()
+}
+
 /// `pair` with the given people.
 pub async fn pair_of(d: &Daemon, customer: Person, provider: Person) -> Pair {
     for (who, name) in [(&customer, "Carla"), (&provider, "Pablo")] {
