@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -38,8 +38,8 @@ struct Hit {
 struct Receiver {
     base: String,
     hits: Arc<Mutex<HashMap<String, Vec<Hit>>>>,
-    /// Per path: how many more requests to fail, and with which status.
-    failing: Arc<Mutex<HashMap<String, (u32, u16)>>>,
+    /// Per path: the statuses the next requests get, in order (200 after).
+    failing: Arc<Mutex<HashMap<String, VecDeque<u16>>>>,
 }
 
 impl Receiver {
@@ -62,13 +62,13 @@ impl Receiver {
                       headers: warp::http::HeaderMap,
                       body: bytes::Bytes| {
                     let path = path.as_str().to_owned();
-                    let status = match state.failing.lock().unwrap().get_mut(&path) {
-                        Some((left, status)) if *left > 0 => {
-                            *left -= 1;
-                            *status
-                        }
-                        _ => 200,
-                    };
+                    let status = state
+                        .failing
+                        .lock()
+                        .unwrap()
+                        .get_mut(&path)
+                        .and_then(VecDeque::pop_front)
+                        .unwrap_or(200);
                     let hit = Hit {
                         headers: headers
                             .iter()
@@ -100,10 +100,15 @@ impl Receiver {
 
     /// The next `times` requests to `path` get `status`.
     fn fail(&self, path: &str, times: u32, status: u16) {
+        self.answer(path, &vec![status; times as usize]);
+    }
+
+    /// The next requests to `path` get `statuses`, one each, in order.
+    fn answer(&self, path: &str, statuses: &[u16]) {
         self.failing
             .lock()
             .unwrap()
-            .insert(path.to_owned(), (times, status));
+            .insert(path.to_owned(), statuses.iter().copied().collect());
     }
 
     fn hits(&self, path: &str) -> Vec<Hit> {
@@ -207,23 +212,75 @@ const CUSTOMER_PHONE: &str = "+33600000001";
 /// A daemon with the shipped rules on a manual clock, delivering to `http`
 /// and the SMTP server on `smtp_port`.
 async fn launch(data_dir: Option<PathBuf>, http: &Receiver, smtp_port: u16) -> Daemon {
+    let mut config = endpoints(http);
+    config.push(("smtp_url", format!("smtp://127.0.0.1:{smtp_port}")));
     Daemon::launch(Launch {
         data_dir,
         automation: true,
-        config: vec![
-            ("clock", "manual".into()),
-            ("smtp_url", format!("smtp://127.0.0.1:{smtp_port}")),
-            ("push_url", http.url("/push")),
-            ("sms_url", http.url("/sms")),
-            ("webhook_url", http.url("/webhook")),
-            ("webhook_secret", WEBHOOK_SECRET.into()),
-            ("max_attempts", "4".into()),
-            ("retry_base", "10s".into()),
-            ("retry_max", "1m".into()),
-        ],
+        config,
         ..Launch::default()
     })
     .await
+}
+
+/// Config edits: a manual clock, push, SMS and webhooks to `http`, four
+/// attempts 10 s apart doubling up to a minute.
+fn endpoints(http: &Receiver) -> Vec<(&'static str, String)> {
+    vec![
+        ("clock", "manual".into()),
+        ("push_url", http.url("/push")),
+        ("sms_url", http.url("/sms")),
+        ("webhook_url", http.url("/webhook")),
+        ("webhook_secret", WEBHOOK_SECRET.into()),
+        ("max_attempts", "4".into()),
+        ("retry_base", "10s".into()),
+        ("retry_max", "1m".into()),
+    ]
+}
+
+/// The shipped routing.
+fn shipped_routing() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/routing.yaml")).unwrap()
+}
+
+/// A fixed day for everything that depends on the local time (quiet hours):
+/// a Thursday in June, 12:00 in Paris (CEST), far from any daylight-saving
+/// change.
+const PINNED: &str = "2027-06-10T10:00:00Z";
+
+/// A lighter world: no SMTP server and no automation sequences; `routing` and
+/// the shipped contact policy are the only rules; the clock is at [`PINNED`].
+struct Lite {
+    d: Daemon,
+    http: Receiver,
+    p: Pair,
+    _rules: tempfile::TempDir,
+}
+
+async fn lite(routing: &str, extra: Vec<(&'static str, String)>) -> Lite {
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/rules/contact.yaml"),
+        rules.path().join("contact.yaml"),
+    )
+    .unwrap();
+    std::fs::write(rules.path().join("routing.yaml"), routing).unwrap();
+    let http = Receiver::start().await;
+    let mut config = endpoints(&http);
+    config.push(("rules_dir", rules.path().display().to_string()));
+    config.extend(extra);
+    let d = Daemon::with_config(config).await;
+    d.post("/v1/admin/clock", &operator().token, json!({"to": PINNED}))
+        .await
+        .expect(200);
+    let p = pair(&d).await;
+    set_customer(&d, &p, json!({})).await;
+    Lite {
+        d,
+        http,
+        p,
+        _rules: rules,
+    }
 }
 
 async fn world_in(data_dir: Option<PathBuf>, http: Receiver, smtp: SmtpSink) -> World {
@@ -336,11 +393,63 @@ fn delivery<'a>(notification: &'a Value, channel: &str) -> &'a Value {
 
 /// Waits until the notification's `channel` delivery is in `state`.
 async fn delivery_state(d: &Daemon, id: &str, channel: &str, state: &str) -> Value {
-    guard(&format!("{channel} delivery to be {state}"), async {
+    delivery_where(d, id, channel, state, |c| c["state"] == state).await
+}
+
+/// Waits until the notification's `channel` delivery satisfies `pred`;
+/// returns the whole notification.
+async fn delivery_where(
+    d: &Daemon,
+    id: &str,
+    channel: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    guard(&format!("{channel} delivery: {what}"), async {
         loop {
             let n = admin_notification(d, id).await;
-            if delivery(&n, channel)["state"] == state {
+            if pred(delivery(&n, channel)) {
                 return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+/// Waits until the outcome of an attempt at the `channel` delivery is
+/// recorded (no longer pending, or pending with the error of a retry).
+async fn attempt_outcome(d: &Daemon, id: &str, channel: &str) -> Value {
+    let n = delivery_where(d, id, channel, "an attempt's outcome", |c| {
+        c["state"] != "pending" || !c["note"].is_null()
+    })
+    .await;
+    delivery(&n, channel).clone()
+}
+
+/// Sends `text` from the pair's provider and returns the id of the
+/// customer's notification about it.
+async fn provider_says(d: &Daemon, p: &Pair, client_id: &str, text: &str) -> String {
+    let sent = d.send(&p.provider, &p.conversation, client_id, text).await;
+    sent.expect(201);
+    let seq = sent.body["message"]["seq"].clone();
+    guard(&format!("the notification about message {seq}"), async {
+        loop {
+            let reply = d
+                .get(
+                    &format!("/v1/admin/users/{}/notifications", p.customer.id),
+                    &operator().token,
+                )
+                .await;
+            reply.expect(200);
+            if let Some(n) = reply
+                .body
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["message_seq"] == seq)
+            {
+                return n["id"].as_str().unwrap().to_owned();
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -923,4 +1032,171 @@ async fn a_digest_that_cannot_be_rendered_keeps_its_items_until_the_template_is_
     })
     .await;
     assert!(digest.contains("Spring sale"), "{digest}");
+}
+
+/// Breakage caught: a 4xx other than 408/429 treated as worth retrying (the
+/// delivery would stay pending with a retry, attempts going up).
+#[tokio::test]
+async fn a_permanent_refusal_is_dead_at_the_first_attempt() {
+    let w = lite(&shipped_routing(), Vec::new()).await;
+    for status in [400, 401, 404, 410, 422] {
+        w.http.answer("/push", &[status]);
+        let id = provider_says(&w.d, &w.p, &format!("m{status}"), "Still free?").await;
+        advance(&w.d, "2m").await; // the read grace
+        let push = attempt_outcome(&w.d, &id, "push").await;
+        assert_eq!(push["state"], "dead", "HTTP {status}: {push}");
+        assert_eq!(push["attempts"], 1, "HTTP {status}: {push}");
+        assert!(
+            push["note"].as_str().unwrap().contains(&status.to_string()),
+            "{push}"
+        );
+        let key = format!("{id}:push");
+        let tries = w
+            .http
+            .hits_for("/push", |h| h.headers["idempotency-key"] == key);
+        assert_eq!(tries.len(), 1, "HTTP {status}: {tries:?}");
+    }
+    let outbox = w.d.get("/v1/admin/outbox", &operator().token).await;
+    outbox.expect(200);
+    assert_eq!(
+        outbox.body["dead"].as_array().unwrap().len(),
+        5,
+        "{}",
+        outbox.body
+    );
+}
+
+/// Breakage caught: 408 or 429 treated as permanent (dead at the first
+/// attempt), or a retry under a new idempotency key.
+#[tokio::test]
+async fn a_timeout_throttling_and_a_server_error_are_retried_under_the_same_key() {
+    let w = lite(&shipped_routing(), Vec::new()).await;
+    w.http.answer("/push", &[408, 429, 503]);
+    let id = provider_says(&w.d, &w.p, "m1", "See you at the pier").await;
+    advance(&w.d, "2m").await;
+    for (attempt, status) in [(1, 408), (2, 429), (3, 503)] {
+        let record = delivery_where(
+            &w.d,
+            &id,
+            "push",
+            &format!("the outcome of HTTP {status}"),
+            |c| {
+                c["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains(&status.to_string()))
+            },
+        )
+        .await;
+        let push = delivery(&record, "push");
+        assert_eq!(push["state"], "pending", "after HTTP {status}: {push}");
+        assert_eq!(push["attempts"], attempt, "{push}");
+        assert!(
+            push["note"].as_str().unwrap().contains(&status.to_string()),
+            "{push}"
+        );
+        if status != 503 {
+            // Wait for the retry to be made before looking again.
+            eventually("the next attempt", &w.d, Some("20s"), || {
+                (w.http.hits("/push").len() > attempt as usize).then_some(())
+            })
+            .await;
+        }
+    }
+    eventually("the fourth attempt", &w.d, Some("20s"), || {
+        (w.http.hits("/push").len() == 4).then_some(())
+    })
+    .await;
+    let record = delivery_state(&w.d, &id, "push", "delivered").await;
+    assert_eq!(delivery(&record, "push")["attempts"], 4);
+    let hits = w.http.hits("/push");
+    let statuses: Vec<u16> = hits.iter().map(|h| h.status).collect();
+    assert_eq!(statuses, [408, 429, 503, 200]);
+    let key = format!("{id}:push");
+    for hit in &hits {
+        assert_eq!(hit.headers["idempotency-key"], key);
+        assert_eq!(hit.body["id"], key.as_str(), "the body's id is the key");
+    }
+}
+
+/// Breakage caught: a re-drive that keeps the attempts used up (the
+/// delivery would die again after one more try, not four).
+#[tokio::test]
+async fn a_redriven_delivery_gets_its_full_attempts_again() {
+    let w = lite(&shipped_routing(), Vec::new()).await;
+    w.http.fail("/push", 1000, 503);
+    let id = provider_says(&w.d, &w.p, "m1", "Are you still interested?").await;
+    eventually("four failed attempts", &w.d, Some("1m"), || {
+        (w.http.hits("/push").len() == 4).then_some(())
+    })
+    .await;
+    let record = delivery_state(&w.d, &id, "push", "dead").await;
+    assert_eq!(delivery(&record, "push")["attempts"], 4);
+
+    w.d.post(
+        &format!("/v1/admin/outbox/dead/{id}/push/redrive"),
+        &operator().token,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    let record = guard("the re-driven delivery to die again", async {
+        loop {
+            advance(&w.d, "1m").await;
+            let n = admin_notification(&w.d, &id).await;
+            if delivery(&n, "push")["state"] == "dead" {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(delivery(&record, "push")["attempts"], 4, "{record}");
+    assert_eq!(w.http.hits("/push").len(), 8);
+}
+
+/// `fallback: {unless: delivered}`. Breakage caught: the condition ignored
+/// (an SMS although the push arrived), or a dead push counted as delivered.
+#[tokio::test]
+async fn a_fallback_unless_delivered_goes_out_only_when_nothing_was_delivered() {
+    let routing = "\
+notifications:
+  - name: new_message
+    on: [message_sent]
+    to: recipient
+    priority: high
+    channels: [push]
+    template: notify_new_message
+    fallback: {after: 15m, unless: delivered, channels: [sms]}
+";
+    let w = lite(routing, Vec::new()).await;
+
+    let delivered = provider_says(&w.d, &w.p, "m1", "The push will arrive").await;
+    delivery_state(&w.d, &delivered, "push", "delivered").await;
+    advance(&w.d, "16m").await;
+    let record = delivery_state(&w.d, &delivered, "sms", "suppressed").await;
+    assert!(
+        delivery(&record, "sms")["note"]
+            .as_str()
+            .unwrap()
+            .contains("delivered"),
+        "{record}"
+    );
+
+    w.http.answer("/push", &[400]);
+    let refused = provider_says(&w.d, &w.p, "m2", "The push will be refused").await;
+    delivery_state(&w.d, &refused, "push", "dead").await;
+    advance(&w.d, "16m").await;
+    let record = delivery_where(&w.d, &refused, "sms", "decided", |c| {
+        c["state"] != "pending"
+    })
+    .await;
+    assert_eq!(delivery(&record, "sms")["state"], "delivered", "{record}");
+    let sms = w.http.hits("/sms");
+    assert_eq!(sms.len(), 1, "only the refused push escalates: {sms:?}");
+    assert_eq!(sms[0].body["to"], CUSTOMER_PHONE);
+    assert_eq!(sms[0].headers["idempotency-key"], format!("{refused}:sms"));
+    assert!(sms[0].body["text"]
+        .as_str()
+        .unwrap()
+        .contains("The push will be refused"));
 }
