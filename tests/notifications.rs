@@ -1200,3 +1200,253 @@ notifications:
         .unwrap()
         .contains("The push will be refused"));
 }
+
+/// What a receiver checks on every webhook, as README says to: the event's
+/// name in `Parleyd-Event` and the body, the signature over the raw body,
+/// a fresh timestamp, the idempotency key. Returns the body.
+fn assert_webhook(hit: &Hit, event: &str, now: jiff::Timestamp) -> Value {
+    let body = &hit.body;
+    assert_eq!(hit.headers["parleyd-event"], body["type"].as_str().unwrap());
+    let named = body["type"] == event
+        || body["aliases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == event);
+    assert!(named, "{event} in {body}");
+    assert!(verify_signature(hit), "{event}: {:?}", hit.headers);
+    let mut forged = hit.clone();
+    forged.raw.push(b' ');
+    assert!(!verify_signature(&forged), "a changed body must not verify");
+    let stamp: i64 = hit.headers["parleyd-timestamp"].parse().unwrap();
+    assert!(
+        (stamp - now.as_second()).abs() <= 300,
+        "{event}: timestamp {stamp} is not the daemon's now ({now})"
+    );
+    let id = body["id"].as_str().unwrap();
+    assert_eq!(hit.headers["idempotency-key"], format!("{id}:webhook"));
+    assert_eq!(hit.headers["content-type"], "application/json");
+    for field in ["occurred_at", "subject", "data"] {
+        assert!(body.get(field).is_some(), "{event}: no {field} in {body}");
+    }
+    body.clone()
+}
+
+/// Every event of the shipped `webhooks:` list. Breakage caught: an event
+/// left out, a header missing, a signature over anything but the raw body.
+#[tokio::test]
+async fn every_shipped_webhook_event_is_posted_signed_with_its_headers() {
+    let w = lite(&shipped_routing(), Vec::new()).await;
+    let now = advance(&w.d, "0s").await;
+    let webhook = |event: &'static str| {
+        let http = w.http.clone();
+        move || {
+            http.hits_for("/webhook", |h| {
+                h.body["type"] == event
+                    || h.body["aliases"]
+                        .as_array()
+                        .is_some_and(|a| a.contains(&json!(event)))
+            })
+            .into_iter()
+            .next()
+        }
+    };
+
+    w.d.send(&w.p.customer, &w.p.conversation, "c1", "Is Friday free?")
+        .await
+        .expect(201);
+    let hit = eventually("inquiry_received", &w.d, None, webhook("inquiry_received")).await;
+    let body = assert_webhook(&hit, "inquiry_received", now);
+    assert_eq!(body["subject"]["conversation_id"], w.p.conversation);
+
+    let booking = common::book(
+        &w.d,
+        &w.p.conversation,
+        "2027-06-20T09:00:00Z",
+        "2027-06-20T12:00:00Z",
+    )
+    .await;
+    let hit = eventually("booking_created", &w.d, None, webhook("booking_created")).await;
+    assert_webhook(&hit, "booking_created", now);
+    w.d.patch(
+        &format!("/v1/bookings/{booking}"),
+        SERVICE_KEY,
+        json!({"stage": "preparation"}),
+    )
+    .await
+    .expect(200);
+    let hit = eventually("booking_updated", &w.d, None, webhook("booking_updated")).await;
+    let body = assert_webhook(&hit, "booking_updated", now);
+    assert!(
+        body["aliases"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("booking_preparation")),
+        "{body}"
+    );
+
+    for signal in ["explicit_decline", "provider_unavailable"] {
+        w.d.post(
+            "/v1/signals",
+            SERVICE_KEY,
+            json!({"type": signal, "user_id": w.p.customer.id,
+                   "conversation_id": w.p.conversation, "data": {"reason": "a test"}}),
+        )
+        .await
+        .expect(202);
+        let hit = eventually(signal, &w.d, None, webhook(signal)).await;
+        let body = assert_webhook(&hit, signal, now);
+        assert_eq!(body["data"]["reason"], "a test", "{body}");
+    }
+}
+
+/// `PINNED` plus `minutes`, as milliseconds since the epoch.
+fn pinned_ms(minutes: i64) -> i64 {
+    let pinned: jiff::Timestamp = PINNED.parse().unwrap();
+    (pinned + jiff::SignedDuration::from_mins(minutes)).as_millisecond()
+}
+
+/// Quiet hours are read when a delivery falls due, not when it was routed.
+/// Breakage caught: preferences captured at routing time (the push would go
+/// out when the grace ends, or at the first window's end).
+#[tokio::test]
+async fn quiet_hours_set_or_moved_after_routing_apply_to_the_waiting_delivery() {
+    let w = lite(&shipped_routing(), Vec::new()).await;
+    let id = provider_says(&w.d, &w.p, "m1", "Two seats left").await;
+    // In the read grace, the customer turns on quiet hours around now
+    // (12:00 in Paris): until 15:00 Paris, 13:00 UTC.
+    set_customer(
+        &w.d,
+        &w.p,
+        json!({"quiet_hours": {"start": "11:00", "end": "15:00"}}),
+    )
+    .await;
+    advance(&w.d, "5m").await;
+    let record = delivery_where(&w.d, &id, "push", "held", |c| c["due_ms"] != pinned_ms(2)).await;
+    let push = delivery(&record, "push");
+    assert_eq!(push["state"], "pending", "{push}");
+    assert_eq!(push["attempts"], 0, "{push}");
+    assert_eq!(
+        push["due_ms"],
+        pinned_ms(180),
+        "held until 15:00 Paris: {push}"
+    );
+
+    // While it waits, the window is stretched to 16:00: when 15:00 comes,
+    // it is held again.
+    set_customer(
+        &w.d,
+        &w.p,
+        json!({"quiet_hours": {"start": "11:00", "end": "16:00"}}),
+    )
+    .await;
+    advance(&w.d, "175m").await;
+    let record = delivery_where(&w.d, &id, "push", "held again", |c| {
+        c["due_ms"] != pinned_ms(180)
+    })
+    .await;
+    let push = delivery(&record, "push");
+    assert_eq!(push["state"], "pending", "{push}");
+    assert_eq!(
+        push["due_ms"],
+        pinned_ms(240),
+        "held until 16:00 Paris: {push}"
+    );
+    assert!(w.http.hits("/push").is_empty());
+
+    advance(&w.d, "60m").await;
+    let record = delivery_where(&w.d, &id, "push", "decided", |c| c["state"] != "pending").await;
+    assert_eq!(delivery(&record, "push")["state"], "delivered", "{record}");
+    assert_eq!(w.http.hits("/push").len(), 1);
+}
+
+/// The in-app channel: a `notification` frame on the recipient's stream at
+/// once, even in quiet hours, and the same event on long-poll; a channel
+/// without an endpoint (no SMTP here) is left out. Breakage caught: in-app
+/// held by quiet hours, a frame missing a documented field, email routed
+/// without an endpoint.
+#[tokio::test]
+async fn an_in_app_notification_reaches_the_stream_at_once_even_in_quiet_hours() {
+    let w = lite(&shipped_routing(), Vec::new()).await;
+    set_customer(
+        &w.d,
+        &w.p,
+        json!({"quiet_hours": {"start": "11:00", "end": "15:00"}}),
+    )
+    .await;
+    let mut ws = w.d.ws(&w.p.customer, None).await;
+    w.d.post(
+        "/v1/signals",
+        SERVICE_KEY,
+        json!({"type": "promotion", "user_id": w.p.customer.id,
+               "data": {"title": "Kayak week", "text": "Two tours for one"}}),
+    )
+    .await
+    .expect(202);
+    let frame = ws.next_of("notification").await;
+    let shown = &frame["notification"];
+    assert_eq!(shown["type"], "promotion", "{frame}");
+    assert_eq!(shown["priority"], "low", "{frame}");
+    assert_eq!(shown["title"], "Kayak week", "{frame}");
+    assert_eq!(shown["body"], "Two tours for one", "{frame}");
+    for field in ["id", "conversation_id", "message_seq", "created_at"] {
+        assert!(shown.get(field).is_some(), "no {field} in {frame}");
+    }
+    let at = cursor(&frame);
+    let (events, _) = w.d.poll(&w.p.customer, at - 1, 0).await;
+    assert_eq!(
+        events.first(),
+        Some(&frame),
+        "long-poll carries the same event"
+    );
+
+    let record = admin_notification(&w.d, shown["id"].as_str().unwrap()).await;
+    let channels: Vec<&Value> = record["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["channel"])
+        .collect();
+    assert_eq!(channels, [&json!("in_app")], "{record}");
+    assert_eq!(delivery(&record, "in_app")["state"], "delivered");
+}
+
+/// Per-user channel preferences and addresses, read at routing time.
+/// Breakage caught: an opted-out channel or one without an address routed.
+#[tokio::test]
+async fn a_person_opted_out_of_push_or_without_an_email_is_not_routed_there() {
+    // An SMTP endpoint no one answers: the email channel is on, and these
+    // deliveries are only looked at, never awaited.
+    let w = lite(
+        &shipped_routing(),
+        vec![("smtp_url", "smtp://127.0.0.1:9".to_owned())],
+    )
+    .await;
+    let channels = |record: &Value| -> Vec<String> {
+        record["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["channel"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let both = provider_says(&w.d, &w.p, "m1", "Both channels").await;
+    assert_eq!(
+        channels(&admin_notification(&w.d, &both).await),
+        ["push", "email"]
+    );
+
+    set_customer(&w.d, &w.p, json!({"channels": {"push": false}})).await;
+    let email = provider_says(&w.d, &w.p, "m2", "Email only").await;
+    assert_eq!(channels(&admin_notification(&w.d, &email).await), ["email"]);
+
+    w.d.put(
+        &format!("/v1/users/{}", w.p.customer.id),
+        SERVICE_KEY,
+        json!({"name": "Carla", "timezone": "Europe/Paris"}),
+    )
+    .await
+    .expect(200);
+    let push = provider_says(&w.d, &w.p, "m3", "Push only").await;
+    assert_eq!(channels(&admin_notification(&w.d, &push).await), ["push"]);
+}
