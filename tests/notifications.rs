@@ -248,15 +248,16 @@ fn shipped_routing() -> String {
 /// change.
 const PINNED: &str = "2027-06-10T10:00:00Z";
 
-/// A lighter world: no SMTP server and no automation sequences; `routing` and
-/// the shipped contact policy are the only rules; the clock is at [`PINNED`].
+/// A lighter world: no SMTP server; the clock is at [`PINNED`].
 struct Lite {
     d: Daemon,
     http: Receiver,
     p: Pair,
-    _rules: tempfile::TempDir,
+    _rules: Option<tempfile::TempDir>,
 }
 
+/// A [`Lite`] world without automation sequences: `routing` and the shipped
+/// contact policy are the only rules.
 async fn lite(routing: &str, extra: Vec<(&'static str, String)>) -> Lite {
     let rules = tempfile::tempdir().unwrap();
     std::fs::copy(
@@ -265,11 +266,26 @@ async fn lite(routing: &str, extra: Vec<(&'static str, String)>) -> Lite {
     )
     .unwrap();
     std::fs::write(rules.path().join("routing.yaml"), routing).unwrap();
+    let mut config = vec![("rules_dir", rules.path().display().to_string())];
+    config.extend(extra);
+    lite_in(Some(rules), config).await
+}
+
+/// A [`Lite`] world with every shipped rule (sequences included).
+async fn lite_shipped() -> Lite {
+    lite_in(None, Vec::new()).await
+}
+
+async fn lite_in(rules: Option<tempfile::TempDir>, extra: Vec<(&'static str, String)>) -> Lite {
     let http = Receiver::start().await;
     let mut config = endpoints(&http);
-    config.push(("rules_dir", rules.path().display().to_string()));
     config.extend(extra);
-    let d = Daemon::with_config(config).await;
+    let d = Daemon::launch(Launch {
+        automation: rules.is_none(),
+        config,
+        ..Launch::default()
+    })
+    .await;
     d.post("/v1/admin/clock", &operator().token, json!({"to": PINNED}))
         .await
         .expect(200);
@@ -1449,4 +1465,189 @@ async fn a_person_opted_out_of_push_or_without_an_email_is_not_routed_there() {
     .expect(200);
     let push = provider_says(&w.d, &w.p, "m3", "Push only").await;
     assert_eq!(channels(&admin_notification(&w.d, &push).await), ["push"]);
+}
+
+/// The shipped routing of automated messages. Breakage caught: a nudge
+/// routed as a person's message (high, with email) or sent before its
+/// grace; a confirmation escalated to SMS although it was read in time.
+#[tokio::test]
+async fn a_nudge_is_a_medium_push_after_the_grace_and_a_confirmation_read_in_time_does_not_escalate(
+) {
+    let w = lite_shipped().await;
+    w.d.send(&w.p.customer, &w.p.conversation, "c1", "Is Friday free?")
+        .await
+        .expect(201);
+    // inquiry_follow_up answers the customer at once; its notification:
+    let n = notification_for(&w.d, &w.p.customer, "automated").await;
+    assert_eq!(n["priority"], "medium", "{n}");
+    let id = n["id"].as_str().unwrap();
+    let record = admin_notification(&w.d, id).await;
+    let push = delivery(&record, "push");
+    assert_eq!(
+        record["deliveries"].as_array().unwrap().len(),
+        1,
+        "{record}"
+    );
+    assert_eq!(push["due_ms"], pinned_ms(2), "after the read grace: {push}");
+    advance(&w.d, "2m").await;
+    let sent = eventually("the nudge's push", &w.d, None, || {
+        w.http
+            .hits_for("/push", |h| h.body["notification_id"] == id)
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(sent.body["priority"], "medium");
+    assert_eq!(sent.body["title"], "Sunset kayak tour");
+    assert!(
+        sent.body["body"]
+            .as_str()
+            .unwrap()
+            .starts_with("Thanks Carla!"),
+        "{}",
+        sent.body
+    );
+
+    common::book(
+        &w.d,
+        &w.p.conversation,
+        "2027-06-20T09:00:00Z",
+        "2027-06-20T12:00:00Z",
+    )
+    .await;
+    let n = notification_for(&w.d, &w.p.customer, "booking_confirmation").await;
+    let id = n["id"].as_str().unwrap();
+    w.d.read(
+        &w.p.customer,
+        &w.p.conversation,
+        n["message_seq"].as_u64().unwrap(),
+    )
+    .await
+    .expect(200);
+    advance(&w.d, "16m").await;
+    let record = delivery_where(&w.d, id, "sms", "decided", |c| c["state"] != "pending").await;
+    let sms = delivery(&record, "sms");
+    assert_eq!(sms["state"], "suppressed", "{record}");
+    assert!(sms["note"].as_str().unwrap().contains("read"), "{sms}");
+    assert!(w.http.hits("/sms").is_empty());
+}
+
+/// Breakage caught: a network error (no HTTP answer at all) taken as
+/// permanent, or as delivered.
+#[tokio::test]
+async fn a_network_error_is_retried() {
+    // A "push service" that accepts connections and closes them unanswered.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/push", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            drop(socket);
+        }
+    });
+    let w = lite(&shipped_routing(), vec![("push_url", url)]).await;
+    let id = provider_says(&w.d, &w.p, "m1", "Anyone there?").await;
+    advance(&w.d, "2m").await;
+    let push = attempt_outcome(&w.d, &id, "push").await;
+    assert_eq!(push["state"], "pending", "{push}");
+    assert_eq!(push["attempts"], 1, "{push}");
+    let record = guard("a second attempt", async {
+        loop {
+            advance(&w.d, "20s").await;
+            let n = admin_notification(&w.d, &id).await;
+            if delivery(&n, "push")["attempts"].as_u64() >= Some(2) {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_ne!(delivery(&record, "push")["state"], "delivered", "{record}");
+}
+
+/// A template with a gap raises nothing, and says so. Breakage caught: a
+/// notification sent with the gap in it, or dropped without a trace.
+#[tokio::test]
+async fn a_notification_whose_template_has_a_gap_is_not_raised_but_counted_and_logged() {
+    let w = lite(&shipped_routing(), Vec::new()).await;
+    let mut ws = w.d.ws(&w.p.customer, None).await;
+    // notify_promotion reads event.data.title: absent here.
+    w.d.post(
+        "/v1/signals",
+        SERVICE_KEY,
+        json!({"type": "promotion", "user_id": w.p.customer.id, "data": {"text": "no title"}}),
+    )
+    .await
+    .expect(202);
+    w.d.metric_reaches(
+        "parleyd_notifications_total{type=\"promotion\",result=\"skipped\"}",
+        1.0,
+    )
+    .await;
+    assert!(
+        w.d.log().contains("notification not raised"),
+        "{}",
+        w.d.log()
+    );
+    let listed =
+        w.d.get(
+            &format!("/v1/admin/users/{}/notifications", w.p.customer.id),
+            &operator().token,
+        )
+        .await;
+    assert_eq!(listed.body, json!([]), "nothing raised");
+    // The next, complete one is the first notification the app gets.
+    w.d.post(
+        "/v1/signals",
+        SERVICE_KEY,
+        json!({"type": "promotion", "user_id": w.p.customer.id,
+               "data": {"title": "Kayak week", "text": "Two for one"}}),
+    )
+    .await
+    .expect(202);
+    let frame = ws.next_of("notification").await;
+    assert_eq!(frame["notification"]["title"], "Kayak week", "{frame}");
+}
+
+/// The email of a person's message. Breakage caught: the message's text
+/// unescaped in the HTML part (markup injected into the recipient's mail),
+/// a Message-ID that is not the documented idempotency key.
+#[tokio::test]
+async fn a_message_email_escapes_its_html_part_and_carries_its_message_id() {
+    let w = world().await;
+    let text = "Bring <b>sunscreen</b> & a hat";
+    w.d.send(&w.p.provider, &w.p.conversation, "m1", text)
+        .await
+        .expect(201);
+    let n = notification_for(&w.d, &w.p.customer, "new_message").await;
+    let mail = eventually("the email", &w.d, Some("1m"), || {
+        w.smtp.mails_to(CUSTOMER_EMAIL).into_iter().next()
+    })
+    .await;
+    let raw = mail["data"].as_str().unwrap();
+    let message_id = format!("<{}.email@parleyd>", n["id"].as_str().unwrap());
+    assert!(
+        raw.lines()
+            .any(|l| l.eq_ignore_ascii_case(&format!("Message-ID: {message_id}"))),
+        "{raw}"
+    );
+    let part = |kind: &str| {
+        mail["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["content_type"] == kind)
+            .and_then(|p| p["text"].as_str())
+            .unwrap_or_else(|| panic!("no {kind} part: {mail}"))
+            .to_owned()
+    };
+    let html = part("text/html");
+    assert!(
+        html.contains("Bring &lt;b&gt;sunscreen&lt;/b&gt; &amp; a hat"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<strong>Pablo</strong>"),
+        "the template's own markup: {html}"
+    );
+    assert!(part("text/plain").contains(text));
 }
