@@ -475,6 +475,20 @@ async fn before_booking_concrete_details_are_blocked_and_flagged_and_proposals_m
     }
     expect_fate(&d, None, APP_PROBE, Fate::Mask, false).await;
     expect_fate(&d, None, LOW_PROBE, Fate::Mask, false).await;
+
+    // Counted under the names the API and the policy use.
+    for (series, count) in [
+        ("parleyd_contact_actions_total{action=\"block\"}", 5.0),
+        ("parleyd_contact_actions_total{action=\"mask\"}", 2.0),
+        ("parleyd_contact_detections_total{type=\"phone\"}", 2.0),
+        (
+            "parleyd_contact_detections_total{type=\"messaging_app\"}",
+            1.0,
+        ),
+        ("parleyd_contact_detections_total{type=\"payment\"}", 1.0),
+    ] {
+        assert_eq!(d.metric(series).await, count, "{series}");
+    }
 }
 
 /// The shipped policy at every booking stage. Breakage caught: the stage not
