@@ -1127,6 +1127,13 @@ async fn a_timeout_throttling_and_a_server_error_are_retried_under_the_same_key(
     let hits = w.http.hits("/push");
     let statuses: Vec<u16> = hits.iter().map(|h| h.status).collect();
     assert_eq!(statuses, [408, 429, 503, 200]);
+    for (result, count) in [("retry", 3.0), ("delivered", 1.0)] {
+        let series = format!("parleyd_deliveries_total{{channel=\"push\",result=\"{result}\"}}");
+        w.d.metric_reaches(&series, count).await;
+    }
+    // From the message (at the pinned time) to the push service's 200.
+    let seconds = "parleyd_notification_delivery_seconds_count{channel=\"push\"}";
+    w.d.metric_reaches(seconds, 1.0).await;
     let key = format!("{id}:push");
     for hit in &hits {
         assert_eq!(hit.headers["idempotency-key"], key);
@@ -1374,6 +1381,8 @@ async fn quiet_hours_set_or_moved_after_routing_apply_to_the_waiting_delivery() 
     let record = delivery_where(&w.d, &id, "push", "decided", |c| c["state"] != "pending").await;
     assert_eq!(delivery(&record, "push")["state"], "delivered", "{record}");
     assert_eq!(w.http.hits("/push").len(), 1);
+    let held = "parleyd_deliveries_total{channel=\"push\",result=\"held\"}";
+    w.d.metric_reaches(held, 2.0).await; // held twice
 }
 
 /// The in-app channel: a `notification` frame on the recipient's stream at
@@ -1530,6 +1539,8 @@ async fn a_nudge_is_a_medium_push_after_the_grace_and_a_confirmation_read_in_tim
     assert_eq!(sms["state"], "suppressed", "{record}");
     assert!(sms["note"].as_str().unwrap().contains("read"), "{sms}");
     assert!(w.http.hits("/sms").is_empty());
+    let suppressed = "parleyd_deliveries_total{channel=\"sms\",result=\"suppressed\"}";
+    w.d.metric_reaches(suppressed, 1.0).await;
 }
 
 /// Breakage caught: a network error (no HTTP answer at all) taken as
@@ -1650,4 +1661,77 @@ async fn a_message_email_escapes_its_html_part_and_carries_its_message_id() {
         "the template's own markup: {html}"
     );
     assert!(part("text/plain").contains(text));
+}
+
+/// Waits until `who`'s app has shown the in-app notification titled `title`.
+async fn in_app_shown(d: &Daemon, who: &Person, title: &str) {
+    guard(&format!("the in-app notification {title}"), async {
+        while !in_app(d, who, "promotion")
+            .await
+            .iter()
+            .any(|n| n["title"] == title)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// A digest falling due in quiet hours set after its items were routed
+/// waits for their end. Breakage caught: quiet hours read only when the
+/// items were routed, the digest raised in the middle of the day's quiet.
+#[tokio::test]
+async fn a_digest_due_in_quiet_hours_goes_out_when_they_end() {
+    // Nothing answers SMTP here: the digest's raising is what is looked at.
+    let w = lite(
+        &shipped_routing(),
+        vec![("smtp_url", "smtp://127.0.0.1:9".to_owned())],
+    )
+    .await;
+    w.d.post(
+        "/v1/signals",
+        SERVICE_KEY,
+        json!({"type": "promotion", "user_id": w.p.customer.id,
+               "data": {"title": "Kayak week", "text": "Two for one"}}),
+    )
+    .await
+    .expect(202);
+    in_app_shown(&w.d, &w.p.customer, "Kayak week").await;
+    // Only then quiet hours, from 11:00 to 15:00 in Paris: the digest, due
+    // 24 hours after the promotion (12:00 Paris tomorrow), falls inside.
+    set_customer(
+        &w.d,
+        &w.p,
+        json!({"quiet_hours": {"start": "11:00", "end": "15:00"}}),
+    )
+    .await;
+    advance(&w.d, "24h").await;
+    let digest = guard("the digest", async {
+        loop {
+            let listed =
+                w.d.get(
+                    &format!("/v1/admin/users/{}/notifications", w.p.customer.id),
+                    &operator().token,
+                )
+                .await;
+            if let Some(n) = listed
+                .body
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["type"] == "digest")
+            {
+                return n.clone();
+            }
+            advance(&w.d, "30m").await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let raised: jiff::Timestamp = digest["created_at"].as_str().unwrap().parse().unwrap();
+    let end = pinned_ms(24 * 60 + 180); // 15:00 Paris tomorrow
+    assert!(
+        raised.as_millisecond() >= end,
+        "raised at {raised}, before the quiet hours ended"
+    );
 }
