@@ -243,17 +243,26 @@ fn shipped_routing() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/routing.yaml")).unwrap()
 }
 
-/// A fixed day for everything that depends on the local time (quiet hours):
-/// a Thursday in June, 12:00 in Paris (CEST), far from any daylight-saving
-/// change.
-const PINNED: &str = "2027-06-10T10:00:00Z";
-
-/// A lighter world: no SMTP server; the clock is at [`PINNED`].
+/// A lighter world: no SMTP server; the clock pinned to midsummer
+/// ([`pin_to_midsummer`]: noon UTC, 14:00 in Paris), at `t0`.
 struct Lite {
     d: Daemon,
     http: Receiver,
     p: Pair,
+    t0: jiff::Timestamp,
     _rules: Option<tempfile::TempDir>,
+}
+
+impl Lite {
+    /// `t0` plus `minutes`, in milliseconds since the epoch (as `due_ms`).
+    fn ms(&self, minutes: i64) -> i64 {
+        (self.t0 + jiff::SignedDuration::from_mins(minutes)).as_millisecond()
+    }
+
+    /// `t0` plus `hours`, as RFC 3339.
+    fn at(&self, hours: i64) -> String {
+        (self.t0 + jiff::SignedDuration::from_hours(hours)).to_string()
+    }
 }
 
 /// A [`Lite`] world without automation sequences: `routing` and the shipped
@@ -286,15 +295,14 @@ async fn lite_in(rules: Option<tempfile::TempDir>, extra: Vec<(&'static str, Str
         ..Launch::default()
     })
     .await;
-    d.post("/v1/admin/clock", &operator().token, json!({"to": PINNED}))
-        .await
-        .expect(200);
+    let t0 = pin_to_midsummer(&d).await;
     let p = pair(&d).await;
     set_customer(&d, &p, json!({})).await;
     Lite {
         d,
         http,
         p,
+        t0,
         _rules: rules,
     }
 }
@@ -1294,13 +1302,7 @@ async fn every_shipped_webhook_event_is_posted_signed_with_its_headers() {
     let body = assert_webhook(&hit, "inquiry_received", now);
     assert_eq!(body["subject"]["conversation_id"], w.p.conversation);
 
-    let booking = common::book(
-        &w.d,
-        &w.p.conversation,
-        "2027-06-20T09:00:00Z",
-        "2027-06-20T12:00:00Z",
-    )
-    .await;
+    let booking = common::book(&w.d, &w.p.conversation, &w.at(240), &w.at(243)).await;
     let hit = eventually("booking_created", &w.d, None, webhook("booking_created")).await;
     assert_webhook(&hit, "booking_created", now);
     w.d.patch(
@@ -1335,12 +1337,6 @@ async fn every_shipped_webhook_event_is_posted_signed_with_its_headers() {
     }
 }
 
-/// `PINNED` plus `minutes`, as milliseconds since the epoch.
-fn pinned_ms(minutes: i64) -> i64 {
-    let pinned: jiff::Timestamp = PINNED.parse().unwrap();
-    (pinned + jiff::SignedDuration::from_mins(minutes)).as_millisecond()
-}
-
 /// Quiet hours are read when a delivery falls due, not when it was routed.
 /// Breakage caught: preferences captured at routing time (the push would go
 /// out when the grace ends, or at the first window's end).
@@ -1349,44 +1345,36 @@ async fn quiet_hours_set_or_moved_after_routing_apply_to_the_waiting_delivery() 
     let w = lite(&shipped_routing(), Vec::new()).await;
     let id = provider_says(&w.d, &w.p, "m1", "Two seats left").await;
     // In the read grace, the customer turns on quiet hours around now
-    // (12:00 in Paris): until 15:00 Paris, 13:00 UTC.
+    // (14:00 in Paris): until 17:00 Paris, 15:00 UTC.
     set_customer(
         &w.d,
         &w.p,
-        json!({"quiet_hours": {"start": "11:00", "end": "15:00"}}),
+        json!({"quiet_hours": {"start": "13:00", "end": "17:00"}}),
     )
     .await;
     advance(&w.d, "5m").await;
-    let record = delivery_where(&w.d, &id, "push", "held", |c| c["due_ms"] != pinned_ms(2)).await;
+    let record = delivery_where(&w.d, &id, "push", "held", |c| c["due_ms"] != w.ms(2)).await;
     let push = delivery(&record, "push");
     assert_eq!(push["state"], "pending", "{push}");
     assert_eq!(push["attempts"], 0, "{push}");
-    assert_eq!(
-        push["due_ms"],
-        pinned_ms(180),
-        "held until 15:00 Paris: {push}"
-    );
+    assert_eq!(push["due_ms"], w.ms(180), "held until 17:00 Paris: {push}");
 
-    // While it waits, the window is stretched to 16:00: when 15:00 comes,
+    // While it waits, the window is stretched to 18:00: when 17:00 comes,
     // it is held again.
     set_customer(
         &w.d,
         &w.p,
-        json!({"quiet_hours": {"start": "11:00", "end": "16:00"}}),
+        json!({"quiet_hours": {"start": "13:00", "end": "18:00"}}),
     )
     .await;
     advance(&w.d, "175m").await;
     let record = delivery_where(&w.d, &id, "push", "held again", |c| {
-        c["due_ms"] != pinned_ms(180)
+        c["due_ms"] != w.ms(180)
     })
     .await;
     let push = delivery(&record, "push");
     assert_eq!(push["state"], "pending", "{push}");
-    assert_eq!(
-        push["due_ms"],
-        pinned_ms(240),
-        "held until 16:00 Paris: {push}"
-    );
+    assert_eq!(push["due_ms"], w.ms(240), "held until 18:00 Paris: {push}");
     assert!(w.http.hits("/push").is_empty());
 
     advance(&w.d, "60m").await;
@@ -1408,7 +1396,7 @@ async fn an_in_app_notification_reaches_the_stream_at_once_even_in_quiet_hours()
     set_customer(
         &w.d,
         &w.p,
-        json!({"quiet_hours": {"start": "11:00", "end": "15:00"}}),
+        json!({"quiet_hours": {"start": "13:00", "end": "17:00"}}),
     )
     .await;
     let mut ws = w.d.ws(&w.p.customer, None).await;
@@ -1509,7 +1497,7 @@ async fn a_nudge_is_a_medium_push_after_the_grace_and_a_confirmation_read_in_tim
         1,
         "{record}"
     );
-    assert_eq!(push["due_ms"], pinned_ms(2), "after the read grace: {push}");
+    assert_eq!(push["due_ms"], w.ms(2), "after the read grace: {push}");
     advance(&w.d, "2m").await;
     let sent = eventually("the nudge's push", &w.d, None, || {
         w.http
@@ -1529,13 +1517,7 @@ async fn a_nudge_is_a_medium_push_after_the_grace_and_a_confirmation_read_in_tim
         sent.body
     );
 
-    common::book(
-        &w.d,
-        &w.p.conversation,
-        "2027-06-20T09:00:00Z",
-        "2027-06-20T12:00:00Z",
-    )
-    .await;
+    common::book(&w.d, &w.p.conversation, &w.at(240), &w.at(243)).await;
     let n = notification_for(&w.d, &w.p.customer, "booking_confirmation").await;
     let id = n["id"].as_str().unwrap();
     w.d.read(
@@ -1709,12 +1691,12 @@ async fn a_digest_due_in_quiet_hours_goes_out_when_they_end() {
     .await
     .expect(202);
     in_app_shown(&w.d, &w.p.customer, "Kayak week").await;
-    // Only then quiet hours, from 11:00 to 15:00 in Paris: the digest, due
-    // 24 hours after the promotion (12:00 Paris tomorrow), falls inside.
+    // Only then quiet hours, from 13:00 to 17:00 in Paris: the digest, due
+    // 24 hours after the promotion (14:00 Paris tomorrow), falls inside.
     set_customer(
         &w.d,
         &w.p,
-        json!({"quiet_hours": {"start": "11:00", "end": "15:00"}}),
+        json!({"quiet_hours": {"start": "13:00", "end": "17:00"}}),
     )
     .await;
     advance(&w.d, "24h").await;
@@ -1741,7 +1723,7 @@ async fn a_digest_due_in_quiet_hours_goes_out_when_they_end() {
     })
     .await;
     let raised: jiff::Timestamp = digest["created_at"].as_str().unwrap().parse().unwrap();
-    let end = pinned_ms(24 * 60 + 180); // 15:00 Paris tomorrow
+    let end = w.ms(24 * 60 + 180); // 17:00 Paris tomorrow
     assert!(
         raised.as_millisecond() >= end,
         "raised at {raised}, before the quiet hours ended"
