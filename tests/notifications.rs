@@ -1532,6 +1532,7 @@ async fn a_nudge_is_a_medium_push_after_the_grace_and_a_confirmation_read_in_tim
     let sms = delivery(&record, "sms");
     assert_eq!(sms["state"], "suppressed", "{record}");
     assert!(sms["note"].as_str().unwrap().contains("read"), "{sms}");
+    settled(&w.d).await;
     assert!(w.http.hits("/sms").is_empty());
     let suppressed = "parleyd_deliveries_total{channel=\"sms\",result=\"suppressed\"}";
     w.d.metric_reaches(suppressed, 1.0).await;
@@ -1593,6 +1594,7 @@ async fn a_notification_whose_template_has_a_gap_is_not_raised_but_counted_and_l
         "{}",
         w.d.log()
     );
+    settled(&w.d).await;
     let listed =
         w.d.get(
             &format!("/v1/admin/users/{}/notifications", w.p.customer.id),
