@@ -629,3 +629,43 @@ async fn platform_links_and_the_listings_own_address_are_not_contact_details() {
     );
     assert_eq!(sent.body["message"]["content"], meet.as_str());
 }
+
+/// `GET /v1/admin/flags?after=ID&limit=N` pages through the operators'
+/// records in order. Breakage caught: `after` ignored or inclusive, a limit
+/// outside 1-500 clamped instead of refused.
+#[tokio::test]
+async fn operators_page_through_flagged_messages() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    for i in 0..3 {
+        let text = format!("{PHONE} ({i})");
+        customer_sends(&d, &p, &format!("f-{i}"), &text)
+            .await
+            .expect_error(422);
+    }
+    let page = |query: String| {
+        let d = &d;
+        async move {
+            let reply = d
+                .get(&format!("/v1/admin/flags?{query}"), &operator().token)
+                .await;
+            reply.expect(200);
+            reply.body.as_array().unwrap().clone()
+        }
+    };
+    let first = page("limit=2".into()).await;
+    let ids: Vec<&Value> = first.iter().map(|f| &f["client_id"]).collect();
+    assert_eq!(ids, [&json!("f-0"), &json!("f-1")]);
+    let after = first[1]["id"].as_str().unwrap();
+    let rest = page(format!("after={after}&limit=2")).await;
+    let ids: Vec<&Value> = rest.iter().map(|f| &f["client_id"]).collect();
+    assert_eq!(ids, [&json!("f-2")]);
+    assert!(page(format!("after={}", rest[0]["id"].as_str().unwrap()))
+        .await
+        .is_empty());
+    for limit in ["0", "501"] {
+        d.get(&format!("/v1/admin/flags?limit={limit}"), &operator().token)
+            .await
+            .expect_error(422);
+    }
+}
