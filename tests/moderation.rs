@@ -312,6 +312,18 @@ const LOW_PROBE: Probe = Probe {
     named: "a phone number",
 };
 
+/// Disguised numbers: spelled out in Spanish, and in full-width digits.
+const SPELLED_PROBE: Probe = Probe {
+    text: "llámame al seis uno dos, tres cuatro cinco, seis siete ocho",
+    detail: "seis uno dos",
+    ..PHONE_PROBE
+};
+const LOOKALIKE_PROBE: Probe = Probe {
+    text: "my number is ４１５ ８６７ ２６７１",
+    detail: "４１５",
+    ..PHONE_PROBE
+};
+
 /// What a policy row does with a message.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Fate {
@@ -471,6 +483,8 @@ async fn before_booking_concrete_details_are_blocked_and_flagged_and_proposals_m
         URL_PROBE,
         SOCIAL_PROBE,
         PAYMENT_PROBE,
+        SPELLED_PROBE,
+        LOOKALIKE_PROBE,
     ] {
         expect_fate(&d, None, probe, Fate::Block, true).await;
     }
@@ -479,9 +493,9 @@ async fn before_booking_concrete_details_are_blocked_and_flagged_and_proposals_m
 
     // Counted under the names the API and the policy use.
     for (series, count) in [
-        ("parleyd_contact_actions_total{action=\"block\"}", 5.0),
+        ("parleyd_contact_actions_total{action=\"block\"}", 7.0),
         ("parleyd_contact_actions_total{action=\"mask\"}", 2.0),
-        ("parleyd_contact_detections_total{type=\"phone\"}", 2.0),
+        ("parleyd_contact_detections_total{type=\"phone\"}", 4.0),
         (
             "parleyd_contact_detections_total{type=\"messaging_app\"}",
             1.0,

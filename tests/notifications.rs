@@ -1159,6 +1159,36 @@ async fn a_timeout_throttling_and_a_server_error_are_retried_under_the_same_key(
         assert_eq!(hit.headers["idempotency-key"], key);
         assert_eq!(hit.body["id"], key.as_str(), "the body's id is the key");
     }
+    // The documented push body.
+    let body = &hits[3].body;
+    let mut fields: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "body",
+            "conversation_id",
+            "created_at",
+            "id",
+            "message_seq",
+            "notification_id",
+            "priority",
+            "title",
+            "type",
+            "user_id"
+        ],
+        "{body}"
+    );
+    assert_eq!(body["notification_id"], id.as_str());
+    assert_eq!(body["user_id"], w.p.customer.id);
+    assert_eq!(body["conversation_id"], w.p.conversation);
+    assert_eq!(body["title"], "New message from Pablo");
+    assert_eq!(body["body"], "Pablo: See you at the pier");
 }
 
 /// Breakage caught: a re-drive that keeps the attempts used up (the
@@ -1238,6 +1268,8 @@ notifications:
     assert_eq!(sms.len(), 1, "only the refused push escalates: {sms:?}");
     assert_eq!(sms[0].body["to"], CUSTOMER_PHONE);
     assert_eq!(sms[0].headers["idempotency-key"], format!("{refused}:sms"));
+    assert_eq!(sms[0].body["id"], format!("{refused}:sms"));
+    assert_eq!(sms[0].body["priority"], "high");
     assert!(sms[0].body["text"]
         .as_str()
         .unwrap()
@@ -1520,6 +1552,23 @@ async fn a_nudge_is_a_medium_push_after_the_grace_and_a_confirmation_read_in_tim
     common::book(&w.d, &w.p.conversation, &w.at(240), &w.at(243)).await;
     let n = notification_for(&w.d, &w.p.customer, "booking_confirmation").await;
     let id = n["id"].as_str().unwrap();
+    // The first matching rule decides: the confirmation, also an automated
+    // message, is not notified a second time as one.
+    settled(&w.d).await;
+    let listed =
+        w.d.get(
+            &format!("/v1/admin/users/{}/notifications", w.p.customer.id),
+            &operator().token,
+        )
+        .await;
+    let about: Vec<&Value> = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["message_seq"] == n["message_seq"])
+        .collect();
+    assert_eq!(about.len(), 1, "{about:?}");
     w.d.read(
         &w.p.customer,
         &w.p.conversation,
