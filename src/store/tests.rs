@@ -519,7 +519,9 @@ async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
     assert_eq!(health.report(stuck_after).restarts, 0);
     let panicked = store
         .writer
-        .run(|_, _| -> writer::OpResult<()> { panic!("a broken operation") })
+        .run("broken", |_, _| -> writer::OpResult<()> {
+            panic!("a broken operation")
+        })
         .await;
     assert!(panicked.is_err(), "{panicked:?}");
     let report = health.report(stuck_after);
@@ -569,7 +571,9 @@ async fn a_panicking_write_in_a_batch_fails_alone_and_the_others_commit() {
         tokio::spawn(async move {
             store
                 .writer
-                .run(|_, _| -> writer::OpResult<()> { panic!("a broken operation") })
+                .run("broken", |_, _| -> writer::OpResult<()> {
+                    panic!("a broken operation")
+                })
                 .await
         })
     };
@@ -759,7 +763,9 @@ async fn a_failing_event_is_dead_at_the_last_attempt_kept_across_a_reopen_and_re
     assert!(store.domain_events(10).unwrap().is_empty());
 
     let redrive = |id: String| {
-        store.transact(move |tx| tx.redrive(&id, "t3", |_| unreachable!("an event, not a step")))
+        store.transact("redrive", move |tx| {
+            tx.redrive(&id, "t3", |_| unreachable!("an event, not a step"))
+        })
     };
     let redriven = redrive(id.clone()).await.unwrap().unwrap();
     assert_eq!(redriven.id, id);
@@ -782,7 +788,9 @@ async fn ack_all(store: &Store) {
         .map(|e| e.seq)
         .collect();
     store
-        .transact(move |tx| queued.iter().try_for_each(|seq| tx.ack(*seq)))
+        .transact("automation", move |tx| {
+            queued.iter().try_for_each(|seq| tx.ack(*seq))
+        })
         .await
         .unwrap();
 }
