@@ -143,7 +143,9 @@ async fn a_step_is_sent_exactly_once_across_a_crash_at(point: &str) {
     // steps earliest first, so once the reminder is there, an
     // acknowledgement whose timer had survived would have fired before it.
     advance(&d, "4h").await;
-    let messages = sent_from(&d, &p.provider, &p.conversation, "provider_reply_reminder").await;
+    sent_from(&d, &p.provider, &p.conversation, "provider_reply_reminder").await;
+    settled(&d).await;
+    let messages = d.messages(&p.provider, &p.conversation).await;
     assert_eq!(of_step(&messages, "inquiry_ack").len(), 1, "{messages:#?}");
     assert_eq!(messages[0]["client_id"], "q-1");
     assert_each_once(&messages);
@@ -271,7 +273,9 @@ async fn a_push_accepted_just_before_a_crash_is_sent_again_with_the_same_key() {
     })
     .await;
     let record = delivery_state(&d, &id, "push", "delivered").await;
+    settled(&d).await;
     let hits = pushed(&push);
+    assert_eq!(hits.len(), 2, "not again once recorded: {hits:?}");
     assert!(
         hits.iter()
             .all(|h| h.headers["idempotency-key"] == format!("{id}:push")
@@ -360,7 +364,9 @@ async fn a_digest_cut_short_by_crashes_still_arrives_with_its_items_under_one_ke
     let digest = notification_for(&d, &customer, "digest").await;
     let id = digest["id"].as_str().unwrap();
     delivery_state(&d, id, "push", "delivered").await;
+    settled(&d).await;
     let hits = pushed(&push);
+    assert_eq!(hits.len(), 2, "not again once recorded: {hits:?}");
     assert!(
         hits.iter()
             .all(|h| h.headers["idempotency-key"] == format!("{id}:push")),

@@ -186,6 +186,7 @@ async fn a_policy_edit_on_disk_changes_the_outcome_without_a_restart() {
         ..Launch::default()
     })
     .await;
+    d.expect_log_errors("rule reload rejected");
     let p = pair(&d).await;
     d.send(&p.customer, &p.conversation, "e-1", PHONE)
         .await

@@ -260,6 +260,7 @@ async fn a_schema_3_directory_keeps_its_running_sequences() {
         }
     })
     .await;
+    settled(&d).await;
     let in_b = d.messages(&carla, b).await;
     assert!(
         in_b.iter()

@@ -188,6 +188,7 @@ impl Outbox {
                 started += 1;
                 let (outbox, in_flight) = (Arc::clone(&self), Arc::clone(&in_flight));
                 tokio::spawn(async move {
+                    let dispatching = outbox.wakers.dispatching(lane);
                     // A panic must not skip the cleanup below: the entry
                     // would stay in flight, never to be dispatched again.
                     let dispatched = std::panic::AssertUnwindSafe(outbox.dispatch(lane, &entry))
@@ -206,6 +207,7 @@ impl Outbox {
                     if let Ok(mut s) = in_flight.lock() {
                         s.remove(&entry.id);
                     }
+                    drop(dispatching);
                     drop(permit);
                     outbox.wakers.lane(lane).notify_one();
                 });
