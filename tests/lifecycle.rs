@@ -103,7 +103,7 @@ async fn a_data_directory_of_another_schema_version_is_refused() {
 
     // Pretend a newer parleyd wrote it: the version is the `schema_version` key of
     // the `meta` tree, a big-endian u32 (see the layout in src/store/mod.rs).
-    {
+    let current = {
         let db = sled::open(data.path()).unwrap();
         let meta = db.open_tree("meta").unwrap();
         let current = meta.get("schema_version").unwrap().expect("a version");
@@ -111,7 +111,8 @@ async fn a_data_directory_of_another_schema_version_is_refused() {
         meta.insert("schema_version", &999u32.to_be_bytes())
             .unwrap();
         db.flush().unwrap();
-    }
+        current
+    };
     let (status, stderr) = serve_expecting_refusal(data.path()).await;
     assert!(!status.success(), "exit status {status}");
     assert!(
@@ -120,10 +121,11 @@ async fn a_data_directory_of_another_schema_version_is_refused() {
     );
 
     // Put the version back: the data was not touched by the refused start.
+    // (Upgrades from older versions: tests/upgrade.rs, on real old data.)
     {
         let db = sled::open(data.path()).unwrap();
         let meta = db.open_tree("meta").unwrap();
-        meta.insert("schema_version", &1u32.to_be_bytes()).unwrap();
+        meta.insert("schema_version", &current).unwrap();
         db.flush().unwrap();
     }
     let d = Daemon::start_in(data.path()).await;

@@ -289,6 +289,11 @@ impl Outbox {
             .channels
             .send(lane, &notification, user.as_ref(), now)
             .await;
+        if result.is_ok() {
+            // Accepted by the channel, not yet recorded as delivered.
+            let names = [lane.name(), notification.kind.as_str()];
+            crate::faults::crash_point("outbox::after_send", names);
+        }
         let now = self.clock.now();
         let outcome = match result {
             Ok(()) => {
@@ -428,6 +433,7 @@ impl Outbox {
                 .await;
             }
         };
+        crate::faults::crash_point("digest::before_flush", std::iter::empty());
         outbox::flush_digest(&self.store, user_id, due_ms, ids, digest, None).await?;
         self.wakers.wake_all();
         Ok(())

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod python;
+pub mod receiver;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -316,6 +317,26 @@ impl Daemon {
             .await
             .expect("kill parleyd");
         self.child = None;
+    }
+
+    /// Waits for the daemon to abort itself at the armed fault point `point`
+    /// (see `FAILPOINTS` in README's "Testing"), as a crash would end it:
+    /// asserts that it died of SIGABRT with the point's line in its log.
+    /// Fails clearly on a daemon built without fault points (which refuses
+    /// `FAILPOINTS` and exits).
+    pub async fn aborted_at(mut self, point: &str) {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.wait().await;
+        let log = self.log();
+        assert_eq!(
+            status.signal(),
+            Some(6),
+            "parleyd should have aborted at {point} (run the tests with `cargo test --workspace`, which builds the fault points in), but exited with {status}; its log:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("fault point {point}: aborting")),
+            "parleyd aborted, but not at {point}; its log:\n{log}"
+        );
     }
 
     /// SIGTERM, then asserts a clean exit (status 0).
