@@ -69,6 +69,9 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// The daemon's open-files limit (soft and hard), when the test needs a low one.
     pub open_files: Option<u64>,
+    /// Start without `--dev`, as in production: the example secrets and
+    /// `clock: manual` are then refused.
+    pub no_dev: bool,
 }
 
 /// A running `parleyd serve --dev`, killed (SIGKILL) when dropped.
@@ -150,11 +153,13 @@ fn write_config(scratch: &Path, launch: &Launch) -> PathBuf {
     path
 }
 
-fn serve_command(config: &Path, data_dir: &Path) -> Command {
+fn serve_command(config: &Path, data_dir: &Path, launch: &Launch) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_parleyd"));
-    cmd.arg("serve")
-        .arg("--dev")
-        .arg("--config")
+    cmd.arg("serve");
+    if !launch.no_dev {
+        cmd.arg("--dev");
+    }
+    cmd.arg("--config")
         .arg(config)
         .env("PARLEYD_LISTEN", "127.0.0.1:0")
         .env("PARLEYD_DATA_DIR", data_dir)
@@ -164,7 +169,8 @@ fn serve_command(config: &Path, data_dir: &Path) -> Command {
         // Relative paths of config.yaml (e.g. rules/) are the repo's.
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        .envs(launch.env.iter().map(|(k, v)| (k, v)));
     cmd
 }
 
@@ -196,7 +202,7 @@ impl Daemon {
     pub async fn launch(launch: Launch) -> Daemon {
         let scratch = tempfile::tempdir().expect("scratch dir");
         let config = write_config(scratch.path(), &launch);
-        let (data_dir, owned) = match launch.data_dir {
+        let (data_dir, owned) = match launch.data_dir.clone() {
             Some(dir) => (dir, None),
             None => {
                 let dir = tempfile::tempdir().expect("data dir");
@@ -204,11 +210,8 @@ impl Daemon {
             }
         };
         let log = std::fs::File::create(scratch.path().join("daemon.log")).expect("log file");
-        let mut command = serve_command(&config, &data_dir);
-        command
-            .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .stderr(log);
+        let mut command = serve_command(&config, &data_dir, &launch);
+        command.stdout(Stdio::piped()).stderr(log);
         if let Some(limit) = launch.open_files {
             // SAFETY: setrlimit is async-signal-safe, and the closure touches
             // nothing else of the parent between fork and exec.
@@ -752,10 +755,7 @@ impl Ws {
         loop {
             let msg = guard("a stream frame", self.inner.next()).await;
             match msg {
-                Some(Ok(WsMessage::Text(text))) => {
-                    return serde_json::from_str(text.as_str())
-                        .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"))
-                }
+                Some(Ok(WsMessage::Text(text))) => return frame_json(text.as_str()),
                 Some(Ok(WsMessage::Close(frame))) => panic!("stream closed: {frame:?}"),
                 Some(Ok(WsMessage::Binary(_))) => panic!("the server sent a binary frame"),
                 Some(Ok(_)) => continue, // ping/pong
@@ -866,10 +866,33 @@ impl Ws {
         }
     }
 
+    /// Waits for the server's next heartbeat (a WebSocket ping, which the
+    /// client answers with a pong as it reads); text frames before it stay
+    /// pending.
+    pub async fn heartbeat(&mut self) {
+        loop {
+            match guard("a heartbeat ping", self.inner.next()).await {
+                Some(Ok(WsMessage::Ping(_))) => return,
+                Some(Ok(WsMessage::Text(text))) => {
+                    self.pending.push_back(frame_json(text.as_str()))
+                }
+                Some(Ok(WsMessage::Close(frame))) => panic!("stream closed: {frame:?}"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("stream failed: {e}"),
+                None => panic!("stream ended"),
+            }
+        }
+    }
+
     /// Closes from the client side.
     pub async fn close(mut self) {
         let _ = guard("closing the stream", self.inner.close(None)).await;
     }
+}
+
+/// A text frame as JSON, failing the test if it is not.
+fn frame_json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"))
 }
 
 /// The `cursor` of an event frame.
@@ -898,13 +921,28 @@ pub fn message_seqs(frames: &[Value]) -> Vec<u64> {
 /// Runs `parleyd serve --dev` on `data_dir` expecting it to refuse to start:
 /// returns its exit status and stderr. Fails if it starts listening instead.
 pub async fn serve_expecting_refusal(data_dir: &Path) -> (ExitStatus, String) {
-    let child = serve_command(&repo_config(), data_dir)
+    refusal(serve_command(&repo_config(), data_dir, &Launch::default())).await
+}
+
+/// Runs `parleyd serve` as `launch` says (config edits, environment, with or
+/// without `--dev`) expecting it to refuse to start: returns its exit status
+/// and stderr. Fails if it starts listening instead.
+pub async fn serve_refused(launch: Launch) -> (ExitStatus, String) {
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let config = write_config(scratch.path(), &launch);
+    let data = tempfile::tempdir().expect("data dir");
+    let data_dir = launch.data_dir.as_deref().unwrap_or(data.path());
+    refusal(serve_command(&config, data_dir, &launch)).await
+}
+
+async fn refusal(mut command: Command) -> (ExitStatus, String) {
+    let child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn parleyd");
     let output = guard(
-        "parleyd to refuse the data directory and exit",
+        "parleyd to refuse to start and exit",
         child.wait_with_output(),
     )
     .await
@@ -912,7 +950,7 @@ pub async fn serve_expecting_refusal(data_dir: &Path) -> (ExitStatus, String) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         !stdout.contains("listening on"),
-        "parleyd served a data directory it should have refused"
+        "parleyd started where it should have refused"
     );
     (
         output.status,
