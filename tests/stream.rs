@@ -584,3 +584,181 @@ async fn a_user_past_their_long_poll_cap_gets_429_and_others_still_poll() {
     d.metric_reaches(waiting, 0.0).await;
     d.stop().await;
 }
+
+/// Reads the server's frames straight off the socket, so that no pong answers
+/// its heartbeats, until its close frame: the close code and reason.
+async fn close_unanswered(ws: &mut Ws) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let tcp = ws.tcp();
+    let mut buf = Vec::new();
+    guard("the close frame", async {
+        loop {
+            // Server frames are unmasked: opcode, length (7 bits, or 126 and
+            // 16 bits), payload.
+            let mut at = 0;
+            while buf.len() >= at + 2 {
+                let (len, head) = match buf[at + 1] & 0x7f {
+                    126 if buf.len() >= at + 4 => {
+                        (u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize, 4)
+                    }
+                    126 => break,
+                    127 => panic!("no 64-bit frame is expected here"),
+                    n => (n as usize, 2),
+                };
+                if buf.len() < at + head + len {
+                    break;
+                }
+                let payload = &buf[at + head..at + head + len];
+                if buf[at] & 0x0f == 0x8 {
+                    let code = u16::from_be_bytes([payload[0], payload[1]]);
+                    return (code, String::from_utf8_lossy(&payload[2..]).into_owned());
+                }
+                at += head + len;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await.expect("read the socket");
+            assert!(n > 0, "the connection ended without a close frame");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+}
+
+/// Catches: idle connections never closed (4001), heartbeats not sent, or a
+/// client's pongs not counting as hearing from it (a quiet but live device
+/// would be dropped every `idle_timeout_seconds`).
+#[tokio::test]
+async fn a_silent_stream_is_closed_with_4001_and_one_answering_heartbeats_stays_open() {
+    let d = Daemon::with_config(vec![
+        ("heartbeat_seconds", "1".to_owned()),
+        ("idle_timeout_seconds", "2".to_owned()),
+    ])
+    .await;
+    let p = pair(&d).await;
+    let mut silent = d.ws(&p.provider, None).await;
+    let mut live = d.ws(&p.customer, None).await;
+
+    let (code, reason) = close_unanswered(&mut silent).await;
+    assert_eq!(code, 4001, "{reason}");
+    assert_eq!(reason, "idle timeout");
+
+    // Three heartbeats a second apart span more than the idle timeout; the
+    // client's automatic pongs keep it open without a frame of its own.
+    for _ in 0..3 {
+        live.heartbeat().await;
+    }
+    live.ping().await;
+    d.send(&p.provider, &p.conversation, "p-1", "still there?")
+        .await
+        .expect(201);
+    live.message_event(1).await;
+    d.stop().await;
+}
+
+/// Catches: a consumer that falls behind being dropped silently (no 4000),
+/// with a wrong cursor in the reason, or losing events across the resume.
+#[tokio::test]
+async fn a_stream_that_falls_behind_is_closed_with_4000_and_resumes_without_loss() {
+    let d = Daemon::with_config(vec![
+        ("queue_capacity", "16".to_owned()),
+        ("send_burst", "1000".to_owned()),
+        ("max_message_chars", "60000".to_owned()),
+    ])
+    .await;
+    let p = pair(&d).await;
+    // The provider's device stops reading behind a small receive buffer, so
+    // the daemon's writes to it stall and its queue fills.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(d.addr.parse().unwrap()).await.unwrap();
+    let mut slow = d.ws_over(&p.provider, tcp).await;
+    let text = "x".repeat(60_000);
+    let mut sent = 0u64;
+    guard("the stream's queue to overflow", async {
+        while d.metric("parleyd_stream_overflows_total").await < 1.0 {
+            sent += 1;
+            d.send(&p.customer, &p.conversation, format!("m{sent}"), &text)
+                .await
+                .expect(201);
+        }
+    })
+    .await;
+
+    // It reads again: what was written, then 4000 naming its cursor.
+    let close = slow.close_frame().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4000, "{close:?}");
+    let got = slow.take_pending();
+    assert_consecutive(&got, slow.ready_cursor + 1);
+    let last = got.last().map_or(slow.ready_cursor, cursor);
+    assert_eq!(
+        close.reason.as_str(),
+        format!("fell behind; resume with since={last}")
+    );
+    assert!((message_seqs(&got).len() as u64) < sent, "it fell behind");
+
+    // Resuming from that cursor gets the rest, nothing twice.
+    let resumed = d.ws(&p.provider, Some(last)).await;
+    assert_consecutive(&resumed.replayed, last + 1);
+    let seqs: Vec<u64> = message_seqs(&got)
+        .into_iter()
+        .chain(message_seqs(&resumed.replayed))
+        .collect();
+    assert_eq!(seqs, (1..=sent).collect::<Vec<_>>());
+    d.stop().await;
+}
+
+/// Catches: a replay or a long-poll that stops after one page
+/// (`stream.replay_page`), or repeats or skips an event at a page boundary.
+#[tokio::test]
+async fn replay_and_long_poll_go_past_one_page() {
+    let d = Daemon::with_config(vec![("replay_page", "3".to_owned())]).await;
+    let p = pair(&d).await;
+    for i in 1..=10 {
+        d.send(&p.customer, &p.conversation, format!("c-{i}"), "hello")
+            .await
+            .expect(201);
+    }
+    // The stream replays the whole log (the conversation, ten messages) in
+    // pages of three before `ready`.
+    let ws = d.ws(&p.provider, Some(0)).await;
+    assert_consecutive(&ws.replayed, 1);
+    assert_eq!(message_seqs(&ws.replayed), (1..=10).collect::<Vec<_>>());
+    assert_eq!(ws.ready_cursor, 11);
+
+    // A long-poll answers one page at a time; following its cursor reads the
+    // same log.
+    let mut since = 0;
+    let mut polled = Vec::new();
+    loop {
+        let (events, cursor) = d.poll(&p.provider, since, 0).await;
+        if events.is_empty() {
+            assert_eq!(cursor, since);
+            break;
+        }
+        assert!(events.len() <= 3, "one page: {events:?}");
+        polled.extend(events);
+        since = cursor;
+    }
+    assert_eq!(polled, ws.replayed);
+    assert_eq!(since, 11);
+    d.stop().await;
+}
+
+/// Catches: `wait` above `stream.long_poll_max_wait_seconds` being honoured
+/// (a client could hold a connection for as long as it asks): with a cap of
+/// one second, a poll asking for an hour answers, empty, well within the
+/// guard.
+#[tokio::test]
+async fn a_long_poll_waits_no_longer_than_the_cap() {
+    let d = Daemon::with_config(vec![("long_poll_max_wait_seconds", "1".to_owned())]).await;
+    let p = pair(&d).await;
+    let (_, head) = d.poll(&p.customer, 0, 0).await;
+    let (events, cursor) = guard(
+        "a long-poll asking for an hour to answer at the cap",
+        d.poll(&p.customer, head, 3600),
+    )
+    .await;
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(cursor, head);
+    d.stop().await;
+}
