@@ -768,3 +768,96 @@ async fn concurrent_creations_of_one_booking_are_one() {
     assert_eq!(moves, 3, "{events:#?}");
     d.stop().await;
 }
+
+/// Catches: opening a conversation twice making a second one (or answering
+/// 201, so a client cannot tell it found the old one), or another customer
+/// being handed the first customer's conversation.
+#[tokio::test]
+async fn opening_a_conversation_again_returns_the_same_one_with_200() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "c-1", "Hello")
+        .await
+        .expect(201);
+    let again = d
+        .post(
+            "/v1/conversations",
+            &p.customer.token,
+            json!({"listing_id": p.listing_id}),
+        )
+        .await;
+    again.expect(200);
+    assert_eq!(again.body["id"], p.conversation.as_str());
+    assert_eq!(again.body["listing"]["title"], "Sunset kayak tour");
+    let mine = d.get("/v1/conversations", &p.customer.token).await;
+    assert_eq!(mine.expect(200).body.as_array().unwrap().len(), 1);
+    assert_eq!(d.messages(&p.customer, &p.conversation).await.len(), 1);
+
+    // Another customer about the same listing gets a conversation of their own.
+    let dora = Person::new("dora", "customer");
+    let hers = d
+        .post(
+            "/v1/conversations",
+            &dora.token,
+            json!({"listing_id": p.listing_id}),
+        )
+        .await;
+    hers.expect(201);
+    assert_ne!(hers.body["id"], p.conversation.as_str());
+    assert_eq!(hers.body["provider_id"], p.provider.id.as_str());
+    // A listing that does not exist opens nothing.
+    d.post(
+        "/v1/conversations",
+        &dora.token,
+        json!({"listing_id": "no-such-listing"}),
+    )
+    .await
+    .expect_error(404);
+    d.stop().await;
+}
+
+/// Catches: `after` ignored or off by one, `limit` not applied, or the
+/// default page not being 100, so a client paging a long history would
+/// skip or repeat messages.
+#[tokio::test]
+async fn messages_are_paged_with_after_and_limit() {
+    let d = Daemon::with_config(vec![("send_burst", "1000".to_owned())]).await;
+    let p = pair(&d).await;
+    for i in 1..=105 {
+        d.send(&p.customer, &p.conversation, format!("c-{i}"), "hello")
+            .await
+            .expect(201);
+    }
+    let page = |query: String| {
+        let d = &d;
+        let who = &p.provider;
+        let path = format!("/v1/conversations/{}/messages{query}", p.conversation);
+        async move {
+            let reply = d.get(&path, &who.token).await;
+            reply.expect(200);
+            reply
+                .body
+                .as_array()
+                .expect("a list")
+                .iter()
+                .map(|m| m["seq"].as_u64().unwrap())
+                .collect::<Vec<u64>>()
+        }
+    };
+    // Without parameters: the first 100.
+    assert_eq!(page(String::new()).await, (1..=100).collect::<Vec<_>>());
+    // Following the last seq of each page reads every message once.
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let seqs = page(format!("?after={after}&limit=40")).await;
+        assert!(seqs.len() <= 40);
+        let Some(&last) = seqs.last() else { break };
+        seen.extend(seqs);
+        after = last;
+    }
+    assert_eq!(seen, (1..=105).collect::<Vec<_>>());
+    assert_eq!(page("?after=103".into()).await, [104, 105]);
+    assert_eq!(page("?after=500".into()).await, Vec::<u64>::new());
+    d.stop().await;
+}
