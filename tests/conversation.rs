@@ -861,3 +861,93 @@ async fn messages_are_paged_with_after_and_limit() {
     assert_eq!(page("?after=500".into()).await, Vec::<u64>::new());
     d.stop().await;
 }
+
+/// Catches: a booking given `listing_id` + `customer_id` (no
+/// `conversation_id`) not finding the customer's conversation about the
+/// listing, or not opening one when there is none, so the booking's
+/// messages would have nowhere to go.
+#[tokio::test]
+async fn a_booking_by_listing_and_customer_uses_or_opens_their_conversation() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let by_listing = |customer: &str| {
+        json!({"listing_id": p.listing_id, "customer_id": customer,
+               "start": "2030-06-01T09:00:00Z", "end": "2030-06-01T12:00:00Z"})
+    };
+    let booked = d
+        .post("/v1/bookings", SERVICE_KEY, by_listing(&p.customer.id))
+        .await;
+    booked.expect(201);
+    assert_eq!(booked.body["conversation_id"], p.conversation.as_str());
+    let listed = d.listed(&p.customer, &p.conversation).await;
+    assert_eq!(listed["phase"], "post_booking");
+    assert_eq!(listed["stage"], "confirmed");
+
+    // A customer who never wrote gets the conversation opened, booked.
+    let eve = Person::new("eve", "customer");
+    let booked = d
+        .post("/v1/bookings", SERVICE_KEY, by_listing(&eve.id))
+        .await;
+    booked.expect(201);
+    let theirs = booked.body["conversation_id"].as_str().unwrap().to_owned();
+    assert_ne!(theirs, p.conversation);
+    let listed = d.listed(&eve, &theirs).await;
+    assert_eq!(listed["phase"], "post_booking");
+    assert_eq!(listed["provider_id"], p.provider.id.as_str());
+    // Opening it now returns it.
+    let opened = d
+        .post(
+            "/v1/conversations",
+            &eve.token,
+            json!({"listing_id": p.listing_id}),
+        )
+        .await;
+    opened.expect(200);
+    assert_eq!(opened.body["id"], theirs.as_str());
+
+    // A listing that does not exist books nothing; half of the pair is 422.
+    let mut unknown = by_listing(&eve.id);
+    unknown["listing_id"] = json!("no-such-listing");
+    d.post("/v1/bookings", SERVICE_KEY, unknown)
+        .await
+        .expect_error(404);
+    let mut half = by_listing(&eve.id);
+    half.as_object_mut().unwrap().remove("customer_id");
+    d.post("/v1/bookings", SERVICE_KEY, half)
+        .await
+        .expect_error(422);
+    d.stop().await;
+}
+
+/// Catches: an Idempotency-Key outside 1-255 visible ASCII characters being
+/// taken (and remembered) instead of refused with 400 before anything is
+/// written.
+#[tokio::test]
+async fn an_idempotency_key_that_is_not_1_to_255_visible_characters_is_400() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let signal = json!({"type": "listing_viewed", "user_id": p.customer.id,
+                        "listing_id": p.listing_id})
+    .to_string();
+    for key in [
+        "k".repeat(256),
+        "two words".to_owned(),
+        "tab\there".to_owned(),
+    ] {
+        let (reply, _) = d
+            .call_keyed(Method::POST, "/v1/signals", SERVICE_KEY, &key, &signal)
+            .await;
+        assert_eq!(reply.expect_error(400), "bad_request", "{key:?}");
+    }
+    let longest = "k".repeat(255);
+    let (first, _) = d
+        .call_keyed(Method::POST, "/v1/signals", SERVICE_KEY, &longest, &signal)
+        .await;
+    assert!(first.status < 300, "{}", first.body);
+    let (again, replayed) = d
+        .call_keyed(Method::POST, "/v1/signals", SERVICE_KEY, &longest, &signal)
+        .await;
+    assert!(replayed, "a 255-character key is remembered");
+    assert_eq!(again.body, first.body);
+    d.stop().await;
+}

@@ -762,3 +762,75 @@ async fn a_long_poll_waits_no_longer_than_the_cap() {
     assert_eq!(cursor, head);
     d.stop().await;
 }
+
+/// Catches: a replay that shows messages as they were logged (`sent`, no
+/// `read_at`) when they have been read since, so a reconnecting device would
+/// show stale ticks.
+#[tokio::test]
+async fn a_replayed_message_shows_its_status_and_read_at_as_they_are_now() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    for i in 1..=2 {
+        d.send(&p.customer, &p.conversation, format!("c-{i}"), "hello")
+            .await
+            .expect(201);
+    }
+    let (logged, _) = d.poll(&p.customer, 0, 0).await;
+    assert!(message_seqs(&logged).len() == 2);
+    d.read(&p.provider, &p.conversation, 1).await.expect(200);
+
+    let ws = d.ws(&p.customer, Some(0)).await;
+    let messages: Vec<&Value> = ws
+        .replayed
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| &f["message"])
+        .collect();
+    let now = d.messages(&p.customer, &p.conversation).await;
+    assert_eq!(messages[0]["status"], "read", "{}", messages[0]);
+    assert!(messages[0]["read_at"].is_string(), "{}", messages[0]);
+    assert_eq!(messages[1]["status"], "sent", "{}", messages[1]);
+    assert_eq!(messages, now.iter().collect::<Vec<_>>());
+    // The long-poll replays the same way.
+    let (polled, _) = d.poll(&p.customer, 0, 0).await;
+    let polled: Vec<&Value> = polled
+        .iter()
+        .filter(|f| f["type"] == "message")
+        .map(|f| &f["message"])
+        .collect();
+    assert_eq!(polled, messages);
+    d.stop().await;
+}
+
+/// Catches: typing indicators waking or filling a long-poll (README: its
+/// frames are the stream's, typing excluded): a poll waiting when the other
+/// side types, then writes, answers with the message alone.
+#[tokio::test]
+async fn a_waiting_long_poll_is_answered_by_the_message_not_the_typing_before_it() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let (_, head) = d.poll(&p.provider, 0, 0).await;
+    let request = d
+        .http
+        .get(d.url(&format!("/v1/events?since={head}&wait=30")))
+        .bearer_auth(&p.provider.token);
+    let waiting = tokio::spawn(async move { request.send().await.expect("long-poll") });
+    d.metric_reaches("parleyd_long_polls_waiting", 1.0).await;
+    d.post(
+        &format!("/v1/conversations/{}/typing", p.conversation),
+        &p.customer.token,
+        json!({}),
+    )
+    .await
+    .expect(202);
+    d.send(&p.customer, &p.conversation, "c-1", "typed it")
+        .await
+        .expect(201);
+    let reply = guard("the long-poll to answer", waiting).await.unwrap();
+    assert_eq!(reply.status(), 200);
+    let body: Value = reply.json().await.unwrap();
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(message_seqs(events), [1], "{body}");
+    assert!(events.iter().all(|e| e["type"] != "typing"), "{body}");
+    d.stop().await;
+}
