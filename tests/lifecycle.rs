@@ -124,6 +124,43 @@ async fn under_periodic_durability_everything_acknowledged_survives_a_clean_rest
     d.stop().await;
 }
 
+/// Catches: `logging.format: json` not writing one JSON object per line,
+/// `logging.level` ignored, or `RUST_LOG` not overriding it. Each log is read
+/// after the daemon has exited, so it is complete.
+#[tokio::test]
+async fn logs_are_json_lines_at_the_configured_level_and_rust_log_overrides_it() {
+    let run = |env: Vec<(String, String)>| async move {
+        let mut d = Daemon::launch(Launch {
+            config: vec![("format", "json".to_owned()), ("level", "error".to_owned())],
+            env,
+            ..Launch::default()
+        })
+        .await;
+        d.get("/v1/conversations", &token("ann", "customer"))
+            .await
+            .expect(200);
+        d.terminate();
+        assert!(d.wait().await.success());
+        d.log()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))
+            })
+            .collect::<Vec<_>>()
+    };
+    let info = |lines: &[serde_json::Value]| lines.iter().filter(|l| l["level"] == "INFO").count();
+    let quiet = run(Vec::new()).await;
+    assert_eq!(info(&quiet), 0, "level error: {quiet:?}");
+    let chatty = run(vec![("RUST_LOG".to_owned(), "info".to_owned())]).await;
+    assert!(info(&chatty) > 0, "RUST_LOG=info: {chatty:?}");
+    let starting = chatty
+        .iter()
+        .find(|l| l["fields"]["message"] == "starting")
+        .unwrap_or_else(|| panic!("no starting line: {chatty:?}"));
+    assert!(starting["fields"]["addr"].is_string(), "{starting}");
+}
+
 #[tokio::test]
 async fn sigterm_closes_streams_with_going_away_and_exits_zero() {
     let mut d = Daemon::start().await;
