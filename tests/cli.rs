@@ -16,12 +16,18 @@ use serde_json::{json, Value};
 /// Runs the real `parleyd` with `args` in the repository (so the default
 /// `config.yaml` is the shipped one), feeding it `stdin`.
 fn parleyd_in_repo(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    parleyd_at(Path::new(env!("CARGO_MANIFEST_DIR")), args, env, stdin)
+}
+
+/// Runs the real `parleyd` with `args` in `cwd` with `env` (and no secrets
+/// from the test's own environment), feeding it `stdin`.
+fn parleyd_at(cwd: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_parleyd"))
         .args(args)
         .env_remove("PARLEYD_JWT_SECRET")
         .env_remove("PARLEYD_SERVICE_KEY")
         .envs(env.iter().copied())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(cwd)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -141,6 +147,29 @@ fn test_rules_exits_1_when_an_expectation_is_not_met() {
     .unwrap();
     let run = parleyd_in_repo(&["test-rules", dir.path().to_str().unwrap()], &[], "");
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stdout));
+}
+
+/// Catches: a rule-test file that does not parse (or misspells a field)
+/// being skipped or passing, instead of stopping the run at its place.
+#[test]
+fn test_rules_stops_at_a_test_file_that_does_not_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_rules(dir.path());
+    let tests = dir.path().join("rules/tests");
+    std::fs::create_dir_all(&tests).unwrap();
+    for (file, place) in [
+        ("tests:\n  - name: typo\n    timelime: []\n", "3:5: "),
+        ("tests:\n  - { name: unclosed\n", "3:1: "),
+    ] {
+        std::fs::write(tests.join("broken.yaml"), file).unwrap();
+        let run = parleyd_at(dir.path(), &["test-rules", "."], &[], "");
+        let err = text(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("./rules/tests/broken.yaml:{place}")),
+            "{err}"
+        );
+    }
 }
 
 /// Catches: `detect` dropping, merging or reordering lines, a bad line

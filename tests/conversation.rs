@@ -951,3 +951,51 @@ async fn an_idempotency_key_that_is_not_1_to_255_visible_characters_is_400() {
     assert_eq!(again.body, first.body);
     d.stop().await;
 }
+
+/// Catches: the backend's user and listing records taking values README
+/// rules out (a time zone that is not IANA, quiet hours that are not
+/// `HH:MM`, an availability date that is not `YYYY-MM-DD`, an unknown field)
+/// instead of refusing them with 422, which would surface later as
+/// notifications at the wrong hour or a listing card that cannot be shown.
+#[tokio::test]
+async fn users_and_listings_with_invalid_fields_are_refused_with_422() {
+    let d = Daemon::start().await;
+    let user = |body: Value| d.put("/v1/users/ann", SERVICE_KEY, body);
+    user(json!({"name": "Ann", "timezone": "Europe/Paris",
+                "quiet_hours": {"start": "22:00", "end": "07:30"},
+                "channels": {"email": false}}))
+    .await
+    .expect(200);
+    for bad in [
+        json!({"name": "Ann", "timezone": "Paris"}),
+        json!({"name": "Ann", "quiet_hours": {"start": "25:00", "end": "07:00"}}),
+        json!({"name": "Ann", "quiet_hours": {"start": "10pm", "end": "07:00"}}),
+        json!({"name": "Ann", "channels": {"pigeon": true}}),
+        json!({"name": "Ann", "colour": "blue"}),
+    ] {
+        assert_eq!(
+            user(bad.clone()).await.expect_error(422),
+            "invalid",
+            "{bad}"
+        );
+    }
+
+    let listing = |body: Value| d.put("/v1/listings/kayak", SERVICE_KEY, body);
+    listing(json!({"title": "Kayak", "provider_id": "bob",
+                   "availability": ["2030-12-01"], "timezone": "Europe/Lisbon"}))
+    .await
+    .expect(200);
+    for bad in [
+        json!({"title": "Kayak", "provider_id": "bob", "availability": ["2030-13-01"]}),
+        json!({"title": "Kayak", "provider_id": "bob", "availability": ["1 December"]}),
+        json!({"title": "Kayak", "provider_id": "bob", "timezone": "Lisbon"}),
+        json!({"title": "Kayak", "provider_id": "bob", "colour": "blue"}),
+    ] {
+        assert_eq!(
+            listing(bad.clone()).await.expect_error(422),
+            "invalid",
+            "{bad}"
+        );
+    }
+    d.stop().await;
+}

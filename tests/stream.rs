@@ -374,6 +374,11 @@ async fn every_kind_of_frame_is_rate_limited_per_connection() {
     // The connection stays open, and the other kinds have their own budgets.
     let ack = ws.send_acked(&p.conversation, "p-1", "hi").await;
     assert_eq!(ack["message"]["seq"], 2);
+    // Each refusal is counted by kind in /metrics.
+    for kind in ["typing", "read", "delivered", "ping"] {
+        let series = format!("parleyd_client_rate_limited_total{{action=\"{kind}\"}}");
+        assert!(d.metric(&series).await >= 1.0, "{series}");
+    }
     d.stop().await;
 }
 
