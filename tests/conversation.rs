@@ -849,10 +849,13 @@ async fn messages_are_paged_with_after_and_limit() {
     // Following the last seq of each page reads every message once.
     let mut after = 0;
     let mut seen = Vec::new();
-    loop {
+    // Three pages of 40 at most (a bound, so a broken `after` fails rather
+    // than pages forever).
+    for _ in 0..4 {
         let seqs = page(format!("?after={after}&limit=40")).await;
         assert!(seqs.len() <= 40);
         let Some(&last) = seqs.last() else { break };
+        assert_eq!(seqs[0], after + 1, "a page starts right after `after`");
         seen.extend(seqs);
         after = last;
     }

@@ -752,17 +752,22 @@ impl Ws {
 
     /// Reads the next text frame from the socket (not from `pending`).
     async fn read(&mut self) -> Value {
-        loop {
-            let msg = guard("a stream frame", self.inner.next()).await;
-            match msg {
-                Some(Ok(WsMessage::Text(text))) => return frame_json(text.as_str()),
-                Some(Ok(WsMessage::Close(frame))) => panic!("stream closed: {frame:?}"),
-                Some(Ok(WsMessage::Binary(_))) => panic!("the server sent a binary frame"),
-                Some(Ok(_)) => continue, // ping/pong
-                Some(Err(e)) => panic!("stream failed: {e}"),
-                None => panic!("stream ended"),
+        // One guard for the whole wait: the server's heartbeats (every
+        // `stream.heartbeat_seconds`) must not restart it, or a frame that
+        // never comes would hang the test instead of failing it.
+        guard("a stream frame", async {
+            loop {
+                match self.inner.next().await {
+                    Some(Ok(WsMessage::Text(text))) => return frame_json(text.as_str()),
+                    Some(Ok(WsMessage::Close(frame))) => panic!("stream closed: {frame:?}"),
+                    Some(Ok(WsMessage::Binary(_))) => panic!("the server sent a binary frame"),
+                    Some(Ok(_)) => continue, // ping/pong
+                    Some(Err(e)) => panic!("stream failed: {e}"),
+                    None => panic!("stream ended"),
+                }
             }
-        }
+        })
+        .await
     }
 
     /// The next frame, whatever it is.
@@ -851,19 +856,23 @@ impl Ws {
     /// Reads until the server's close frame and returns it (frames before it are
     /// kept pending).
     pub async fn close_frame(&mut self) -> Option<CloseFrame> {
-        loop {
-            match guard("the close frame", self.inner.next()).await {
-                Some(Ok(WsMessage::Close(frame))) => return frame,
-                Some(Ok(WsMessage::Text(text))) => {
-                    if let Ok(v) = serde_json::from_str(text.as_str()) {
-                        self.pending.push_back(v);
+        // One guard for the whole wait, as in `read`.
+        guard("the close frame", async {
+            loop {
+                match self.inner.next().await {
+                    Some(Ok(WsMessage::Close(frame))) => return frame,
+                    Some(Ok(WsMessage::Text(text))) => {
+                        if let Ok(v) = serde_json::from_str(text.as_str()) {
+                            self.pending.push_back(v);
+                        }
                     }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => panic!("stream failed before a close frame: {e}"),
+                    None => panic!("stream ended without a close frame"),
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => panic!("stream failed before a close frame: {e}"),
-                None => panic!("stream ended without a close frame"),
             }
-        }
+        })
+        .await
     }
 
     /// Waits for the server's next heartbeat (a WebSocket ping, which the
