@@ -9,6 +9,7 @@ pub mod config;
 pub mod contact;
 pub mod domain;
 pub mod error;
+pub mod faults;
 pub mod feed;
 pub mod hub;
 pub mod model;

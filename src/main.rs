@@ -111,6 +111,11 @@ fn serve(path: PathBuf, dev: bool) -> ExitCode {
         ));
     }
     parleyd::telemetry::init_logging(&config.logging);
+    match parleyd::faults::arm() {
+        Ok(armed) if !armed.is_empty() => tracing::warn!(?armed, "fault points armed"),
+        Ok(_) => {}
+        Err(e) => return fail(e),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),

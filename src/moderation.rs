@@ -64,6 +64,15 @@ pub fn notice(action: Action, types: &[ContactKind]) -> Option<String> {
     }
 }
 
+/// A type's or an action's name as the API and `rules/contact.yaml` write
+/// it (`messaging_app`, `block`): the label values of the contact metrics.
+fn api_name(value: impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => String::new(),
+    }
+}
+
 pub struct Moderator {
     detector: Detector,
     history: usize,
@@ -126,10 +135,10 @@ impl Moderator {
         types.sort_by_key(|t| *t as u8);
         types.dedup();
         for t in &types {
-            metrics::counter!("parleyd_contact_detections_total", "type" => format!("{t:?}"))
+            metrics::counter!("parleyd_contact_detections_total", "type" => api_name(t))
                 .increment(1);
         }
-        metrics::counter!("parleyd_contact_actions_total", "action" => format!("{:?}", decision.action))
+        metrics::counter!("parleyd_contact_actions_total", "action" => api_name(decision.action))
             .increment(1);
         let content = if decision.action == Action::Mask {
             mask(

@@ -1,6 +1,7 @@
 //! What waits in the automation pipeline: the gauges of `/metrics` and the
-//! backlog part of `GET /v1/admin/pipeline`, and the probes by which the
-//! supervisor tells a stuck component from an idle one.
+//! backlog part of `GET /v1/admin/pipeline`, the probes by which the
+//! supervisor tells a stuck component from an idle one, and whether the
+//! pipeline has settled (`GET /v1/admin/pipeline/settled`).
 //!
 //! Ages and lags are measured on the daemon's clock (the injected one: a
 //! manual clock's moves count), in seconds.
@@ -12,6 +13,7 @@ use jiff::Timestamp;
 
 use crate::clock::Clock;
 use crate::model::notification::Lane;
+use crate::notifications::Wakers;
 use crate::store::{Store, StoreError};
 use crate::supervisor::Probe;
 
@@ -147,28 +149,67 @@ impl Backlog {
     }
 }
 
+/// The oldest unprocessed domain event, if one waits.
+fn waiting_event(store: &Store) -> Result<Option<String>, StoreError> {
+    Ok(store
+        .domain_backlog()?
+        .map(|(oldest, _)| format!("event {}", oldest.seq)))
+}
+
+/// The earliest timer, if it is due at `now_ms`.
+fn due_timer(store: &Store, now_ms: i64) -> Result<Option<String>, StoreError> {
+    Ok(store
+        .earliest_timer()?
+        .filter(|t| t.due_ms <= now_ms)
+        .map(|t| format!("timer {} {} {}", t.due_ms, t.instance, t.step)))
+}
+
+/// `lane`'s earliest entry, if it is due at `now_ms`.
+fn due_entry(store: &Store, lane: Lane, now_ms: i64) -> Result<Option<String>, StoreError> {
+    Ok(store
+        .earliest_in(lane)?
+        .filter(|d| d.due_ms <= now_ms)
+        .map(|d| format!("entry {} {}", d.due_ms, d.id)))
+}
+
 /// The engine's probe: the oldest unprocessed domain event.
 pub fn events_probe(store: Store) -> Probe {
-    Box::new(move || {
-        let (oldest, _) = store.domain_backlog().ok()??;
-        Some(format!("event {}", oldest.seq))
-    })
+    Box::new(move || waiting_event(&store).ok()?)
 }
 
 /// The scheduler's probe: the earliest timer, once due.
 pub fn timers_probe(store: Store, clock: Arc<dyn Clock>) -> Probe {
-    Box::new(move || {
-        let timer = store.earliest_timer().ok()??;
-        (timer.due_ms <= clock.now().as_millisecond())
-            .then(|| format!("timer {} {} {}", timer.due_ms, timer.instance, timer.step))
-    })
+    Box::new(move || due_timer(&store, clock.now().as_millisecond()).ok()?)
 }
 
 /// An outbox lane's probe: its earliest entry, once due.
 pub fn lane_probe(store: Store, clock: Arc<dyn Clock>, lane: Lane) -> Probe {
-    Box::new(move || {
-        let due = store.earliest_in(lane).ok()??;
-        (due.due_ms <= clock.now().as_millisecond())
-            .then(|| format!("entry {} {}", due.due_ms, due.id))
-    })
+    Box::new(move || due_entry(&store, lane, clock.now().as_millisecond()).ok()?)
+}
+
+/// What still keeps the pipeline busy at `now`, if anything: a domain event
+/// not yet processed, a timer due and not fired, an outbox entry due and not
+/// attempted, or a delivery in flight (`wakers`' counts; none without an
+/// outbox). `None` means settled: everything committed before this call that
+/// was due by `now` has had its effect (dead letters count as done: they
+/// wait for an operator). First-key reads only, so it can be polled.
+pub fn unsettled(
+    store: &Store,
+    wakers: Option<&Wakers>,
+    now: Timestamp,
+) -> Result<Option<String>, StoreError> {
+    let now_ms = now.as_millisecond();
+    if let Some(what) = waiting_event(store)?.or(due_timer(store, now_ms)?) {
+        return Ok(Some(what));
+    }
+    for lane in Lane::ALL {
+        let in_flight = wakers.map_or(0, |w| w.in_flight(lane));
+        if in_flight > 0 {
+            return Ok(Some(format!("{}: {in_flight} in flight", lane.name())));
+        }
+        if let Some(what) = due_entry(store, lane, now_ms)? {
+            return Ok(Some(what));
+        }
+    }
+    Ok(None)
 }

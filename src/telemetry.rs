@@ -27,25 +27,41 @@ const SUPPRESSED_TARGET: &str = "parleyd::log_throttle";
 pub fn init_logging(config: &LoggingConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        // warp's request tracing writes every request at INFO, every 4xx
+        // answer at WARN and every 5xx as an "internal error" at ERROR (a 503
+        // `overloaded` under load, an unhealthy `/healthz`): noise at the rate
+        // of requests. Internal errors are logged where they happen
+        // (`error::ApiError`), and every answer is counted by status in
+        // `parleyd_http_requests_total`.
+        .add_directive(
+            "warp::filters::trace=off"
+                .parse()
+                .expect("a constant, valid directive"),
+        );
     let throttle = LogThrottle::new(LOG_REPEATS, LOG_REPEAT_WINDOW, Instant::now);
-    if let Err(e) = subscriber(config.format, filter, std::io::stderr, throttle).try_init() {
+    // Colours only on a terminal: a log file or the journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if let Err(e) = subscriber(config.format, filter, std::io::stderr, throttle, ansi).try_init() {
         eprintln!("logging already initialised: {e}");
     }
 }
 
 /// The daemon's subscriber: events that pass `filter` and `throttle` are
-/// written to `writer` as text or JSON lines.
+/// written to `writer` as text (with ANSI colours if `ansi`) or JSON lines.
 pub fn subscriber<W>(
     format: LogFormat,
     filter: EnvFilter,
     writer: W,
     throttle: LogThrottle,
+    ansi: bool,
 ) -> impl Subscriber + Send + Sync + 'static
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let lines = tracing_subscriber::fmt::layer().with_writer(writer);
+    let lines = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
     let lines = match format {
         LogFormat::Json => lines.json().boxed(),
         LogFormat::Text => lines.boxed(),

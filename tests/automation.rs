@@ -52,12 +52,6 @@ async fn automated(d: &Daemon, who: &Person, conversation: &str, template: &str)
     .await
 }
 
-/// Long enough for the scheduler, woken by the clock's move, to have sent
-/// anything that was due (it also looks at least once a second unwoken).
-async fn scheduler_settles() {
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-}
-
 async fn give_open_dates(d: &Daemon, p: &Pair, dates: &[&str]) {
     d.put(
         &format!("/v1/listings/{}", p.listing_id),
@@ -122,7 +116,7 @@ async fn a_sequence_fires_at_its_virtual_times_and_stops_when_the_provider_repli
         .await
         .expect(201);
     advance(&d, "48h").await;
-    scheduler_settles().await;
+    settled(&d).await;
     let messages = d.messages(&p.customer, &p.conversation).await;
     assert!(
         sent_by_template(&messages, "inquiry_final").is_empty(),
@@ -172,7 +166,7 @@ async fn rescheduling_a_booking_moves_its_milestones_and_the_confirmation_has_an
     .expect(200);
     // Past the old day-before time (48h), then to the new one (96h).
     advance(&d, "48h").await;
-    scheduler_settles().await;
+    settled(&d).await;
     advance(&d, "48h").await;
     let reminder = automated(&d, &p.customer, &p.conversation, "booking_day_before").await;
     assert_eq!(time_of(&reminder), t0 + hours(96), "{reminder}");
@@ -264,7 +258,7 @@ async fn a_step_scheduled_before_a_crash_fires_once_after_the_restart() {
     advance(&d, "4h").await;
     automated(&d, &p.provider, &p.conversation, "provider_reply_reminder").await;
     advance(&d, "1h").await;
-    scheduler_settles().await;
+    settled(&d).await;
     let messages = d.messages(&p.customer, &p.conversation).await;
     assert_eq!(sent_by_template(&messages, "inquiry_ack").len(), 1);
     assert_eq!(
@@ -277,6 +271,7 @@ async fn a_step_scheduled_before_a_crash_fires_once_after_the_restart() {
 async fn a_broken_rule_edit_is_rejected_while_the_old_rules_serve_and_the_fix_goes_live() {
     let dir = tempfile::tempdir().unwrap();
     let d = start(None, Some(dir.path())).await;
+    d.expect_log_errors("rule reload rejected");
     let rules = dir.path().join("rules/inquiry.yaml");
     let shipped = std::fs::read_to_string(&rules).unwrap();
     std::fs::write(
@@ -338,6 +333,8 @@ async fn a_runaway_plugin_is_stopped_by_its_budget_and_its_events_are_dead_lette
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
     let d = start(None, Some(dir.path())).await;
+    d.expect_log_errors("stopped after 100000 operations");
+    d.expect_log_errors("moved to the dead-letter list");
     let spin = dir.path().join("plugins/spin.rhai");
     std::fs::write(
         &spin,
@@ -428,6 +425,8 @@ async fn a_failing_template_helper_is_counted_while_other_conversations_keep_the
         ..Launch::default()
     })
     .await;
+    d.expect_log_errors("the time is out of range");
+    d.expect_log_errors("moved to the dead-letter list");
     let p = pair(&d).await;
     d.send(&p.customer, &p.conversation, "q-1", "Hi")
         .await
@@ -808,6 +807,8 @@ async fn an_event_the_rules_fail_on_is_dead_lettered_and_redriven_after_the_fix(
         "    trigger: inquiry_received\n    when: 'if customer.name == \"Carla\" { boom() } else { true }'\n",
     );
     let d = start_on(data.path(), dir.path()).await;
+    d.expect_log_errors("Function not found: boom");
+    d.expect_log_errors("moved to the dead-letter list");
     let p = pair(&d).await;
     d.send(&p.customer, &p.conversation, "q-1", "Hi! Free in May?")
         .await
@@ -896,7 +897,7 @@ async fn an_event_the_rules_fail_on_is_dead_lettered_and_redriven_after_the_fix(
     assert!(dead_list(&d).await.is_empty());
     d.metric_reaches("parleyd_dead_letters{list=\"events\"}", 0.0)
         .await;
-    scheduler_settles().await;
+    settled(&d).await;
     let messages = d.messages(&p.customer, &p.conversation).await;
     for later in [
         "inquiry_follow_up",
@@ -936,6 +937,8 @@ async fn a_step_whose_template_fails_is_dead_lettered_and_the_other_steps_go_on(
         "    response: 'if customer.name == \"Carla\" { add_hours(now, 9223372036854775807) } else if listing.response_time",
     );
     let d = start_on(data.path(), dir.path()).await;
+    d.expect_log_errors("the time is out of range");
+    d.expect_log_errors("moved to the dead-letter list");
     let p = pair(&d).await;
     d.send(&p.customer, &p.conversation, "q-1", "Hi! Free in May?")
         .await
@@ -1000,6 +1003,8 @@ async fn an_event_a_notification_route_fails_on_is_dead_lettered_and_redriven_af
         "    on: [promotion]\n    when: 'boom()'\n",
     );
     let d = start_on(data.path(), dir.path()).await;
+    d.expect_log_errors("Function not found: boom");
+    d.expect_log_errors("moved to the dead-letter list");
     let p = pair(&d).await;
     d.post(
         "/v1/signals",
@@ -1062,6 +1067,7 @@ async fn an_event_a_notification_route_fails_on_is_dead_lettered_and_redriven_af
 async fn a_misspelt_stop_event_is_rejected_at_its_place_and_the_old_rules_keep_serving() {
     let dir = tempfile::tempdir().unwrap();
     let d = start(None, Some(dir.path())).await;
+    d.expect_log_errors("rule reload rejected");
     let rules = dir.path().join("rules/inquiry.yaml");
     let shipped = std::fs::read_to_string(&rules).unwrap();
     let edited = shipped.replacen("- provider_replied", "- provider_replyed", 1);
@@ -1095,7 +1101,7 @@ async fn a_misspelt_stop_event_is_rejected_at_its_place_and_the_old_rules_keep_s
         .await
         .expect(201);
     advance(&d, "5h").await;
-    scheduler_settles().await;
+    settled(&d).await;
     let messages = d.messages(&p.provider, &p.conversation).await;
     assert!(
         sent_by_template(&messages, "provider_reply_reminder").is_empty(),

@@ -136,7 +136,8 @@ async fn http_send_reaches_the_stream_and_long_poll() {
             r.json::<Value>().await.expect("JSON")
         }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Sent once the poll waits, so that the answer comes from the wake-up.
+    d.metric_reaches("parleyd_long_polls_waiting", 1.0).await;
     d.send(&p.customer, &p.conversation, "c-2", "Are you there?")
         .await
         .expect(201);

@@ -189,7 +189,7 @@ async fn a_data_directory_of_another_schema_version_is_refused() {
 
     // Pretend a newer parleyd wrote it: the version is the `schema_version` key of
     // the `meta` tree, a big-endian u32 (see the layout in src/store/mod.rs).
-    {
+    let current = {
         let db = sled::open(data.path()).unwrap();
         let meta = db.open_tree("meta").unwrap();
         let current = meta.get("schema_version").unwrap().expect("a version");
@@ -197,7 +197,8 @@ async fn a_data_directory_of_another_schema_version_is_refused() {
         meta.insert("schema_version", &999u32.to_be_bytes())
             .unwrap();
         db.flush().unwrap();
-    }
+        current
+    };
     let (status, stderr) = serve_expecting_refusal(data.path()).await;
     assert!(!status.success(), "exit status {status}");
     assert!(
@@ -206,10 +207,11 @@ async fn a_data_directory_of_another_schema_version_is_refused() {
     );
 
     // Put the version back: the data was not touched by the refused start.
+    // (Upgrades from older versions: tests/upgrade.rs, on real old data.)
     {
         let db = sled::open(data.path()).unwrap();
         let meta = db.open_tree("meta").unwrap();
-        meta.insert("schema_version", &1u32.to_be_bytes()).unwrap();
+        meta.insert("schema_version", &current).unwrap();
         db.flush().unwrap();
     }
     let d = Daemon::start_in(data.path()).await;
@@ -358,12 +360,13 @@ async fn a_made_up_http_method_does_not_become_a_metrics_label() {
 
 #[tokio::test]
 async fn a_huge_request_path_does_not_make_a_huge_log_line() {
-    let d = Daemon::start().await;
+    // The access log (one line per request) is at debug.
+    let d = Daemon::with_config(vec![("level", "\"info,parleyd::access=debug\"".into())]).await;
     // A request head over 32 KiB is refused before any route: 431.
     let huge = format!("/{}", "a".repeat(60_000));
     let reply = d.call(Method::GET, &huge, None, None).await;
     assert_eq!(reply.status, 431);
-    // One just under it is routed, and logged.
+    // One just under it is routed, and logged in the access log.
     let path = format!("/{}", "a".repeat(30_000));
     let reply = d.call(Method::GET, &path, None, None).await;
     assert_eq!(reply.status, 404);

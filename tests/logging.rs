@@ -54,6 +54,7 @@ fn a_warning_repeated_by_a_client_is_written_a_few_times_a_minute_then_counted()
         EnvFilter::new("info"),
         move || writer.clone(),
         LogThrottle::new(3, Duration::from_secs(60), clock),
+        false,
     );
     tracing::subscriber::set_global_default(subscriber).unwrap();
 

@@ -6,13 +6,13 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::python::{python3, python_packages};
+use common::receiver::*;
 use common::*;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -20,105 +20,6 @@ use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789";
-
-// ---------------------------------------------------------------- receivers
-
-/// One request the HTTP receiver got.
-#[derive(Debug, Clone)]
-struct Hit {
-    headers: HashMap<String, String>,
-    raw: Vec<u8>,
-    body: Value,
-    /// What the receiver answered.
-    status: u16,
-}
-
-/// An HTTP server that records every POST, answering 200 unless told to fail.
-#[derive(Clone)]
-struct Receiver {
-    base: String,
-    hits: Arc<Mutex<HashMap<String, Vec<Hit>>>>,
-    /// Per path: how many more requests to fail, and with which status.
-    failing: Arc<Mutex<HashMap<String, (u32, u16)>>>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        use warp::Filter;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let receiver = Receiver {
-            base,
-            hits: Arc::default(),
-            failing: Arc::default(),
-        };
-        let state = receiver.clone();
-        let route = warp::post()
-            .and(warp::path::full())
-            .and(warp::header::headers_cloned())
-            .and(warp::body::bytes())
-            .map(
-                move |path: warp::path::FullPath,
-                      headers: warp::http::HeaderMap,
-                      body: bytes::Bytes| {
-                    let path = path.as_str().to_owned();
-                    let status = match state.failing.lock().unwrap().get_mut(&path) {
-                        Some((left, status)) if *left > 0 => {
-                            *left -= 1;
-                            *status
-                        }
-                        _ => 200,
-                    };
-                    let hit = Hit {
-                        headers: headers
-                            .iter()
-                            .map(|(k, v)| {
-                                (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
-                            })
-                            .collect(),
-                        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-                        raw: body.to_vec(),
-                        status,
-                    };
-                    state
-                        .hits
-                        .lock()
-                        .unwrap()
-                        .entry(path)
-                        .or_default()
-                        .push(hit);
-                    warp::reply::with_status("", warp::http::StatusCode::from_u16(status).unwrap())
-                },
-            );
-        tokio::spawn(warp::serve(route).incoming(listener).run());
-        receiver
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// The next `times` requests to `path` get `status`.
-    fn fail(&self, path: &str, times: u32, status: u16) {
-        self.failing
-            .lock()
-            .unwrap()
-            .insert(path.to_owned(), (times, status));
-    }
-
-    fn hits(&self, path: &str) -> Vec<Hit> {
-        self.hits
-            .lock()
-            .unwrap()
-            .get(path)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn hits_for(&self, path: &str, pred: impl Fn(&Hit) -> bool) -> Vec<Hit> {
-        self.hits(path).into_iter().filter(|h| pred(h)).collect()
-    }
-}
 
 /// aiosmtpd's version, pinned so every run tests against the same server.
 const AIOSMTPD: &str = "aiosmtpd==1.4.6";
@@ -207,23 +108,99 @@ const CUSTOMER_PHONE: &str = "+33600000001";
 /// A daemon with the shipped rules on a manual clock, delivering to `http`
 /// and the SMTP server on `smtp_port`.
 async fn launch(data_dir: Option<PathBuf>, http: &Receiver, smtp_port: u16) -> Daemon {
+    let mut config = endpoints(http);
+    config.push(("smtp_url", format!("smtp://127.0.0.1:{smtp_port}")));
     Daemon::launch(Launch {
         data_dir,
         automation: true,
-        config: vec![
-            ("clock", "manual".into()),
-            ("smtp_url", format!("smtp://127.0.0.1:{smtp_port}")),
-            ("push_url", http.url("/push")),
-            ("sms_url", http.url("/sms")),
-            ("webhook_url", http.url("/webhook")),
-            ("webhook_secret", WEBHOOK_SECRET.into()),
-            ("max_attempts", "4".into()),
-            ("retry_base", "10s".into()),
-            ("retry_max", "1m".into()),
-        ],
+        config,
         ..Launch::default()
     })
     .await
+}
+
+/// Config edits: a manual clock, push, SMS and webhooks to `http`, four
+/// attempts 10 s apart doubling up to a minute.
+fn endpoints(http: &Receiver) -> Vec<(&'static str, String)> {
+    vec![
+        ("clock", "manual".into()),
+        ("push_url", http.url("/push")),
+        ("sms_url", http.url("/sms")),
+        ("webhook_url", http.url("/webhook")),
+        ("webhook_secret", WEBHOOK_SECRET.into()),
+        ("max_attempts", "4".into()),
+        ("retry_base", "10s".into()),
+        ("retry_max", "1m".into()),
+    ]
+}
+
+/// The shipped routing.
+fn shipped_routing() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rules/routing.yaml")).unwrap()
+}
+
+/// A lighter world: no SMTP server; the clock pinned to midsummer
+/// ([`pin_to_midsummer`]: noon UTC, 14:00 in Paris), at `t0`.
+struct Lite {
+    d: Daemon,
+    http: Receiver,
+    p: Pair,
+    t0: jiff::Timestamp,
+    _rules: Option<tempfile::TempDir>,
+}
+
+impl Lite {
+    /// `t0` plus `minutes`, in milliseconds since the epoch (as `due_ms`).
+    fn ms(&self, minutes: i64) -> i64 {
+        (self.t0 + jiff::SignedDuration::from_mins(minutes)).as_millisecond()
+    }
+
+    /// `t0` plus `hours`, as RFC 3339.
+    fn at(&self, hours: i64) -> String {
+        (self.t0 + jiff::SignedDuration::from_hours(hours)).to_string()
+    }
+}
+
+/// A [`Lite`] world without automation sequences: `routing` and the shipped
+/// contact policy are the only rules.
+async fn lite(routing: &str, extra: Vec<(&'static str, String)>) -> Lite {
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/rules/contact.yaml"),
+        rules.path().join("contact.yaml"),
+    )
+    .unwrap();
+    std::fs::write(rules.path().join("routing.yaml"), routing).unwrap();
+    let mut config = vec![("rules_dir", rules.path().display().to_string())];
+    config.extend(extra);
+    lite_in(Some(rules), config).await
+}
+
+/// A [`Lite`] world with every shipped rule (sequences included).
+async fn lite_shipped() -> Lite {
+    lite_in(None, Vec::new()).await
+}
+
+async fn lite_in(rules: Option<tempfile::TempDir>, extra: Vec<(&'static str, String)>) -> Lite {
+    let http = Receiver::start().await;
+    let mut config = endpoints(&http);
+    config.extend(extra);
+    let d = Daemon::launch(Launch {
+        automation: rules.is_none(),
+        config,
+        ..Launch::default()
+    })
+    .await;
+    let t0 = pin_to_midsummer(&d).await;
+    let p = pair(&d).await;
+    set_customer(&d, &p, json!({})).await;
+    Lite {
+        d,
+        http,
+        p,
+        t0,
+        _rules: rules,
+    }
 }
 
 async fn world_in(data_dir: Option<PathBuf>, http: Receiver, smtp: SmtpSink) -> World {
@@ -258,55 +235,6 @@ async fn set_customer(d: &Daemon, p: &Pair, extra: Value) {
         .expect(200);
 }
 
-/// Polls `check` until it gives a value, advancing the clock by `step` between
-/// tries when one is given.
-async fn eventually<T>(
-    what: &str,
-    d: &Daemon,
-    step: Option<&str>,
-    check: impl Fn() -> Option<T>,
-) -> T {
-    guard(what, async {
-        loop {
-            if let Some(v) = check() {
-                return v;
-            }
-            if let Some(step) = step {
-                advance(d, step).await;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-}
-
-/// The latest notification of type `kind` for `who` (operators' view).
-async fn notification_for(d: &Daemon, who: &Person, kind: &str) -> Value {
-    guard(&format!("a {kind} notification"), async {
-        loop {
-            let reply = d
-                .get(
-                    &format!("/v1/admin/users/{}/notifications", who.id),
-                    &operator().token,
-                )
-                .await;
-            reply.expect(200);
-            if let Some(n) = reply
-                .body
-                .as_array()
-                .unwrap()
-                .iter()
-                .rev()
-                .find(|n| n["type"] == kind)
-            {
-                return n.clone();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-}
-
 /// The in-app `notification` events of type `kind` on `who`'s event log.
 async fn in_app(d: &Daemon, who: &Person, kind: &str) -> Vec<Value> {
     let (events, _) = d.poll(who, 0, 0).await;
@@ -317,30 +245,39 @@ async fn in_app(d: &Daemon, who: &Person, kind: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn admin_notification(d: &Daemon, id: &str) -> Value {
-    let reply = d
-        .get(&format!("/v1/admin/notifications/{id}"), &operator().token)
-        .await;
-    reply.expect(200);
-    reply.body
+/// Waits until the outcome of an attempt at the `channel` delivery is
+/// recorded (no longer pending, or pending with the error of a retry).
+async fn attempt_outcome(d: &Daemon, id: &str, channel: &str) -> Value {
+    let n = delivery_where(d, id, channel, "an attempt's outcome", |c| {
+        c["state"] != "pending" || !c["note"].is_null()
+    })
+    .await;
+    delivery(&n, channel).clone()
 }
 
-fn delivery<'a>(notification: &'a Value, channel: &str) -> &'a Value {
-    notification["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["channel"] == channel)
-        .unwrap_or_else(|| panic!("no {channel} delivery in {notification}"))
-}
-
-/// Waits until the notification's `channel` delivery is in `state`.
-async fn delivery_state(d: &Daemon, id: &str, channel: &str, state: &str) -> Value {
-    guard(&format!("{channel} delivery to be {state}"), async {
+/// Sends `text` from the pair's provider and returns the id of the
+/// customer's notification about it.
+async fn provider_says(d: &Daemon, p: &Pair, client_id: &str, text: &str) -> String {
+    let sent = d.send(&p.provider, &p.conversation, client_id, text).await;
+    sent.expect(201);
+    let seq = sent.body["message"]["seq"].clone();
+    guard(&format!("the notification about message {seq}"), async {
         loop {
-            let n = admin_notification(d, id).await;
-            if delivery(&n, channel)["state"] == state {
-                return n;
+            let reply = d
+                .get(
+                    &format!("/v1/admin/users/{}/notifications", p.customer.id),
+                    &operator().token,
+                )
+                .await;
+            reply.expect(200);
+            if let Some(n) = reply
+                .body
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["message_seq"] == seq)
+            {
+                return n["id"].as_str().unwrap().to_owned();
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -462,6 +399,7 @@ async fn booking_confirmation_goes_out_by_email_with_its_invite_push_and_a_signe
     assert_eq!(webhook.body["subject"]["conversation_id"], w.p.conversation);
 
     // Unread 15 minutes later: the confirmation escalates to SMS, once.
+    settled(&w.d).await;
     assert!(w.http.hits("/sms").is_empty());
     let sms = eventually("the SMS fallback", &w.d, Some("5m"), || {
         w.http.hits("/sms").into_iter().next()
@@ -471,6 +409,7 @@ async fn booking_confirmation_goes_out_by_email_with_its_invite_push_and_a_signe
     advance(&w.d, "1h").await;
     let n = notification_for(&w.d, &w.p.customer, "booking_confirmation").await;
     let record = delivery_state(&w.d, n["id"].as_str().unwrap(), "sms", "delivered").await;
+    settled(&w.d).await;
     assert_eq!(delivery(&record, "sms")["attempts"], 1);
     assert_eq!(w.http.hits("/sms").len(), 1);
 }
@@ -584,6 +523,7 @@ async fn a_receiver_failing_three_times_gets_exactly_one_delivery_across_a_crash
     // More time passes: nothing is sent again.
     advance(&d, "1h").await;
     advance(&d, "1h").await;
+    settled(&d).await;
     let hits = http.hits("/push");
     let ok: Vec<&Hit> = hits.iter().filter(|h| h.status == 200).collect();
     assert_eq!(ok.len(), 1, "exactly one delivery: {hits:?}");
@@ -688,8 +628,9 @@ async fn a_permanently_failing_receiver_ends_in_the_dead_letter_list_and_can_be_
 #[tokio::test]
 async fn quiet_hours_hold_a_message_until_they_end_while_a_critical_one_goes_through() {
     let w = world().await;
-    // Quiet from an hour ago until three hours from now, in New York.
-    let now = advance(&w.d, "0s").await;
+    // Quiet from an hour ago until three hours from now, in New York, in
+    // July (no daylight-saving change in those hours).
+    let now = pin_to_midsummer(&w.d).await;
     let local = |h: i64| {
         (now + jiff::SignedDuration::from_hours(h))
             .in_tz("America/New_York")
@@ -726,6 +667,7 @@ async fn quiet_hours_hold_a_message_until_they_end_while_a_critical_one_goes_thr
     let id = n["id"].as_str().unwrap();
     // Past the read grace, still quiet: held until the quiet hours end.
     advance(&w.d, "10m").await;
+    settled(&w.d).await;
     let record = admin_notification(&w.d, id).await;
     let email = delivery(&record, "email");
     assert_eq!(email["state"], "pending");
@@ -737,6 +679,7 @@ async fn quiet_hours_hold_a_message_until_they_end_while_a_critical_one_goes_thr
         "held until the end of quiet hours ({release}), not {due}"
     );
     advance(&w.d, "2h").await;
+    settled(&w.d).await;
     assert!(!w
         .smtp
         .to(CUSTOMER_EMAIL)
@@ -787,6 +730,7 @@ async fn a_digest_gathers_three_promotions_into_one_email() {
     .expect(202);
 
     advance(&w.d, "12h").await;
+    settled(&w.d).await;
     assert!(
         w.smtp.to(CUSTOMER_EMAIL).is_empty(),
         "nothing before the window ends"
@@ -800,6 +744,7 @@ async fn a_digest_gathers_three_promotions_into_one_email() {
         assert!(digest.contains(part), "{part} in {digest}");
     }
     advance(&w.d, "2d").await;
+    settled(&w.d).await;
     assert_eq!(
         w.smtp.to(CUSTOMER_EMAIL).len(),
         1,
@@ -878,6 +823,7 @@ async fn routing_reloads_live_and_a_broken_edit_is_rejected_at_its_line() {
         ..Launch::default()
     })
     .await;
+    d.expect_log_errors("rule reload rejected");
     let p = pair(&d).await;
     set_customer(&d, &p, json!({})).await;
 
@@ -952,6 +898,8 @@ async fn a_digest_that_cannot_be_rendered_keeps_its_items_until_the_template_is_
         ..Launch::default()
     })
     .await;
+    d.expect_log_errors("Function not found: no_such_function");
+    d.expect_log_errors("digest not rendered");
     let p = pair(&d).await;
     set_customer(&d, &p, json!({})).await;
     d.post(
@@ -976,6 +924,7 @@ async fn a_digest_that_cannot_be_rendered_keeps_its_items_until_the_template_is_
         }
     })
     .await;
+    settled(&d).await;
     assert!(smtp.to(CUSTOMER_EMAIL).is_empty());
 
     // Fixed: the next try sends the digest, with the promotion in it.
@@ -986,4 +935,715 @@ async fn a_digest_that_cannot_be_rendered_keeps_its_items_until_the_template_is_
     })
     .await;
     assert!(digest.contains("Spring sale"), "{digest}");
+}
+
+/// Breakage caught: a 4xx other than 408/429 treated as worth retrying (the
+/// delivery would stay pending with a retry, attempts going up).
+#[tokio::test]
+async fn a_permanent_refusal_is_dead_at_the_first_attempt() {
+    let w = lite(&shipped_routing(), Vec::new()).await;
+    for status in [400, 401, 404, 410, 422] {
+        w.http.answer("/push", &[status]);
+        let id = provider_says(&w.d, &w.p, &format!("m{status}"), "Still free?").await;
+        advance(&w.d, "2m").await; // the read grace
+        let push = attempt_outcome(&w.d, &id, "push").await;
+        assert_eq!(push["state"], "dead", "HTTP {status}: {push}");
+        assert_eq!(push["attempts"], 1, "HTTP {status}: {push}");
+        assert!(
+            push["note"].as_str().unwrap().contains(&status.to_string()),
+            "{push}"
+        );
+        let key = format!("{id}:push");
+        let tries = w
+            .http
+            .hits_for("/push", |h| h.headers["idempotency-key"] == key);
+        assert_eq!(tries.len(), 1, "HTTP {status}: {tries:?}");
+    }
+    let outbox = w.d.get("/v1/admin/outbox", &operator().token).await;
+    outbox.expect(200);
+    assert_eq!(
+        outbox.body["dead"].as_array().unwrap().len(),
+        5,
+        "{}",
+        outbox.body
+    );
+}
+
+/// Breakage caught: 408 or 429 treated as permanent (dead at the first
+/// attempt), or a retry under a new idempotency key.
+#[tokio::test]
+async fn a_timeout_throttling_and_a_server_error_are_retried_under_the_same_key() {
+    let w = lite(&shipped_routing(), Vec::new()).await;
+    w.http.answer("/push", &[408, 429, 503]);
+    let id = provider_says(&w.d, &w.p, "m1", "See you at the pier").await;
+    advance(&w.d, "2m").await;
+    for (attempt, status) in [(1, 408), (2, 429), (3, 503)] {
+        let record = delivery_where(
+            &w.d,
+            &id,
+            "push",
+            &format!("the outcome of HTTP {status}"),
+            |c| {
+                c["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains(&status.to_string()))
+            },
+        )
+        .await;
+        let push = delivery(&record, "push");
+        assert_eq!(push["state"], "pending", "after HTTP {status}: {push}");
+        assert_eq!(push["attempts"], attempt, "{push}");
+        assert!(
+            push["note"].as_str().unwrap().contains(&status.to_string()),
+            "{push}"
+        );
+        if status != 503 {
+            // Wait for the retry to be made before looking again.
+            eventually("the next attempt", &w.d, Some("20s"), || {
+                (w.http.hits("/push").len() > attempt as usize).then_some(())
+            })
+            .await;
+        }
+    }
+    eventually("the fourth attempt", &w.d, Some("20s"), || {
+        (w.http.hits("/push").len() == 4).then_some(())
+    })
+    .await;
+    let record = delivery_state(&w.d, &id, "push", "delivered").await;
+    assert_eq!(delivery(&record, "push")["attempts"], 4);
+    let hits = w.http.hits("/push");
+    let statuses: Vec<u16> = hits.iter().map(|h| h.status).collect();
+    assert_eq!(statuses, [408, 429, 503, 200]);
+    for (result, count) in [("retry", 3.0), ("delivered", 1.0)] {
+        let series = format!("parleyd_deliveries_total{{channel=\"push\",result=\"{result}\"}}");
+        w.d.metric_reaches(&series, count).await;
+    }
+    // From the message (at the pinned time) to the push service's 200.
+    let seconds = "parleyd_notification_delivery_seconds_count{channel=\"push\"}";
+    w.d.metric_reaches(seconds, 1.0).await;
+    let key = format!("{id}:push");
+    for hit in &hits {
+        assert_eq!(hit.headers["idempotency-key"], key);
+        assert_eq!(hit.body["id"], key.as_str(), "the body's id is the key");
+    }
+    // The documented push body.
+    let body = &hits[3].body;
+    let mut fields: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "body",
+            "conversation_id",
+            "created_at",
+            "id",
+            "message_seq",
+            "notification_id",
+            "priority",
+            "title",
+            "type",
+            "user_id"
+        ],
+        "{body}"
+    );
+    assert_eq!(body["notification_id"], id.as_str());
+    assert_eq!(body["user_id"], w.p.customer.id);
+    assert_eq!(body["conversation_id"], w.p.conversation);
+    assert_eq!(body["title"], "New message from Pablo");
+    assert_eq!(body["body"], "Pablo: See you at the pier");
+}
+
+/// Breakage caught: a re-drive that keeps the attempts used up (the
+/// delivery would die again after one more try, not four).
+#[tokio::test]
+async fn a_redriven_delivery_gets_its_full_attempts_again() {
+    let w = lite(&shipped_routing(), Vec::new()).await;
+    w.http.fail("/push", 1000, 503);
+    let id = provider_says(&w.d, &w.p, "m1", "Are you still interested?").await;
+    eventually("four failed attempts", &w.d, Some("1m"), || {
+        (w.http.hits("/push").len() == 4).then_some(())
+    })
+    .await;
+    let record = delivery_state(&w.d, &id, "push", "dead").await;
+    assert_eq!(delivery(&record, "push")["attempts"], 4);
+
+    w.d.post(
+        &format!("/v1/admin/outbox/dead/{id}/push/redrive"),
+        &operator().token,
+        json!({}),
+    )
+    .await
+    .expect(200);
+    let record = guard("the re-driven delivery to die again", async {
+        loop {
+            advance(&w.d, "1m").await;
+            let n = admin_notification(&w.d, &id).await;
+            if delivery(&n, "push")["state"] == "dead" {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(delivery(&record, "push")["attempts"], 4, "{record}");
+    assert_eq!(w.http.hits("/push").len(), 8);
+}
+
+/// `fallback: {unless: delivered}`. Breakage caught: the condition ignored
+/// (an SMS although the push arrived), or a dead push counted as delivered.
+#[tokio::test]
+async fn a_fallback_unless_delivered_goes_out_only_when_nothing_was_delivered() {
+    let routing = "\
+notifications:
+  - name: new_message
+    on: [message_sent]
+    to: recipient
+    priority: high
+    channels: [push]
+    template: notify_new_message
+    fallback: {after: 15m, unless: delivered, channels: [sms]}
+";
+    let w = lite(routing, Vec::new()).await;
+
+    let delivered = provider_says(&w.d, &w.p, "m1", "The push will arrive").await;
+    delivery_state(&w.d, &delivered, "push", "delivered").await;
+    advance(&w.d, "16m").await;
+    let record = delivery_state(&w.d, &delivered, "sms", "suppressed").await;
+    assert!(
+        delivery(&record, "sms")["note"]
+            .as_str()
+            .unwrap()
+            .contains("delivered"),
+        "{record}"
+    );
+
+    w.http.answer("/push", &[400]);
+    let refused = provider_says(&w.d, &w.p, "m2", "The push will be refused").await;
+    delivery_state(&w.d, &refused, "push", "dead").await;
+    advance(&w.d, "16m").await;
+    let record = delivery_where(&w.d, &refused, "sms", "decided", |c| {
+        c["state"] != "pending"
+    })
+    .await;
+    assert_eq!(delivery(&record, "sms")["state"], "delivered", "{record}");
+    let sms = w.http.hits("/sms");
+    assert_eq!(sms.len(), 1, "only the refused push escalates: {sms:?}");
+    assert_eq!(sms[0].body["to"], CUSTOMER_PHONE);
+    assert_eq!(sms[0].headers["idempotency-key"], format!("{refused}:sms"));
+    assert_eq!(sms[0].body["id"], format!("{refused}:sms"));
+    assert_eq!(sms[0].body["priority"], "high");
+    assert!(sms[0].body["text"]
+        .as_str()
+        .unwrap()
+        .contains("The push will be refused"));
+}
+
+/// What a receiver checks on every webhook, as README says to: the event's
+/// name in `Parleyd-Event` and the body, the signature over the raw body,
+/// a fresh timestamp, the idempotency key. Returns the body.
+fn assert_webhook(hit: &Hit, event: &str, now: jiff::Timestamp) -> Value {
+    let body = &hit.body;
+    assert_eq!(hit.headers["parleyd-event"], body["type"].as_str().unwrap());
+    let named = body["type"] == event
+        || body["aliases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == event);
+    assert!(named, "{event} in {body}");
+    assert!(verify_signature(hit), "{event}: {:?}", hit.headers);
+    let mut forged = hit.clone();
+    forged.raw.push(b' ');
+    assert!(!verify_signature(&forged), "a changed body must not verify");
+    let stamp: i64 = hit.headers["parleyd-timestamp"].parse().unwrap();
+    assert!(
+        (stamp - now.as_second()).abs() <= 300,
+        "{event}: timestamp {stamp} is not the daemon's now ({now})"
+    );
+    let id = body["id"].as_str().unwrap();
+    assert_eq!(hit.headers["idempotency-key"], format!("{id}:webhook"));
+    assert_eq!(hit.headers["content-type"], "application/json");
+    for field in ["occurred_at", "subject", "data"] {
+        assert!(body.get(field).is_some(), "{event}: no {field} in {body}");
+    }
+    body.clone()
+}
+
+/// Every event of the shipped `webhooks:` list. Breakage caught: an event
+/// left out, a header missing, a signature over anything but the raw body.
+#[tokio::test]
+async fn every_shipped_webhook_event_is_posted_signed_with_its_headers() {
+    let w = lite(&shipped_routing(), Vec::new()).await;
+    let now = advance(&w.d, "0s").await;
+    let webhook = |event: &'static str| {
+        let http = w.http.clone();
+        move || {
+            http.hits_for("/webhook", |h| {
+                h.body["type"] == event
+                    || h.body["aliases"]
+                        .as_array()
+                        .is_some_and(|a| a.contains(&json!(event)))
+            })
+            .into_iter()
+            .next()
+        }
+    };
+
+    w.d.send(&w.p.customer, &w.p.conversation, "c1", "Is Friday free?")
+        .await
+        .expect(201);
+    let hit = eventually("inquiry_received", &w.d, None, webhook("inquiry_received")).await;
+    let body = assert_webhook(&hit, "inquiry_received", now);
+    assert_eq!(body["subject"]["conversation_id"], w.p.conversation);
+
+    let booking = common::book(&w.d, &w.p.conversation, &w.at(240), &w.at(243)).await;
+    let hit = eventually("booking_created", &w.d, None, webhook("booking_created")).await;
+    assert_webhook(&hit, "booking_created", now);
+    w.d.patch(
+        &format!("/v1/bookings/{booking}"),
+        SERVICE_KEY,
+        json!({"stage": "preparation"}),
+    )
+    .await
+    .expect(200);
+    let hit = eventually("booking_updated", &w.d, None, webhook("booking_updated")).await;
+    let body = assert_webhook(&hit, "booking_updated", now);
+    assert!(
+        body["aliases"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("booking_preparation")),
+        "{body}"
+    );
+
+    for signal in ["explicit_decline", "provider_unavailable"] {
+        w.d.post(
+            "/v1/signals",
+            SERVICE_KEY,
+            json!({"type": signal, "user_id": w.p.customer.id,
+                   "conversation_id": w.p.conversation, "data": {"reason": "a test"}}),
+        )
+        .await
+        .expect(202);
+        let hit = eventually(signal, &w.d, None, webhook(signal)).await;
+        let body = assert_webhook(&hit, signal, now);
+        assert_eq!(body["data"]["reason"], "a test", "{body}");
+    }
+}
+
+/// Quiet hours are read when a delivery falls due, not when it was routed.
+/// Breakage caught: preferences captured at routing time (the push would go
+/// out when the grace ends, or at the first window's end).
+#[tokio::test]
+async fn quiet_hours_set_or_moved_after_routing_apply_to_the_waiting_delivery() {
+    let w = lite(&shipped_routing(), Vec::new()).await;
+    let id = provider_says(&w.d, &w.p, "m1", "Two seats left").await;
+    // In the read grace, the customer turns on quiet hours around now
+    // (14:00 in Paris): until 17:00 Paris, 15:00 UTC.
+    set_customer(
+        &w.d,
+        &w.p,
+        json!({"quiet_hours": {"start": "13:00", "end": "17:00"}}),
+    )
+    .await;
+    advance(&w.d, "5m").await;
+    let record = delivery_where(&w.d, &id, "push", "held", |c| c["due_ms"] != w.ms(2)).await;
+    let push = delivery(&record, "push");
+    assert_eq!(push["state"], "pending", "{push}");
+    assert_eq!(push["attempts"], 0, "{push}");
+    assert_eq!(push["due_ms"], w.ms(180), "held until 17:00 Paris: {push}");
+
+    // While it waits, the window is stretched to 18:00: when 17:00 comes,
+    // it is held again.
+    set_customer(
+        &w.d,
+        &w.p,
+        json!({"quiet_hours": {"start": "13:00", "end": "18:00"}}),
+    )
+    .await;
+    advance(&w.d, "175m").await;
+    let record = delivery_where(&w.d, &id, "push", "held again", |c| {
+        c["due_ms"] != w.ms(180)
+    })
+    .await;
+    let push = delivery(&record, "push");
+    assert_eq!(push["state"], "pending", "{push}");
+    assert_eq!(push["due_ms"], w.ms(240), "held until 18:00 Paris: {push}");
+    assert!(w.http.hits("/push").is_empty());
+
+    advance(&w.d, "60m").await;
+    let record = delivery_where(&w.d, &id, "push", "decided", |c| c["state"] != "pending").await;
+    assert_eq!(delivery(&record, "push")["state"], "delivered", "{record}");
+    assert_eq!(w.http.hits("/push").len(), 1);
+    let held = "parleyd_deliveries_total{channel=\"push\",result=\"held\"}";
+    w.d.metric_reaches(held, 2.0).await; // held twice
+}
+
+/// The in-app channel: a `notification` frame on the recipient's stream at
+/// once, even in quiet hours, and the same event on long-poll; a channel
+/// without an endpoint (no SMTP here) is left out. Breakage caught: in-app
+/// held by quiet hours, a frame missing a documented field, email routed
+/// without an endpoint.
+#[tokio::test]
+async fn an_in_app_notification_reaches_the_stream_at_once_even_in_quiet_hours() {
+    let w = lite(&shipped_routing(), Vec::new()).await;
+    set_customer(
+        &w.d,
+        &w.p,
+        json!({"quiet_hours": {"start": "13:00", "end": "17:00"}}),
+    )
+    .await;
+    let mut ws = w.d.ws(&w.p.customer, None).await;
+    w.d.post(
+        "/v1/signals",
+        SERVICE_KEY,
+        json!({"type": "promotion", "user_id": w.p.customer.id,
+               "data": {"title": "Kayak week", "text": "Two tours for one"}}),
+    )
+    .await
+    .expect(202);
+    let frame = ws.next_of("notification").await;
+    let shown = &frame["notification"];
+    assert_eq!(shown["type"], "promotion", "{frame}");
+    assert_eq!(shown["priority"], "low", "{frame}");
+    assert_eq!(shown["title"], "Kayak week", "{frame}");
+    assert_eq!(shown["body"], "Two tours for one", "{frame}");
+    for field in ["id", "conversation_id", "message_seq", "created_at"] {
+        assert!(shown.get(field).is_some(), "no {field} in {frame}");
+    }
+    let at = cursor(&frame);
+    let (events, _) = w.d.poll(&w.p.customer, at - 1, 0).await;
+    assert_eq!(
+        events.first(),
+        Some(&frame),
+        "long-poll carries the same event"
+    );
+
+    let record = admin_notification(&w.d, shown["id"].as_str().unwrap()).await;
+    let channels: Vec<&Value> = record["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["channel"])
+        .collect();
+    assert_eq!(channels, [&json!("in_app")], "{record}");
+    assert_eq!(delivery(&record, "in_app")["state"], "delivered");
+}
+
+/// Per-user channel preferences and addresses, read at routing time.
+/// Breakage caught: an opted-out channel or one without an address routed.
+#[tokio::test]
+async fn a_person_opted_out_of_push_or_without_an_email_is_not_routed_there() {
+    // An SMTP endpoint no one answers: the email channel is on, and these
+    // deliveries are only looked at, never awaited.
+    let w = lite(
+        &shipped_routing(),
+        vec![("smtp_url", "smtp://127.0.0.1:9".to_owned())],
+    )
+    .await;
+    let channels = |record: &Value| -> Vec<String> {
+        record["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["channel"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let both = provider_says(&w.d, &w.p, "m1", "Both channels").await;
+    assert_eq!(
+        channels(&admin_notification(&w.d, &both).await),
+        ["push", "email"]
+    );
+
+    set_customer(&w.d, &w.p, json!({"channels": {"push": false}})).await;
+    let email = provider_says(&w.d, &w.p, "m2", "Email only").await;
+    assert_eq!(channels(&admin_notification(&w.d, &email).await), ["email"]);
+
+    w.d.put(
+        &format!("/v1/users/{}", w.p.customer.id),
+        SERVICE_KEY,
+        json!({"name": "Carla", "timezone": "Europe/Paris"}),
+    )
+    .await
+    .expect(200);
+    let push = provider_says(&w.d, &w.p, "m3", "Push only").await;
+    assert_eq!(channels(&admin_notification(&w.d, &push).await), ["push"]);
+}
+
+/// The shipped routing of automated messages. Breakage caught: a nudge
+/// routed as a person's message (high, with email) or sent before its
+/// grace; a confirmation escalated to SMS although it was read in time.
+#[tokio::test]
+async fn a_nudge_is_a_medium_push_after_the_grace_and_a_confirmation_read_in_time_does_not_escalate(
+) {
+    let w = lite_shipped().await;
+    w.d.send(&w.p.customer, &w.p.conversation, "c1", "Is Friday free?")
+        .await
+        .expect(201);
+    // inquiry_follow_up answers the customer at once; its notification:
+    let n = notification_for(&w.d, &w.p.customer, "automated").await;
+    assert_eq!(n["priority"], "medium", "{n}");
+    let id = n["id"].as_str().unwrap();
+    let record = admin_notification(&w.d, id).await;
+    let push = delivery(&record, "push");
+    assert_eq!(
+        record["deliveries"].as_array().unwrap().len(),
+        1,
+        "{record}"
+    );
+    assert_eq!(push["due_ms"], w.ms(2), "after the read grace: {push}");
+    advance(&w.d, "2m").await;
+    let sent = eventually("the nudge's push", &w.d, None, || {
+        w.http
+            .hits_for("/push", |h| h.body["notification_id"] == id)
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(sent.body["priority"], "medium");
+    assert_eq!(sent.body["title"], "Sunset kayak tour");
+    assert!(
+        sent.body["body"]
+            .as_str()
+            .unwrap()
+            .starts_with("Thanks Carla!"),
+        "{}",
+        sent.body
+    );
+
+    common::book(&w.d, &w.p.conversation, &w.at(240), &w.at(243)).await;
+    let n = notification_for(&w.d, &w.p.customer, "booking_confirmation").await;
+    let id = n["id"].as_str().unwrap();
+    // The first matching rule decides: the confirmation, also an automated
+    // message, is not notified a second time as one.
+    settled(&w.d).await;
+    let listed =
+        w.d.get(
+            &format!("/v1/admin/users/{}/notifications", w.p.customer.id),
+            &operator().token,
+        )
+        .await;
+    let about: Vec<&Value> = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["message_seq"] == n["message_seq"])
+        .collect();
+    assert_eq!(about.len(), 1, "{about:?}");
+    w.d.read(
+        &w.p.customer,
+        &w.p.conversation,
+        n["message_seq"].as_u64().unwrap(),
+    )
+    .await
+    .expect(200);
+    advance(&w.d, "16m").await;
+    let record = delivery_where(&w.d, id, "sms", "decided", |c| c["state"] != "pending").await;
+    let sms = delivery(&record, "sms");
+    assert_eq!(sms["state"], "suppressed", "{record}");
+    assert!(sms["note"].as_str().unwrap().contains("read"), "{sms}");
+    settled(&w.d).await;
+    assert!(w.http.hits("/sms").is_empty());
+    let suppressed = "parleyd_deliveries_total{channel=\"sms\",result=\"suppressed\"}";
+    w.d.metric_reaches(suppressed, 1.0).await;
+}
+
+/// Breakage caught: a network error (no HTTP answer at all) taken as
+/// permanent, or as delivered.
+#[tokio::test]
+async fn a_network_error_is_retried() {
+    // A "push service" that accepts connections and closes them unanswered.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/push", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            drop(socket);
+        }
+    });
+    let w = lite(&shipped_routing(), vec![("push_url", url)]).await;
+    let id = provider_says(&w.d, &w.p, "m1", "Anyone there?").await;
+    advance(&w.d, "2m").await;
+    let push = attempt_outcome(&w.d, &id, "push").await;
+    assert_eq!(push["state"], "pending", "{push}");
+    assert_eq!(push["attempts"], 1, "{push}");
+    let record = guard("a second attempt", async {
+        loop {
+            advance(&w.d, "20s").await;
+            let n = admin_notification(&w.d, &id).await;
+            if delivery(&n, "push")["attempts"].as_u64() >= Some(2) {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_ne!(delivery(&record, "push")["state"], "delivered", "{record}");
+}
+
+/// A template with a gap raises nothing, and says so. Breakage caught: a
+/// notification sent with the gap in it, or dropped without a trace.
+#[tokio::test]
+async fn a_notification_whose_template_has_a_gap_is_not_raised_but_counted_and_logged() {
+    let w = lite(&shipped_routing(), Vec::new()).await;
+    let mut ws = w.d.ws(&w.p.customer, None).await;
+    // notify_promotion reads event.data.title: absent here.
+    w.d.post(
+        "/v1/signals",
+        SERVICE_KEY,
+        json!({"type": "promotion", "user_id": w.p.customer.id, "data": {"text": "no title"}}),
+    )
+    .await
+    .expect(202);
+    w.d.metric_reaches(
+        "parleyd_notifications_total{type=\"promotion\",result=\"skipped\"}",
+        1.0,
+    )
+    .await;
+    assert!(
+        w.d.log().contains("notification not raised"),
+        "{}",
+        w.d.log()
+    );
+    settled(&w.d).await;
+    let listed =
+        w.d.get(
+            &format!("/v1/admin/users/{}/notifications", w.p.customer.id),
+            &operator().token,
+        )
+        .await;
+    assert_eq!(listed.body, json!([]), "nothing raised");
+    // The next, complete one is the first notification the app gets.
+    w.d.post(
+        "/v1/signals",
+        SERVICE_KEY,
+        json!({"type": "promotion", "user_id": w.p.customer.id,
+               "data": {"title": "Kayak week", "text": "Two for one"}}),
+    )
+    .await
+    .expect(202);
+    let frame = ws.next_of("notification").await;
+    assert_eq!(frame["notification"]["title"], "Kayak week", "{frame}");
+}
+
+/// The email of a person's message. Breakage caught: the message's text
+/// unescaped in the HTML part (markup injected into the recipient's mail),
+/// a Message-ID that is not the documented idempotency key.
+#[tokio::test]
+async fn a_message_email_escapes_its_html_part_and_carries_its_message_id() {
+    let w = world().await;
+    let text = "Bring <b>sunscreen</b> & a hat";
+    w.d.send(&w.p.provider, &w.p.conversation, "m1", text)
+        .await
+        .expect(201);
+    let n = notification_for(&w.d, &w.p.customer, "new_message").await;
+    let mail = eventually("the email", &w.d, Some("1m"), || {
+        w.smtp.mails_to(CUSTOMER_EMAIL).into_iter().next()
+    })
+    .await;
+    let raw = mail["data"].as_str().unwrap();
+    let message_id = format!("<{}.email@parleyd>", n["id"].as_str().unwrap());
+    assert!(
+        raw.lines()
+            .any(|l| l.eq_ignore_ascii_case(&format!("Message-ID: {message_id}"))),
+        "{raw}"
+    );
+    let part = |kind: &str| {
+        mail["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["content_type"] == kind)
+            .and_then(|p| p["text"].as_str())
+            .unwrap_or_else(|| panic!("no {kind} part: {mail}"))
+            .to_owned()
+    };
+    let html = part("text/html");
+    assert!(
+        html.contains("Bring &lt;b&gt;sunscreen&lt;/b&gt; &amp; a hat"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<strong>Pablo</strong>"),
+        "the template's own markup: {html}"
+    );
+    assert!(part("text/plain").contains(text));
+}
+
+/// Waits until `who`'s app has shown the in-app notification titled `title`.
+async fn in_app_shown(d: &Daemon, who: &Person, title: &str) {
+    guard(&format!("the in-app notification {title}"), async {
+        while !in_app(d, who, "promotion")
+            .await
+            .iter()
+            .any(|n| n["title"] == title)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// A digest falling due in quiet hours set after its items were routed
+/// waits for their end. Breakage caught: quiet hours read only when the
+/// items were routed, the digest raised in the middle of the day's quiet.
+#[tokio::test]
+async fn a_digest_due_in_quiet_hours_goes_out_when_they_end() {
+    // Nothing answers SMTP here: the digest's raising is what is looked at.
+    let w = lite(
+        &shipped_routing(),
+        vec![("smtp_url", "smtp://127.0.0.1:9".to_owned())],
+    )
+    .await;
+    w.d.post(
+        "/v1/signals",
+        SERVICE_KEY,
+        json!({"type": "promotion", "user_id": w.p.customer.id,
+               "data": {"title": "Kayak week", "text": "Two for one"}}),
+    )
+    .await
+    .expect(202);
+    in_app_shown(&w.d, &w.p.customer, "Kayak week").await;
+    // Only then quiet hours, from 13:00 to 17:00 in Paris: the digest, due
+    // 24 hours after the promotion (14:00 Paris tomorrow), falls inside.
+    set_customer(
+        &w.d,
+        &w.p,
+        json!({"quiet_hours": {"start": "13:00", "end": "17:00"}}),
+    )
+    .await;
+    advance(&w.d, "24h").await;
+    let digest = guard("the digest", async {
+        loop {
+            let listed =
+                w.d.get(
+                    &format!("/v1/admin/users/{}/notifications", w.p.customer.id),
+                    &operator().token,
+                )
+                .await;
+            if let Some(n) = listed
+                .body
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["type"] == "digest")
+            {
+                return n.clone();
+            }
+            advance(&w.d, "30m").await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let raised: jiff::Timestamp = digest["created_at"].as_str().unwrap().parse().unwrap();
+    let end = w.ms(24 * 60 + 180); // 17:00 Paris tomorrow
+    assert!(
+        raised.as_millisecond() >= end,
+        "raised at {raised}, before the quiet hours ended"
+    );
 }

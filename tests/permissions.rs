@@ -241,6 +241,13 @@ const ACCESS: &[Row] = &[
         allowed: 200,
     },
     Row {
+        method: "GET",
+        path: "/v1/admin/pipeline/settled",
+        who: Who::Operator,
+        body: none,
+        allowed: 200,
+    },
+    Row {
         method: "PUT",
         path: "/v1/admin/pipeline/components/{name}/fault",
         who: Who::Operator,

@@ -161,6 +161,7 @@ async fn in_normal_operation_health_is_ok_and_the_pipeline_is_reported() {
 #[tokio::test]
 async fn a_killed_scheduler_is_named_while_down_then_restarted_and_counted() {
     let d = start().await;
+    d.expect_log_errors("component stopped; restarting it");
     let p = pair(&d).await;
     d.send(&p.customer, &p.conversation, "q-1", "Hi! Free in May?")
         .await
@@ -237,6 +238,7 @@ async fn a_killed_scheduler_is_named_while_down_then_restarted_and_counted() {
 #[tokio::test]
 async fn a_killed_engine_is_restarted_and_counted_and_waiting_events_are_shown() {
     let d = start().await;
+    d.expect_log_errors("component stopped; restarting it");
     let p = pair(&d).await;
     fault(&d, "engine", true).await.expect(200);
     fault(&d, "scheduler", true).await.expect(200);
@@ -258,6 +260,19 @@ async fn a_killed_engine_is_restarted_and_counted_and_waiting_events_are_shown()
     assert!(
         report["events"]["oldest_age_seconds"].as_f64().unwrap() >= 60.0,
         "{report}"
+    );
+    // Not settled while the event waits, even after a wait: what waits is named.
+    let unsettled = d
+        .get("/v1/admin/pipeline/settled?wait=1", &operator().token)
+        .await;
+    unsettled.expect(200);
+    assert_eq!(unsettled.body["settled"], false, "{}", unsettled.body);
+    assert!(
+        unsettled.body["waiting"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("event ")),
+        "{}",
+        unsettled.body
     );
 
     fault(&d, "engine", false).await.expect(200);
@@ -290,12 +305,8 @@ async fn a_killed_engine_is_restarted_and_counted_and_waiting_events_are_shown()
         }
     })
     .await;
-    guard("the backlog of events to drain", async {
-        while pipeline(&d).await["events"]["waiting"] != 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    settled(&d).await;
+    assert_eq!(pipeline(&d).await["events"]["waiting"], 0);
 }
 
 #[tokio::test]
@@ -327,6 +338,7 @@ async fn the_restarted_rule_reloader_catches_up_on_edits_and_sighup_reloads() {
         ..Launch::default()
     })
     .await;
+    d.expect_log_errors("component stopped; restarting it");
 
     fault(&d, "rules.reload", true).await.expect(200);
     health_until(&d, "/healthz to name the reloader", |status, body| {
@@ -470,6 +482,13 @@ async fn a_lane_whose_endpoint_hangs_is_named_stuck_until_it_moves_again() {
     assert_eq!(lane["state"], "stuck", "{lane}");
     assert!(lane["waiting_seconds"].as_f64().unwrap() >= 1.0, "{lane}");
     assert_eq!(lane["restarts"], 0, "{lane}");
+    // The hanging attempt has moved its entry to the end of its lease: only
+    // the count of deliveries in flight keeps the pipeline from settling.
+    let unsettled = d.get("/v1/admin/pipeline/settled", &operator().token).await;
+    assert_eq!(
+        unsettled.body,
+        json!({"settled": false, "now": unsettled.body["now"], "waiting": "webhook: 1 in flight"})
+    );
 
     webhook.release.send_replace(true);
     health_until(

@@ -224,6 +224,13 @@ pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Respo
         .and(with_app.clone())
         .and(who.clone())
         .then(admin_pipeline);
+    let admin_pipeline_settled = v1
+        .and(warp::path!("admin" / "pipeline" / "settled"))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(warp::query::<SettleQuery>())
+        .then(admin_pipeline_settled);
     let admin_fault = v1
         .and(warp::path!(
             "admin" / "pipeline" / "components" / String / "fault"
@@ -305,6 +312,8 @@ pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Respo
         .or(admin_user_notifications)
         .unify()
         .or(admin_pipeline)
+        .unify()
+        .or(admin_pipeline_settled)
         .unify()
         .or(admin_fault)
         .unify()
@@ -618,6 +627,32 @@ pub async fn admin_pipeline(app: Arc<App>, who: Auth) -> Response {
         Ok(caller) => tokio::task::spawn_blocking(move || app.pipeline(caller))
             .await
             .unwrap_or_else(|e| Err(ApiError::Internal(e.to_string()))),
+        Err(e) => Err(e),
+    };
+    respond(StatusCode::OK, result)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SettleQuery {
+    /// Wait up to this many seconds for the pipeline to settle (default 0:
+    /// answer at once; more than 60 waits 60).
+    pub wait: Option<u64>,
+}
+
+/// Whether the pipeline has settled: every domain event committed before the
+/// answer processed, every timer due on the daemon's clock fired, every due
+/// outbox entry attempted and no delivery in flight (dead letters count as
+/// done). Waits up to `wait` seconds for it; answers 200 either way, with
+/// `settled` and, if not, what still waits. For tests and operators who need
+/// to know that something did *not* happen.
+#[utoipa::path(get, path = "/v1/admin/pipeline/settled", tag = "operator", params(SettleQuery),
+    responses((status = 200, body = crate::service::SettledReport)),
+    security(("bearer" = [])))]
+pub async fn admin_pipeline_settled(app: Arc<App>, who: Auth, query: SettleQuery) -> Response {
+    let result = match who {
+        Ok(caller) => app.settled(caller, query.wait).await,
         Err(e) => Err(e),
     };
     respond(StatusCode::OK, result)

@@ -106,6 +106,14 @@ pub fn routes(
             .increment(1);
             metrics::histogram!("parleyd_http_request_seconds")
                 .record(info.elapsed().as_secs_f64());
+            // The access log, off at the shipped level: inside the `request`
+            // span below, which carries the method and the bounded path.
+            tracing::debug!(
+                target: "parleyd::access",
+                status = info.status().as_u16(),
+                ms = info.elapsed().as_secs_f64() * 1000.0,
+                "answered"
+            );
         }))
         .with(warp::trace(|info| {
             tracing::info_span!(

@@ -41,6 +41,7 @@ use utoipa::{Modify, OpenApi};
         super::http::admin_pipeline_redrive,
         super::http::admin_user_notifications,
         super::http::admin_pipeline,
+        super::http::admin_pipeline_settled,
         super::http::admin_fault,
         super::stream::long_poll,
         stream_doc,

@@ -77,7 +77,9 @@ pub fn apply(tx: &AutomationTx<'_, '_>, change: &Change) -> Result<bool, TxError
 /// Applies `changes` in one writer transaction; says which took effect.
 pub async fn apply_changes(store: &Store, changes: Vec<Change>) -> Result<Vec<bool>, StoreError> {
     store
-        .transact(move |tx| changes.iter().map(|c| apply(tx, c)).collect())
+        .transact("automation", move |tx| {
+            changes.iter().map(|c| apply(tx, c)).collect()
+        })
         .await
 }
 
@@ -100,7 +102,7 @@ pub async fn fire(
     firing: Firing,
 ) -> Result<Option<Message>, StoreError> {
     store
-        .transact(move |tx| {
+        .transact("step", move |tx| {
             if !tx.armed(&timer)? {
                 return Ok(None);
             }
@@ -151,7 +153,7 @@ pub async fn redrive(
 ) -> Result<Option<crate::model::pipeline::DeadItem>, StoreError> {
     let id = id.to_owned();
     store
-        .transact(move |tx| {
+        .transact("redrive", move |tx| {
             tx.redrive(&id, &now, |dead| {
                 let timer = Timer {
                     due_ms: dead.due_ms,

@@ -66,7 +66,12 @@ impl Engine {
                     }
                 };
                 // Its failed attempts go with its timer.
-                if fire(&self.store, timer, firing).await?.is_some() || result == "skipped" {
+                let sent = fire(&self.store, timer, firing).await?;
+                if let Some(message) = &sent {
+                    let step = message.automation.as_ref().map(|a| a.step.as_str());
+                    crate::faults::crash_point("scheduler::after_fire", step);
+                }
+                if sent.is_some() || result == "skipped" {
                     metrics::counter!("parleyd_automation_steps_total", "result" => result)
                         .increment(1);
                 }
@@ -84,7 +89,7 @@ impl Engine {
         let dead_id = uuid::Uuid::now_v7().to_string();
         let attempted = self
             .store
-            .transact(move |tx| {
+            .transact("step_failure", move |tx| {
                 let held = Held::Timer(timer_owned.clone());
                 let attempted =
                     tx.record_failure(&held, None, &failure_owned, max_attempts, (&now, &dead_id))?;

@@ -725,9 +725,9 @@ mod tests {
         for s in [
             "call me at (415) 867-2671",
             "+44 7911 123456",
-            "Appelle-moi au 06 12 34 56 78",
-            "Meine Handynummer ist 0160 92912521",
-            "me liga no (21) 9 9290-7380",
+            "mon portable : 06 48 21 90 37",
+            "Handy: 0171 4419023, ab 18 Uhr",
+            "meu celular é (31) 9 8847-2210",
             "Llámame al +34 612 345 678",
             "mi número es 55 1234 5678",
             "My cell: 98765 43210",
@@ -742,14 +742,14 @@ mod tests {
     #[test]
     fn disguised() {
         for s in [
-            "text nine seven double nine two, oh three double one nine",
+            "ring six two double four eight, oh seven double three five",
             "ruf an: null eins sechs null, vier fünf sechs sieben acht neun",
-            "number's e1ght seven six sev3n fiv3, e1ght zer0 two e1ght si><",
+            "digits are sev3n zer0 e1ght, fiv3 si>< two, sev3n e1ght zer0 one",
             "call 4~0~4~3~6~5~9~0~2~4",
-            "text 2❤️2❤️4❤️4❤️8❤️6❤️9❤️7❤️6❤️4",
+            "ring 6💙4💙6💙5💙5💙5💙0💙1💙3💙2",
             "my cell 206-5o7-5676",
             "555 then 203 then 4477, you know",
-            "first part 214-313... last four 1986",
+            "area code and first three: 312-748, then 5530 to finish",
             "uno cinco cinco, dos tres cuatro, cinco seis siete ocho",
         ] {
             assert!(found(s), "{s}");
@@ -759,20 +759,20 @@ mod tests {
     #[test]
     fn not_phones() {
         for s in [
-            "Order #157054304868 arrived",
-            "The confirmation number is 5348 254 680.",
-            "Transaction ID 2833.651.464 in case support asks",
-            "Quoted $3,288.99 for the move, plus $23 per flight",
-            "calendar shows 11/04/2026 to 14.12.2027 as blocked",
+            "parcel #228190477312 came today",
+            "Reservation number 7712 409 316, just so you have it.",
+            "Payment ref 4410.982.173 from the bank",
+            "They quoted $2,140.50 for cleaning, plus $18 per room",
+            "dates 03/09/2026 to 17.09.2026 are taken",
             "we're 2 adults and 1 kid, arriving 2026-06-04 at 14:30",
             "two adults and one child, four towels",
-            "La dirección es Calle Alcalá 61, 41022 Sevilla.",
-            "tracking 4772 1509 2579 3091 4901 94",
-            "Lockbox code is 950709, the key is on the hook",
+            "Estamos en Avenida del Puerto 14, 46023 Valencia.",
+            "parcel tracking 9205 5000 1234 8812 3301 57",
+            "the key safe opens with 381604",
             "Meine Kundennummer ist 4711 0815 42",
             "Membership no. 5512 3390 871",
-            "built in 1993 and renovated in 2015",
-            "₹139,600.00 for the bookshelf",
+            "the barn dates from 1978, new roof in 2021",
+            "₹84,250.00 for the whole week",
             "the Samsung WF45T6000AW is great",
         ] {
             assert!(!found(s), "{s}");

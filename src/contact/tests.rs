@@ -41,7 +41,7 @@ fn phones_in_many_shapes() {
         "my cell: +1 (646) 555 0147",
         "ring me on 07700 900123",
         "ruf mich an: 0151 2345 6789",
-        "appelle-moi au 06 12 34 56 78 stp",
+        "tu peux m'appeler sur le 07 55 13 86 42 ce soir",
         "llámame al 612 34 56 78",
         "me liga: (11) 98765-4321",
         "Whatsapp +61 412 345 678",
@@ -64,13 +64,13 @@ fn phones_in_many_shapes() {
 #[test]
 fn emails_plain_and_disguised() {
     for t in [
-        "mail me: jane.doe88@gmail.com",
-        "jane dot doe at gmail dot com",
+        "my address is ruben.ortiz@gmail.com",
+        "ruben dot ortiz at outlook dot com",
         "jane.doe [at] outlook [dot] com",
         "jane_doe(at)web(dot)de",
         "jane.doe88 ＠ gmail．com",
         "send it to j a n e d o e @ g m a i l . c o m",
-        "my gmail is jane.doe88",
+        "gmail: ortiz.ruben, drop me a line",
         "write me at janedoe77 at yahoo",
     ] {
         assert_contact(t, ContactKind::Email);
@@ -88,11 +88,11 @@ fn links_apps_and_payments() {
     );
     assert_contact("insta: @janes.cakes", ContactKind::Social);
     assert_contact("follow me on tik tok jane_bakes", ContactKind::Social);
-    assert_contact("add me on snap: janeb_22", ContactKind::Social);
-    assert_contact("do you have WhatsApp?", ContactKind::MessagingApp);
+    assert_contact("my snap is kayla.sun_3", ContactKind::Social);
+    assert_contact("is WhatsApp ok for you?", ContactKind::MessagingApp);
     assert_contact("hit me up on telegram @janeb", ContactKind::MessagingApp);
     assert_contact("wa.me/447700900123", ContactKind::Phone);
-    assert_contact("can you Venmo me instead?", ContactKind::Payment);
+    assert_contact("would you Venmo me the rest?", ContactKind::Payment);
     assert_contact("my cashtag is $JaneB22", ContactKind::Payment);
     assert_contact("paypal.me/janeb", ContactKind::Payment);
     assert_contact("me faz um pix, chave 11987654321", ContactKind::Payment);
@@ -102,25 +102,25 @@ fn links_apps_and_payments() {
 fn ordinary_numbers_are_clean() {
     for t in [
         "It's $1,250 for the week, or €180 per night",
-        "I can do 15% off if you book 7 nights",
+        "10% less for a stay of a week or more",
         "Check-in 15:00, check-out 11am, arriving 12/06/2026",
-        "We're 2 adults and 3 kids, plus one dog",
+        "3 grown-ups, 2 teens and a cat",
         "Booking ref HMX4QZ2 / order #4455667788",
         "Tracking number 1Z999AA10123456784",
         "Confirmation no. 7731 223 918 for my records",
-        "Transaction ID 2847561930 in case support asks",
+        "bank reference 3391057264 for the deposit",
         "We're in 94107, is that in range?",
         "The Bosch SHPM65Z55N and the GE GTW465ASNWW both work",
         "Gate code is 4821#, wifi password sunny2024",
         "Rated 4.9/5 and 10/10 would stay again",
-        "Built in 1987, renovated in 2019",
+        "Dating from 1987, with a 2019 refurb",
         "The apartment is 85 m², 3rd floor, 2 bedrooms",
         "two adults and one child, four towels please",
-        "Nous sommes deux adultes et un enfant de six ans.",
+        "On arrive à trois, avec deux vélos.",
         "Llegamos el 16 de febrero a las 14:30",
         "Between 9 and 5 works, or 10:30-12:00",
         "See you tomorrow :) <3 ^_^",
-        "Flight UA 1292 lands at 6:30",
+        "our train IC 2218 gets in at 7:45",
     ] {
         assert_clean(t);
     }
@@ -129,23 +129,23 @@ fn ordinary_numbers_are_clean() {
 #[test]
 fn ordinary_words_and_platform_are_clean() {
     for t in [
-        "meet @ the station at 5",
-        "see you @5pm",
-        "My phone died, sorry for the slow reply",
-        "Cell signal is weak down by the lake",
-        "Help yourself to snap peas from the garden",
+        "see you @ the boathouse at 7",
+        "doors open @7:30pm",
+        "battery died on my phone, back now",
+        "no cell coverage on the island, fyi",
+        "snap peas and herbs in the garden are free to pick",
         "The Instant Pot is in the cupboard",
         "We live in Seattle, WA 98101",
-        "Sorry, I don't have WhatsApp, let's keep chatting here",
+        "I don't use WhatsApp, this chat is fine",
         "I'd rather pay through the app than Venmo",
-        "Send a few more pix of the bathroom please",
+        "could you send pix of the kitchen?",
         "Details at example-market.com/help and https://www.example-market.com/rooms/123456",
-        "email support@example-market.com with the photos",
+        "the help centre at support@example-market.com answered fast",
         "Drop me a line here if anything breaks",
-        "Please keep messaging me here so there's a record",
-        "You can call me with the in-app call button",
-        "Call the front desk from the room phone",
-        "In an emergency dial 911",
+        "let's keep everything in this thread for the record",
+        "tap the call button in the app when you arrive",
+        "dial reception from the phone by the bed",
+        "for emergencies ring 112",
         "ok. me too, great. net result is fine",
     ] {
         assert_clean(t);
@@ -171,7 +171,7 @@ fn spans_point_at_the_detail() {
 
 #[test]
 fn plain_detail_is_not_marked_obfuscated() {
-    let a = detector().analyze("email me at jane.doe88@gmail.com");
+    let a = detector().analyze("write to ruben.ortiz@gmail.com");
     assert_eq!(a.detections.len(), 1, "{a:?}");
     assert!(!a.detections[0].obfuscated);
 }

@@ -188,6 +188,7 @@ impl Outbox {
                 started += 1;
                 let (outbox, in_flight) = (Arc::clone(&self), Arc::clone(&in_flight));
                 tokio::spawn(async move {
+                    let dispatching = outbox.wakers.dispatching(lane);
                     // A panic must not skip the cleanup below: the entry
                     // would stay in flight, never to be dispatched again.
                     let dispatched = std::panic::AssertUnwindSafe(outbox.dispatch(lane, &entry))
@@ -206,6 +207,7 @@ impl Outbox {
                     if let Ok(mut s) = in_flight.lock() {
                         s.remove(&entry.id);
                     }
+                    drop(dispatching);
                     drop(permit);
                     outbox.wakers.lane(lane).notify_one();
                 });
@@ -287,6 +289,11 @@ impl Outbox {
             .channels
             .send(lane, &notification, user.as_ref(), now)
             .await;
+        if result.is_ok() {
+            // Accepted by the channel, not yet recorded as delivered.
+            let names = [lane.name(), notification.kind.as_str()];
+            crate::faults::crash_point("outbox::after_send", names);
+        }
         let now = self.clock.now();
         let outcome = match result {
             Ok(()) => {
@@ -426,6 +433,7 @@ impl Outbox {
                 .await;
             }
         };
+        crate::faults::crash_point("digest::before_flush", std::iter::empty());
         outbox::flush_digest(&self.store, user_id, due_ms, ids, digest, None).await?;
         self.wakers.wake_all();
         Ok(())

@@ -15,7 +15,7 @@ mod users;
 pub use clock::{ClockInput, ClockReply};
 pub use conversations::{DeliveredReply, ReadReply};
 pub use notifications::{DeadLetter, OutboxReport};
-pub use pipeline::{FaultInput, PipelineReport};
+pub use pipeline::{FaultInput, PipelineReport, SettledReport};
 pub use send::{AnalyzeInput, AnalyzeReply, SendReply};
 
 use std::num::NonZeroU32;

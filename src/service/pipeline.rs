@@ -1,5 +1,7 @@
-//! The automation pipeline for operators: components, backlog, dead items,
-//! re-drive, fault injection, the rule set in force.
+//! The automation pipeline for operators: components, backlog, whether it has
+//! settled, dead items, re-drive, fault injection, the rule set in force.
+
+use std::time::Duration;
 
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
@@ -20,6 +22,29 @@ pub struct PipelineReport {
     pub components: Vec<ComponentReport>,
     #[serde(flatten)]
     pub backlog: Backlog,
+}
+
+/// The longest `GET /v1/admin/pipeline/settled` waits, in seconds.
+pub const SETTLE_MAX_WAIT_SECONDS: u64 = 60;
+/// How often a waiting settle call looks again: a handful of key reads.
+const SETTLE_POLL: Duration = Duration::from_millis(10);
+
+/// `GET /v1/admin/pipeline/settled`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct SettledReport {
+    /// Nothing waits: every domain event committed before the answer is
+    /// processed (or dead), every timer due on the daemon's clock has fired
+    /// (or is dead), every due outbox entry has been attempted (a retry or a
+    /// quiet-hours hold for later is done for now) and no delivery is in
+    /// flight.
+    pub settled: bool,
+    /// The daemon's clock when it answered (RFC 3339).
+    pub now: String,
+    /// What still waited when the wait ran out, e.g. `event 42`,
+    /// `timer <due ms> <instance> <step>`, `entry <due ms> <notification>`,
+    /// `push: 1 in flight`; absent when settled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// `PUT /v1/admin/pipeline/components/{name}/fault` (dev only).
@@ -54,6 +79,33 @@ impl App {
             components: self.supervisor.report(),
             backlog,
         })
+    }
+
+    /// Waits up to `wait_seconds` (capped at [`SETTLE_MAX_WAIT_SECONDS`];
+    /// 0: answers at once) for the pipeline to settle
+    /// ([`crate::pipeline::unsettled`]), so that a test or an operator can
+    /// assert that something did *not* happen once everything due has run.
+    pub async fn settled(
+        &self,
+        caller: Caller,
+        wait_seconds: Option<u64>,
+    ) -> Result<SettledReport, ApiError> {
+        caller.require(&[Role::Operator])?;
+        let wait = wait_seconds.unwrap_or(0).min(SETTLE_MAX_WAIT_SECONDS);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+        let wakers = self.engine.as_ref().map(|e| e.outbox_wakers());
+        loop {
+            let now = self.clock.now();
+            let waiting = crate::pipeline::unsettled(&self.store, wakers.as_deref(), now)?;
+            if waiting.is_none() || tokio::time::Instant::now() >= deadline {
+                return Ok(SettledReport {
+                    settled: waiting.is_none(),
+                    now: crate::model::format_time(now),
+                    waiting,
+                });
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+        }
     }
 
     /// Makes a component fail (the writer: stall) on purpose, to see

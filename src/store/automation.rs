@@ -334,17 +334,18 @@ impl Store {
         self.trees.timers.len()
     }
 
-    /// Runs `op` in one writer transaction: everything it writes through the
+    /// Runs `op`, a `what` operation (see [`super::writer::Writer::run`]), in
+    /// one writer transaction: everything it writes through the
     /// [`AutomationTx`] commits together (durably, under `group_commit`)
     /// before this returns; an error of its own is returned, with whatever it
     /// wrote before it in the batch (operations check before they write).
-    pub async fn transact<T, F>(&self, op: F) -> Result<T, StoreError>
+    pub async fn transact<T, F>(&self, what: &'static str, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: Fn(&AutomationTx<'_, '_>) -> Result<T, TxError> + Send + 'static,
     {
         self.writer
-            .run(move |tx, out| {
+            .run(what, move |tx, out| {
                 let atx = AutomationTx {
                     tx,
                     out: std::cell::RefCell::new(out),

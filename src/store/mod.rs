@@ -326,7 +326,7 @@ impl Store {
     /// `group_commit`; committed under `periodic`): an empty operation in the
     /// writer's next batch.
     pub async fn durable(&self) -> Result<(), StoreError> {
-        self.writer.run(|_, _| Ok(Ok(()))).await
+        self.writer.run("durable", |_, _| Ok(Ok(()))).await
     }
 
     /// The same store for request handlers (people and the marketplace's
@@ -433,7 +433,7 @@ impl Store {
         let (listing, customer_id, now) = (listing.clone(), customer_id.to_owned(), now.to_owned());
         let new_id = uuid::Uuid::now_v7().to_string();
         self.writer
-            .run(move |tx, out| {
+            .run("open_conversation", move |tx, out| {
                 writes::open_conversation(tx, &listing, &customer_id, &now, &new_id, out)
             })
             .await
@@ -516,7 +516,9 @@ impl Store {
     pub async fn append_message(&self, new: NewMessage) -> Result<(Stored, bool), StoreError> {
         let message_id = uuid::Uuid::now_v7().to_string();
         self.writer
-            .run(move |tx, out| writes::append_message(tx, &new, &message_id, out))
+            .run("send", move |tx, out| {
+                writes::append_message(tx, &new, &message_id, out)
+            })
             .await
     }
 
@@ -610,7 +612,9 @@ impl Store {
             now.to_owned(),
         );
         self.writer
-            .run(move |tx, out| writes::mark_read(tx, &conversation_id, &reader_id, seq, &now, out))
+            .run("read", move |tx, out| {
+                writes::mark_read(tx, &conversation_id, &reader_id, seq, &now, out)
+            })
             .await
     }
 
@@ -629,7 +633,7 @@ impl Store {
             now.to_owned(),
         );
         self.writer
-            .run(move |tx, out| {
+            .run("delivered", move |tx, out| {
                 writes::mark_delivered(tx, &conversation_id, &recipient_id, seq, &now, out)
             })
             .await
@@ -648,7 +652,9 @@ impl Store {
     ) -> Result<Conversation, StoreError> {
         let (booking, card) = (booking.clone(), card.clone());
         self.writer
-            .run(move |tx, out| writes::put_booking(tx, &booking, &card, out))
+            .run("booking", move |tx, out| {
+                writes::put_booking(tx, &booking, &card, out)
+            })
             .await
     }
 
@@ -661,7 +667,9 @@ impl Store {
     ) -> Result<(Booking, bool), StoreError> {
         let (booking, card) = (booking.clone(), card.clone());
         self.writer
-            .run(move |tx, out| writes::create_booking(tx, &booking, &card, out))
+            .run("booking", move |tx, out| {
+                writes::create_booking(tx, &booking, &card, out)
+            })
             .await
     }
 
@@ -670,7 +678,9 @@ impl Store {
     /// is not stored or queued again: the stored one is returned.
     pub async fn put_signal(&self, signal: Signal, subject: Subject) -> Result<Signal, StoreError> {
         self.writer
-            .run(move |tx, _| writes::put_signal(tx, &signal, &subject))
+            .run("signal", move |tx, _| {
+                writes::put_signal(tx, &signal, &subject)
+            })
             .await
     }
 

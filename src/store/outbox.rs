@@ -389,7 +389,9 @@ impl Store {
         F: Fn(&mut OutboxTx<'_, '_>) -> Result<T, TxError> + Send + 'static,
     {
         self.writer
-            .run(move |tx, out| TxError::into_op(step(&mut OutboxTx { tx, out })))
+            .run("outbox", move |tx, out| {
+                TxError::into_op(step(&mut OutboxTx { tx, out }))
+            })
             .await
     }
 

@@ -261,7 +261,7 @@ impl Store {
     ) -> Result<Attempted, StoreError> {
         let dead_id = uuid::Uuid::now_v7().to_string();
         self.writer
-            .run(move |tx, _| {
+            .run("failure", move |tx, _| {
                 record_failure(
                     tx,
                     &held,

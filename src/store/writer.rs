@@ -79,9 +79,12 @@ trait Job: Send {
     ) -> Result<(), UnabortableTransactionError>;
     /// Answers the caller once its transaction is durable, or failed as a whole.
     fn finish(self: Box<Self>, failure: Option<&StoreError>);
+    /// What the operation is, for logs and fault points (see [`Writer::run`]).
+    fn what(&self) -> &'static str;
 }
 
 struct Pending<T, F> {
+    what: &'static str,
     op: F,
     outcome: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
@@ -114,6 +117,10 @@ where
             (None, None) => Err(StoreError::Flush("operation was not applied".into())),
         };
         let _ = self.reply.send(result);
+    }
+
+    fn what(&self) -> &'static str {
+        self.what
     }
 }
 
@@ -283,11 +290,13 @@ impl Writer {
             })
     }
 
-    /// Runs `op` in the next batch; resolves once its effects are durable (under
-    /// `group_commit`) and published. Fails at once with
-    /// [`StoreError::Overloaded`] on a [`Writer::refusing`] handle while the
-    /// queue is full.
-    pub async fn run<T, F>(&self, op: F) -> Result<T, StoreError>
+    /// Runs `op`, an operation of kind `what` (such as `send` or `step`:
+    /// named in the log of a failed batch, and the names the fault point
+    /// `writer::before_flush` is armed with), in the next batch; resolves once
+    /// its effects are durable (under `group_commit`) and published. Fails at
+    /// once with [`StoreError::Overloaded`] on a [`Writer::refusing`] handle
+    /// while the queue is full.
+    pub async fn run<T, F>(&self, what: &'static str, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: Fn(&Tx<'_>, &mut Vec<Delivery>) -> OpResult<T> + Send + 'static,
@@ -295,6 +304,7 @@ impl Writer {
         let stopped = || StoreError::Flush("the writer has stopped".into());
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Pending {
+            what,
             op,
             outcome: None,
             reply,
@@ -514,6 +524,15 @@ fn write_loop(
         let applied = state.apply(trees, batch);
         let _down_if_it_panics_now = Ended(&health);
         let any_committed = applied.iter().any(|a| a.outcome.is_ok());
+        if any_committed {
+            // Applied by sled, in its log but not flushed: nobody has been
+            // answered yet.
+            let committed = applied.iter().filter(|a| a.outcome.is_ok());
+            crate::faults::crash_point(
+                "writer::before_flush",
+                committed.flat_map(|a| a.jobs.iter().map(|job| job.what())),
+            );
+        }
         let flush_failure = match state.durability {
             Durability::GroupCommit if any_committed => db.flush().err().map(StoreError::from),
             _ => None,
@@ -526,7 +545,10 @@ fn write_loop(
                 Ok(_) => flush_failure.as_ref(),
             };
             match (failure, &outcome) {
-                (Some(e), _) => tracing::error!(error = %e, "write batch failed"),
+                (Some(e), _) => {
+                    let operations: Vec<&str> = jobs.iter().map(|job| job.what()).collect();
+                    tracing::error!(error = %e, ?operations, "write batch failed")
+                }
                 (None, deliveries) => {
                     for delivery in deliveries.iter().flatten() {
                         (state.publish)(delivery);

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod python;
+pub mod receiver;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -84,6 +85,8 @@ pub struct Daemon {
     /// Holds the daemon's stderr log and any edited config.
     scratch: TempDir,
     pub http: reqwest::Client,
+    /// See [`Daemon::expect_log_errors`].
+    expected_errors: std::sync::Mutex<Vec<String>>,
 }
 
 /// A copy of the repo's rules directory with only the contact policy.
@@ -238,6 +241,7 @@ impl Daemon {
             _owned_data: owned,
             scratch,
             http: client(),
+            expected_errors: std::sync::Mutex::default(),
         };
         if addr.is_none() {
             panic!(
@@ -282,6 +286,32 @@ impl Daemon {
         status
     }
 
+    /// Announces that log lines containing `text` are errors this test
+    /// provokes on purpose (a failing endpoint, a broken rule): the log scan
+    /// at the end of the test lets them pass. Everything else at `ERROR`, and
+    /// any panic not announced so, fails the test.
+    pub fn expect_log_errors(&self, text: &str) {
+        self.expected_errors
+            .lock()
+            .expect("expected errors")
+            .push(text.to_owned());
+    }
+
+    /// Waits (blocking, for `Drop`) up to 20 s for the process to exit;
+    /// kills it if it does not, and answers `None`.
+    fn wait_blocking(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        for _ in 0..400 {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) => break,
+            }
+        }
+        let _ = child.start_kill();
+        None
+    }
+
     /// SIGKILL (a crash: nothing flushed, no goodbye), waiting until the
     /// process is gone and its data directory free.
     pub async fn crash(mut self) {
@@ -290,6 +320,26 @@ impl Daemon {
             .await
             .expect("kill parleyd");
         self.child = None;
+    }
+
+    /// Waits for the daemon to abort itself at the armed fault point `point`
+    /// (see `FAILPOINTS` in README's "Testing"), as a crash would end it:
+    /// asserts that it died of SIGABRT with the point's line in its log.
+    /// Fails clearly on a daemon built without fault points (which refuses
+    /// `FAILPOINTS` and exits).
+    pub async fn aborted_at(mut self, point: &str) {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.wait().await;
+        let log = self.log();
+        assert_eq!(
+            status.signal(),
+            Some(6),
+            "parleyd should have aborted at {point} (run the tests with `cargo test --workspace`, which builds the fault points in), but exited with {status}; its log:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("fault point {point}: aborting")),
+            "parleyd aborted, but not at {point}; its log:\n{log}"
+        );
     }
 
     /// SIGTERM, then asserts a clean exit (status 0).
@@ -530,14 +580,42 @@ impl Daemon {
     }
 }
 
+/// Every test ends by stopping its daemon the way an operator would
+/// (SIGTERM, exit status 0) and reading its log: a panic, or an `ERROR`
+/// line the test did not announce with [`Daemon::expect_log_errors`], fails
+/// the test even though its own assertions passed. A test already failing
+/// only kills the daemon and prints the log.
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
         if std::thread::panicking() {
+            if let Some(child) = self.child.as_mut() {
+                let _ = child.start_kill();
+            }
             eprintln!("--- parleyd log ({}) ---\n{}", self.addr, self.log());
+            return;
         }
+        if self.child.is_some() {
+            self.terminate();
+            let status = self.wait_blocking();
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "parleyd did not exit cleanly after SIGTERM ({status:?}); its log:\n{}",
+                self.log()
+            );
+        }
+        let log = self.log();
+        let expected = self.expected_errors.lock().expect("expected errors");
+        let unexpected: Vec<&str> = log
+            .lines()
+            .filter(|line| line.contains("panicked") || line.contains("ERROR"))
+            .filter(|line| !expected.iter().any(|e| line.contains(e.as_str())))
+            .collect();
+        assert!(
+            unexpected.is_empty(),
+            "parleyd logged {} unexpected error line(s):\n{}\n--- its log ---\n{log}",
+            unexpected.len(),
+            unexpected.join("\n")
+        );
     }
 }
 
@@ -1001,6 +1079,48 @@ pub async fn advance(d: &Daemon, by: &str) -> jiff::Timestamp {
         .await;
     reply.expect(200);
     reply.body["now"].as_str().unwrap().parse().unwrap()
+}
+
+/// Moves the daemon's (manual) clock to noon UTC on the next 1 July: tests
+/// of local times (quiet hours, digests) run in midsummer, hours away from
+/// any daylight-saving change in the zones they use, whatever day they run.
+pub async fn pin_to_midsummer(d: &Daemon) -> jiff::Timestamp {
+    let today = jiff::Timestamp::now().in_tz("UTC").expect("UTC").date();
+    let year = if today < jiff::civil::date(today.year(), 6, 30) {
+        today.year()
+    } else {
+        today.year() + 1
+    };
+    let noon = jiff::civil::date(year, 7, 1)
+        .at(12, 0, 0, 0)
+        .in_tz("UTC")
+        .expect("noon UTC exists")
+        .timestamp();
+    let reply = d
+        .post(
+            "/v1/admin/clock",
+            &operator().token,
+            json!({"to": noon.to_string()}),
+        )
+        .await;
+    reply.expect(200);
+    noon
+}
+
+/// Waits until the daemon's pipeline has settled (`GET
+/// /v1/admin/pipeline/settled`): every event committed so far processed,
+/// every timer due on its clock fired, every due delivery attempted and none
+/// in flight. Call it before asserting that something did *not* happen.
+pub async fn settled(d: &Daemon) {
+    let reply = d
+        .get("/v1/admin/pipeline/settled?wait=30", &operator().token)
+        .await;
+    reply.expect(200);
+    assert_eq!(
+        reply.body["settled"], true,
+        "the pipeline did not settle in 30 s: {}",
+        reply.body
+    );
 }
 
 /// Polls `GET /v1/admin/rules` until `accept` holds, returning the status.

@@ -5,13 +5,13 @@ encoding); it stops when stdin closes.
 
 Usage: python3 smtp_sink.py  ->  prints "ready PORT", then one line per email.
 """
+import asyncio
 import email
 import email.policy
 import json
-import socket
 import sys
 
-from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 
 class Sink:
@@ -40,20 +40,17 @@ def parts(raw):
     ]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def main():
-    port = free_port()
-    controller = Controller(Sink(), hostname="127.0.0.1", port=port)
-    controller.start()
+async def main():
+    # Port 0: the kernel picks a free port as the socket binds, so no other
+    # process can take it between choosing and binding.
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(Sink()), host="127.0.0.1", port=0)
+    port = server.sockets[0].getsockname()[1]
     print(f"ready {port}", flush=True)
-    sys.stdin.read()
-    controller.stop()
+    await loop.run_in_executor(None, sys.stdin.read)
+    server.close()
+    await server.wait_closed()
 
 
 if __name__ == "__main__":
-    main()
+    asyncio.run(main())
