@@ -784,26 +784,24 @@ async fn a_replayed_message_shows_its_status_and_read_at_as_they_are_now() {
     assert!(message_seqs(&logged).len() == 2);
     d.read(&p.provider, &p.conversation, 1).await.expect(200);
 
+    // The messages of a replay's `message` events.
+    let messages_in = |frames: &[Value]| -> Vec<Value> {
+        frames
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .map(|f| f["message"].clone())
+            .collect()
+    };
     let ws = d.ws(&p.customer, Some(0)).await;
-    let messages: Vec<&Value> = ws
-        .replayed
-        .iter()
-        .filter(|f| f["type"] == "message")
-        .map(|f| &f["message"])
-        .collect();
+    let messages = messages_in(&ws.replayed);
     let now = d.messages(&p.customer, &p.conversation).await;
     assert_eq!(messages[0]["status"], "read", "{}", messages[0]);
     assert!(messages[0]["read_at"].is_string(), "{}", messages[0]);
     assert_eq!(messages[1]["status"], "sent", "{}", messages[1]);
-    assert_eq!(messages, now.iter().collect::<Vec<_>>());
+    assert_eq!(messages, now);
     // The long-poll replays the same way.
     let (polled, _) = d.poll(&p.customer, 0, 0).await;
-    let polled: Vec<&Value> = polled
-        .iter()
-        .filter(|f| f["type"] == "message")
-        .map(|f| &f["message"])
-        .collect();
-    assert_eq!(polled, messages);
+    assert_eq!(messages_in(&polled), messages);
     d.stop().await;
 }
 
