@@ -1155,3 +1155,45 @@ fn invalid_rule_fixtures_fail_check_where_expected() {
         );
     }
 }
+
+/// Catches: a manual clock that does not start at the wall-clock time, a
+/// `to` that does not land where asked, or one in the past that moves the
+/// clock back (steps already fired would be due again).
+#[tokio::test]
+async fn the_manual_clock_moves_to_a_time_asked_and_never_back() {
+    let d = Daemon::with_config(vec![("clock", "manual".to_owned())]).await;
+    let start = advance(&d, "0s").await;
+    assert!(
+        (start.as_second() - now()).abs() < 60,
+        "starts at the wall clock: {start}"
+    );
+    let ops = operator();
+    let to =
+        |at: jiff::Timestamp| d.post("/v1/admin/clock", &ops.token, json!({"to": at.to_string()}));
+    let later = start + jiff::SignedDuration::from_hours(48);
+    let moved = to(later).await;
+    moved.expect(200);
+    assert_eq!(
+        moved.body["now"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap(),
+        later
+    );
+    let back = to(start).await;
+    back.expect(200);
+    assert_eq!(
+        back.body["now"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap(),
+        later
+    );
+    assert_eq!(
+        advance(&d, "1h").await,
+        later + jiff::SignedDuration::from_hours(1)
+    );
+    d.stop().await;
+}

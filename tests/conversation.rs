@@ -769,3 +769,237 @@ async fn concurrent_creations_of_one_booking_are_one() {
     assert_eq!(moves, 3, "{events:#?}");
     d.stop().await;
 }
+
+/// Catches: opening a conversation twice making a second one (or answering
+/// 201, so a client cannot tell it found the old one), or another customer
+/// being handed the first customer's conversation.
+#[tokio::test]
+async fn opening_a_conversation_again_returns_the_same_one_with_200() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "c-1", "Hello")
+        .await
+        .expect(201);
+    let again = d
+        .post(
+            "/v1/conversations",
+            &p.customer.token,
+            json!({"listing_id": p.listing_id}),
+        )
+        .await;
+    again.expect(200);
+    assert_eq!(again.body["id"], p.conversation.as_str());
+    assert_eq!(again.body["listing"]["title"], "Sunset kayak tour");
+    let mine = d.get("/v1/conversations", &p.customer.token).await;
+    assert_eq!(mine.expect(200).body.as_array().unwrap().len(), 1);
+    assert_eq!(d.messages(&p.customer, &p.conversation).await.len(), 1);
+
+    // Another customer about the same listing gets a conversation of their own.
+    let dora = Person::new("dora", "customer");
+    let hers = d
+        .post(
+            "/v1/conversations",
+            &dora.token,
+            json!({"listing_id": p.listing_id}),
+        )
+        .await;
+    hers.expect(201);
+    assert_ne!(hers.body["id"], p.conversation.as_str());
+    assert_eq!(hers.body["provider_id"], p.provider.id.as_str());
+    // A listing that does not exist opens nothing.
+    d.post(
+        "/v1/conversations",
+        &dora.token,
+        json!({"listing_id": "no-such-listing"}),
+    )
+    .await
+    .expect_error(404);
+    d.stop().await;
+}
+
+/// Catches: `after` ignored or off by one, `limit` not applied, or the
+/// default page not being 100, so a client paging a long history would
+/// skip or repeat messages.
+#[tokio::test]
+async fn messages_are_paged_with_after_and_limit() {
+    let d = Daemon::with_config(vec![("send_burst", "1000".to_owned())]).await;
+    let p = pair(&d).await;
+    for i in 1..=105 {
+        d.send(&p.customer, &p.conversation, format!("c-{i}"), "hello")
+            .await
+            .expect(201);
+    }
+    let page = |query: String| {
+        let d = &d;
+        let who = &p.provider;
+        let path = format!("/v1/conversations/{}/messages{query}", p.conversation);
+        async move {
+            let reply = d.get(&path, &who.token).await;
+            reply.expect(200);
+            reply
+                .body
+                .as_array()
+                .expect("a list")
+                .iter()
+                .map(|m| m["seq"].as_u64().unwrap())
+                .collect::<Vec<u64>>()
+        }
+    };
+    // Without parameters: the first 100.
+    assert_eq!(page(String::new()).await, (1..=100).collect::<Vec<_>>());
+    // Following the last seq of each page reads every message once.
+    let mut after = 0;
+    let mut seen = Vec::new();
+    // Three pages of 40 at most (a bound, so a broken `after` fails rather
+    // than pages forever).
+    for _ in 0..4 {
+        let seqs = page(format!("?after={after}&limit=40")).await;
+        assert!(seqs.len() <= 40);
+        let Some(&last) = seqs.last() else { break };
+        assert_eq!(seqs[0], after + 1, "a page starts right after `after`");
+        seen.extend(seqs);
+        after = last;
+    }
+    assert_eq!(seen, (1..=105).collect::<Vec<_>>());
+    assert_eq!(page("?after=103".into()).await, [104, 105]);
+    assert_eq!(page("?after=500".into()).await, Vec::<u64>::new());
+    d.stop().await;
+}
+
+/// Catches: a booking given `listing_id` + `customer_id` (no
+/// `conversation_id`) not finding the customer's conversation about the
+/// listing, or not opening one when there is none, so the booking's
+/// messages would have nowhere to go.
+#[tokio::test]
+async fn a_booking_by_listing_and_customer_uses_or_opens_their_conversation() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let by_listing = |customer: &str| {
+        json!({"listing_id": p.listing_id, "customer_id": customer,
+               "start": "2030-06-01T09:00:00Z", "end": "2030-06-01T12:00:00Z"})
+    };
+    let booked = d
+        .post("/v1/bookings", SERVICE_KEY, by_listing(&p.customer.id))
+        .await;
+    booked.expect(201);
+    assert_eq!(booked.body["conversation_id"], p.conversation.as_str());
+    let listed = d.listed(&p.customer, &p.conversation).await;
+    assert_eq!(listed["phase"], "post_booking");
+    assert_eq!(listed["stage"], "confirmed");
+
+    // A customer who never wrote gets the conversation opened, booked.
+    let eve = Person::new("eve", "customer");
+    let booked = d
+        .post("/v1/bookings", SERVICE_KEY, by_listing(&eve.id))
+        .await;
+    booked.expect(201);
+    let theirs = booked.body["conversation_id"].as_str().unwrap().to_owned();
+    assert_ne!(theirs, p.conversation);
+    let listed = d.listed(&eve, &theirs).await;
+    assert_eq!(listed["phase"], "post_booking");
+    assert_eq!(listed["provider_id"], p.provider.id.as_str());
+    // Opening it now returns it.
+    let opened = d
+        .post(
+            "/v1/conversations",
+            &eve.token,
+            json!({"listing_id": p.listing_id}),
+        )
+        .await;
+    opened.expect(200);
+    assert_eq!(opened.body["id"], theirs.as_str());
+
+    // A listing that does not exist books nothing; half of the pair is 422.
+    let mut unknown = by_listing(&eve.id);
+    unknown["listing_id"] = json!("no-such-listing");
+    d.post("/v1/bookings", SERVICE_KEY, unknown)
+        .await
+        .expect_error(404);
+    let mut half = by_listing(&eve.id);
+    half.as_object_mut().unwrap().remove("customer_id");
+    d.post("/v1/bookings", SERVICE_KEY, half)
+        .await
+        .expect_error(422);
+    d.stop().await;
+}
+
+/// Catches: an Idempotency-Key outside 1-255 visible ASCII characters being
+/// taken (and remembered) instead of refused with 400 before anything is
+/// written.
+#[tokio::test]
+async fn an_idempotency_key_that_is_not_1_to_255_visible_characters_is_400() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let signal = json!({"type": "listing_viewed", "user_id": p.customer.id,
+                        "listing_id": p.listing_id})
+    .to_string();
+    for key in [
+        "k".repeat(256),
+        "two words".to_owned(),
+        "tab\there".to_owned(),
+    ] {
+        let (reply, _) = d
+            .call_keyed(Method::POST, "/v1/signals", SERVICE_KEY, &key, &signal)
+            .await;
+        assert_eq!(reply.expect_error(400), "bad_request", "{key:?}");
+    }
+    let longest = "k".repeat(255);
+    let (first, _) = d
+        .call_keyed(Method::POST, "/v1/signals", SERVICE_KEY, &longest, &signal)
+        .await;
+    assert!(first.status < 300, "{}", first.body);
+    let (again, replayed) = d
+        .call_keyed(Method::POST, "/v1/signals", SERVICE_KEY, &longest, &signal)
+        .await;
+    assert!(replayed, "a 255-character key is remembered");
+    assert_eq!(again.body, first.body);
+    d.stop().await;
+}
+
+/// Catches: the backend's user and listing records taking values README
+/// rules out (a time zone that is not IANA, quiet hours that are not
+/// `HH:MM`, an availability date that is not `YYYY-MM-DD`, an unknown field)
+/// instead of refusing them with 422, which would surface later as
+/// notifications at the wrong hour or a listing card that cannot be shown.
+#[tokio::test]
+async fn users_and_listings_with_invalid_fields_are_refused_with_422() {
+    let d = Daemon::start().await;
+    let user = |body: Value| d.put("/v1/users/ann", SERVICE_KEY, body);
+    user(json!({"name": "Ann", "timezone": "Europe/Paris",
+                "quiet_hours": {"start": "22:00", "end": "07:30"},
+                "channels": {"email": false}}))
+    .await
+    .expect(200);
+    for bad in [
+        json!({"name": "Ann", "timezone": "Paris"}),
+        json!({"name": "Ann", "quiet_hours": {"start": "25:00", "end": "07:00"}}),
+        json!({"name": "Ann", "quiet_hours": {"start": "10pm", "end": "07:00"}}),
+        json!({"name": "Ann", "channels": {"pigeon": true}}),
+        json!({"name": "Ann", "colour": "blue"}),
+    ] {
+        assert_eq!(
+            user(bad.clone()).await.expect_error(422),
+            "invalid",
+            "{bad}"
+        );
+    }
+
+    let listing = |body: Value| d.put("/v1/listings/kayak", SERVICE_KEY, body);
+    listing(json!({"title": "Kayak", "provider_id": "bob",
+                   "availability": ["2030-12-01"], "timezone": "Europe/Lisbon"}))
+    .await
+    .expect(200);
+    for bad in [
+        json!({"title": "Kayak", "provider_id": "bob", "availability": ["2030-13-01"]}),
+        json!({"title": "Kayak", "provider_id": "bob", "availability": ["1 December"]}),
+        json!({"title": "Kayak", "provider_id": "bob", "timezone": "Lisbon"}),
+        json!({"title": "Kayak", "provider_id": "bob", "colour": "blue"}),
+    ] {
+        assert_eq!(
+            listing(bad.clone()).await.expect_error(422),
+            "invalid",
+            "{bad}"
+        );
+    }
+    d.stop().await;
+}

@@ -75,6 +75,92 @@ async fn a_restart_keeps_history_cursors_and_unread_counts() {
     d.stop().await;
 }
 
+/// `storage.durability: periodic` acknowledges once a write is committed in
+/// memory and leaves the fsync to sled's background flush every
+/// `flush_every_ms`: a machine crash may lose that window, but a clean stop
+/// (SIGTERM) flushes, so everything acknowledged survives a restart. With the
+/// flush a minute apart, only the shutdown's flush can have written these.
+/// Catches: a periodic daemon that exits without flushing, or acks that are
+/// not committed.
+#[tokio::test]
+async fn under_periodic_durability_everything_acknowledged_survives_a_clean_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let launch = || Launch {
+        data_dir: Some(data.path().to_owned()),
+        config: vec![
+            ("durability", "periodic".to_owned()),
+            ("flush_every_ms", "60000".to_owned()),
+        ],
+        ..Launch::default()
+    };
+    let d = Daemon::launch(launch()).await;
+    let p = pair(&d).await;
+    let mut customer = d.ws(&p.customer, None).await;
+    for i in 1..=3 {
+        customer
+            .send_acked(&p.conversation, &format!("c-{i}"), "over the stream")
+            .await;
+    }
+    d.send(&p.provider, &p.conversation, "p-1", "over HTTP")
+        .await
+        .expect(201);
+    d.read(&p.provider, &p.conversation, 2).await.expect(200);
+    let history = d.messages(&p.customer, &p.conversation).await;
+    assert_eq!(history.len(), 4);
+    let provider_view = d.listed(&p.provider, &p.conversation).await;
+    assert_eq!(provider_view["unread_count"], 1);
+    let (log, head) = d.poll(&p.customer, 0, 0).await;
+    customer.close().await;
+    d.stop().await;
+
+    let d = Daemon::launch(launch()).await;
+    assert_eq!(d.messages(&p.customer, &p.conversation).await, history);
+    assert_eq!(d.listed(&p.provider, &p.conversation).await, provider_view);
+    assert_eq!(d.poll(&p.customer, 0, 0).await, (log, head));
+    // A retry of an acknowledged send finds it.
+    d.send(&p.customer, &p.conversation, "c-1", "over the stream")
+        .await
+        .expect(200);
+    d.stop().await;
+}
+
+/// Catches: `logging.format: json` not writing one JSON object per line,
+/// `logging.level` ignored, or `RUST_LOG` not overriding it. Each log is read
+/// after the daemon has exited, so it is complete.
+#[tokio::test]
+async fn logs_are_json_lines_at_the_configured_level_and_rust_log_overrides_it() {
+    let run = |env: Vec<(String, String)>| async move {
+        let mut d = Daemon::launch(Launch {
+            config: vec![("format", "json".to_owned()), ("level", "error".to_owned())],
+            env,
+            ..Launch::default()
+        })
+        .await;
+        d.get("/v1/conversations", &token("ann", "customer"))
+            .await
+            .expect(200);
+        d.terminate();
+        assert!(d.wait().await.success());
+        d.log()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))
+            })
+            .collect::<Vec<_>>()
+    };
+    let info = |lines: &[serde_json::Value]| lines.iter().filter(|l| l["level"] == "INFO").count();
+    let quiet = run(Vec::new()).await;
+    assert_eq!(info(&quiet), 0, "level error: {quiet:?}");
+    let chatty = run(vec![("RUST_LOG".to_owned(), "info".to_owned())]).await;
+    assert!(info(&chatty) > 0, "RUST_LOG=info: {chatty:?}");
+    let starting = chatty
+        .iter()
+        .find(|l| l["fields"]["message"] == "starting")
+        .unwrap_or_else(|| panic!("no starting line: {chatty:?}"));
+    assert!(starting["fields"]["addr"].is_string(), "{starting}");
+}
+
 #[tokio::test]
 async fn sigterm_closes_streams_with_going_away_and_exits_zero() {
     let mut d = Daemon::start().await;

@@ -414,6 +414,69 @@ async fn booking_confirmation_goes_out_by_email_with_its_invite_push_and_a_signe
     assert_eq!(w.http.hits("/sms").len(), 1);
 }
 
+/// Catches: a `PARLEYD_*` endpoint override (README, Configuration and
+/// Channels) not reaching its channel, or the file's value winning over it.
+/// The file names endpoints that would lose or misplace every delivery.
+#[tokio::test]
+async fn endpoints_and_the_webhook_secret_from_the_environment_override_the_file() {
+    let http = Receiver::start().await;
+    let smtp = SmtpSink::start().await;
+    let env = [
+        (
+            "PARLEYD_SMTP_URL",
+            format!("smtp://127.0.0.1:{}", smtp.port),
+        ),
+        ("PARLEYD_PUSH_URL", http.url("/push")),
+        ("PARLEYD_SMS_URL", http.url("/sms")),
+        ("PARLEYD_WEBHOOK_URL", http.url("/webhook")),
+        ("PARLEYD_WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
+    ];
+    let d = Daemon::launch(Launch {
+        automation: true,
+        config: vec![
+            ("clock", "manual".into()),
+            ("smtp_url", "smtp://127.0.0.1:9".into()),
+            ("push_url", http.url("/file/push")),
+            ("sms_url", http.url("/file/sms")),
+            ("webhook_url", http.url("/file/webhook")),
+            ("webhook_secret", "the-secret-in-the-file-0123".into()),
+        ],
+        env: env.map(|(k, v)| (k.to_owned(), v)).to_vec(),
+        ..Launch::default()
+    })
+    .await;
+    let p = pair(&d).await;
+    set_customer(&d, &p, json!({})).await;
+    let w = World { d, http, smtp, p };
+    book(&w).await;
+
+    eventually("the confirmation email", &w.d, None, || {
+        w.smtp.to(CUSTOMER_EMAIL).into_iter().next()
+    })
+    .await;
+    eventually("the confirmation push", &w.d, None, || {
+        w.http.hits("/push").into_iter().next()
+    })
+    .await;
+    let webhook = eventually("the booking_created webhook", &w.d, None, || {
+        w.http.hits("/webhook").into_iter().next()
+    })
+    .await;
+    assert!(
+        verify_signature(&webhook),
+        "signed with the environment's secret"
+    );
+    // Unread after 15 minutes: the SMS fallback.
+    eventually("the SMS fallback", &w.d, Some("5m"), || {
+        w.http.hits("/sms").into_iter().next()
+    })
+    .await;
+    for path in ["/file/push", "/file/sms", "/file/webhook"] {
+        assert!(w.http.hits(path).is_empty(), "{path} is the file's");
+    }
+    w.d.stop().await;
+}
+
 #[tokio::test]
 async fn a_receiver_failing_three_times_gets_exactly_one_delivery_across_a_crash() {
     let http = Receiver::start().await;

@@ -374,6 +374,11 @@ async fn every_kind_of_frame_is_rate_limited_per_connection() {
     // The connection stays open, and the other kinds have their own budgets.
     let ack = ws.send_acked(&p.conversation, "p-1", "hi").await;
     assert_eq!(ack["message"]["seq"], 2);
+    // Each refusal is counted by kind in /metrics.
+    for kind in ["typing", "read", "delivered", "ping"] {
+        let series = format!("parleyd_client_rate_limited_total{{action=\"{kind}\"}}");
+        assert!(d.metric(&series).await >= 1.0, "{series}");
+    }
     d.stop().await;
 }
 
@@ -582,5 +587,253 @@ async fn a_user_past_their_long_poll_cap_gets_429_and_others_still_poll() {
         assert_eq!(message_seqs(body["events"].as_array().unwrap()), [1]);
     }
     d.metric_reaches(waiting, 0.0).await;
+    d.stop().await;
+}
+
+/// Reads the server's frames straight off the socket, so that no pong answers
+/// its heartbeats, until its close frame: the close code and reason.
+async fn close_unanswered(ws: &mut Ws) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let tcp = ws.tcp();
+    let mut buf = Vec::new();
+    guard("the close frame", async {
+        loop {
+            // Server frames are unmasked: opcode, length (7 bits, or 126 and
+            // 16 bits), payload.
+            let mut at = 0;
+            while buf.len() >= at + 2 {
+                let (len, head) = match buf[at + 1] & 0x7f {
+                    126 if buf.len() >= at + 4 => {
+                        (u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize, 4)
+                    }
+                    126 => break,
+                    127 => panic!("no 64-bit frame is expected here"),
+                    n => (n as usize, 2),
+                };
+                if buf.len() < at + head + len {
+                    break;
+                }
+                let payload = &buf[at + head..at + head + len];
+                if buf[at] & 0x0f == 0x8 {
+                    let code = u16::from_be_bytes([payload[0], payload[1]]);
+                    return (code, String::from_utf8_lossy(&payload[2..]).into_owned());
+                }
+                at += head + len;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await.expect("read the socket");
+            assert!(n > 0, "the connection ended without a close frame");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+}
+
+/// Catches: idle connections never closed (4001), heartbeats not sent, or a
+/// client's pongs not counting as hearing from it (a quiet but live device
+/// would be dropped every `idle_timeout_seconds`).
+#[tokio::test]
+async fn a_silent_stream_is_closed_with_4001_and_one_answering_heartbeats_stays_open() {
+    let d = Daemon::with_config(vec![
+        ("heartbeat_seconds", "1".to_owned()),
+        ("idle_timeout_seconds", "2".to_owned()),
+    ])
+    .await;
+    let p = pair(&d).await;
+    let mut silent = d.ws(&p.provider, None).await;
+    let mut live = d.ws(&p.customer, None).await;
+
+    let (code, reason) = close_unanswered(&mut silent).await;
+    assert_eq!(code, 4001, "{reason}");
+    assert_eq!(reason, "idle timeout");
+
+    // Three heartbeats a second apart span more than the idle timeout; the
+    // client's automatic pongs keep it open without a frame of its own.
+    for _ in 0..3 {
+        live.heartbeat().await;
+    }
+    live.ping().await;
+    d.send(&p.provider, &p.conversation, "p-1", "still there?")
+        .await
+        .expect(201);
+    live.message_event(1).await;
+    d.stop().await;
+}
+
+/// Catches: a consumer that falls behind being dropped silently (no 4000),
+/// with a wrong cursor in the reason, or losing events across the resume.
+#[tokio::test]
+async fn a_stream_that_falls_behind_is_closed_with_4000_and_resumes_without_loss() {
+    let d = Daemon::with_config(vec![
+        ("queue_capacity", "16".to_owned()),
+        ("send_burst", "1000".to_owned()),
+        ("max_message_chars", "60000".to_owned()),
+    ])
+    .await;
+    let p = pair(&d).await;
+    // The provider's device stops reading behind a small receive buffer, so
+    // the daemon's writes to it stall and its queue fills.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(d.addr.parse().unwrap()).await.unwrap();
+    let mut slow = d.ws_over(&p.provider, tcp).await;
+    let text = "x".repeat(60_000);
+    let mut sent = 0u64;
+    guard("the stream's queue to overflow", async {
+        while d.metric("parleyd_stream_overflows_total").await < 1.0 {
+            sent += 1;
+            d.send(&p.customer, &p.conversation, format!("m{sent}"), &text)
+                .await
+                .expect(201);
+        }
+    })
+    .await;
+
+    // It reads again: what was written, then 4000 naming its cursor.
+    let close = slow.close_frame().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4000, "{close:?}");
+    let got = slow.take_pending();
+    assert_consecutive(&got, slow.ready_cursor + 1);
+    let last = got.last().map_or(slow.ready_cursor, cursor);
+    assert_eq!(
+        close.reason.as_str(),
+        format!("fell behind; resume with since={last}")
+    );
+    assert!((message_seqs(&got).len() as u64) < sent, "it fell behind");
+
+    // Resuming from that cursor gets the rest, nothing twice.
+    let resumed = d.ws(&p.provider, Some(last)).await;
+    assert_consecutive(&resumed.replayed, last + 1);
+    let seqs: Vec<u64> = message_seqs(&got)
+        .into_iter()
+        .chain(message_seqs(&resumed.replayed))
+        .collect();
+    assert_eq!(seqs, (1..=sent).collect::<Vec<_>>());
+    d.stop().await;
+}
+
+/// Catches: a replay or a long-poll that stops after one page
+/// (`stream.replay_page`), or repeats or skips an event at a page boundary.
+#[tokio::test]
+async fn replay_and_long_poll_go_past_one_page() {
+    let d = Daemon::with_config(vec![("replay_page", "3".to_owned())]).await;
+    let p = pair(&d).await;
+    for i in 1..=10 {
+        d.send(&p.customer, &p.conversation, format!("c-{i}"), "hello")
+            .await
+            .expect(201);
+    }
+    // The stream replays the whole log (the conversation, ten messages) in
+    // pages of three before `ready`.
+    let ws = d.ws(&p.provider, Some(0)).await;
+    assert_consecutive(&ws.replayed, 1);
+    assert_eq!(message_seqs(&ws.replayed), (1..=10).collect::<Vec<_>>());
+    assert_eq!(ws.ready_cursor, 11);
+
+    // A long-poll answers one page at a time; following its cursor reads the
+    // same log.
+    let mut since = 0;
+    let mut polled = Vec::new();
+    loop {
+        let (events, cursor) = d.poll(&p.provider, since, 0).await;
+        if events.is_empty() {
+            assert_eq!(cursor, since);
+            break;
+        }
+        assert!(events.len() <= 3, "one page: {events:?}");
+        polled.extend(events);
+        since = cursor;
+    }
+    assert_eq!(polled, ws.replayed);
+    assert_eq!(since, 11);
+    d.stop().await;
+}
+
+/// Catches: `wait` above `stream.long_poll_max_wait_seconds` being honoured
+/// (a client could hold a connection for as long as it asks): with a cap of
+/// one second, a poll asking for an hour answers, empty, well within the
+/// guard.
+#[tokio::test]
+async fn a_long_poll_waits_no_longer_than_the_cap() {
+    let d = Daemon::with_config(vec![("long_poll_max_wait_seconds", "1".to_owned())]).await;
+    let p = pair(&d).await;
+    let (_, head) = d.poll(&p.customer, 0, 0).await;
+    let (events, cursor) = guard(
+        "a long-poll asking for an hour to answer at the cap",
+        d.poll(&p.customer, head, 3600),
+    )
+    .await;
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(cursor, head);
+    d.stop().await;
+}
+
+/// Catches: a replay that shows messages as they were logged (`sent`, no
+/// `read_at`) when they have been read since, so a reconnecting device would
+/// show stale ticks.
+#[tokio::test]
+async fn a_replayed_message_shows_its_status_and_read_at_as_they_are_now() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    for i in 1..=2 {
+        d.send(&p.customer, &p.conversation, format!("c-{i}"), "hello")
+            .await
+            .expect(201);
+    }
+    let (logged, _) = d.poll(&p.customer, 0, 0).await;
+    assert!(message_seqs(&logged).len() == 2);
+    d.read(&p.provider, &p.conversation, 1).await.expect(200);
+
+    // The messages of a replay's `message` events.
+    let messages_in = |frames: &[Value]| -> Vec<Value> {
+        frames
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .map(|f| f["message"].clone())
+            .collect()
+    };
+    let ws = d.ws(&p.customer, Some(0)).await;
+    let messages = messages_in(&ws.replayed);
+    let now = d.messages(&p.customer, &p.conversation).await;
+    assert_eq!(messages[0]["status"], "read", "{}", messages[0]);
+    assert!(messages[0]["read_at"].is_string(), "{}", messages[0]);
+    assert_eq!(messages[1]["status"], "sent", "{}", messages[1]);
+    assert_eq!(messages, now);
+    // The long-poll replays the same way.
+    let (polled, _) = d.poll(&p.customer, 0, 0).await;
+    assert_eq!(messages_in(&polled), messages);
+    d.stop().await;
+}
+
+/// Catches: typing indicators waking or filling a long-poll (README: its
+/// frames are the stream's, typing excluded): a poll waiting when the other
+/// side types, then writes, answers with the message alone.
+#[tokio::test]
+async fn a_waiting_long_poll_is_answered_by_the_message_not_the_typing_before_it() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let (_, head) = d.poll(&p.provider, 0, 0).await;
+    let request = d
+        .http
+        .get(d.url(&format!("/v1/events?since={head}&wait=30")))
+        .bearer_auth(&p.provider.token);
+    let waiting = tokio::spawn(async move { request.send().await.expect("long-poll") });
+    d.metric_reaches("parleyd_long_polls_waiting", 1.0).await;
+    d.post(
+        &format!("/v1/conversations/{}/typing", p.conversation),
+        &p.customer.token,
+        json!({}),
+    )
+    .await
+    .expect(202);
+    d.send(&p.customer, &p.conversation, "c-1", "typed it")
+        .await
+        .expect(201);
+    let reply = guard("the long-poll to answer", waiting).await.unwrap();
+    assert_eq!(reply.status(), 200);
+    let body: Value = reply.json().await.unwrap();
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(message_seqs(events), [1], "{body}");
+    assert!(events.iter().all(|e| e["type"] != "typing"), "{body}");
     d.stop().await;
 }

@@ -70,6 +70,9 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// The daemon's open-files limit (soft and hard), when the test needs a low one.
     pub open_files: Option<u64>,
+    /// Start without `--dev`, as in production: the example secrets and
+    /// `clock: manual` are then refused.
+    pub no_dev: bool,
 }
 
 /// A running `parleyd serve --dev`, killed (SIGKILL) when dropped.
@@ -153,11 +156,13 @@ fn write_config(scratch: &Path, launch: &Launch) -> PathBuf {
     path
 }
 
-fn serve_command(config: &Path, data_dir: &Path) -> Command {
+fn serve_command(config: &Path, data_dir: &Path, launch: &Launch) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_parleyd"));
-    cmd.arg("serve")
-        .arg("--dev")
-        .arg("--config")
+    cmd.arg("serve");
+    if !launch.no_dev {
+        cmd.arg("--dev");
+    }
+    cmd.arg("--config")
         .arg(config)
         .env("PARLEYD_LISTEN", "127.0.0.1:0")
         .env("PARLEYD_DATA_DIR", data_dir)
@@ -167,7 +172,8 @@ fn serve_command(config: &Path, data_dir: &Path) -> Command {
         // Relative paths of config.yaml (e.g. rules/) are the repo's.
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        .envs(launch.env.iter().map(|(k, v)| (k, v)));
     cmd
 }
 
@@ -199,7 +205,7 @@ impl Daemon {
     pub async fn launch(launch: Launch) -> Daemon {
         let scratch = tempfile::tempdir().expect("scratch dir");
         let config = write_config(scratch.path(), &launch);
-        let (data_dir, owned) = match launch.data_dir {
+        let (data_dir, owned) = match launch.data_dir.clone() {
             Some(dir) => (dir, None),
             None => {
                 let dir = tempfile::tempdir().expect("data dir");
@@ -207,11 +213,8 @@ impl Daemon {
             }
         };
         let log = std::fs::File::create(scratch.path().join("daemon.log")).expect("log file");
-        let mut command = serve_command(&config, &data_dir);
-        command
-            .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .stderr(log);
+        let mut command = serve_command(&config, &data_dir, &launch);
+        command.stdout(Stdio::piped()).stderr(log);
         if let Some(limit) = launch.open_files {
             // SAFETY: setrlimit is async-signal-safe, and the closure touches
             // nothing else of the parent between fork and exec.
@@ -827,20 +830,22 @@ impl Ws {
 
     /// Reads the next text frame from the socket (not from `pending`).
     async fn read(&mut self) -> Value {
-        loop {
-            let msg = guard("a stream frame", self.inner.next()).await;
-            match msg {
-                Some(Ok(WsMessage::Text(text))) => {
-                    return serde_json::from_str(text.as_str())
-                        .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"))
+        // One guard for the whole wait: the server's heartbeats (every
+        // `stream.heartbeat_seconds`) must not restart it, or a frame that
+        // never comes would hang the test instead of failing it.
+        guard("a stream frame", async {
+            loop {
+                match self.inner.next().await {
+                    Some(Ok(WsMessage::Text(text))) => return frame_json(text.as_str()),
+                    Some(Ok(WsMessage::Close(frame))) => panic!("stream closed: {frame:?}"),
+                    Some(Ok(WsMessage::Binary(_))) => panic!("the server sent a binary frame"),
+                    Some(Ok(_)) => continue, // ping/pong
+                    Some(Err(e)) => panic!("stream failed: {e}"),
+                    None => panic!("stream ended"),
                 }
-                Some(Ok(WsMessage::Close(frame))) => panic!("stream closed: {frame:?}"),
-                Some(Ok(WsMessage::Binary(_))) => panic!("the server sent a binary frame"),
-                Some(Ok(_)) => continue, // ping/pong
-                Some(Err(e)) => panic!("stream failed: {e}"),
-                None => panic!("stream ended"),
             }
-        }
+        })
+        .await
     }
 
     /// The next frame, whatever it is.
@@ -929,17 +934,39 @@ impl Ws {
     /// Reads until the server's close frame and returns it (frames before it are
     /// kept pending).
     pub async fn close_frame(&mut self) -> Option<CloseFrame> {
-        loop {
-            match guard("the close frame", self.inner.next()).await {
-                Some(Ok(WsMessage::Close(frame))) => return frame,
-                Some(Ok(WsMessage::Text(text))) => {
-                    if let Ok(v) = serde_json::from_str(text.as_str()) {
-                        self.pending.push_back(v);
+        // One guard for the whole wait, as in `read`.
+        guard("the close frame", async {
+            loop {
+                match self.inner.next().await {
+                    Some(Ok(WsMessage::Close(frame))) => return frame,
+                    Some(Ok(WsMessage::Text(text))) => {
+                        if let Ok(v) = serde_json::from_str(text.as_str()) {
+                            self.pending.push_back(v);
+                        }
                     }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => panic!("stream failed before a close frame: {e}"),
+                    None => panic!("stream ended without a close frame"),
                 }
+            }
+        })
+        .await
+    }
+
+    /// Waits for the server's next heartbeat (a WebSocket ping, which the
+    /// client answers with a pong as it reads); text frames before it stay
+    /// pending.
+    pub async fn heartbeat(&mut self) {
+        loop {
+            match guard("a heartbeat ping", self.inner.next()).await {
+                Some(Ok(WsMessage::Ping(_))) => return,
+                Some(Ok(WsMessage::Text(text))) => {
+                    self.pending.push_back(frame_json(text.as_str()))
+                }
+                Some(Ok(WsMessage::Close(frame))) => panic!("stream closed: {frame:?}"),
                 Some(Ok(_)) => {}
-                Some(Err(e)) => panic!("stream failed before a close frame: {e}"),
-                None => panic!("stream ended without a close frame"),
+                Some(Err(e)) => panic!("stream failed: {e}"),
+                None => panic!("stream ended"),
             }
         }
     }
@@ -948,6 +975,11 @@ impl Ws {
     pub async fn close(mut self) {
         let _ = guard("closing the stream", self.inner.close(None)).await;
     }
+}
+
+/// A text frame as JSON, failing the test if it is not.
+fn frame_json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"))
 }
 
 /// The `cursor` of an event frame.
@@ -976,13 +1008,28 @@ pub fn message_seqs(frames: &[Value]) -> Vec<u64> {
 /// Runs `parleyd serve --dev` on `data_dir` expecting it to refuse to start:
 /// returns its exit status and stderr. Fails if it starts listening instead.
 pub async fn serve_expecting_refusal(data_dir: &Path) -> (ExitStatus, String) {
-    let child = serve_command(&repo_config(), data_dir)
+    refusal(serve_command(&repo_config(), data_dir, &Launch::default())).await
+}
+
+/// Runs `parleyd serve` as `launch` says (config edits, environment, with or
+/// without `--dev`) expecting it to refuse to start: returns its exit status
+/// and stderr. Fails if it starts listening instead.
+pub async fn serve_refused(launch: Launch) -> (ExitStatus, String) {
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let config = write_config(scratch.path(), &launch);
+    let data = tempfile::tempdir().expect("data dir");
+    let data_dir = launch.data_dir.as_deref().unwrap_or(data.path());
+    refusal(serve_command(&config, data_dir, &launch)).await
+}
+
+async fn refusal(mut command: Command) -> (ExitStatus, String) {
+    let child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn parleyd");
     let output = guard(
-        "parleyd to refuse the data directory and exit",
+        "parleyd to refuse to start and exit",
         child.wait_with_output(),
     )
     .await
@@ -990,7 +1037,7 @@ pub async fn serve_expecting_refusal(data_dir: &Path) -> (ExitStatus, String) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         !stdout.contains("listening on"),
-        "parleyd served a data directory it should have refused"
+        "parleyd started where it should have refused"
     );
     (
         output.status,
