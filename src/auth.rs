@@ -215,4 +215,22 @@ mod tests {
         assert!(auth().authenticate(Some("Basic abc"), None).is_err());
         assert!(auth().authenticate(None, None).is_err());
     }
+
+    #[test]
+    fn only_the_exact_service_key_is_the_service() {
+        // One byte off, a prefix, and the key with more after it: each is
+        // just a bad token (the comparison must cover every byte and the length).
+        for near_miss in [
+            "a-test-service-key-0001",
+            "a-test-service-key-000",
+            "a-test-service-key-00000",
+            "a",
+        ] {
+            let refused = auth().authenticate(Some(&format!("Bearer {near_miss}")), None);
+            assert!(
+                matches!(refused, Err(ApiError::Unauthorized(_))),
+                "{near_miss}: {refused:?}"
+            );
+        }
+    }
 }

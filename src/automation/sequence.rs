@@ -191,6 +191,18 @@ mod tests {
     }
 
     #[test]
+    fn a_fired_step_is_marked_once_and_its_timer_goes() {
+        let running = instance(&[("a", 10, Pending), ("b", 20, Pending)]);
+        let write = fired(running, &t("a", 10), Sent, None).unwrap();
+        assert_eq!(states(&write), [Sent, Pending], "only the step that fired");
+        assert_eq!(write.cancel, [t("a", 10)]);
+        assert_eq!(write.state, Written::Running);
+        // Fired already, or not a step of the instance: nothing to write.
+        assert_eq!(fired(write.instance.clone(), &t("a", 10), Sent, None), None);
+        assert_eq!(fired(write.instance, &t("zz", 10), Sent, None), None);
+    }
+
+    #[test]
     fn a_stop_cancels_every_pending_timer_and_finishes() {
         let write = stop(instance(&[("a", 10, Sent), ("b", 20, Pending)]));
         assert_eq!(write.state, Written::Finished);
