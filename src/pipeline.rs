@@ -189,17 +189,36 @@ pub fn lane_probe(store: Store, clock: Arc<dyn Clock>, lane: Lane) -> Probe {
 
 /// What still keeps the pipeline busy at `now`, if anything: a domain event
 /// not yet processed, a timer due and not fired, an outbox entry due and not
-/// attempted, or a delivery in flight (`wakers`' counts; none without an
-/// outbox). `None` means settled: everything committed before this call that
-/// was due by `now` has had its effect (dead letters count as done: they
-/// wait for an operator). First-key reads only, so it can be polled.
+/// attempted, a delivery in flight (`wakers`' counts; none without an
+/// outbox), or a write that landed while it looked. `None` means settled:
+/// everything committed before this call that was due by `now` has had its
+/// effect (dead letters count as done: they wait for an operator).
+/// First-key reads only, so it can be polled.
+///
+/// Work moves between the reads (a step fires after the events were read,
+/// leaving a new event and no timer; a lane leases an entry after its
+/// in-flight count was read), and every such move is a writer batch: the
+/// reads count only if the writer's generation was even and unchanged
+/// across them (`Store::write_generation`).
 pub fn unsettled(
     store: &Store,
     wakers: Option<&Wakers>,
     now: Timestamp,
 ) -> Result<Option<String>, StoreError> {
-    let now_ms = now.as_millisecond();
-    if let Some(what) = waiting_event(store)?.or(due_timer(store, now_ms)?) {
+    let generation = store.write_generation();
+    let waiting = busy(store, wakers, now.as_millisecond())?;
+    if waiting.is_none() && (generation % 2 == 1 || store.write_generation() != generation) {
+        return Ok(Some("writer: a batch landed while looking".into()));
+    }
+    Ok(waiting)
+}
+
+/// The first thing [`unsettled`] finds waiting, read by read.
+fn busy(store: &Store, wakers: Option<&Wakers>, now_ms: i64) -> Result<Option<String>, StoreError> {
+    if let Some(what) = waiting_event(store)? {
+        return Ok(Some(what));
+    }
+    if let Some(what) = due_timer(store, now_ms)? {
         return Ok(Some(what));
     }
     for lane in Lane::ALL {

@@ -25,20 +25,22 @@ const SUPPRESSED_TARGET: &str = "parleyd::log_throttle";
 
 /// Installs the log subscriber; `RUST_LOG` overrides the configured level.
 pub fn init_logging(config: &LoggingConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"))
-        // warp's request tracing writes every request at INFO, every 4xx
-        // answer at WARN and every 5xx as an "internal error" at ERROR (a 503
-        // `overloaded` under load, an unhealthy `/healthz`): noise at the rate
-        // of requests. Internal errors are logged where they happen
-        // (`error::ApiError`), and every answer is counted by status in
-        // `parleyd_http_requests_total`.
-        .add_directive(
-            "warp::filters::trace=off"
-                .parse()
-                .expect("a constant, valid directive"),
-        );
+    // `RUST_LOG` is taken as given (it can turn warp's request tracing back
+    // on). The configured level leaves that tracing off: it writes every
+    // request at INFO, every 4xx at WARN and every 5xx as an "internal error"
+    // at ERROR (a 503 `overloaded` under load, an unhealthy `/healthz`), noise
+    // at the rate of requests. Internal errors are logged where they happen
+    // (`error::ApiError`), every answer is counted by status in
+    // `parleyd_http_requests_total`, and the access log is `parleyd::access`.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::try_new(&config.level)
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+            .add_directive(
+                "warp::filters::trace=off"
+                    .parse()
+                    .expect("a constant, valid directive"),
+            )
+    });
     let throttle = LogThrottle::new(LOG_REPEATS, LOG_REPEAT_WINDOW, Instant::now);
     // Colours only on a terminal: a log file or the journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -28,6 +28,12 @@ const AIOSMTPD: &str = "aiosmtpd==1.4.6";
 struct SmtpSink {
     port: u16,
     mails: Arc<Mutex<Vec<Value>>>,
+    /// The server's stdin (it stops when it closes) and the answers to
+    /// [`SmtpSink::synced`].
+    sync: tokio::sync::Mutex<(
+        tokio::process::ChildStdin,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+    )>,
     _child: tokio::process::Child,
 }
 
@@ -52,25 +58,41 @@ impl SmtpSink {
         .await;
         let mails: Arc<Mutex<Vec<Value>>> = Arc::default();
         let sink = Arc::clone(&mails);
+        let (synced, answers) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
+                if line == "synced" {
+                    let _ = synced.send(());
+                    continue;
+                }
                 sink.lock()
                     .unwrap()
                     .push(serde_json::from_str(&line).unwrap());
             }
         });
-        // Keep stdin open: the server stops when it closes.
-        let stdin = child.stdin.take().unwrap();
-        tokio::spawn(async move {
-            let mut stdin = stdin;
-            let _ = stdin.flush().await;
-            std::future::pending::<()>().await;
-        });
         SmtpSink {
             port,
             mails,
+            sync: tokio::sync::Mutex::new((child.stdin.take().unwrap(), answers)),
             _child: child,
         }
+    }
+
+    /// Returns once every email the server accepted so far is in `mails`:
+    /// the server answers a `sync` line on stdin after the lines of the
+    /// emails before it. After `settled` (the daemon was answered 250), this
+    /// makes "no email" mean none was sent.
+    async fn synced(&self) {
+        let mut sync = self.sync.lock().await;
+        let (stdin, answers) = &mut *sync;
+        stdin
+            .write_all(b"sync\n")
+            .await
+            .expect("write to the SMTP server");
+        stdin.flush().await.expect("flush to the SMTP server");
+        guard("the SMTP server to sync", answers.recv())
+            .await
+            .expect("the SMTP server answers");
     }
 
     /// The raw text of each email to `address`.
@@ -680,6 +702,7 @@ async fn quiet_hours_hold_a_message_until_they_end_while_a_critical_one_goes_thr
     );
     advance(&w.d, "2h").await;
     settled(&w.d).await;
+    w.smtp.synced().await;
     assert!(!w
         .smtp
         .to(CUSTOMER_EMAIL)
@@ -731,6 +754,7 @@ async fn a_digest_gathers_three_promotions_into_one_email() {
 
     advance(&w.d, "12h").await;
     settled(&w.d).await;
+    w.smtp.synced().await;
     assert!(
         w.smtp.to(CUSTOMER_EMAIL).is_empty(),
         "nothing before the window ends"
@@ -745,6 +769,7 @@ async fn a_digest_gathers_three_promotions_into_one_email() {
     }
     advance(&w.d, "2d").await;
     settled(&w.d).await;
+    w.smtp.synced().await;
     assert_eq!(
         w.smtp.to(CUSTOMER_EMAIL).len(),
         1,
@@ -794,6 +819,8 @@ async fn a_message_read_in_the_app_within_the_grace_period_sends_no_email_or_pus
     .await;
     let record = delivery_state(&w.d, read["id"].as_str().unwrap(), "email", "suppressed").await;
     assert_eq!(delivery(&record, "push")["state"], "suppressed");
+    settled(&w.d).await;
+    w.smtp.synced().await;
     let mails = w.smtp.to(CUSTOMER_EMAIL);
     assert_eq!(mails.len(), 1, "{mails:?}");
     assert!(!mails[0].contains("First: read at once"));
@@ -925,6 +952,7 @@ async fn a_digest_that_cannot_be_rendered_keeps_its_items_until_the_template_is_
     })
     .await;
     settled(&d).await;
+    smtp.synced().await;
     assert!(smtp.to(CUSTOMER_EMAIL).is_empty());
 
     // Fixed: the next try sends the digest, with the promotion in it.

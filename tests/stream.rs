@@ -641,14 +641,15 @@ async fn a_silent_stream_is_closed_with_4001_and_one_answering_heartbeats_stays_
     .await;
     let p = pair(&d).await;
     let mut silent = d.ws(&p.provider, None).await;
-    let mut live = d.ws(&p.customer, None).await;
-
     let (code, reason) = close_unanswered(&mut silent).await;
     assert_eq!(code, 4001, "{reason}");
     assert_eq!(reason, "idle timeout");
 
-    // Three heartbeats a second apart span more than the idle timeout; the
-    // client's automatic pongs keep it open without a frame of its own.
+    // Opened now and read from the start, so its pongs go out from the
+    // first heartbeat. Three heartbeats a second apart span more than the
+    // idle timeout; the client's automatic pongs keep it open without a
+    // frame of its own.
+    let mut live = d.ws(&p.customer, None).await;
     for _ in 0..3 {
         live.heartbeat().await;
     }
@@ -758,11 +759,12 @@ async fn a_long_poll_waits_no_longer_than_the_cap() {
     let d = Daemon::with_config(vec![("long_poll_max_wait_seconds", "1".to_owned())]).await;
     let p = pair(&d).await;
     let (_, head) = d.poll(&p.customer, 0, 0).await;
-    let (events, cursor) = guard(
-        "a long-poll asking for an hour to answer at the cap",
-        d.poll(&p.customer, head, 3600),
-    )
-    .await;
+    // Ten times the cap, and a third of the shipped cap (30 s), which a
+    // daemon ignoring the configured one would wait.
+    let (events, cursor) =
+        tokio::time::timeout(Duration::from_secs(10), d.poll(&p.customer, head, 3600))
+            .await
+            .expect("a long-poll asking for an hour answers at the 1 s cap, not later");
     assert!(events.is_empty(), "{events:?}");
     assert_eq!(cursor, head);
     d.stop().await;

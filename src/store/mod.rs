@@ -351,6 +351,11 @@ impl Store {
         self.writer.queue_depth()
     }
 
+    /// See [`writer::Writer::generation`].
+    pub fn write_generation(&self) -> u64 {
+        self.writer.generation()
+    }
+
     /// Flushes synchronously; used at shutdown.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;

@@ -168,6 +168,9 @@ struct Load {
     queued: AtomicUsize,
     /// Batches finished (committed or failed) since start.
     batches: AtomicU64,
+    /// Raised before a batch is applied and again once it is finished: odd
+    /// while one is under way (a sequence lock, see [`Writer::generation`]).
+    generation: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -265,6 +268,15 @@ impl Writer {
     /// Operations queued and not yet taken into a batch.
     pub fn queue_depth(&self) -> usize {
         self.inner.load.queued.load(Ordering::Relaxed)
+    }
+
+    /// The writer's generation: raised before each batch is applied and
+    /// again once it is finished, so it is odd while a batch is under way. A
+    /// reader that sees the same even generation before and after a series
+    /// of reads saw no batch land among them: the reads are one consistent
+    /// view (a sequence lock).
+    pub fn generation(&self) -> u64 {
+        self.inner.load.generation.load(Ordering::SeqCst)
     }
 
     /// Takes a place in the queue, unless this handle refuses and the queue
@@ -521,6 +533,7 @@ fn write_loop(
         let size = batch.len();
         let started = std::time::Instant::now();
         let _down_if_it_panics = Ended(&health);
+        state.load.generation.fetch_add(1, Ordering::SeqCst);
         let applied = state.apply(trees, batch);
         let _down_if_it_panics_now = Ended(&health);
         let any_committed = applied.iter().any(|a| a.outcome.is_ok());
@@ -563,5 +576,6 @@ fn write_loop(
             state.committed.notify_one();
         }
         state.load.batches.fetch_add(1, Ordering::Relaxed);
+        state.load.generation.fetch_add(1, Ordering::SeqCst);
     }
 }

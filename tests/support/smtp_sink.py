@@ -3,7 +3,8 @@ accepts is printed on stdout as one JSON line, raw and as its decoded MIME parts
 (so tests read an attachment as a mail client would, whatever its transfer
 encoding); it stops when stdin closes.
 
-Usage: python3 smtp_sink.py  ->  prints "ready PORT", then one line per email.
+Usage: python3 smtp_sink.py  ->  prints "ready PORT", then one line per email,
+and "synced" for each line written to its stdin (after the emails before it).
 """
 import asyncio
 import email
@@ -47,7 +48,10 @@ async def main():
     server = await loop.create_server(lambda: SMTP(Sink()), host="127.0.0.1", port=0)
     port = server.sockets[0].getsockname()[1]
     print(f"ready {port}", flush=True)
-    await loop.run_in_executor(None, sys.stdin.read)
+    # Each line on stdin is answered "synced", after the lines of every email
+    # accepted before it; the server stops when stdin closes.
+    while await loop.run_in_executor(None, sys.stdin.readline):
+        print("synced", flush=True)
     server.close()
     await server.wait_closed()
 
