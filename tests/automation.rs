@@ -1006,14 +1006,12 @@ async fn an_event_a_notification_route_fails_on_is_dead_lettered_and_redriven_af
     d.expect_log_errors("Function not found: boom");
     d.expect_log_errors("moved to the dead-letter list");
     let p = pair(&d).await;
-    d.post(
-        "/v1/signals",
-        SERVICE_KEY,
-        json!({"type": "promotion", "user_id": p.customer.id,
-               "data": {"title": "Spring sale", "text": "10% off"}}),
+    promote(
+        &d,
+        &p.customer.id,
+        json!({"title": "Spring sale", "text": "10% off"}),
     )
-    .await
-    .expect(202);
+    .await;
     // The inquiry behind the promotion is acknowledged.
     d.send(&p.customer, &p.conversation, "q-1", "Hi")
         .await

@@ -333,14 +333,12 @@ async fn a_digest_cut_short_by_crashes_still_arrives_with_its_items_under_one_ke
     .expect(200);
     let t0 = advance(&d, "0s").await;
     for title in ["Spring sale", "Kayak week"] {
-        d.post(
-            "/v1/signals",
-            SERVICE_KEY,
-            json!({"type": "promotion", "user_id": customer.id,
-                   "data": {"title": title, "text": "Offers inside"}}),
+        promote(
+            &d,
+            &customer.id,
+            json!({"title": title, "text": "Offers inside"}),
         )
-        .await
-        .expect(202);
+        .await;
     }
     notification_for(&d, &customer, "promotion").await;
     // Past the digest window (24 hours).

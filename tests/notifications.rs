@@ -726,14 +726,8 @@ async fn a_digest_gathers_three_promotions_into_one_email() {
         .iter()
         .enumerate()
     {
-        w.d.post(
-            "/v1/signals",
-            SERVICE_KEY,
-            json!({"type": "promotion", "user_id": w.p.customer.id,
-                   "data": {"title": title, "text": format!("Offer number {i}")}}),
-        )
-        .await
-        .expect(202);
+        let offer = json!({"title": title, "text": format!("Offer number {i}")});
+        promote(&w.d, &w.p.customer.id, offer).await;
         advance(&w.d, "1h").await;
     }
     // An unsubscribed user gets none.
@@ -744,13 +738,7 @@ async fn a_digest_gathers_three_promotions_into_one_email() {
     )
     .await
     .expect(200);
-    w.d.post(
-        "/v1/signals",
-        SERVICE_KEY,
-        json!({"type": "promotion", "user_id": "other", "data": {"title": "x", "text": "y"}}),
-    )
-    .await
-    .expect(202);
+    promote(&w.d, "other", json!({"title": "x", "text": "y"})).await;
 
     advance(&w.d, "12h").await;
     settled(&w.d).await;
@@ -929,14 +917,12 @@ async fn a_digest_that_cannot_be_rendered_keeps_its_items_until_the_template_is_
     d.expect_log_errors("digest not rendered");
     let p = pair(&d).await;
     set_customer(&d, &p, json!({})).await;
-    d.post(
-        "/v1/signals",
-        SERVICE_KEY,
-        json!({"type": "promotion", "user_id": p.customer.id,
-               "data": {"title": "Spring sale", "text": "10% off"}}),
+    promote(
+        &d,
+        &p.customer.id,
+        json!({"title": "Spring sale", "text": "10% off"}),
     )
-    .await
-    .expect(202);
+    .await;
     // Past the digest window (and any quiet hours): the render fails, and
     // is counted.
     advance(&d, "12h").await;
@@ -1327,14 +1313,12 @@ async fn an_in_app_notification_reaches_the_stream_at_once_even_in_quiet_hours()
     )
     .await;
     let mut ws = w.d.ws(&w.p.customer, None).await;
-    w.d.post(
-        "/v1/signals",
-        SERVICE_KEY,
-        json!({"type": "promotion", "user_id": w.p.customer.id,
-               "data": {"title": "Kayak week", "text": "Two tours for one"}}),
+    promote(
+        &w.d,
+        &w.p.customer.id,
+        json!({"title": "Kayak week", "text": "Two tours for one"}),
     )
-    .await
-    .expect(202);
+    .await;
     let frame = ws.next_of("notification").await;
     let shown = &frame["notification"];
     assert_eq!(shown["type"], "promotion", "{frame}");
@@ -1521,13 +1505,7 @@ async fn a_notification_whose_template_has_a_gap_is_not_raised_but_counted_and_l
     let w = lite(&shipped_routing(), Vec::new()).await;
     let mut ws = w.d.ws(&w.p.customer, None).await;
     // notify_promotion reads event.data.title: absent here.
-    w.d.post(
-        "/v1/signals",
-        SERVICE_KEY,
-        json!({"type": "promotion", "user_id": w.p.customer.id, "data": {"text": "no title"}}),
-    )
-    .await
-    .expect(202);
+    promote(&w.d, &w.p.customer.id, json!({"text": "no title"})).await;
     w.d.metric_reaches(
         "parleyd_notifications_total{type=\"promotion\",result=\"skipped\"}",
         1.0,
@@ -1547,14 +1525,12 @@ async fn a_notification_whose_template_has_a_gap_is_not_raised_but_counted_and_l
         .await;
     assert_eq!(listed.body, json!([]), "nothing raised");
     // The next, complete one is the first notification the app gets.
-    w.d.post(
-        "/v1/signals",
-        SERVICE_KEY,
-        json!({"type": "promotion", "user_id": w.p.customer.id,
-               "data": {"title": "Kayak week", "text": "Two for one"}}),
+    promote(
+        &w.d,
+        &w.p.customer.id,
+        json!({"title": "Kayak week", "text": "Two for one"}),
     )
-    .await
-    .expect(202);
+    .await;
     let frame = ws.next_of("notification").await;
     assert_eq!(frame["notification"]["title"], "Kayak week", "{frame}");
 }
@@ -1628,14 +1604,12 @@ async fn a_digest_due_in_quiet_hours_goes_out_when_they_end() {
         vec![("smtp_url", "smtp://127.0.0.1:9".to_owned())],
     )
     .await;
-    w.d.post(
-        "/v1/signals",
-        SERVICE_KEY,
-        json!({"type": "promotion", "user_id": w.p.customer.id,
-               "data": {"title": "Kayak week", "text": "Two for one"}}),
+    promote(
+        &w.d,
+        &w.p.customer.id,
+        json!({"title": "Kayak week", "text": "Two for one"}),
     )
-    .await
-    .expect(202);
+    .await;
     in_app_shown(&w.d, &w.p.customer, "Kayak week").await;
     // Only then quiet hours, from 13:00 to 17:00 in Paris: the digest, due
     // 24 hours after the promotion (14:00 Paris tomorrow), falls inside.

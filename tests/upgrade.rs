@@ -124,6 +124,34 @@ async fn opened(name: &str, from: u32, launch: Launch) -> (Daemon, Value, tempfi
 
 /// A person's (unread count, read cursor) in `conversation`, from what the
 /// old daemon listed for them.
+/// The scenario's conversations `a`, `b` and `c`, as the old daemon named them.
+fn conversations(expected: &Value) -> [&str; 3] {
+    ["a", "b", "c"].map(|key| expected["conversations"][key].as_str().unwrap())
+}
+
+/// Asserts what README.txt records of the old daemon's answers: each
+/// person's (unread count, last read seq) in conversation `a`, `b` or `c`,
+/// and each person's event-log cursor.
+fn assert_recorded(
+    expected: &Value,
+    unread_in: &[(&str, usize, (u64, u64))],
+    cursors: &[(&str, u64)],
+) {
+    let ids = conversations(expected);
+    let people = &expected["people"];
+    for &(who, conversation, counts) in unread_in {
+        let conversation = ids[conversation];
+        assert_eq!(
+            unread(&people[who], conversation),
+            counts,
+            "{who} in {conversation}"
+        );
+    }
+    for &(who, cursor) in cursors {
+        assert_eq!(people[who]["events"]["cursor"], cursor, "{who}");
+    }
+}
+
 fn unread(served: &Value, conversation: &str) -> (u64, u64) {
     let listed = served["conversations"]
         .as_array()
@@ -144,31 +172,19 @@ fn unread(served: &Value, conversation: &str) -> (u64, u64) {
 #[tokio::test]
 async fn a_schema_1_directory_reads_back_as_the_old_daemon_served_it() {
     let (d, expected, copy) = opened("schema-1", 1, Launch::default()).await;
-    let ids = &expected["conversations"];
-    let (a, b, c) = (
-        ids["a"].as_str().unwrap(),
-        ids["b"].as_str().unwrap(),
-        ids["c"].as_str().unwrap(),
+    let [a, _, _] = conversations(&expected);
+    assert_recorded(
+        &expected,
+        &[
+            ("cust-1", 0, (0, 3)),
+            ("cust-1", 1, (0, 0)),
+            ("cust-2", 2, (1, 0)),
+            ("prov-1", 0, (1, 1)),
+            ("prov-1", 1, (1, 0)),
+            ("prov-1", 2, (0, 3)),
+        ],
+        &[("cust-1", 9), ("cust-2", 5), ("prov-1", 14)],
     );
-    // The values README.txt records.
-    let people = &expected["people"];
-    for (who, conversation, counts) in [
-        ("cust-1", a, (0, 3)),
-        ("cust-1", b, (0, 0)),
-        ("cust-2", c, (1, 0)),
-        ("prov-1", a, (1, 1)),
-        ("prov-1", b, (1, 0)),
-        ("prov-1", c, (0, 3)),
-    ] {
-        assert_eq!(
-            unread(&people[who], conversation),
-            counts,
-            "{who} in {conversation}"
-        );
-    }
-    for (who, cursor) in [("cust-1", 9), ("cust-2", 5), ("prov-1", 14)] {
-        assert_eq!(people[who]["events"]["cursor"], cursor, "{who}");
-    }
 
     // The directory goes on: a retried client id (recorded without a
     // fingerprint) is a retry, a new message takes the next seq and cursor.
@@ -203,31 +219,19 @@ async fn a_schema_3_directory_keeps_its_running_sequences() {
         ..Launch::default()
     };
     let (d, expected, copy) = opened("schema-3", 3, launch).await;
-    let ids = &expected["conversations"];
-    let (a, b, c) = (
-        ids["a"].as_str().unwrap(),
-        ids["b"].as_str().unwrap(),
-        ids["c"].as_str().unwrap(),
+    let [a, b, _] = conversations(&expected);
+    assert_recorded(
+        &expected,
+        &[
+            ("cust-1", 0, (2, 3)),
+            ("cust-1", 1, (1, 0)),
+            ("cust-2", 2, (1, 0)),
+            ("prov-1", 0, (1, 1)),
+            ("prov-1", 1, (1, 0)),
+            ("prov-1", 2, (0, 3)),
+        ],
+        &[("cust-1", 12), ("cust-2", 5), ("prov-1", 16)],
     );
-    let people = &expected["people"];
-    // The values README.txt records.
-    for (who, conversation, counts) in [
-        ("cust-1", a, (2, 3)),
-        ("cust-1", b, (1, 0)),
-        ("cust-2", c, (1, 0)),
-        ("prov-1", a, (1, 1)),
-        ("prov-1", b, (1, 0)),
-        ("prov-1", c, (0, 3)),
-    ] {
-        assert_eq!(
-            unread(&people[who], conversation),
-            counts,
-            "{who} in {conversation}"
-        );
-    }
-    for (who, cursor) in [("cust-1", 12), ("cust-2", 5), ("prov-1", 16)] {
-        assert_eq!(people[who]["events"]["cursor"], cursor, "{who}");
-    }
 
     let pablo = Person::new("prov-1", "provider");
     let carla = Person::new("cust-1", "customer");

@@ -1081,6 +1081,18 @@ pub async fn advance(d: &Daemon, by: &str) -> jiff::Timestamp {
     reply.body["now"].as_str().unwrap().parse().unwrap()
 }
 
+/// Posts a `promotion` signal for `user_id` (the marketplace's backend),
+/// with `data` (`title`, `text`).
+pub async fn promote(d: &Daemon, user_id: &str, data: Value) {
+    d.post(
+        "/v1/signals",
+        SERVICE_KEY,
+        json!({"type": "promotion", "user_id": user_id, "data": data}),
+    )
+    .await
+    .expect(202);
+}
+
 /// Moves the daemon's (manual) clock to noon UTC on the next 1 July: tests
 /// of local times (quiet hours, digests) run in midsummer, hours away from
 /// any daylight-saving change in the zones they use, whatever day they run.
