@@ -283,28 +283,9 @@ async fn provider_says(d: &Daemon, p: &Pair, client_id: &str, text: &str) -> Str
     let sent = d.send(&p.provider, &p.conversation, client_id, text).await;
     sent.expect(201);
     let seq = sent.body["message"]["seq"].clone();
-    guard(&format!("the notification about message {seq}"), async {
-        loop {
-            let reply = d
-                .get(
-                    &format!("/v1/admin/users/{}/notifications", p.customer.id),
-                    &operator().token,
-                )
-                .await;
-            reply.expect(200);
-            if let Some(n) = reply
-                .body
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|n| n["message_seq"] == seq)
-            {
-                return n["id"].as_str().unwrap().to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
+    let what = format!("the notification about message {seq}");
+    let n = notification_where(d, &p.customer, &what, |n| n["message_seq"] == seq).await;
+    n["id"].as_str().unwrap().to_owned()
 }
 
 fn verify_signature(hit: &Hit) -> bool {

@@ -179,7 +179,21 @@ pub async fn eventually<T>(
 
 /// The latest notification of type `kind` for `who` (operators' view).
 pub async fn notification_for(d: &Daemon, who: &Person, kind: &str) -> Value {
-    guard(&format!("a {kind} notification"), async {
+    notification_where(d, who, &format!("a {kind} notification"), |n| {
+        n["type"] == kind
+    })
+    .await
+}
+
+/// Waits for a notification of `who` that satisfies `pred` (operators'
+/// view); returns the latest such.
+pub async fn notification_where(
+    d: &Daemon,
+    who: &Person,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    guard(what, async {
         loop {
             let reply = d
                 .get(
@@ -194,7 +208,7 @@ pub async fn notification_for(d: &Daemon, who: &Person, kind: &str) -> Value {
                 .unwrap()
                 .iter()
                 .rev()
-                .find(|n| n["type"] == kind)
+                .find(|n| pred(n))
             {
                 return n.clone();
             }
