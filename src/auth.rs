@@ -218,10 +218,13 @@ mod tests {
 
     #[test]
     fn only_the_exact_service_key_is_the_service() {
-        // One byte off, a prefix, and the key with more after it: each is
-        // just a bad token (the comparison must cover every byte and the length).
+        // One byte off, two bytes off by the same bit (their differences
+        // cancel out under xor), a prefix, and the key with more after it:
+        // each is just a bad token (the comparison must cover every byte and
+        // the length).
         for near_miss in [
             "a-test-service-key-0001",
+            "a-test-service-key-0011",
             "a-test-service-key-000",
             "a-test-service-key-00000",
             "a",
