@@ -66,10 +66,12 @@ pub fn notice(action: Action, types: &[ContactKind]) -> Option<String> {
 
 /// A type's or an action's name as the API and `rules/contact.yaml` write
 /// it (`messaging_app`, `block`): the label values of the contact metrics.
+/// Both are unit enums, written as strings; anything else would be labelled
+/// `other` rather than make a series per value.
 fn api_name(value: impl serde::Serialize) -> String {
     match serde_json::to_value(value) {
         Ok(serde_json::Value::String(name)) => name,
-        _ => String::new(),
+        _ => "other".to_owned(),
     }
 }
 

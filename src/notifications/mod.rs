@@ -27,6 +27,7 @@ pub struct Wakers {
 
 /// One delivery in flight on a lane, from before its entry is leased until
 /// its outcome is recorded; dropping it ends it (a panic too).
+#[derive(Debug)]
 pub struct Dispatching<'a> {
     count: &'a AtomicUsize,
 }
