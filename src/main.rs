@@ -111,6 +111,11 @@ fn serve(path: PathBuf, dev: bool) -> ExitCode {
         ));
     }
     parleyd::telemetry::init_logging(&config.logging);
+    if cfg!(feature = "failpoints") {
+        // `cargo test --workspace` builds the daemon with them; a binary from
+        // such a build must not be the one deployed.
+        tracing::warn!("built with fault points (cargo feature failpoints): for tests only");
+    }
     match parleyd::faults::arm() {
         Ok(armed) if !armed.is_empty() => tracing::warn!(?armed, "fault points armed"),
         Ok(_) => {}
