@@ -378,13 +378,7 @@ async fn a_runaway_plugin_is_stopped_by_its_budget_and_its_events_are_dead_lette
     std::fs::remove_file(&spin).unwrap();
     rules_after(&d, |s| s["version"].as_u64() > Some(2)).await;
     let id = entry["id"].as_str().unwrap();
-    d.post(
-        &format!("/v1/admin/pipeline/dead/{id}/redrive"),
-        &operator().token,
-        json!({}),
-    )
-    .await
-    .expect(200);
+    redrive(&d, id, &operator()).await.expect(200);
     automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
 }
 
@@ -774,6 +768,16 @@ async fn dora_asks(d: &Daemon, p: &Pair, id: &str) -> (Person, String) {
     (dora, conversation)
 }
 
+/// `POST /v1/admin/pipeline/dead/{id}/redrive` as `who`.
+async fn redrive(d: &Daemon, id: &str, who: &Person) -> Reply {
+    d.post(
+        &format!("/v1/admin/pipeline/dead/{id}/redrive"),
+        &who.token,
+        json!({}),
+    )
+    .await
+}
+
 async fn dead_list(d: &Daemon) -> Vec<Value> {
     let reply = d.get("/v1/admin/pipeline/dead", &operator().token).await;
     reply.expect(200);
@@ -849,13 +853,7 @@ async fn an_event_the_rules_fail_on_is_dead_lettered_and_redriven_after_the_fix(
     d.get("/v1/admin/pipeline/dead", &p.customer.token)
         .await
         .expect_error(403);
-    d.post(
-        &format!("/v1/admin/pipeline/dead/{id}/redrive"),
-        &p.customer.token,
-        json!({}),
-    )
-    .await
-    .expect_error(403);
+    redrive(&d, &id, &p.customer).await.expect_error(403);
 
     // A restart keeps the list, and does not try the event again.
     d.crash().await;
@@ -877,13 +875,7 @@ async fn an_event_the_rules_fail_on_is_dead_lettered_and_redriven_after_the_fix(
         s["version"].as_u64() > Some(1) && s["last_failure"].is_null()
     })
     .await;
-    let redriven = d
-        .post(
-            &format!("/v1/admin/pipeline/dead/{id}/redrive"),
-            &operator().token,
-            json!({}),
-        )
-        .await;
+    let redriven = redrive(&d, &id, &operator()).await;
     redriven.expect(200);
     assert_eq!(redriven.body["id"], id);
     let ack = automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
@@ -912,13 +904,7 @@ async fn an_event_the_rules_fail_on_is_dead_lettered_and_redriven_after_the_fix(
     advance(&d, "4h").await;
     automated(&d, &p.provider, &p.conversation, "provider_reply_reminder").await;
     // Re-driven once: it is no longer dead.
-    d.post(
-        &format!("/v1/admin/pipeline/dead/{id}/redrive"),
-        &operator().token,
-        json!({}),
-    )
-    .await
-    .expect_error(404);
+    redrive(&d, &id, &operator()).await.expect_error(404);
     d.stop().await;
 }
 
@@ -965,13 +951,7 @@ async fn a_step_whose_template_fails_is_dead_lettered_and_the_other_steps_go_on(
         s["version"].as_u64() > Some(1) && s["last_failure"].is_null()
     })
     .await;
-    d.post(
-        &format!("/v1/admin/pipeline/dead/{id}/redrive"),
-        &operator().token,
-        json!({}),
-    )
-    .await
-    .expect(200);
+    redrive(&d, &id, &operator()).await.expect(200);
     let ack = automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
     assert!(
         ack["content"]

@@ -137,23 +137,10 @@ pub fn redrive(mut instance: Instance, name: &str, due_ms: i64) -> Option<Instan
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{DomainEvent, Subject};
+    use crate::domain::Subject;
 
     fn instance(steps: &[(&str, i64, StepState)]) -> Instance {
         Instance {
-            id: "r/c:c1".into(),
-            rule: "r".into(),
-            run: "run".into(),
-            subject: Subject::default(),
-            trigger: DomainEvent {
-                seq: 1,
-                name: "e".into(),
-                aliases: Vec::new(),
-                at: "2030-01-01T00:00:00Z".into(),
-                redriven_at: None,
-                subject: Subject::default(),
-                data: serde_json::Value::Null,
-            },
             steps: steps
                 .iter()
                 .map(|(name, due_ms, state)| PlannedStep {
@@ -163,6 +150,7 @@ mod tests {
                     note: None,
                 })
                 .collect(),
+            ..crate::domain::test_instance("r/c:c1", Subject::default(), 0)
         }
     }
 
