@@ -385,21 +385,7 @@ mod tests {
             ("rules/s.yaml", rules),
             ("templates/t.yaml", "t:\n  text: \"hello\"\n"),
         ]);
-        let listing = crate::model::Listing {
-            id: "l1".into(),
-            title: "Kayak tour".into(),
-            price: None,
-            currency: None,
-            provider_id: "prov".into(),
-            primary_image: None,
-            badges: vec![],
-            response_time: None,
-            availability: vec![],
-            included: vec![],
-            address: None,
-            timezone: None,
-            updated_at: "2030-01-01T00:00:00Z".into(),
-        };
+        let listing = crate::model::Listing::test_listing();
         store.put_listing(&listing).unwrap();
         let (conversation, _) = store
             .open_conversation(&listing, "cust", "2030-01-01T00:00:00Z")

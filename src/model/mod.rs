@@ -270,6 +270,27 @@ impl ListingInput {
 }
 
 impl Listing {
+    /// Listing `l1`, "Kayak tour", of provider `prov`, with nothing else
+    /// set, for tests.
+    #[cfg(test)]
+    pub(crate) fn test_listing() -> Listing {
+        Listing {
+            id: "l1".into(),
+            title: "Kayak tour".into(),
+            price: None,
+            currency: None,
+            provider_id: "prov".into(),
+            primary_image: None,
+            badges: vec![],
+            response_time: None,
+            availability: vec![],
+            included: vec![],
+            address: None,
+            timezone: None,
+            updated_at: "2030-01-01T00:00:00Z".into(),
+        }
+    }
+
     /// The card shown at the top of a conversation.
     pub fn card(&self) -> ContextCard {
         ContextCard {

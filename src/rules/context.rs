@@ -191,17 +191,10 @@ mod tests {
         Listing {
             id: "l".into(),
             title: "Loft".into(),
-            price: None,
-            currency: None,
             provider_id: "p".into(),
-            primary_image: None,
-            badges: vec![],
-            response_time: None,
-            availability: vec![],
-            included: vec![],
-            address: None,
             timezone: timezone.map(str::to_owned),
             updated_at: String::new(),
+            ..Listing::test_listing()
         }
     }
 

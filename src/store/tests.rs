@@ -12,19 +12,11 @@ fn config() -> StorageConfig {
 
 fn listing() -> Listing {
     Listing {
-        id: "l1".into(),
-        title: "Kayak tour".into(),
         price: Some(40.0),
         currency: Some("EUR".into()),
-        provider_id: "prov".into(),
-        primary_image: None,
-        badges: vec![],
-        response_time: None,
         availability: vec!["2026-12-01".into()],
-        included: vec![],
-        address: None,
-        timezone: None,
         updated_at: "2026-11-25T00:00:00.000Z".into(),
+        ..Listing::test_listing()
     }
 }
 
