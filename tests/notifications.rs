@@ -21,6 +21,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789";
 
+/// An SMTP endpoint nothing answers (the discard port): the email channel is
+/// on, and its deliveries are looked at, never awaited.
+const UNANSWERED_SMTP: &str = "smtp://127.0.0.1:9";
+
 /// aiosmtpd's version, pinned so every run tests against the same server.
 const AIOSMTPD: &str = "aiosmtpd==1.4.6";
 
@@ -438,7 +442,7 @@ async fn endpoints_and_the_webhook_secret_from_the_environment_override_the_file
         automation: true,
         config: vec![
             ("clock", "manual".into()),
-            ("smtp_url", "smtp://127.0.0.1:9".into()),
+            ("smtp_url", UNANSWERED_SMTP.into()),
             ("push_url", http.url("/file/push")),
             ("sms_url", http.url("/file/sms")),
             ("webhook_url", http.url("/file/webhook")),
@@ -1336,7 +1340,7 @@ async fn a_person_opted_out_of_push_or_without_an_email_is_not_routed_there() {
     // deliveries are only looked at, never awaited.
     let w = lite(
         &shipped_routing(),
-        vec![("smtp_url", "smtp://127.0.0.1:9".to_owned())],
+        vec![("smtp_url", UNANSWERED_SMTP.to_owned())],
     )
     .await;
     let channels = |record: &Value| -> Vec<String> {
@@ -1582,7 +1586,7 @@ async fn a_digest_due_in_quiet_hours_goes_out_when_they_end() {
     // Nothing answers SMTP here: the digest's raising is what is looked at.
     let w = lite(
         &shipped_routing(),
-        vec![("smtp_url", "smtp://127.0.0.1:9".to_owned())],
+        vec![("smtp_url", UNANSWERED_SMTP.to_owned())],
     )
     .await;
     promote(
