@@ -133,6 +133,36 @@ async fn a_sequence_fires_at_its_virtual_times_and_stops_when_the_provider_repli
     );
 }
 
+/// A step whose condition is false is skipped, not sent, and counted as
+/// skipped (README, "Skipped steps"): the follow-up offers open dates, and
+/// this listing has none.
+#[tokio::test]
+async fn a_step_whose_condition_is_false_is_skipped_and_counted() {
+    let d = start(None, None).await;
+    let p = pair(&d).await;
+    give_open_dates(&d, &p, &[]).await;
+    d.send(&p.customer, &p.conversation, "q-1", "Hi! Free in May?")
+        .await
+        .expect(201);
+    automated(&d, &p.customer, &p.conversation, "inquiry_ack").await;
+    advance(&d, "24h").await;
+    settled(&d).await;
+
+    let messages = d.messages(&p.customer, &p.conversation).await;
+    assert!(sent_by_template(&messages, "inquiry_follow_up").is_empty());
+    assert_eq!(
+        sent_by_template(&messages, "provider_reply_reminder").len(),
+        1
+    );
+    let steps = |result: &str| format!("parleyd_automation_steps_total{{result=\"{result}\"}}");
+    assert_eq!(
+        d.metric(&steps("sent")).await,
+        2.0,
+        "acknowledge and remind_provider"
+    );
+    assert_eq!(d.metric(&steps("skipped")).await, 1.0, "follow_up");
+}
+
 #[tokio::test]
 async fn rescheduling_a_booking_moves_its_milestones_and_the_confirmation_has_an_invite() {
     let d = start(None, None).await;

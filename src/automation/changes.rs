@@ -134,7 +134,9 @@ pub async fn fire(
             };
             match sequence::fired(instance, &timer, state, note) {
                 Some(write) => tx.write(&write).map(|()| sent),
-                None => Ok(sent),
+                // Cannot happen after the check above; should it, the timer
+                // goes all the same, so the scheduler cannot fire it forever.
+                None => tx.remove_timer(&timer).map(|()| sent),
             }
         })
         .await
