@@ -282,12 +282,6 @@ impl Engine {
         Ok(Some(conversation.id))
     }
 
-    /// Runs the engine and the scheduler until the task is dropped: domain
-    /// events as they commit, steps as they fall due.
-    pub async fn run(self: Arc<Self>) {
-        tokio::join!(Arc::clone(&self).run_events(), self.run_timers());
-    }
-
     /// Processes domain events as they commit, until the task is dropped
     /// (the component `engine`).
     pub async fn run_events(self: Arc<Self>) {

@@ -214,7 +214,10 @@ async fn run(args: Args) -> Result<(), String> {
         conversations.push((view.id, provider));
     }
     engine.drain().await.map_err(err)?;
-    let automation = tokio::spawn(engine.clone().run());
+    // The engine and its scheduler, as the daemon runs them.
+    let (events, timers) = (engine.clone(), engine.clone());
+    let automation =
+        tokio::spawn(async move { tokio::join!(events.run_events(), timers.run_timers()) });
     let outbox = Arc::new(outbox);
     let mut delivery = (!args.backlog).then(|| tokio::spawn(outbox.clone().run()));
 
