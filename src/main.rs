@@ -270,10 +270,12 @@ fn rebuild_analytics(path: &std::path::Path) -> ExitCode {
         std::sync::Arc::new(|_| {}),
     ) {
         Ok(store) => store,
-        Err(e) => return fail(format!(
+        Err(e) => {
+            return fail(format!(
             "cannot open the data directory {} (is the daemon still running? stop it first): {e}",
             config.data_dir.display()
-        )),
+        ))
+        }
     };
     match runtime.block_on(parleyd::analytics::rebuild::rebuild(&store)) {
         Ok(rebuilt) => {
