@@ -644,3 +644,197 @@ pub fn empty(conversation: &crate::model::Conversation) -> ConversationMetrics {
         ..ConversationMetrics::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> ConversationMetrics {
+        ConversationMetrics {
+            conversation_id: "c1".into(),
+            listing_id: "l1".into(),
+            customer_id: "cust".into(),
+            provider_id: "prov".into(),
+            zone: "Europe/Paris".into(),
+            ..ConversationMetrics::default()
+        }
+    }
+
+    fn says(sender: &str, text: &str) -> Fact {
+        Fact::Message(MessageFact {
+            sender: sender.into(),
+            automated: false,
+            recipient: None,
+            chars: text.chars().count() as u64,
+            quick_reply: false,
+            priced: names_price(text),
+        })
+    }
+
+    fn automated(to: &str) -> Fact {
+        Fact::Message(MessageFact {
+            sender: SYSTEM_SENDER.into(),
+            automated: true,
+            recipient: Some(to.into()),
+            chars: 10,
+            quick_reply: false,
+            priced: false,
+        })
+    }
+
+    #[test]
+    fn prices_are_amounts_with_a_currency() {
+        for priced in [
+            "It's €80 per person",
+            "$120",
+            "80,50 €",
+            "EUR 95 for two",
+            "95 usd",
+            "120 dollars all in",
+            "£1,200.00",
+        ] {
+            assert!(names_price(priced), "{priced}");
+        }
+        for plain in [
+            "See you at 5",
+            "We are 2 people on 12/07",
+            "Room 101",
+            "europe is nice",
+            "",
+        ] {
+            assert!(!names_price(plain), "{plain}");
+        }
+    }
+
+    /// Each provider reply is measured from the earliest customer message
+    /// it answers; automated messages answer nothing.
+    #[test]
+    fn replies_are_measured_from_the_earliest_unanswered_customer_message() {
+        let mut m = record();
+        fold(&mut m, &says("cust", "Hi"), "2030-07-01T10:00:00Z");
+        fold(&mut m, &automated("cust"), "2030-07-01T10:00:01Z");
+        fold(&mut m, &says("cust", "Hello?"), "2030-07-01T11:00:00Z");
+        fold(&mut m, &says("prov", "Yes!"), "2030-07-01T12:00:00Z");
+        fold(&mut m, &says("prov", "Also..."), "2030-07-01T12:05:00Z");
+        fold(&mut m, &says("cust", "Thanks"), "2030-07-01T13:00:00Z");
+        fold(&mut m, &says("prov", "Welcome"), "2030-07-01T13:10:00Z");
+        assert_eq!(m.response_secs, [7200, 600]);
+        assert_eq!(m.first_response_at.as_deref(), Some("2030-07-01T12:00:00Z"));
+        assert_eq!(m.answered, 3);
+        assert_eq!(m.messages.customer, 3);
+        assert_eq!(m.messages.provider, 3);
+        assert_eq!(m.messages.automated, 1);
+        assert_eq!(m.messages.total, 7);
+        assert_eq!(
+            m.to_customer.addressed, 4,
+            "3 replies and the automated one"
+        );
+        assert_eq!(m.to_provider.addressed, 3);
+        let v = view(&m);
+        assert_eq!(v.first_response_seconds, Some(7200));
+        assert_eq!(v.response_time.median_seconds, Some(3900.0));
+        assert_eq!(v.reply_rate.rate, Some(1.0));
+    }
+
+    #[test]
+    fn a_provider_message_before_any_inquiry_is_no_response() {
+        let mut m = record();
+        fold(&mut m, &says("prov", "Welcome!"), "2030-07-01T09:00:00Z");
+        fold(&mut m, &says("cust", "Hi"), "2030-07-01T10:00:00Z");
+        assert!(m.response_secs.is_empty());
+        assert_eq!(m.inquiry_at.as_deref(), Some("2030-07-01T10:00:00Z"));
+        let v = view(&m);
+        assert_eq!(v.first_response_seconds, None);
+        assert_eq!(v.reply_rate.rate, Some(0.0));
+    }
+
+    /// Outcomes count on the inquiry's day; activity on its own day; an
+    /// inquiry after the booking brings it along; a completion counts once.
+    #[test]
+    fn daily_figures_go_to_the_inquiry_day_or_the_activity_day() {
+        let mut m = record();
+        let booked = fold(
+            &mut m,
+            &Fact::Booked {
+                booking_id: "b1".into(),
+                stage: Stage::Confirmed,
+            },
+            "2030-07-01T08:00:00Z",
+        );
+        assert!(booked.days.is_empty(), "no inquiry yet: {booked:?}");
+        let inquiry = fold(&mut m, &says("cust", "Hi"), "2030-07-01T21:30:00Z");
+        assert!(inquiry.inquiry);
+        let [(at, day)] = &inquiry.days[..] else {
+            panic!("{inquiry:?}")
+        };
+        assert_eq!(at, "2030-07-01T21:30:00Z");
+        assert_eq!((day.inquiries, day.booked), (1, 1));
+        let reply = fold(&mut m, &says("prov", "It's $80"), "2030-07-02T23:30:00Z");
+        let days: Vec<&str> = reply.days.iter().map(|(at, _)| at.as_str()).collect();
+        assert_eq!(days, ["2030-07-02T23:30:00Z", "2030-07-01T21:30:00Z"]);
+        let cohort = &reply.days[1].1;
+        assert_eq!(cohort.answered, 1);
+        assert_eq!(cohort.answered_within_24h, 0, "26 hours");
+        assert_eq!(cohort.first_response_secs, 26 * 3600);
+        assert_eq!(cohort.first_response_buckets[7], 1);
+        assert_eq!(cohort.quoted, 1);
+        let activity = &reply.days[0].1;
+        assert_eq!((activity.responses, activity.messages.provider), (1, 1));
+        let done = Fact::Staged {
+            from: Some(Stage::Active),
+            to: Stage::Completed,
+        };
+        let completed = fold(&mut m, &done, "2030-07-05T10:00:00Z");
+        assert_eq!(completed.days[0].1.completed, 1);
+        assert!(fold(&mut m, &done, "2030-07-06T10:00:00Z").days.is_empty());
+        // The inquiry's day in the provider's zone: 21:30 UTC is 23:30 in
+        // Paris, 26 h later is 01:30 two days on.
+        assert_eq!(
+            day_of("2030-07-01T21:30:00Z", &m.zone).as_deref(),
+            Some("2030-07-01")
+        );
+        assert_eq!(
+            day_of("2030-07-02T23:30:00Z", &m.zone).as_deref(),
+            Some("2030-07-03")
+        );
+    }
+
+    #[test]
+    fn reads_count_for_the_reader_side() {
+        let mut m = record();
+        fold(&mut m, &says("prov", "Hello"), "2030-07-01T09:00:00Z");
+        fold(&mut m, &automated("cust"), "2030-07-01T09:00:00Z");
+        let read = Fact::Read {
+            reader: "cust".into(),
+            count: 2,
+        };
+        let deltas = fold(&mut m, &read, "2030-07-01T10:00:00Z");
+        assert_eq!(
+            m.to_customer,
+            ReadTally {
+                addressed: 2,
+                read: 2
+            }
+        );
+        assert_eq!(deltas.days[0].1.to_customers.read, 2);
+        let stranger = Fact::Read {
+            reader: "someone".into(),
+            count: 5,
+        };
+        assert!(fold(&mut m, &stranger, "2030-07-01T10:00:00Z")
+            .days
+            .is_empty());
+    }
+
+    #[test]
+    fn buckets_and_medians() {
+        assert_eq!(bucket(0), 0);
+        assert_eq!(bucket(300), 0);
+        assert_eq!(bucket(301), 1);
+        assert_eq!(bucket(86_400), 6);
+        assert_eq!(bucket(86_401), 7);
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[5, 1, 3]), Some(3.0));
+        assert_eq!(median(&[4, 1, 3, 2]), Some(2.5));
+    }
+}

@@ -221,3 +221,152 @@ pub fn history(
     }
     events
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::analytics::metrics::QUOTE;
+    use crate::model::{Listing, Signal};
+    use crate::store::NewMessage;
+
+    fn at(day: u32, hour: u32) -> String {
+        format!("2030-07-{day:02}T{hour:02}:00:00.000Z")
+    }
+
+    async fn say(store: &Store, conversation: &str, who: &str, text: &str, when: String) {
+        let new = NewMessage {
+            conversation_id: conversation.into(),
+            sender_id: who.into(),
+            client_id: format!("{who}-{when}"),
+            content: text.into(),
+            kind: MessageType::Text,
+            created_at: when,
+            moderation: None,
+            automation: None,
+            actions: Vec::new(),
+            attachments: Vec::new(),
+            quick_reply_id: (who == "prov").then(|| "qr-1".to_owned()),
+            fingerprint: None,
+        };
+        store.append_message(new).await.unwrap();
+    }
+
+    async fn signal(store: &Store, kind: &str, conversation: Option<&str>, when: String) {
+        let signal = Signal {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: kind.into(),
+            user_id: Some("cust".into()),
+            listing_id: Some("l1".into()),
+            conversation_id: conversation.map(str::to_owned),
+            data: serde_json::json!({}),
+            received_at: when,
+        };
+        let conversation = match conversation {
+            Some(id) => store.conversation(id).unwrap(),
+            None => None,
+        };
+        let subject = signal.subject(conversation.as_ref(), Some(&Listing::test_listing()));
+        store.put_signal(signal, subject).await.unwrap();
+    }
+
+    /// Everything the live path keeps: the conversation's record, the
+    /// provider's days and index.
+    fn kept(store: &Store, conversation: &str) -> impl PartialEq + std::fmt::Debug {
+        (
+            store.conversation_metrics(conversation).unwrap(),
+            store
+                .provider_days("prov", "2000-01-01", "2100-01-01")
+                .unwrap(),
+            store.provider_conversations("prov", 0, i64::MAX).unwrap(),
+        )
+    }
+
+    /// The live path (each queued event through `analytics::record`) and a
+    /// rebuild from the stored history keep the same records, daily
+    /// aggregates and index included.
+    #[tokio::test]
+    async fn a_rebuild_keeps_what_the_live_path_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::StorageConfig {
+            cache_capacity_mb: 16,
+            ..Default::default()
+        };
+        let store = Store::open(dir.path(), &config, Arc::new(|_| {})).unwrap();
+        let listing = Listing {
+            timezone: Some("America/New_York".into()),
+            ..Listing::test_listing()
+        };
+        store.put_listing(&listing).unwrap();
+        signal(&store, LISTING_VIEWED, None, at(1, 1)).await;
+        let (c, _) = store
+            .open_conversation(&listing, "cust", &at(1, 2))
+            .await
+            .unwrap();
+        say(&store, &c.id, "cust", "Hi, free Friday?", at(1, 3)).await;
+        say(&store, &c.id, "cust", "Two of us", at(1, 4)).await;
+        say(&store, &c.id, "prov", "Yes, $80 each", at(2, 5)).await;
+        store.mark_read(&c.id, "cust", 3, &at(2, 6)).await.unwrap();
+        say(&store, &c.id, "cust", "Booking!", at(3, 7)).await;
+        store.mark_read(&c.id, "prov", 4, &at(3, 8)).await.unwrap();
+        signal(&store, QUOTE, Some(&c.id), at(3, 9)).await;
+        let booking = Booking {
+            id: "b1".into(),
+            conversation_id: c.id.clone(),
+            listing_id: "l1".into(),
+            customer_id: "cust".into(),
+            provider_id: "prov".into(),
+            start: at(9, 10),
+            end: at(9, 12),
+            stage: Stage::Confirmed,
+            created_at: at(3, 10),
+            updated_at: at(3, 10),
+            completed_at: None,
+        };
+        let card = listing.card();
+        store.create_booking(&booking, &card).await.unwrap();
+        let done = Booking {
+            stage: Stage::Completed,
+            updated_at: at(9, 13),
+            completed_at: Some(at(9, 13)),
+            ..booking
+        };
+        store.put_booking(&done, &card).await.unwrap();
+        signal(&store, LISTING_VIEWED, None, at(10, 1)).await;
+
+        let events = store.domain_events(1000).unwrap();
+        store
+            .transact("test", move |tx| {
+                let analytics = tx.analytics();
+                events
+                    .iter()
+                    .try_for_each(|e| crate::analytics::record(&analytics, e))
+            })
+            .await
+            .unwrap();
+        let live = kept(&store, &c.id);
+        let m = store.conversation_metrics(&c.id).unwrap().unwrap();
+        assert_eq!(m.zone, "America/New_York");
+        assert_eq!(m.response_secs, [26 * 3600]);
+        assert_eq!((m.to_customer.read, m.to_provider.read), (1, 3));
+        assert_eq!(m.viewed_at.as_deref(), Some(at(1, 1).as_str()));
+        assert_eq!(m.completed_at.as_deref(), Some(at(9, 13).as_str()));
+
+        let rebuilt = rebuild(&store).await.unwrap();
+        assert_eq!(rebuilt.conversations, 1);
+        assert_eq!(kept(&store, &c.id), live);
+        // Folded already: the queued events do not count again.
+        let events = store.domain_events(1000).unwrap();
+        store
+            .transact("test", move |tx| {
+                let analytics = tx.analytics();
+                events
+                    .iter()
+                    .try_for_each(|e| crate::analytics::record(&analytics, e))
+            })
+            .await
+            .unwrap();
+        assert_eq!(kept(&store, &c.id), live);
+    }
+}
