@@ -57,6 +57,25 @@ async fn send_quick(d: &Daemon, who: &Person, conversation: &str, id: &str, text
     .expect(201);
 }
 
+/// A `quick_reply_id` that is no id is refused, and nothing is stored.
+#[tokio::test]
+async fn a_malformed_quick_reply_id_is_refused() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let reply = d
+        .post(
+            &format!("/v1/conversations/{}/messages", p.conversation),
+            &p.customer.token,
+            json!({"client_id": "c-1", "content": "Hi", "quick_reply_id": "not an id"}),
+        )
+        .await;
+    assert_eq!(reply.expect_error(422), "invalid", "{:?}", reply.body);
+    let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("quick_reply_id"), "{message}");
+    assert!(d.messages(&p.customer, &p.conversation).await.is_empty());
+    d.stop().await;
+}
+
 /// The figures of one conversation, computed from its messages by the
 /// definitions in README.md ("Conversation metrics"), independently of the
 /// daemon's fold.
@@ -245,15 +264,17 @@ async fn metrics_match_the_conversation_survive_a_restart_and_a_rebuild() {
     advance(&d, "23h").await;
     send_quick(&d, &carla, &c, "c-3", "Great, we'll book it.", "qr-book").await;
     advance(&d, "30m").await;
-    send_quick(
-        &d,
-        &pablo,
-        &c,
-        "p-2",
-        "Thanks, see you Friday!",
-        "qr-thanks",
+    // Over the stream this time.
+    let mut ws = d.ws(&pablo, None).await;
+    ws.send_json(
+        json!({"type": "send", "conversation_id": c, "client_id": "p-2",
+        "content": "Thanks, see you Friday!", "quick_reply_id": "qr-thanks"}),
     )
     .await;
+    let ack = ws.answer("p-2").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["message"]["quick_reply_id"], "qr-thanks", "{ack}");
+    ws.close().await;
     settled(&d).await;
     let last = d.messages(&pablo, &c).await.len() as u64;
     d.read(&pablo, &c, last).await.expect(200);

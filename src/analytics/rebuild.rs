@@ -110,7 +110,7 @@ async fn fold(store: &Store, events: Vec<DomainEvent>) -> Result<usize, StoreErr
 
 /// Sorts events by time, then by their rank (see [`history`]).
 fn sort(events: &mut [(u64, DomainEvent)]) {
-    events.sort_by_key(|(rank, e)| (e.at.parse::<jiff::Timestamp>().ok(), *rank));
+    events.sort_by_cached_key(|(rank, e)| (e.at.parse::<jiff::Timestamp>().ok(), *rank));
 }
 
 fn event(name: String, at: &str, subject: Subject, data: serde_json::Value) -> DomainEvent {
@@ -352,6 +352,28 @@ mod tests {
         assert_eq!((m.to_customer.read, m.to_provider.read), (1, 3));
         assert_eq!(m.viewed_at.as_deref(), Some(at(1, 1).as_str()));
         assert_eq!(m.completed_at.as_deref(), Some(at(9, 13).as_str()));
+
+        // The provider's index: by inquiry time, `[from, to)`.
+        let inquiry: jiff::Timestamp = at(1, 3).parse().unwrap();
+        let ms = inquiry.as_millisecond();
+        let range = |from, to| store.provider_conversations("prov", from, to).unwrap();
+        assert_eq!(range(ms, ms + 1), std::slice::from_ref(&c.id));
+        assert!(range(ms + 1, i64::MAX).is_empty());
+        assert!(range(0, ms).is_empty());
+        assert!(store
+            .provider_conversations("other", 0, i64::MAX)
+            .unwrap()
+            .is_empty());
+        // New York's days: the inquiry at 03:00 UTC on 1 July is on 30 June
+        // there, the second message at 04:00 UTC on 1 July.
+        let days = store
+            .provider_days("prov", "2030-06-30", "2030-07-01")
+            .unwrap();
+        let figures: Vec<(&str, u64, u64)> = days
+            .iter()
+            .map(|(day, d)| (day.as_str(), d.inquiries, d.messages.customer))
+            .collect();
+        assert_eq!(figures, [("2030-06-30", 1, 1), ("2030-07-01", 0, 1)]);
 
         let rebuilt = rebuild(&store).await.unwrap();
         assert_eq!(rebuilt.conversations, 1);
