@@ -5,8 +5,10 @@
 //!
 //! Per event: one read and one write of the conversation's record, and of
 //! the provider's day (two days when a reply counts for an inquiry received
-//! on another day); `listing_viewed` reads one more key (the customer's
-//! conversation about the listing, if any). Nothing is scanned.
+//! on another day), plus the watermark (`analytics::record`; within one
+//! batch's transaction sled serves it from the transaction's cache, so it
+//! reaches the disk once a batch); `listing_viewed` reads one more key (the
+//! customer's conversation about the listing, if any). Nothing is scanned.
 
 use std::sync::LazyLock;
 

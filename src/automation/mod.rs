@@ -597,3 +597,38 @@ pub fn plan(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Subject;
+
+    fn event(name: &str, aliases: &[&str]) -> DomainEvent {
+        DomainEvent {
+            seq: 1,
+            name: name.into(),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            at: "2030-01-01T00:00:00Z".into(),
+            redriven_at: None,
+            subject: Subject::default(),
+            data: serde_json::Value::Null,
+        }
+    }
+
+    /// The shipped rules react to inquiries and bookings, not to reads (no
+    /// rule names `message_read`), so reads cost the engine no evaluation.
+    #[test]
+    fn only_events_the_rules_name_are_evaluated() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let rules = crate::rules::load(&crate::rules::RuleDirs::under(root)).unwrap();
+        assert!(reacts(
+            &rules,
+            &event("message_sent", &["inquiry_received"])
+        ));
+        assert!(reacts(
+            &rules,
+            &event("booking_created", &["booking_confirmed"])
+        ));
+        assert!(!reacts(&rules, &event("message_read", &[])));
+    }
+}
