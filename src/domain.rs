@@ -123,6 +123,9 @@ pub enum Emitted {
     CustomerReplied,
     /// Automation sent a message.
     AutomatedMessageSent,
+    /// A person read messages addressed to them (`data.count` of them, up to
+    /// `data.seq`).
+    MessageRead,
     /// A conversation was created.
     ConversationOpened,
     /// A booking id was stored for the first time.
@@ -145,6 +148,7 @@ impl Emitted {
             Emitted::ProviderReplied,
             Emitted::CustomerReplied,
             Emitted::AutomatedMessageSent,
+            Emitted::MessageRead,
             Emitted::ConversationOpened,
             Emitted::BookingCreated,
             Emitted::BookingUpdated,
@@ -163,6 +167,7 @@ impl std::fmt::Display for Emitted {
             Emitted::ProviderReplied => "provider_replied",
             Emitted::CustomerReplied => "customer_replied",
             Emitted::AutomatedMessageSent => "automated_message_sent",
+            Emitted::MessageRead => "message_read",
             Emitted::ConversationOpened => "conversation_opened",
             Emitted::BookingCreated => "booking_created",
             Emitted::BookingUpdated => "booking_updated",

@@ -1,5 +1,5 @@
 //! The command line and the configuration as README documents them: `check`,
-//! `test-rules`, `detect` and `token` as commands, and what `serve` refuses to
+//! `test-rules`, `detect`, `token` and `analytics rebuild` as commands, and what `serve` refuses to
 //! start with (the example secrets or `clock: manual` without `--dev`, invalid
 //! rules, an unknown config key), with the `PARLEYD_*` secrets from the
 //! environment.
@@ -311,6 +311,38 @@ async fn token_prints_a_jwt_the_daemon_accepts_for_that_user_and_role() {
         text(&bad_ttl.stderr)
     );
     d.stop().await;
+}
+
+/// Catches: `analytics rebuild` touching a data directory the daemon holds
+/// (or failing without saying why), or not rebuilding once it is stopped.
+/// (That a rebuild gives the live figures back: tests/analytics.rs.)
+#[tokio::test]
+async fn analytics_rebuild_refuses_a_running_daemons_directory_and_rebuilds_a_stopped_one() {
+    let data = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(data.path()).await;
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "c-1", "Hi!")
+        .await
+        .expect(201);
+    settled(&d).await;
+    let dir = data.path().display().to_string();
+    let env = [("PARLEYD_DATA_DIR", dir.as_str())];
+    let refused = parleyd_in_repo(&["analytics", "rebuild"], &env, "");
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = text(&refused.stderr);
+    assert!(stderr.contains("stop it first"), "{stderr}");
+    d.stop().await;
+    let rebuilt = parleyd_in_repo(
+        &["analytics", "rebuild", "--config", "config.yaml"],
+        &env,
+        "",
+    );
+    assert!(rebuilt.status.success(), "{}", text(&rebuilt.stderr));
+    let stdout = text(&rebuilt.stdout);
+    assert!(
+        stdout.contains("analytics rebuilt: 1 conversations"),
+        "{stdout}"
+    );
 }
 
 const OWN_JWT_SECRET: &str = "a-secret-of-our-own-0123456789";

@@ -1,5 +1,5 @@
 //! The top-level modules of `src/` depend downwards only (DESIGN.md, "Layout"):
-//! api -> service -> (automation, notifications) -> rules -> store -> model, with
+//! api -> service -> (automation, notifications, analytics) -> rules -> store -> model, with
 //! no import cycles between any two top-level modules. The graph is read from
 //! the sources: every `crate::NAME` (and every name in `crate::{...}`) in a
 //! module's files is an edge from that module to `NAME`.
@@ -15,7 +15,7 @@ const LAYERS: [&[&str]; 6] = [
     &["model"],
     &["store"],
     &["rules"],
-    &["automation", "notifications"],
+    &["automation", "notifications", "analytics"],
     &["service"],
     &["api"],
 ];

@@ -194,6 +194,12 @@ impl Engine {
             }
             let mut batch = Batch::default();
             for event in &events {
+                // Before the rules: whatever they do, the event is counted.
+                batch.changes.push(Change::Record(Box::new(event.clone())));
+                if !reacts(&self.rules.current(), event) {
+                    batch.changes.push(Change::Ack(event.seq));
+                    continue;
+                }
                 if let Some(changes) = self.evaluate_or_quarantine(event, &mut batch).await? {
                     for change in &changes {
                         batch.overlay.record(&self.store, change)?;
@@ -219,7 +225,9 @@ impl Engine {
         }
         let changes = std::mem::take(&mut batch.changes);
         batch.overlay.clear();
-        let wake = changes.iter().any(|c| !matches!(c, Change::Ack(_)));
+        let wake = changes
+            .iter()
+            .any(|c| !matches!(c, Change::Ack(_) | Change::Record(_)));
         match apply_changes(&self.store, changes.clone()).await {
             Err(StoreError::Panicked(_)) => {
                 // Each event's changes end with its acknowledgement.
@@ -508,6 +516,25 @@ impl Engine {
     }
 }
 
+/// Whether anything in `rules` may act on `event`: a plugin reacting to
+/// every event, a sequence it triggers, stops or re-plans, a route or a
+/// webhook on it. The engine acknowledges an event nothing reacts to
+/// without evaluating it (no read of its attempts, no script): a
+/// `message_read` on a daemon whose rules never mention it costs nothing
+/// but its acknowledgement.
+fn reacts(rules: &RuleSet, event: &DomainEvent) -> bool {
+    rules.plugins.iter().any(|p| p.has(ON_EVENT))
+        || rules.sequences.iter().any(|s| {
+            event.is(&s.trigger) || s.stop_on.iter().chain(&s.replan_on).any(|n| event.is(n))
+        })
+        || rules
+            .routing
+            .routes
+            .iter()
+            .any(|r| r.on.iter().any(|n| event.is(n)))
+        || rules.routing.webhooks.iter().any(|n| event.is(n))
+}
+
 /// Sets the `parleyd_dead_letters{list="events"}` gauge at once (upkeep
 /// refreshes it too): entries on the pipeline's dead-letter list now (events
 /// and steps; `Store::dead_count`).
@@ -569,4 +596,39 @@ pub fn plan(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Subject;
+
+    fn event(name: &str, aliases: &[&str]) -> DomainEvent {
+        DomainEvent {
+            seq: 1,
+            name: name.into(),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            at: "2030-01-01T00:00:00Z".into(),
+            redriven_at: None,
+            subject: Subject::default(),
+            data: serde_json::Value::Null,
+        }
+    }
+
+    /// The shipped rules react to inquiries and bookings, not to reads (no
+    /// rule names `message_read`), so reads cost the engine no evaluation.
+    #[test]
+    fn only_events_the_rules_name_are_evaluated() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let rules = crate::rules::load(&crate::rules::RuleDirs::under(root)).unwrap();
+        assert!(reacts(
+            &rules,
+            &event("message_sent", &["inquiry_received"])
+        ));
+        assert!(reacts(
+            &rules,
+            &event("booking_created", &["booking_confirmed"])
+        ));
+        assert!(!reacts(&rules, &event("message_read", &[])));
+    }
 }

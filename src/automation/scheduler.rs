@@ -253,6 +253,7 @@ impl Engine {
             }),
             actions,
             attachments,
+            quick_reply_id: None,
             fingerprint: None,
         })))
     }

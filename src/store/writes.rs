@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 use sled::Tree;
 
+use super::analytics::AnalyticsViews;
 use super::hot::HotWrites;
 use super::writer::OpResult;
 use super::{decode, encode, keys, Delivery, NewMessage, PriorSend, StoreError, Stored};
@@ -42,6 +43,50 @@ pub struct Tx<'a> {
     pub subjects: &'a TransactionalTree,
     /// Notifications and their delivery queues (`outbox.rs`).
     pub outbox: &'a TransactionalTree,
+    /// Read only (see `WriteTrees`).
+    pub users: &'a TransactionalTree,
+    pub listings: &'a TransactionalTree,
+    /// The analytics trees (`analytics.rs`).
+    pub analytics: AnalyticsViews<'a>,
+}
+
+impl<'a> Tx<'a> {
+    /// The transaction over `views`, the views of `WriteTrees::all` in its
+    /// order.
+    pub fn over(
+        views: &'a [TransactionalTree],
+        cursors: &'a Cursors,
+        hot: &'a HotWrites,
+        domain_seq: &'a DomainSeq,
+    ) -> Tx<'a> {
+        let [conversations, conv_pairs, user_convs, messages, client_ids, events, bookings, flags, signals, domain, instances, timers, subjects, outbox, users, listings, analytics @ ..] =
+            views
+        else {
+            unreachable!("WriteTrees::all lists every tree of a Tx");
+        };
+        Tx {
+            conversations,
+            conv_pairs,
+            user_convs,
+            messages,
+            client_ids,
+            events,
+            cursors,
+            hot,
+            bookings,
+            flags,
+            signals,
+            domain,
+            domain_seq,
+            instances,
+            timers,
+            subjects,
+            outbox,
+            users,
+            listings,
+            analytics: AnalyticsViews::over(analytics),
+        }
+    }
 }
 
 /// Each user's last cursor. Only the writer appends to event logs, so it keeps
@@ -362,6 +407,7 @@ pub fn append_message(
         automation: new.automation.clone(),
         actions: new.actions.clone(),
         attachments: new.attachments.clone(),
+        quick_reply_id: new.quick_reply_id.clone(),
     };
     let message_key = keys::message(&new.conversation_id, seq);
     tx.messages
@@ -398,12 +444,7 @@ pub fn append_message(
                 user_id: Some(message.sender_id.clone()),
                 ..conversation.subject()
             },
-            data: serde_json::json!({
-                "seq": message.seq,
-                "content": message.content,
-                "type": message.kind,
-                "automation": message.automation,
-            }),
+            data: message.event_data(),
         },
     )?;
     Ok(Ok((Stored::Message(message), true)))
@@ -528,6 +569,7 @@ pub fn mark_read(
     reader.unread_count = unread;
     let state = (target, unread);
     let mut told = vec![reader_id.to_owned()];
+    let count = newly_read.len();
     for (key, mut message) in newly_read {
         if conversation.is_participant(&message.sender_id) && !told.contains(&message.sender_id) {
             told.push(message.sender_id.clone());
@@ -546,6 +588,23 @@ pub fn mark_read(
     };
     for user_id in &told {
         log_event(tx, user_id, &event, out)?;
+    }
+    if count > 0 {
+        emit(
+            tx,
+            DomainEvent {
+                seq: 0,
+                name: Emitted::MessageRead.to_string(),
+                aliases: Vec::new(),
+                at: now.to_owned(),
+                redriven_at: None,
+                subject: Subject {
+                    user_id: Some(reader_id.to_owned()),
+                    ..conversation.subject()
+                },
+                data: serde_json::json!({"seq": target, "count": count}),
+            },
+        )?;
     }
     Ok(Ok(state))
 }
@@ -660,7 +719,7 @@ pub fn put_booking(
 
 /// `booking_created` or `booking_updated`, with aliases saying what changed:
 /// `booking_rescheduled` for a new period, `booking_{stage}` for a (new) stage.
-fn booking_event(booking: &Booking, previous: Option<&Booking>) -> DomainEvent {
+pub fn booking_event(booking: &Booking, previous: Option<&Booking>) -> DomainEvent {
     let stage = Emitted::BookingStage(booking.stage);
     let (name, mut aliases) = match previous {
         None => (Emitted::BookingCreated, vec![stage.to_string()]),
