@@ -1,6 +1,7 @@
 //! parleyd: the conversations of a two-sided marketplace, carried over
 //! WebSocket, long-poll and HTTP, stored in sled. See README.md for the tour.
 
+pub mod analytics;
 pub mod api;
 pub mod auth;
 pub mod automation;

@@ -36,6 +36,7 @@
 //! repeats the fingerprint, another message under the same client id does not.
 
 mod automation;
+mod experiments;
 mod hot;
 mod keys;
 mod outbox;
@@ -285,6 +286,7 @@ impl Store {
             timers: tree("timers")?,
             subjects: tree("subjects")?,
             outbox: tree("outbox")?,
+            experiments: tree("experiments")?,
         };
         if let Some(found) = upgrading_from {
             if found < SUBJECT_ENTRIES_FROM {

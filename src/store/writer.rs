@@ -141,6 +141,8 @@ pub struct WriteTrees {
     pub timers: Tree,
     pub subjects: Tree,
     pub outbox: Tree,
+    /// Experiment assignments and tallies (`experiments.rs`).
+    pub experiments: Tree,
 }
 
 #[derive(Clone)]
@@ -386,41 +388,34 @@ impl LoopState {
         let jobs = RefCell::new(jobs);
         let deliveries = RefCell::new(Vec::new());
         let (cursors, hot, domain_seq) = (&self.cursors, &self.hot, &self.domain_seq);
-        // sled implements transactions over tuples of up to 14 trees.
+        // sled's tuples of trees stop at 14; a slice takes any number.
+        let all = [
+            &trees.conversations,
+            &trees.conv_pairs,
+            &trees.user_convs,
+            &trees.messages,
+            &trees.client_ids,
+            &trees.events,
+            &trees.bookings,
+            &trees.flags,
+            &trees.signals,
+            &trees.domain,
+            &trees.instances,
+            &trees.timers,
+            &trees.subjects,
+            &trees.outbox,
+            &trees.experiments,
+        ];
         let transaction = || {
-            (
-                &trees.conversations,
-                &trees.conv_pairs,
-                &trees.user_convs,
-                &trees.messages,
-                &trees.client_ids,
-                &trees.events,
-                &trees.bookings,
-                &trees.flags,
-                &trees.signals,
-                &trees.domain,
-                &trees.instances,
-                &trees.timers,
-                &trees.subjects,
-                &trees.outbox,
-            )
-                .transaction(
-                    |(
-                        conversations,
-                        conv_pairs,
-                        user_convs,
-                        messages,
-                        client_ids,
-                        events,
-                        bookings,
-                        flags,
-                        signals,
-                        domain,
-                        instances,
-                        timers,
-                        subjects,
-                        outbox,
-                    )| {
+            all[..].transaction(|view| {
+                        let [conversations, conv_pairs, user_convs, messages, client_ids, events, bookings, flags, signals, domain, instances, timers, subjects, outbox, experiments] =
+                            &view[..]
+                        else {
+                            // The view holds exactly the trees given above.
+                            return Err(sled::transaction::ConflictableTransactionError::Abort(
+                                StoreError::Schema("the write transaction lost a tree".into()),
+                            ));
+                        };
                         let tx = Tx {
                             conversations,
                             conv_pairs,
@@ -439,6 +434,7 @@ impl LoopState {
                             timers,
                             subjects,
                             outbox,
+                            experiments,
                         };
                         cursors.begin();
                         hot.begin();

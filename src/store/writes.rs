@@ -42,6 +42,8 @@ pub struct Tx<'a> {
     pub subjects: &'a TransactionalTree,
     /// Notifications and their delivery queues (`outbox.rs`).
     pub outbox: &'a TransactionalTree,
+    /// Experiment assignments and tallies (`experiments.rs`).
+    pub experiments: &'a TransactionalTree,
 }
 
 /// Each user's last cursor. Only the writer appends to event logs, so it keeps
