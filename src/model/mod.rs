@@ -536,6 +536,13 @@ pub struct Automation {
     pub step: String,
     pub template: String,
     pub recipient_id: String,
+    /// The experiment whose variant chose this step (`rules/*.yaml`,
+    /// `experiments:`), when one runs on it for the recipient's unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    /// The variant of `experiment` the unit got (the first is control).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

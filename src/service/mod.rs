@@ -5,6 +5,7 @@
 mod bookings;
 mod clock;
 mod conversations;
+mod experiments;
 mod notifications;
 mod pipeline;
 mod replies;
