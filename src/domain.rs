@@ -123,6 +123,9 @@ pub enum Emitted {
     CustomerReplied,
     /// Automation sent a message.
     AutomatedMessageSent,
+    /// Contact moderation blocked a person's message: nothing was delivered
+    /// (the sender is the event's user).
+    MessageBlocked,
     /// A conversation was created.
     ConversationOpened,
     /// A booking id was stored for the first time.
@@ -145,6 +148,7 @@ impl Emitted {
             Emitted::ProviderReplied,
             Emitted::CustomerReplied,
             Emitted::AutomatedMessageSent,
+            Emitted::MessageBlocked,
             Emitted::ConversationOpened,
             Emitted::BookingCreated,
             Emitted::BookingUpdated,
@@ -163,6 +167,7 @@ impl std::fmt::Display for Emitted {
             Emitted::ProviderReplied => "provider_replied",
             Emitted::CustomerReplied => "customer_replied",
             Emitted::AutomatedMessageSent => "automated_message_sent",
+            Emitted::MessageBlocked => "message_blocked",
             Emitted::ConversationOpened => "conversation_opened",
             Emitted::BookingCreated => "booking_created",
             Emitted::BookingUpdated => "booking_updated",

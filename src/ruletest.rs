@@ -400,7 +400,11 @@ impl World {
         let set = rules.current();
         for (experiment, variant) in &test.variants {
             match set.experiment(experiment) {
-                None => return Err(format!("variants: no experiment {experiment:?} in the rules")),
+                None => {
+                    return Err(format!(
+                        "variants: no experiment {experiment:?} in the rules"
+                    ))
+                }
                 Some(e) if e.variant(variant).is_none() => {
                     return Err(format!(
                         "variants: experiment {experiment} has no variant {variant:?}"

@@ -239,7 +239,9 @@ impl Overlay {
     pub fn record(&mut self, store: &Store, change: &Change) -> Result<(), StoreError> {
         if let Change::Expose(e) = change {
             let key = (e.experiment.clone(), e.unit, e.unit_id.clone());
-            self.exposures.entry(key).or_insert_with(|| e.variant.clone());
+            self.exposures
+                .entry(key)
+                .or_insert_with(|| e.variant.clone());
         }
         let Some(id) = about(change) else {
             return Ok(());

@@ -275,25 +275,25 @@ impl Engine {
         };
         Ok(Firing::Send(
             Box::new(NewMessage {
-            conversation_id,
-            sender_id,
-            client_id: format!("auto:{}:{}", instance.run, step.name),
-            content,
-            kind: sequence.kind,
-            created_at: now,
-            moderation: None,
-            automation: Some(Automation {
-                rule: sequence.name.clone(),
-                step: step.name.clone(),
-                template: step.template.clone(),
-                recipient_id,
-                experiment,
-                variant,
+                conversation_id,
+                sender_id,
+                client_id: format!("auto:{}:{}", instance.run, step.name),
+                content,
+                kind: sequence.kind,
+                created_at: now,
+                moderation: None,
+                automation: Some(Automation {
+                    rule: sequence.name.clone(),
+                    step: step.name.clone(),
+                    template: step.template.clone(),
+                    recipient_id,
+                    experiment,
+                    variant,
+                }),
+                actions,
+                attachments,
+                fingerprint: None,
             }),
-            actions,
-            attachments,
-            fingerprint: None,
-        }),
             exposure,
         ))
     }

@@ -345,6 +345,21 @@ pub fn append_message(
         record_moderation(tx, new, None, out)?;
         let entry = keys::client_entry(&keys::blocked(&flag.id), new.fingerprint.as_ref());
         tx.client_ids.insert(client_key.as_slice(), entry)?;
+        emit(
+            tx,
+            DomainEvent {
+                seq: 0,
+                name: Emitted::MessageBlocked.to_string(),
+                aliases: Vec::new(),
+                at: new.created_at.clone(),
+                redriven_at: None,
+                subject: Subject {
+                    user_id: Some(new.sender_id.clone()),
+                    ..conversation.subject()
+                },
+                data: serde_json::json!({ "flag_id": flag.id }),
+            },
+        )?;
         return Ok(Ok((Stored::Blocked(flag), true)));
     }
     let seq = conversation.last_seq + 1;

@@ -1,0 +1,300 @@
+//! A/B experiments end to end: the daemon runs the shipped rules plus an
+//! experiment that swaps the inquiry acknowledgement's template, on a manual
+//! clock. Customers are assigned as GrowthBook's hash says, keep their
+//! variant across a reload that changes the weights and across a restart,
+//! their automated messages name experiment and variant, conversions are
+//! reported per variant, and a split that does not follow the weights raises
+//! the sample-ratio alarm.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use parleyd::analytics::experiments::hash::hash_v2;
+use serde_json::{json, Value};
+
+const EXPERIMENT: &str = "ack_wording";
+
+/// The experiment, with control and `brief` weighted `weights`.
+fn experiment_file(weights: (u32, u32)) -> String {
+    format!(
+        r#"experiments:
+  - name: ack_wording
+    sequence: inquiry_follow_up
+    unit: customer
+    metric: {{ booked_within: 7d }}
+    guardrails: [unsubscribes, blocked_messages]
+    min_sample: 4
+    variants:
+      - {{ name: control, weight: {} }}
+      - name: brief
+        weight: {}
+        swap:
+          - {{ step: acknowledge, template: inquiry_ack_brief }}
+"#,
+        weights.0, weights.1
+    )
+}
+
+/// A copy of the shipped rules with the experiment at `weights` and its
+/// template; the config edits that point a daemon at it.
+fn rules_with_experiment(dir: &Path, weights: (u32, u32)) -> Vec<(&'static str, String)> {
+    let edits = copy_rules(dir);
+    std::fs::write(
+        dir.join("templates/experiment.yaml"),
+        "inquiry_ack_brief:\n  text: \"Got it, {customer.name}. {provider.name} answers soon.\"\n",
+    )
+    .unwrap();
+    set_weights(dir, weights);
+    edits
+}
+
+fn set_weights(dir: &Path, weights: (u32, u32)) {
+    std::fs::write(dir.join("rules/experiments.yaml"), experiment_file(weights)).unwrap();
+}
+
+async fn start(rules: &[(&'static str, String)], data: &Path) -> Daemon {
+    let mut config = vec![("clock", "manual".to_owned())];
+    config.extend(rules.iter().cloned());
+    Daemon::launch(Launch {
+        data_dir: Some(data.to_owned()),
+        config,
+        automation: true,
+        ..Launch::default()
+    })
+    .await
+}
+
+/// The variant GrowthBook's SDK gives `customer` at weights
+/// (control, brief): its v2 hash seeded with the experiment's name, in
+/// [0, control share) for control.
+fn expected_variant(customer: &str, weights: (u32, u32)) -> &'static str {
+    let control_share = f64::from(weights.0) / f64::from(weights.0 + weights.1);
+    if hash_v2(EXPERIMENT, customer) < control_share {
+        "control"
+    } else {
+        "brief"
+    }
+}
+
+/// A provider with `listings` listings, `l-1`, `l-2`, ….
+async fn provider_with_listings(d: &Daemon, listings: usize) -> Person {
+    let provider = Person::new("prov", "provider");
+    d.put(
+        "/v1/users/prov",
+        SERVICE_KEY,
+        json!({"name": "Pablo", "timezone": "Europe/Paris"}),
+    )
+    .await
+    .expect(200);
+    for i in 1..=listings {
+        d.put(
+            &format!("/v1/listings/l-{i}"),
+            SERVICE_KEY,
+            json!({"title": format!("Kayak tour {i}"), "provider_id": "prov",
+                   "response_time": "within an hour"}),
+        )
+        .await
+        .expect(200);
+    }
+    provider
+}
+
+/// `customer` asks about `listing`; the conversation and the acknowledgement
+/// automation sent there.
+async fn inquire(d: &Daemon, customer: &Person, listing: &str) -> (String, Value) {
+    d.put(
+        &format!("/v1/users/{}", customer.id),
+        SERVICE_KEY,
+        json!({"name": "Carla", "timezone": "Europe/Paris"}),
+    )
+    .await
+    .expect(200);
+    let opened = d
+        .post(
+            "/v1/conversations",
+            &customer.token,
+            json!({"listing_id": listing}),
+        )
+        .await;
+    let conversation = opened.body["id"].as_str().unwrap().to_owned();
+    d.send(
+        customer,
+        &conversation,
+        format!("q-{listing}"),
+        "Hi! Is it free on Saturday?",
+    )
+    .await
+    .expect(201);
+    let ack = guard("the acknowledgement", async {
+        loop {
+            let messages = d.messages(customer, &conversation).await;
+            if let Some(m) = messages
+                .iter()
+                .find(|m| m["automation"]["step"] == "acknowledge")
+            {
+                return m.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    (conversation, ack)
+}
+
+/// The variant an acknowledgement names, checked against its template.
+fn variant_of(ack: &Value) -> String {
+    let automation = &ack["automation"];
+    assert_eq!(automation["experiment"], EXPERIMENT, "{ack}");
+    let variant = automation["variant"].as_str().unwrap().to_owned();
+    let template = if variant == "brief" {
+        "inquiry_ack_brief"
+    } else {
+        "inquiry_ack"
+    };
+    assert_eq!(automation["template"], template, "{ack}");
+    variant
+}
+
+async fn results(d: &Daemon) -> Value {
+    let reply = d
+        .get(
+            &format!("/v1/admin/experiments/{EXPERIMENT}"),
+            &operator().token,
+        )
+        .await;
+    reply.expect(200);
+    reply.body.clone()
+}
+
+fn variant<'a>(results: &'a Value, name: &str) -> &'a Value {
+    results["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap()
+}
+
+fn customers(prefix: &str, n: usize) -> Vec<Person> {
+    (1..=n)
+        .map(|i| Person::new(&format!("{prefix}-{i:02}"), "customer"))
+        .collect()
+}
+
+/// Catches: assignment other than GrowthBook's hash and bucketing; a variant
+/// recomputed from the weights in force instead of the stored first
+/// exposure (after a reload that changes them, or a restart); messages
+/// without their experiment and variant; a unit exposed twice.
+#[tokio::test]
+async fn customers_keep_their_variant_across_a_reload_of_the_weights_and_a_restart() {
+    let (dir, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rules = rules_with_experiment(dir.path(), (50, 50));
+    let d = start(&rules, data.path()).await;
+    provider_with_listings(&d, 3).await;
+
+    let first = customers("cust", 10);
+    let mut assigned = BTreeMap::new();
+    for customer in &first {
+        let (_, ack) = inquire(&d, customer, "l-1").await;
+        let variant = variant_of(&ack);
+        assert_eq!(
+            variant,
+            expected_variant(&customer.id, (50, 50)),
+            "{}",
+            customer.id
+        );
+        assigned.insert(customer.id.clone(), variant);
+    }
+    // With 99% for brief, the hash would move every control customer whose
+    // hash is past 0.01: the test needs some.
+    let moved = first
+        .iter()
+        .filter(|c| assigned[&c.id] != expected_variant(&c.id, (1, 99)))
+        .count();
+    assert!(moved > 0, "no customer would move: pick other ids");
+    let shown = results(&d).await;
+    let count = |v: &str| assigned.values().filter(|a| *a == v).count() as u64;
+    assert_eq!(variant(&shown, "control")["exposures"], count("control"));
+    assert_eq!(variant(&shown, "brief")["exposures"], count("brief"));
+    assert_eq!(shown["status"], "running");
+
+    set_weights(dir.path(), (1, 99));
+    rules_after(&d, |s| s["version"] == 2).await;
+    for customer in &first {
+        let (_, ack) = inquire(&d, customer, "l-2").await;
+        assert_eq!(variant_of(&ack), assigned[&customer.id], "{}", customer.id);
+    }
+    // Customers never exposed get the new weights.
+    let newcomers = customers("new", 4);
+    for customer in &newcomers {
+        let (_, ack) = inquire(&d, customer, "l-1").await;
+        let variant = variant_of(&ack);
+        assert_eq!(
+            variant,
+            expected_variant(&customer.id, (1, 99)),
+            "{}",
+            customer.id
+        );
+        assigned.insert(customer.id.clone(), variant);
+    }
+    d.stop().await;
+
+    let d = start(&rules, data.path()).await;
+    for customer in first.iter().chain(&newcomers) {
+        let (_, ack) = inquire(&d, customer, "l-3").await;
+        assert_eq!(variant_of(&ack), assigned[&customer.id], "{}", customer.id);
+    }
+    settled(&d).await;
+    // Each customer counts once, in the variant of their first exposure.
+    let shown = results(&d).await;
+    let count = |v: &str| assigned.values().filter(|a| *a == v).count() as u64;
+    assert_eq!(variant(&shown, "control")["exposures"], count("control"));
+    assert_eq!(variant(&shown, "brief")["exposures"], count("brief"));
+    let listed = d.get("/v1/admin/experiments", &operator().token).await;
+    listed.expect(200);
+    assert_eq!(listed.body[0]["name"], EXPERIMENT);
+    d.stop().await;
+}
+
+/// Catches: a mismatch check that compares exposures with anything but the
+/// weights in force, a p-value that is not the chi-squared one, an alarm on
+/// a split that follows the weights.
+#[tokio::test]
+async fn exposures_that_do_not_follow_the_weights_raise_the_sample_ratio_alarm() {
+    let (dir, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Nearly everyone gets brief while the weights say so: no alarm.
+    let rules = rules_with_experiment(dir.path(), (1, 99));
+    let d = start(&rules, data.path()).await;
+    provider_with_listings(&d, 1).await;
+    let crowd = customers("srm", 16);
+    for customer in &crowd {
+        inquire(&d, customer, "l-1").await;
+    }
+    let shown = results(&d).await;
+    let (control, brief) = (
+        variant(&shown, "control")["exposures"].as_u64().unwrap(),
+        variant(&shown, "brief")["exposures"].as_u64().unwrap(),
+    );
+    assert_eq!(control + brief, 16);
+    assert_eq!(shown["sample_ratio"]["mismatch"], false, "{shown}");
+
+    // The same exposures against 50/50 (weights changed mid-run): the
+    // split is far from what the weights say now.
+    set_weights(dir.path(), (50, 50));
+    rules_after(&d, |s| s["version"] == 2).await;
+    let shown = results(&d).await;
+    let p = shown["sample_ratio"]["p_value"].as_f64().unwrap();
+    // Pearson's χ² with one degree of freedom, p = erfc(√(χ²/2)).
+    let expected_count = 8.0;
+    let chi2 = ((control as f64 - expected_count).powi(2)
+        + (brief as f64 - expected_count).powi(2))
+        / expected_count;
+    assert!(chi2 > 10.83, "χ² {chi2}: the split must be past p = 0.001");
+    assert!(p < 0.001, "{shown}");
+    assert_eq!(shown["sample_ratio"]["mismatch"], true, "{shown}");
+    d.stop().await;
+}
