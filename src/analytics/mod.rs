@@ -1,4 +1,53 @@
-//! Analytics: what the conversations, sequences and experiments achieve,
-//! kept incrementally from the domain events.
+//! Analytics: conversation metrics, experiments (and, next, provider
+//! reports), kept incrementally from the domain events.
+//!
+//! Each domain event is folded exactly once, inside the automation engine's
+//! batch write: the engine adds a `Change::Record` for every event it takes
+//! from the queue, before it evaluates the rules on it, and applying it calls
+//! [`record`] in the writer transaction that also acknowledges the event. So
+//! an event's analytics commit with the engine's work on it, and rules that
+//! fail on an event never lose its analytics (the batch so far, the record
+//! with it, is written before the failed attempt is counted).
+//!
+//! Exactly once: the engine may push the same event again (it was recorded
+//! with the batch written before a failed rule evaluation, then the drain
+//! stopped and the event, not acknowledged, is taken from the queue again).
+//! [`record`] keeps a watermark, the highest domain seq folded, and skips an
+//! event at or below it; events are folded in seq order, so the watermark is
+//! enough. An event re-driven from the dead-letter list (`redriven_at` set,
+//! a new seq) was folded on its first pass and is skipped too.
+//!
+//! `parleyd analytics rebuild` ([`rebuild`]) clears the analytics trees and
+//! folds, with the same [`record`], the events re-derived from the stored
+//! history.
+//!
+//! Dependencies: analytics reads the store and the rules' helpers; it never
+//! imports `automation`, `api` or `service`.
 
 pub mod experiments;
+pub mod metrics;
+
+use crate::domain::DomainEvent;
+use crate::store::{AnalyticsTx, TxError};
+
+/// Folds `event` into the analytics records, once: an event at or below
+/// the watermark, or re-driven from the dead-letter list, changes nothing.
+/// A record of its own that cannot be read (corrupt) is logged and counted
+/// (`parleyd_analytics_skipped_events_total`) and the event is passed over,
+/// so one bad record never holds up the engine; sled's errors fail the
+/// batch as usual.
+pub fn record(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxError> {
+    if event.redriven_at.is_some() || event.seq <= tx.folded_seq()? {
+        return Ok(());
+    }
+    match metrics::record(tx, event).and_then(|()| experiments::record(tx, event)) {
+        Ok(()) => {}
+        Err(TxError::Store(e)) => {
+            tracing::error!(seq = event.seq, event = %event.name, error = %e,
+                "domain event left out of the analytics: a record it needs is unreadable");
+            ::metrics::counter!("parleyd_analytics_skipped_events_total").increment(1);
+        }
+        Err(e) => return Err(e),
+    }
+    tx.set_folded_seq(event.seq)
+}

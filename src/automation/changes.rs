@@ -39,6 +39,11 @@ pub enum Change {
     Expose(Box<NewExposure>),
     /// The engine is done with this domain event (its failed attempts go too).
     Ack(u64),
+    /// Folds the domain event into the analytics (`analytics::record`):
+    /// pushed for every event taken from the queue, before its rules are
+    /// evaluated, so rules failing on it never lose its analytics; folding
+    /// it again (a retry) changes nothing.
+    Record(Box<DomainEvent>),
 }
 
 /// What `change` writes, given the instance it is about as it stands
@@ -48,7 +53,7 @@ fn transition(change: &Change, current: Option<Instance>) -> Option<InstanceWrit
         Change::Start(new) => sequence::start(current.as_ref(), Instance::clone(new)),
         Change::Stop(_) => current.map(sequence::stop),
         Change::Replan { steps, .. } => current.map(|i| sequence::replan(i, steps)),
-        Change::Notify(_) | Change::Expose(_) | Change::Ack(_) => None,
+        Change::Notify(_) | Change::Expose(_) | Change::Ack(_) | Change::Record(_) => None,
     }
 }
 
@@ -57,7 +62,7 @@ fn about(change: &Change) -> Option<&str> {
     match change {
         Change::Start(new) => Some(&new.id),
         Change::Stop(id) | Change::Replan { instance: id, .. } => Some(id),
-        Change::Notify(_) | Change::Expose(_) | Change::Ack(_) => None,
+        Change::Notify(_) | Change::Expose(_) | Change::Ack(_) | Change::Record(_) => None,
     }
 }
 
@@ -65,8 +70,9 @@ fn about(change: &Change) -> Option<&str> {
 pub fn apply(tx: &AutomationTx<'_, '_>, change: &Change) -> Result<bool, TxError> {
     match change {
         Change::Notify(notification) => tx.notify(notification),
-        Change::Expose(exposure) => experiments::expose(tx, exposure),
+        Change::Expose(exposure) => experiments::expose(&tx.analytics(), exposure),
         Change::Ack(seq) => tx.ack(*seq).map(|()| true),
+        Change::Record(event) => crate::analytics::record(&tx.analytics(), event).map(|()| true),
         _ => {
             let current = match about(change) {
                 Some(id) => tx.instance(id)?,
@@ -132,7 +138,7 @@ pub async fn fire(
                 Firing::Send(new, exposure) => match tx.append_message(new)? {
                     Ok(Stored::Message(message)) => {
                         if let Some(exposure) = exposure {
-                            experiments::expose(tx, exposure)?;
+                            experiments::expose(&tx.analytics(), exposure)?;
                         }
                         (StepState::Sent, None, Some(message))
                     }
@@ -337,5 +343,71 @@ mod tests {
         assert!(overlay.instance(&store, "a").unwrap().is_none());
         assert!(overlay.about(&event, Vec::new()).is_empty());
         assert!(store.instance("a").unwrap().is_none(), "nothing written");
+    }
+
+    fn customer_message(seq: u64, content: &str) -> DomainEvent {
+        DomainEvent {
+            seq,
+            name: "message_sent".into(),
+            aliases: vec!["inquiry_received".into()],
+            at: "2030-01-01T10:00:00Z".into(),
+            redriven_at: None,
+            subject: Subject {
+                conversation_id: Some("c1".into()),
+                listing_id: Some("l1".into()),
+                customer_id: Some("alice".into()),
+                provider_id: Some("bob".into()),
+                user_id: Some("alice".into()),
+                ..Subject::default()
+            },
+            data: serde_json::json!({"seq": 1, "content": content, "type": "text"}),
+        }
+    }
+
+    /// An event recorded again (the engine pushes it again after a failed
+    /// rule evaluation wrote the batch, or after a restart before its
+    /// acknowledgement) and the same event re-driven from the dead-letter
+    /// list (a new seq, `redriven_at` set) count once.
+    #[tokio::test]
+    async fn an_event_recorded_again_or_redriven_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let event = customer_message(7, "hello");
+        let record = || Change::Record(Box::new(event.clone()));
+        apply_changes(&store, vec![record()]).await.unwrap();
+        apply_changes(&store, vec![record(), record()])
+            .await
+            .unwrap();
+        let redriven = DomainEvent {
+            seq: 9,
+            redriven_at: Some("2030-01-02T00:00:00Z".into()),
+            ..event.clone()
+        };
+        apply_changes(&store, vec![Change::Record(Box::new(redriven))])
+            .await
+            .unwrap();
+        let metrics = store.conversation_metrics("c1").unwrap().unwrap();
+        assert_eq!(metrics.messages.total, 1);
+        assert_eq!(metrics.messages.customer, 1);
+        let days = store
+            .provider_days("bob", "2030-01-01", "2030-01-01")
+            .unwrap();
+        assert_eq!(days.len(), 1);
+        assert_eq!(days[0].1.inquiries, 1);
+        assert_eq!(days[0].1.messages.customer, 1);
+        // A later event still counts.
+        let next = DomainEvent {
+            seq: 10,
+            ..customer_message(10, "still there?")
+        };
+        apply_changes(&store, vec![Change::Record(Box::new(next))])
+            .await
+            .unwrap();
+        let metrics = store.conversation_metrics("c1").unwrap().unwrap();
+        assert_eq!(metrics.messages.customer, 2);
+        assert_eq!(
+            store.provider_conversations("bob", 0, i64::MAX).unwrap(),
+            ["c1"]
+        );
     }
 }

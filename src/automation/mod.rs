@@ -258,6 +258,8 @@ impl Engine {
             }
             let mut batch = Batch::default();
             for event in &events {
+                // Before the rules: whatever they do, the event is counted.
+                batch.changes.push(Change::Record(Box::new(event.clone())));
                 if let Some(changes) = self.evaluate_or_quarantine(event, &mut batch).await? {
                     for change in &changes {
                         batch.overlay.record(&self.store, change)?;
@@ -283,7 +285,9 @@ impl Engine {
         }
         let changes = std::mem::take(&mut batch.changes);
         batch.overlay.clear();
-        let wake = changes.iter().any(|c| !matches!(c, Change::Ack(_)));
+        let wake = changes
+            .iter()
+            .any(|c| !matches!(c, Change::Ack(_) | Change::Record(_)));
         match apply_changes(&self.store, changes.clone()).await {
             Err(StoreError::Panicked(_)) => {
                 // Each event's changes end with its acknowledgement.

@@ -1,6 +1,7 @@
 //! The records parleyd stores and the shapes callers see. Inputs are separate
 //! `*Input` types with `deny_unknown_fields`, validated before anything is stored.
 
+pub mod analytics;
 pub mod experiment;
 pub mod notification;
 pub mod pipeline;

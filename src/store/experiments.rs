@@ -11,7 +11,8 @@
 
 use std::collections::BTreeMap;
 
-use super::automation::{AutomationTx, TxError};
+use super::automation::TxError;
+use super::AnalyticsTx;
 use super::{decode, encode, Store, StoreError};
 use crate::model::experiment::{Tally, UnitExposures, UnitKind};
 
@@ -36,7 +37,7 @@ fn tally_key(experiment: &str, variant: &str) -> Vec<u8> {
     [tally_prefix(experiment).as_slice(), variant.as_bytes()].concat()
 }
 
-impl AutomationTx<'_, '_> {
+impl AnalyticsTx<'_, '_> {
     /// The exposures of unit `id` of `kind`.
     pub fn unit_exposures(&self, kind: UnitKind, id: &str) -> Result<UnitExposures, TxError> {
         match self.tx.experiments.get(unit_key(kind, id))? {

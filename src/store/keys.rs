@@ -242,6 +242,24 @@ pub fn instance_of_subject_entry(key: &[u8]) -> &[u8] {
         .map_or(key, |at| &key[at + 1..])
 }
 
+/// An `analytics_by_provider` key: the provider, the inquiry time (Unix
+/// milliseconds; times before 1970 sort as 0) and the conversation.
+pub fn provider_conversation(provider_id: &str, at_ms: i64, conversation_id: &str) -> Vec<u8> {
+    let at = u64::try_from(at_ms).unwrap_or(0).to_be_bytes();
+    join(&[provider_id.as_bytes(), &at, conversation_id.as_bytes()])
+}
+
+/// The conversation of an [`provider_conversation`] key: what follows the
+/// time's 8 bytes and their separator.
+pub fn conversation_of_provider_entry(key: &[u8]) -> String {
+    let start = key
+        .iter()
+        .position(|&b| b == SEP)
+        .map_or(key.len(), |p| p + 1 + 8 + 1)
+        .min(key.len());
+    String::from_utf8_lossy(&key[start..]).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,8 +22,9 @@
 //! | `flags`         | flag (uuid v7, ordered)   | `Flag` JSON                 |
 //! | `replies`       | caller `\0` Idempotency-Key | `Reply` JSON (the first answer) |
 //!
-//! and the automation engine's trees, described in `automation.rs`, and the
-//! notification outbox, described in `outbox.rs`. Every write
+//! and the automation engine's trees, described in `automation.rs`, the
+//! notification outbox, described in `outbox.rs`, and the analytics records,
+//! described in `analytics.rs`. Every write
 //! that the engine should know about queues a domain event in the same
 //! transaction.
 //!
@@ -35,6 +36,7 @@
 //! fingerprint of the send that used it (see [`send_fingerprint`]): a retry
 //! repeats the fingerprint, another message under the same client id does not.
 
+mod analytics;
 mod automation;
 mod experiments;
 mod hot;
@@ -63,6 +65,7 @@ use hot::HotConversations;
 use writer::{WriteTrees, Writer, WriterConfig};
 use writes::Cursors;
 
+pub use analytics::AnalyticsTx;
 pub use automation::{AutomationTx, InstanceWrite, TxError, Written};
 pub use outbox::{Due, OutboxTx};
 pub use quarantine::{Attempted, Failure, Held};
@@ -286,6 +289,9 @@ impl Store {
             timers: tree("timers")?,
             subjects: tree("subjects")?,
             outbox: tree("outbox")?,
+            users: tree("users")?,
+            listings: tree("listings")?,
+            analytics: analytics::AnalyticsTrees::open(&db)?,
             experiments: tree("experiments")?,
         };
         if let Some(found) = upgrading_from {

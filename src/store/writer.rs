@@ -141,8 +141,41 @@ pub struct WriteTrees {
     pub timers: Tree,
     pub subjects: Tree,
     pub outbox: Tree,
-    /// Experiment assignments and tallies (`experiments.rs`).
+    /// Read only in transactions (written outside the writer): what the
+    /// analytics fold needs to know of a provider and a listing.
+    pub users: Tree,
+    pub listings: Tree,
+    pub analytics: super::analytics::AnalyticsTrees,
+    /// Experiment assignments and tallies (`experiments.rs`): not an
+    /// analytics tree, as a rebuild must keep who got which variant.
     pub experiments: Tree,
+}
+
+impl WriteTrees {
+    /// Every tree, in the order [`Tx::over`] takes their views.
+    pub fn all(&self) -> Vec<&Tree> {
+        let mut all = vec![
+            &self.conversations,
+            &self.conv_pairs,
+            &self.user_convs,
+            &self.messages,
+            &self.client_ids,
+            &self.events,
+            &self.bookings,
+            &self.flags,
+            &self.signals,
+            &self.domain,
+            &self.instances,
+            &self.timers,
+            &self.subjects,
+            &self.outbox,
+            &self.users,
+            &self.listings,
+            &self.experiments,
+        ];
+        all.extend(self.analytics.all());
+        all
+    }
 }
 
 #[derive(Clone)]
@@ -388,65 +421,21 @@ impl LoopState {
         let jobs = RefCell::new(jobs);
         let deliveries = RefCell::new(Vec::new());
         let (cursors, hot, domain_seq) = (&self.cursors, &self.hot, &self.domain_seq);
-        // sled's tuples of trees stop at 14; a slice takes any number.
-        let all = [
-            &trees.conversations,
-            &trees.conv_pairs,
-            &trees.user_convs,
-            &trees.messages,
-            &trees.client_ids,
-            &trees.events,
-            &trees.bookings,
-            &trees.flags,
-            &trees.signals,
-            &trees.domain,
-            &trees.instances,
-            &trees.timers,
-            &trees.subjects,
-            &trees.outbox,
-            &trees.experiments,
-        ];
+        // A slice, not a tuple: sled implements tuples of at most 14 trees.
+        let all = trees.all();
         let transaction = || {
-            all[..].transaction(|view| {
-                        let [conversations, conv_pairs, user_convs, messages, client_ids, events, bookings, flags, signals, domain, instances, timers, subjects, outbox, experiments] =
-                            &view[..]
-                        else {
-                            // The view holds exactly the trees given above.
-                            return Err(sled::transaction::ConflictableTransactionError::Abort(
-                                StoreError::Schema("the write transaction lost a tree".into()),
-                            ));
-                        };
-                        let tx = Tx {
-                            conversations,
-                            conv_pairs,
-                            user_convs,
-                            messages,
-                            client_ids,
-                            events,
-                            cursors,
-                            hot,
-                            bookings,
-                            flags,
-                            signals,
-                            domain,
-                            domain_seq,
-                            instances,
-                            timers,
-                            subjects,
-                            outbox,
-                            experiments,
-                        };
-                        cursors.begin();
-                        hot.begin();
-                        domain_seq.begin();
-                        let mut deliveries = deliveries.borrow_mut();
-                        deliveries.clear();
-                        for job in jobs.borrow_mut().iter_mut() {
-                            job.apply(&tx, &mut deliveries)?;
-                        }
-                        Ok::<(), sled::transaction::ConflictableTransactionError<StoreError>>(())
-                    },
-                )
+            all.as_slice().transaction(|views| {
+                let tx = Tx::over(views, cursors, hot, domain_seq);
+                cursors.begin();
+                hot.begin();
+                domain_seq.begin();
+                let mut deliveries = deliveries.borrow_mut();
+                deliveries.clear();
+                for job in jobs.borrow_mut().iter_mut() {
+                    job.apply(&tx, &mut deliveries)?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<StoreError>>(())
+            })
         };
         // A panicking operation aborts the transaction: nothing is applied.
         match std::panic::catch_unwind(AssertUnwindSafe(transaction)) {

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 use sled::Tree;
 
+use super::analytics::AnalyticsViews;
 use super::hot::HotWrites;
 use super::writer::OpResult;
 use super::{decode, encode, keys, Delivery, NewMessage, PriorSend, StoreError, Stored};
@@ -42,8 +43,53 @@ pub struct Tx<'a> {
     pub subjects: &'a TransactionalTree,
     /// Notifications and their delivery queues (`outbox.rs`).
     pub outbox: &'a TransactionalTree,
+    /// Read only (see `WriteTrees`).
+    pub users: &'a TransactionalTree,
+    pub listings: &'a TransactionalTree,
     /// Experiment assignments and tallies (`experiments.rs`).
     pub experiments: &'a TransactionalTree,
+    /// The analytics trees (`analytics.rs`).
+    pub analytics: AnalyticsViews<'a>,
+}
+
+impl<'a> Tx<'a> {
+    /// The transaction over `views`, the views of `WriteTrees::all` in its
+    /// order.
+    pub fn over(
+        views: &'a [TransactionalTree],
+        cursors: &'a Cursors,
+        hot: &'a HotWrites,
+        domain_seq: &'a DomainSeq,
+    ) -> Tx<'a> {
+        let [conversations, conv_pairs, user_convs, messages, client_ids, events, bookings, flags, signals, domain, instances, timers, subjects, outbox, users, listings, experiments, analytics @ ..] =
+            views
+        else {
+            unreachable!("WriteTrees::all lists every tree of a Tx");
+        };
+        Tx {
+            conversations,
+            conv_pairs,
+            user_convs,
+            messages,
+            client_ids,
+            events,
+            cursors,
+            hot,
+            bookings,
+            flags,
+            signals,
+            domain,
+            domain_seq,
+            instances,
+            timers,
+            subjects,
+            outbox,
+            users,
+            listings,
+            experiments,
+            analytics: AnalyticsViews::over(analytics),
+        }
+    }
 }
 
 /// Each user's last cursor. Only the writer appends to event logs, so it keeps

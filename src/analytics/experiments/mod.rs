@@ -23,7 +23,7 @@ use crate::domain::{DomainEvent, Subject};
 use crate::model::experiment::{Exposure, Metric, MetricKind, Tally, UnitExposures, UnitKind};
 use crate::model::format_time;
 use crate::rules::experiments::{Experiment, Guardrail};
-use crate::store::{AutomationTx, TxError};
+use crate::store::{AnalyticsTx, TxError};
 
 /// The p-value under which exposures are said not to follow the weights.
 pub const SAMPLE_RATIO_ALARM_P: f64 = 0.001;
@@ -106,7 +106,7 @@ pub fn decide(
 /// Records a first exposure: the unit's variant from now on, and one more
 /// exposure on its variant's tally. `false` (nothing written) if the unit was
 /// exposed already: the first exposure stands.
-pub fn expose(tx: &AutomationTx<'_, '_>, new: &NewExposure) -> Result<bool, TxError> {
+pub fn expose(tx: &AnalyticsTx<'_, '_>, new: &NewExposure) -> Result<bool, TxError> {
     let mut record = tx.unit_exposures(new.unit, &new.unit_id)?;
     if record.experiments.contains_key(&new.experiment) {
         return Ok(false);
@@ -165,7 +165,7 @@ fn units(counts: Counts, subject: &Subject) -> Vec<(UnitKind, &str)> {
 }
 
 /// Folds one domain event into the experiments' conversions and guardrails
-/// (once per event: the analytics fold calls it exactly once). Events that
+/// (once per event: [`crate::analytics::record`] calls it exactly once). Events that
 /// count: `booking_created` (metric `booked_within`), a person's
 /// `message_sent` (`replied_within`), `message_blocked` and `unsubscribed`
 /// (guardrails). For each exposed unit the event is about, at or after its
@@ -173,7 +173,7 @@ fn units(counts: Counts, subject: &Subject) -> Vec<(UnitKind, &str)> {
 /// and the event is within the window; an unsubscribe once per unit; every
 /// blocked message. Reads one record per unit named, writes only what
 /// changes.
-pub fn record(tx: &AutomationTx<'_, '_>, event: &DomainEvent) -> Result<(), TxError> {
+pub fn record(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxError> {
     let counts = if event.is("booking_created") {
         Counts::Booking
     } else if event.name == "message_sent" {

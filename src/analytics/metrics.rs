@@ -1,0 +1,477 @@
+//! Conversation metrics: what each domain event counts for, as plain
+//! functions over the records ([`fold`]), and the one place that reads and
+//! writes them for an event ([`record`]). README.md ("Conversation metrics")
+//! defines every figure; this is its implementation.
+//!
+//! Per event: one read and one write of the conversation's record, and of
+//! the provider's day (two days when a reply counts for an inquiry received
+//! on another day); `listing_viewed` reads one more key (the customer's
+//! conversation about the listing, if any). Nothing is scanned.
+
+use std::sync::LazyLock;
+
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use regex::Regex;
+
+use crate::domain::{DomainEvent, Emitted, Stage};
+use crate::model::analytics::{
+    ConversationMetrics, DailyAggregate, MessageCounts, ReadTally, FIRST_RESPONSE_BOUNDS,
+};
+use crate::model::{MessageType, SYSTEM_SENDER};
+use crate::rules::context::reader_zone;
+use crate::store::{AnalyticsTx, TxError};
+
+/// The domain event a person's reads emit (`store::writes::mark_read`).
+pub const MESSAGE_READ: &str = "message_read";
+/// The marketplace signal saying the customer looked at a listing.
+pub const LISTING_VIEWED: &str = "listing_viewed";
+/// The marketplace signal saying the provider sent a quote.
+pub const QUOTE: &str = "quote";
+
+/// A provider reply counts as answering within a day up to this many seconds.
+const DAY_SECS: i64 = 86_400;
+
+/// A price in a message: a currency symbol or ISO code next to an amount
+/// (`$120`, `€ 80`, `80,50 €`, `EUR 95`, `95 usd`, `120 dollars`). A bare
+/// number (a date, a head count) is no price.
+static PRICE: LazyLock<Regex> = LazyLock::new(|| {
+    let amount = r"\d[\d.,' ]*\d|\d";
+    let symbol = r"[$€£¥₹₽₩₪₺]";
+    let code = r"(?:usd|eur|gbp|chf|cad|aud|nzd|jpy|cny|inr|sek|nok|dkk|pln|czk|huf|brl|mxn|zar|dollars?|euros?|pounds?|francs?)";
+    Regex::new(&format!(
+        r"(?i)(?:{symbol}\s?(?:{amount})|(?:{amount})\s?{symbol}|\b{code}\s?(?:{amount})|(?:{amount})\s?{code}\b)"
+    ))
+    .unwrap_or_else(|e| unreachable!("the price pattern is valid: {e}"))
+});
+
+/// Whether `text` names a price (see [`PRICE`]).
+pub fn names_price(text: &str) -> bool {
+    PRICE.is_match(text)
+}
+
+/// What an event means for the metrics, read from its name and data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fact {
+    /// A conversation was opened.
+    Opened,
+    /// A message was stored.
+    Message(MessageFact),
+    /// `reader` read `count` messages addressed to them.
+    Read { reader: String, count: u64 },
+    /// A booking was created, at `stage`.
+    Booked { booking_id: String, stage: Stage },
+    /// A booking moved from `from` to `to`.
+    Staged { from: Option<Stage>, to: Stage },
+    /// The customer viewed the listing.
+    Viewed,
+    /// A `quote` signal for the conversation.
+    Quoted,
+}
+
+/// A message as the metrics see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageFact {
+    pub sender: String,
+    /// Sent by automation; then `recipient` is whom it speaks to.
+    pub automated: bool,
+    pub recipient: Option<String>,
+    /// Characters (Unicode scalar values).
+    pub chars: u64,
+    pub quick_reply: bool,
+    pub priced: bool,
+}
+
+impl Fact {
+    /// What `event` means for the metrics; `None` for an event they ignore.
+    pub fn of(event: &DomainEvent) -> Option<Fact> {
+        let data = &event.data;
+        let text = |field: &str| data.get(field).and_then(|v| v.as_str());
+        let stage = |v: Option<&serde_json::Value>| {
+            v.and_then(|s| serde_json::from_value::<Stage>(s.clone()).ok())
+        };
+        let name = event.name.as_str();
+        Some(if name == Emitted::ConversationOpened.to_string() {
+            Fact::Opened
+        } else if name == Emitted::MessageSent.to_string()
+            || name == Emitted::AutomatedMessageSent.to_string()
+        {
+            let content = text("content").unwrap_or_default();
+            let kind: Option<MessageType> = data
+                .get("type")
+                .and_then(|t| serde_json::from_value(t.clone()).ok());
+            let automated = kind.is_some_and(|k| k != MessageType::Text);
+            Fact::Message(MessageFact {
+                sender: event.subject.user_id.clone()?,
+                automated,
+                recipient: data
+                    .get("automation")
+                    .and_then(|a| a.get("recipient_id"))
+                    .and_then(|r| r.as_str())
+                    .map(str::to_owned),
+                chars: content.chars().count() as u64,
+                quick_reply: text("quick_reply_id").is_some(),
+                priced: !automated && names_price(content),
+            })
+        } else if name == MESSAGE_READ {
+            Fact::Read {
+                reader: event.subject.user_id.clone()?,
+                count: data.get("count").and_then(|c| c.as_u64())?,
+            }
+        } else if name == Emitted::BookingCreated.to_string() {
+            Fact::Booked {
+                booking_id: event.subject.booking_id.clone()?,
+                stage: stage(data.get("stage"))?,
+            }
+        } else if name == Emitted::BookingUpdated.to_string() {
+            Fact::Staged {
+                from: stage(data.get("previous").and_then(|p| p.get("stage"))),
+                to: stage(data.get("stage"))?,
+            }
+        } else if name == LISTING_VIEWED {
+            Fact::Viewed
+        } else if name == QUOTE {
+            Fact::Quoted
+        } else {
+            return None;
+        })
+    }
+}
+
+/// What a fold adds to the provider's days: figures to add to the day of
+/// the time given (in the conversation's zone).
+#[derive(Debug, Default, PartialEq)]
+pub struct Deltas {
+    pub days: Vec<(String, DailyAggregate)>,
+    /// The fact was the conversation's inquiry (to index it by provider).
+    pub inquiry: bool,
+}
+
+impl Deltas {
+    fn add(&mut self, at: &str, change: impl FnOnce(&mut DailyAggregate)) {
+        let mut delta = DailyAggregate::default();
+        change(&mut delta);
+        match self.days.iter_mut().find(|(day, _)| day == at) {
+            Some((_, existing)) => add_daily(existing, &delta),
+            None => self.days.push((at.to_owned(), delta)),
+        }
+    }
+}
+
+fn add_counts(a: &mut MessageCounts, b: &MessageCounts) {
+    a.total += b.total;
+    a.provider += b.provider;
+    a.customer += b.customer;
+    a.automated += b.automated;
+    a.quick_replies += b.quick_replies;
+    a.characters += b.characters;
+}
+
+fn add_tally(a: &mut ReadTally, b: &ReadTally) {
+    a.addressed += b.addressed;
+    a.read += b.read;
+}
+
+/// `a += b`, figure by figure.
+pub fn add_daily(a: &mut DailyAggregate, b: &DailyAggregate) {
+    a.inquiries += b.inquiries;
+    a.answered += b.answered;
+    a.answered_within_24h += b.answered_within_24h;
+    a.first_response_secs += b.first_response_secs;
+    for (x, y) in a
+        .first_response_buckets
+        .iter_mut()
+        .zip(b.first_response_buckets)
+    {
+        *x += y;
+    }
+    a.quoted += b.quoted;
+    a.booked += b.booked;
+    a.completed += b.completed;
+    add_counts(&mut a.messages, &b.messages);
+    a.responses += b.responses;
+    a.response_secs += b.response_secs;
+    a.answered_messages += b.answered_messages;
+    add_tally(&mut a.to_customers, &b.to_customers);
+    add_tally(&mut a.to_provider, &b.to_provider);
+}
+
+/// The bucket of [`FIRST_RESPONSE_BOUNDS`] a first response time falls in.
+pub fn bucket(secs: i64) -> usize {
+    FIRST_RESPONSE_BOUNDS
+        .iter()
+        .position(|&bound| secs <= bound)
+        .unwrap_or(FIRST_RESPONSE_BOUNDS.len())
+}
+
+/// Whole seconds from `from` to `to` (RFC 3339); 0 if either is unreadable
+/// or `to` is earlier.
+pub fn seconds_between(from: &str, to: &str) -> i64 {
+    match (from.parse::<Timestamp>(), to.parse::<Timestamp>()) {
+        (Ok(from), Ok(to)) => (to.as_second() - from.as_second()).max(0),
+        _ => 0,
+    }
+}
+
+/// Folds `fact`, which happened at `at` (RFC 3339), into the conversation's
+/// metrics; returns what it adds to the provider's days, keyed by the time
+/// whose day they count on ([`record`] turns times into days). Outcomes
+/// (first response, quote, booking, completion) count on the day of the
+/// inquiry, and only for conversations with one; an inquiry arriving after
+/// an outcome brings it along. Activity counts on the day it happened.
+pub fn fold(m: &mut ConversationMetrics, fact: &Fact, at: &str) -> Deltas {
+    let mut deltas = Deltas::default();
+    let inquiry = m.inquiry_at.clone();
+    match fact {
+        Fact::Opened => {}
+        Fact::Viewed => {
+            m.viewed_at.get_or_insert_with(|| at.to_owned());
+        }
+        Fact::Message(message) => fold_message(m, message, at, &mut deltas),
+        Fact::Read { reader, count } => {
+            if *reader == m.customer_id {
+                m.to_customer.read += count;
+                deltas.add(at, |d| d.to_customers.read += count);
+            } else if *reader == m.provider_id {
+                m.to_provider.read += count;
+                deltas.add(at, |d| d.to_provider.read += count);
+            }
+        }
+        Fact::Quoted => {
+            if m.quoted_at.is_none() {
+                m.quoted_at = Some(at.to_owned());
+                if let Some(inquiry) = &inquiry {
+                    deltas.add(inquiry, |d| d.quoted += 1);
+                }
+            }
+        }
+        Fact::Booked { booking_id, stage } => {
+            if m.booked_at.is_none() {
+                m.booked_at = Some(at.to_owned());
+                m.booking_id = Some(booking_id.clone());
+                if let Some(inquiry) = &inquiry {
+                    deltas.add(inquiry, |d| d.booked += 1);
+                }
+            }
+            fold_stage(m, None, *stage, at, &mut deltas);
+        }
+        Fact::Staged { from, to } => fold_stage(m, *from, *to, at, &mut deltas),
+    }
+    deltas
+}
+
+fn fold_stage(
+    m: &mut ConversationMetrics,
+    from: Option<Stage>,
+    to: Stage,
+    at: &str,
+    deltas: &mut Deltas,
+) {
+    if to == Stage::Completed && from != Some(Stage::Completed) && m.completed_at.is_none() {
+        m.completed_at = Some(at.to_owned());
+        if let Some(inquiry) = &m.inquiry_at {
+            deltas.add(inquiry, |d| d.completed += 1);
+        }
+    }
+}
+
+fn fold_message(m: &mut ConversationMetrics, message: &MessageFact, at: &str, deltas: &mut Deltas) {
+    m.messages.total += 1;
+    m.first_message_at.get_or_insert_with(|| at.to_owned());
+    m.last_message_at = Some(at.to_owned());
+    let mut counted = MessageCounts {
+        total: 1,
+        ..MessageCounts::default()
+    };
+    // Whom the message speaks to: an automated one to its recipient, a
+    // person's to the other side.
+    let to = if message.automated {
+        counted.automated = 1;
+        message.recipient.as_deref()
+    } else if message.sender == m.provider_id {
+        counted.provider = 1;
+        Some(m.customer_id.as_str())
+    } else if message.sender == m.customer_id {
+        counted.customer = 1;
+        Some(m.provider_id.as_str())
+    } else {
+        None
+    };
+    let person = counted.provider + counted.customer == 1;
+    if person {
+        counted.characters = message.chars;
+        counted.quick_replies = u64::from(message.quick_reply);
+    }
+    add_counts(
+        &mut m.messages,
+        &MessageCounts {
+            total: 0,
+            ..counted
+        },
+    );
+    let to_customer = to == Some(m.customer_id.as_str());
+    let to_provider = to == Some(m.provider_id.as_str());
+    m.to_customer.addressed += u64::from(to_customer);
+    m.to_provider.addressed += u64::from(to_provider);
+    deltas.add(at, |d| {
+        d.messages = counted;
+        d.to_customers.addressed = u64::from(to_customer);
+        d.to_provider.addressed = u64::from(to_provider);
+    });
+    if counted.customer == 1 {
+        fold_customer_message(m, at, deltas);
+    } else if counted.provider == 1 {
+        fold_provider_message(m, message, at, deltas);
+    }
+}
+
+fn fold_customer_message(m: &mut ConversationMetrics, at: &str, deltas: &mut Deltas) {
+    if m.inquiry_at.is_none() {
+        m.inquiry_at = Some(at.to_owned());
+        deltas.inquiry = true;
+        // Outcomes reached before the inquiry count with it.
+        let (quoted, booked, completed) = (
+            m.quoted_at.is_some(),
+            m.booked_at.is_some(),
+            m.completed_at.is_some(),
+        );
+        deltas.add(at, |d| {
+            d.inquiries = 1;
+            d.quoted = u64::from(quoted);
+            d.booked = u64::from(booked);
+            d.completed = u64::from(completed);
+        });
+    }
+    m.unanswered_since.get_or_insert_with(|| at.to_owned());
+    m.unanswered += 1;
+}
+
+fn fold_provider_message(
+    m: &mut ConversationMetrics,
+    message: &MessageFact,
+    at: &str,
+    deltas: &mut Deltas,
+) {
+    if let Some(since) = m.unanswered_since.take() {
+        let secs = seconds_between(&since, at);
+        let answered = std::mem::take(&mut m.unanswered);
+        m.response_secs.push(secs);
+        m.answered += answered;
+        deltas.add(at, |d| {
+            d.responses = 1;
+            d.response_secs = secs;
+            d.answered_messages = answered;
+        });
+        if m.first_response_at.is_none() {
+            m.first_response_at = Some(at.to_owned());
+            if let Some(inquiry) = &m.inquiry_at {
+                deltas.add(inquiry, |d| {
+                    d.answered = 1;
+                    d.answered_within_24h = u64::from(secs <= DAY_SECS);
+                    d.first_response_secs = secs;
+                    d.first_response_buckets[bucket(secs)] = 1;
+                });
+            }
+        }
+    }
+    if message.priced && m.quoted_at.is_none() {
+        m.quoted_at = Some(at.to_owned());
+        if let Some(inquiry) = &m.inquiry_at {
+            deltas.add(inquiry, |d| d.quoted += 1);
+        }
+    }
+}
+
+/// The day (`YYYY-MM-DD`) of `at` (RFC 3339) in `zone` (an IANA name;
+/// unknown names count as UTC); `None` if `at` is unreadable.
+pub fn day_of(at: &str, zone: &str) -> Option<String> {
+    let zone = TimeZone::get(zone).unwrap_or(TimeZone::UTC);
+    let at: Timestamp = at.parse().ok()?;
+    Some(zone.to_datetime(at).date().to_string())
+}
+
+/// Folds one event into the records it concerns (see the module doc).
+pub fn record(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxError> {
+    let Some(fact) = Fact::of(event) else {
+        return Ok(());
+    };
+    let subject = &event.subject;
+    let conversation_id = match (&fact, &subject.conversation_id) {
+        (Fact::Viewed, _) => {
+            // A view may come before the conversation: kept by listing and
+            // customer, and taken into the conversation when it opens.
+            let (Some(listing), Some(customer)) = (&subject.listing_id, &subject.user_id) else {
+                return Ok(());
+            };
+            if tx.viewed(listing, customer)?.is_some() {
+                return Ok(());
+            }
+            tx.put_viewed(listing, customer, &event.at)?;
+            match tx.conversation_between(listing, customer)? {
+                Some(id) => id,
+                None => return Ok(()),
+            }
+        }
+        (_, Some(id)) => id.clone(),
+        (_, None) => return Ok(()),
+    };
+    let mut metrics = match tx.conversation(&conversation_id)? {
+        Some(metrics) => metrics,
+        None => match opened(tx, &conversation_id, event)? {
+            Some(metrics) => metrics,
+            None => return Ok(()),
+        },
+    };
+    let deltas = fold(&mut metrics, &fact, &event.at);
+    tx.put_conversation(&metrics)?;
+    for (at, delta) in deltas.days {
+        let Some(day) = day_of(&at, &metrics.zone) else {
+            continue;
+        };
+        let mut daily = tx.daily(&metrics.provider_id, &day)?.unwrap_or_default();
+        add_daily(&mut daily, &delta);
+        tx.put_daily(&metrics.provider_id, &day, &daily)?;
+    }
+    if deltas.inquiry {
+        let ms = event
+            .at
+            .parse::<Timestamp>()
+            .map_or(0, |t| t.as_millisecond());
+        tx.index_inquiry(&metrics.provider_id, ms, &conversation_id)?;
+    }
+    Ok(())
+}
+
+/// A new conversation's record, from the first event about it: its people
+/// from the event, the provider's time zone (theirs, else the listing's,
+/// else UTC) and a view of the listing the customer made before it opened.
+/// `None` when the event does not name both people and the listing.
+fn opened(
+    tx: &AnalyticsTx<'_, '_>,
+    conversation_id: &str,
+    event: &DomainEvent,
+) -> Result<Option<ConversationMetrics>, TxError> {
+    let subject = &event.subject;
+    let (Some(listing_id), Some(customer_id), Some(provider_id)) = (
+        &subject.listing_id,
+        &subject.customer_id,
+        &subject.provider_id,
+    ) else {
+        return Ok(None);
+    };
+    if customer_id == SYSTEM_SENDER {
+        return Ok(None);
+    }
+    let provider = tx.user(provider_id)?;
+    let listing = tx.listing(listing_id)?;
+    let zone = reader_zone(provider.as_ref(), listing.as_ref());
+    Ok(Some(ConversationMetrics {
+        conversation_id: conversation_id.to_owned(),
+        listing_id: listing_id.clone(),
+        customer_id: customer_id.clone(),
+        provider_id: provider_id.clone(),
+        zone: zone.iana_name().unwrap_or("UTC").to_owned(),
+        viewed_at: tx.viewed(listing_id, customer_id)?,
+        ..ConversationMetrics::default()
+    }))
+}
