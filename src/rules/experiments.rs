@@ -243,11 +243,15 @@ impl Experiment {
         for variant in spec.variants {
             let what = format!("{what}, variant {}", variant.name);
             let near = format!("name: {}", variant.name);
-            if !is_name(&variant.name) || variants.iter().any(|v| v.name == variant.name) {
-                errors.push(SpecError::at(
-                    near.clone(),
-                    format!("{what}: variant names must be unique lower_snake_case"),
-                ));
+            let message = format!("{what}: variant names must be unique lower_snake_case");
+            if variants.iter().any(|v| v.name == variant.name) {
+                // Pointed at the second one: looked for after the first.
+                errors.push(SpecError {
+                    within: vec![near.clone()],
+                    ..SpecError::at(near.clone(), message)
+                });
+            } else if !is_name(&variant.name) {
+                errors.push(SpecError::at(near.clone(), message));
             }
             if !(variant.weight.is_finite() && variant.weight > 0.0) {
                 errors.push(SpecError::at(
