@@ -150,8 +150,9 @@ fn test_rules_exits_1_when_an_expectation_is_not_met() {
 }
 
 /// Catches: `test-rules` ignoring a pinned variant (the hash choosing
-/// instead), a pin naming an unknown variant passing, `variant:` in an
-/// expectation not matched against the message's provenance.
+/// instead), a variant's delay not used when its sequence is planned, a pin
+/// naming an unknown variant passing, `variant:` in an expectation not
+/// matched against the message's provenance.
 #[test]
 fn test_rules_pins_experiment_variants() {
     let dir = tempfile::tempdir().unwrap();
@@ -175,6 +176,14 @@ fn test_rules_pins_experiment_variants() {
       - name: brief
         weight: 1
         swap: [{ step: acknowledge, template: inquiry_ack_brief }]
+  - name: reminder_timing
+    sequence: inquiry_follow_up
+    unit: provider
+    stop: 2020-01-01T00:00:00Z
+    metric: { replied_within: 24h }
+    variants:
+      - { name: control, weight: 1 }
+      - { name: early, weight: 1, swap: [{ step: remind_provider, after: 2h }] }
 ",
     )
     .unwrap();
@@ -184,18 +193,21 @@ fn test_rules_pins_experiment_variants() {
         format!(
             "tests:
   - name: pinned to {pin}
-    variants: {{ ack_wording: {pin} }}
+    variants: {{ ack_wording: {pin}, reminder_timing: early }}
     timeline:
       - {{ at: 0h, message: {{ from: customer, text: \"Free on Saturday?\" }} }}
     expect:
       - {{ template: inquiry_ack_brief, variant: brief, to: customer, at: 0h, contains: \"Got it, Ana.\" }}
+      - {{ template: provider_reply_reminder, variant: early, to: provider, at: 2h }}
   - name: unpinned, the stopped experiment gives control
     timeline:
       - {{ at: 0h, message: {{ from: customer, text: \"Free on Saturday?\" }} }}
     expect:
       - {{ template: inquiry_ack, to: customer, at: 0h }}
+      - {{ template: provider_reply_reminder, to: provider, at: 4h }}
     forbid:
       - {{ variant: brief }}
+      - {{ variant: early }}
 "
         )
     };

@@ -52,8 +52,12 @@ fn rules_with_experiment(dir: &Path, weights: (u32, u32)) -> Vec<(&'static str, 
     edits
 }
 
+/// Writes the experiment at `weights` whole, by a rename: a reload never
+/// sees the file half written.
 fn set_weights(dir: &Path, weights: (u32, u32)) {
-    std::fs::write(dir.join("rules/experiments.yaml"), experiment_file(weights)).unwrap();
+    let scratch = dir.join("experiments.yaml.next");
+    std::fs::write(&scratch, experiment_file(weights)).unwrap();
+    std::fs::rename(scratch, dir.join("rules/experiments.yaml")).unwrap();
 }
 
 async fn start(rules: &[(&'static str, String)], data: &Path) -> Daemon {
@@ -221,6 +225,12 @@ async fn customers_keep_their_variant_across_a_reload_of_the_weights_and_a_resta
     assert_eq!(variant(&shown, "control")["exposures"], count("control"));
     assert_eq!(variant(&shown, "brief")["exposures"], count("brief"));
     assert_eq!(shown["status"], "running");
+    for v in ["control", "brief"] {
+        let series = format!(
+            "parleyd_experiment_exposures_total{{experiment=\"{EXPERIMENT}\",variant=\"{v}\"}}"
+        );
+        assert_eq!(d.metric(&series).await, count(v) as f64, "{series}");
+    }
 
     set_weights(dir.path(), (1, 99));
     rules_after(&d, |s| s["version"] == 2).await;
