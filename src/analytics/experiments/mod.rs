@@ -397,3 +397,174 @@ pub fn results(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::experiments::Variant;
+
+    fn experiment(weights: [f64; 2]) -> Experiment {
+        Experiment {
+            name: "seed".into(),
+            description: None,
+            file: "rules/x.yaml".into(),
+            sequence: "s".into(),
+            unit: UnitKind::Customer,
+            variants: ["control", "brief"]
+                .into_iter()
+                .zip(weights)
+                .map(|(name, weight)| Variant {
+                    name: name.into(),
+                    weight,
+                    steps: Vec::new(),
+                })
+                .collect(),
+            start: Some("2030-01-01T00:00:00Z".parse().unwrap()),
+            stop: Some("2030-02-01T00:00:00Z".parse().unwrap()),
+            metric: Metric {
+                kind: MetricKind::Booked,
+                window_ms: 7 * 86_400_000,
+            },
+            guardrails: vec![Guardrail::Unsubscribes],
+            min_sample: 100,
+        }
+    }
+
+    fn at(text: &str) -> jiff::Timestamp {
+        text.parse().unwrap()
+    }
+
+    fn stored(variant: &str) -> UnitExposures {
+        let exposure = Exposure {
+            variant: variant.into(),
+            exposed_at: "2030-01-02T00:00:00Z".into(),
+            metric: experiment([1.0, 1.0]).metric,
+            converted_at: None,
+            unsubscribed: false,
+        };
+        UnitExposures {
+            experiments: [("seed".to_owned(), exposure)].into(),
+        }
+    }
+
+    #[test]
+    fn a_first_exposure_follows_the_hash_then_the_stored_variant_wins() {
+        let none = UnitExposures::default();
+        let now = at("2030-01-10T00:00:00Z");
+        // hash_v2("seed", "a") = 0.0505 (GrowthBook's vector): control at
+        // 50/50, brief when control has 5%.
+        let first = decide(&experiment([1.0, 1.0]), Some("a"), &none, None, now, None).unwrap();
+        assert_eq!(first.variant, 0);
+        let exposure = first.exposure.unwrap();
+        assert_eq!(
+            (exposure.variant.as_str(), exposure.unit_id.as_str()),
+            ("control", "a")
+        );
+        assert_eq!(exposure.at, "2030-01-10T00:00:00.000Z");
+        let reweighted = experiment([5.0, 95.0]);
+        assert_eq!(
+            decide(&reweighted, Some("a"), &none, None, now, None)
+                .unwrap()
+                .variant,
+            1
+        );
+        // Exposed to control before the weights changed: control, no new exposure.
+        let kept = decide(&reweighted, Some("a"), &stored("control"), None, now, None).unwrap();
+        assert_eq!((kept.variant, kept.exposure), (0, None));
+        // Exposed earlier in the same batch: the same.
+        let pending = decide(&reweighted, Some("a"), &none, Some("control"), now, None).unwrap();
+        assert_eq!((pending.variant, pending.exposure), (0, None));
+        // A stored variant the rules dropped gives control.
+        let gone = decide(&reweighted, Some("a"), &stored("removed"), None, now, None).unwrap();
+        assert_eq!((gone.variant, gone.exposure), (0, None));
+    }
+
+    #[test]
+    fn outside_its_window_or_without_a_unit_an_experiment_does_not_apply_unless_pinned() {
+        let e = experiment([1.0, 1.0]);
+        let none = UnitExposures::default();
+        for now in ["2029-12-31T23:59:59Z", "2030-02-01T00:00:00Z"] {
+            assert_eq!(
+                decide(&e, Some("a"), &none, None, at(now), None),
+                None,
+                "{now}"
+            );
+            assert_eq!(
+                decide(&e, Some("a"), &stored("brief"), None, at(now), None),
+                None
+            );
+            let pinned = decide(&e, Some("a"), &none, None, at(now), Some("brief")).unwrap();
+            assert_eq!(pinned.variant, 1, "a pin applies whatever the time");
+        }
+        let inside = at("2030-01-01T00:00:00Z");
+        assert!(
+            decide(&e, Some("a"), &none, None, inside, None).is_some(),
+            "start included"
+        );
+        assert_eq!(decide(&e, None, &none, None, inside, None), None);
+        // An unknown pin is no pin.
+        assert_eq!(
+            decide(
+                &e,
+                Some("a"),
+                &none,
+                None,
+                at("2031-01-01T00:00:00Z"),
+                Some("x")
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn results_derive_rates_uplift_and_notes_from_the_tallies() {
+        let e = experiment([1.0, 1.0]);
+        let tally = |exposures, conversions| Tally {
+            exposures,
+            conversions,
+            unsubscribes: 1,
+            blocked_messages: 2,
+        };
+        let tallies = [
+            ("control".to_owned(), tally(100, 10)),
+            ("brief".to_owned(), tally(100, 20)),
+        ]
+        .into();
+        let r = results(&e, &tallies, at("2030-01-10T00:00:00Z"));
+        assert_eq!(r.status, Status::Running);
+        let (control, brief) = (&r.variants[0], &r.variants[1]);
+        assert!(control.control && !brief.control);
+        assert_eq!(brief.conversion_rate, Some(0.2));
+        assert!(
+            (brief.uplift.unwrap() - 1.0).abs() < 1e-12,
+            "20% against 10%"
+        );
+        assert_eq!(control.uplift, None);
+        assert_eq!(control.chance_to_beat_control, None);
+        assert_eq!(
+            brief.chance_to_beat_control,
+            Some(stats::chance_to_beat((10, 100), (20, 100)))
+        );
+        assert_eq!(
+            brief.interval_95,
+            stats::wilson(20, 100).map(|(l, h)| [l, h])
+        );
+        // Only the guardrails asked for are shown.
+        assert_eq!(
+            (brief.unsubscribes, brief.blocked_messages),
+            (Some(1), None)
+        );
+        // 100 exposures meet min_sample 100.
+        assert_eq!(brief.note, None);
+        assert_eq!(r.sample_ratio.p_value, Some(1.0));
+        assert!(!r.sample_ratio.mismatch);
+
+        let r = results(&e, &BTreeMap::new(), at("2030-03-01T00:00:00Z"));
+        assert_eq!(r.status, Status::Stopped);
+        assert_eq!(r.variants[1].conversion_rate, None);
+        assert!(r.variants[1].note.is_some(), "0 of 100");
+        assert_eq!(r.sample_ratio.p_value, None);
+        let r = results(&e, &BTreeMap::new(), at("2029-03-01T00:00:00Z"));
+        assert_eq!(r.status, Status::Scheduled);
+    }
+}
