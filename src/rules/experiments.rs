@@ -392,3 +392,81 @@ pub fn overlapping(experiments: &[Experiment]) -> Vec<(usize, String)> {
     }
     clashes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::sequences::{KnownEvents, Party, SequenceSpec};
+
+    fn sequence() -> Sequence {
+        let spec: SequenceSpec = serde_yaml::from_str(
+            "{ name: s, trigger: inquiry_received, steps: [
+               { name: a, template: t, to: customer },
+               { name: b, after: 4h, template: t, to: provider } ] }",
+        )
+        .unwrap();
+        Sequence::compile(spec, "f", |_| true, &KnownEvents::new([])).unwrap()
+    }
+
+    fn compile(variants: &str, metric: &str) -> Result<Experiment, Vec<String>> {
+        let spec: ExperimentSpec = serde_yaml::from_str(&format!(
+            "{{ name: e, sequence: s, unit: customer, metric: {metric}, variants: {variants} }}"
+        ))
+        .unwrap();
+        Experiment::compile(spec, "f", &[sequence()], |t| t == "t" || t == "t2")
+            .map_err(|errors| errors.into_iter().map(|e| e.message).collect())
+    }
+
+    #[test]
+    fn swaps_make_whole_steps_and_timing_swaps_are_known() {
+        let e = compile(
+            "[{ name: control, weight: 1 }, { name: v, weight: 2, swap: [
+               { step: a, template: t2 }, { step: b, after: 2h } ] }]",
+            "{ booked_within: 7d }",
+        )
+        .unwrap();
+        let v = &e.variants[1];
+        assert_eq!(
+            (v.steps[0].template.as_str(), v.steps[0].to),
+            ("t2", Party::Customer)
+        );
+        assert_eq!(v.steps[1].offset, jiff::SignedDuration::from_hours(2));
+        assert!(e.swaps("a") && e.swaps("b") && e.changes_timing(&sequence()));
+        assert_eq!(e.metric.window_ms, 7 * 86_400_000);
+        assert_eq!(e.weights(), [1.0, 2.0]);
+    }
+
+    #[test]
+    fn wrong_metrics_swaps_and_variant_counts_are_errors() {
+        let two = "[{ name: control, weight: 1 }, { name: v, weight: 1 }]";
+        let both = compile(two, "{ booked_within: 7d, replied_within: 1h }").unwrap_err();
+        assert!(both[0].contains("metric is one of"), "{both:?}");
+        let negative = compile(two, "{ replied_within: -1h }").unwrap_err();
+        assert!(negative[0].contains("positive duration"), "{negative:?}");
+        let one = compile("[{ name: control, weight: 1 }]", "{ booked_within: 7d }").unwrap_err();
+        assert!(one[0].contains("at least two variants"), "{one:?}");
+        let renamed = compile(
+            "[{ name: control, weight: 1 }, { name: v, weight: 1, swap: [
+               { step: a, replace: { name: z, template: t, to: customer } } ] }]",
+            "{ booked_within: 7d }",
+        )
+        .unwrap_err();
+        assert!(renamed[0].contains("keeps the name"), "{renamed:?}");
+        let both_ways = compile(
+            "[{ name: control, weight: 1 }, { name: v, weight: 1, swap: [
+               { step: a, template: t2, replace: { name: a, template: t, to: customer } } ] }]",
+            "{ booked_within: 7d }",
+        )
+        .unwrap_err();
+        assert!(both_ways[0].contains("not both"), "{both_ways:?}");
+    }
+
+    #[test]
+    fn two_experiments_may_not_swap_the_same_step() {
+        let swap_a = "[{ name: control, weight: 1 }, { name: v, weight: 1, swap: [{ step: a, template: t2 }] }]";
+        let first = compile(swap_a, "{ booked_within: 7d }").unwrap();
+        let mut second = compile(swap_a, "{ booked_within: 7d }").unwrap();
+        second.name = "other".into();
+        assert_eq!(overlapping(&[first, second]), [(1, "a".to_owned())]);
+    }
+}
