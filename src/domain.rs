@@ -126,6 +126,9 @@ pub enum Emitted {
     /// Contact moderation blocked a person's message: nothing was delivered
     /// (the sender is the event's user).
     MessageBlocked,
+    /// A person read messages addressed to them (`data.count` of them, up to
+    /// `data.seq`).
+    MessageRead,
     /// A conversation was created.
     ConversationOpened,
     /// A booking id was stored for the first time.
@@ -149,6 +152,7 @@ impl Emitted {
             Emitted::CustomerReplied,
             Emitted::AutomatedMessageSent,
             Emitted::MessageBlocked,
+            Emitted::MessageRead,
             Emitted::ConversationOpened,
             Emitted::BookingCreated,
             Emitted::BookingUpdated,
@@ -168,6 +172,7 @@ impl std::fmt::Display for Emitted {
             Emitted::CustomerReplied => "customer_replied",
             Emitted::AutomatedMessageSent => "automated_message_sent",
             Emitted::MessageBlocked => "message_blocked",
+            Emitted::MessageRead => "message_read",
             Emitted::ConversationOpened => "conversation_opened",
             Emitted::BookingCreated => "booking_created",
             Emitted::BookingUpdated => "booking_updated",

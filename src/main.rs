@@ -1,4 +1,5 @@
-//! The command line: `serve`, `token`. Everything else lives in the library.
+//! The command line: `serve`, `check`, `test-rules`, `detect`, `analytics
+//! rebuild`, `token`. Everything else lives in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,11 @@ enum Command {
         #[arg(long, default_value = "config.yaml")]
         config: PathBuf,
     },
+    /// Analytics kept from the data directory (the daemon stopped).
+    Analytics {
+        #[command(subcommand)]
+        command: AnalyticsCommand,
+    },
     /// Print a signed JWT for a user and role.
     Token {
         /// The user id (the token's `sub`).
@@ -70,6 +76,17 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum AnalyticsCommand {
+    /// Recompute every metric from the stored history (conversations,
+    /// messages and their reads, bookings, signals). The daemon must be
+    /// stopped: it holds the data directory.
+    Rebuild {
+        #[arg(long, default_value = "config.yaml")]
+        config: PathBuf,
+    },
+}
+
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -79,6 +96,9 @@ fn main() -> ExitCode {
         Command::Check { dir, config } => check(dir, &config),
         Command::TestRules { dir, config } => test_rules(dir, &config),
         Command::Detect { stage, config } => detect(stage.as_deref(), &config),
+        Command::Analytics {
+            command: AnalyticsCommand::Rebuild { config },
+        } => rebuild_analytics(&config),
         Command::Token {
             sub,
             role,
@@ -232,6 +252,40 @@ fn detect(stage: Option<&str>, config_path: &std::path::Path) -> ExitCode {
     match detect_jsonl(&detector, policy, stdin, stdout) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
+    }
+}
+
+fn rebuild_analytics(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let store = match parleyd::store::Store::open(
+        &config.data_dir,
+        &config.storage,
+        std::sync::Arc::new(|_| {}),
+    ) {
+        Ok(store) => store,
+        Err(e) => {
+            return fail(format!(
+            "cannot open the data directory {} (is the daemon still running? stop it first): {e}",
+            config.data_dir.display()
+        ))
+        }
+    };
+    match runtime.block_on(parleyd::analytics::rebuild::rebuild(&store)) {
+        Ok(rebuilt) => {
+            println!(
+                "analytics rebuilt: {} conversations, {} events folded",
+                rebuilt.conversations, rebuilt.events
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("rebuild failed: {e}")),
     }
 }
 

@@ -514,6 +514,7 @@ impl World {
                 let input = SendInput {
                     client_id: uuid::Uuid::now_v7().to_string(),
                     content: text.clone(),
+                    quick_reply_id: None,
                 };
                 self.app
                     .send(who, &conversation_id, input)

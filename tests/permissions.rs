@@ -21,6 +21,8 @@ enum Who {
     Person,
     /// A customer or provider taking part in the conversation in the path.
     Participant,
+    /// A participant, or an operator.
+    ParticipantOrOperator,
     Operator,
 }
 
@@ -61,6 +63,7 @@ fn open_to(who: Who, role: &str) -> bool {
         Who::Customer => role == "customer",
         Who::Person | Who::Participant => role == "customer" || role == "provider",
         Who::Operator => role == "operator",
+        Who::ParticipantOrOperator => role != "service",
     }
 }
 
@@ -107,6 +110,13 @@ const ACCESS: &[Row] = &[
         method: "GET",
         path: "/v1/conversations/{id}/messages",
         who: Who::Participant,
+        body: none,
+        allowed: 200,
+    },
+    Row {
+        method: "GET",
+        path: "/v1/conversations/{id}/metrics",
+        who: Who::ParticipantOrOperator,
         body: none,
         allowed: 200,
     },
@@ -405,7 +415,8 @@ async fn every_documented_operation_refuses_whom_it_is_not_for_and_serves_whom_i
             assert_eq!(reply.body["error"]["code"], "forbidden", "{what} as {role}");
         }
 
-        if row.who == Who::Participant {
+        let participants = matches!(row.who, Who::Participant | Who::ParticipantOrOperator);
+        if participants {
             let reply = call(&d, row, &world, Some(&world.outsider.token)).await;
             assert_eq!(
                 reply.status, 404,
@@ -416,7 +427,9 @@ async fn every_documented_operation_refuses_whom_it_is_not_for_and_serves_whom_i
 
         let allowed = match row.who {
             Who::Service => SERVICE_KEY.to_owned(),
-            Who::Customer | Who::Person | Who::Participant => world.pair.customer.token.clone(),
+            Who::Customer | Who::Person | Who::Participant | Who::ParticipantOrOperator => {
+                world.pair.customer.token.clone()
+            }
             Who::Operator => operator().token,
         };
         let reply = call(&d, row, &world, Some(&allowed)).await;
@@ -425,11 +438,19 @@ async fn every_documented_operation_refuses_whom_it_is_not_for_and_serves_whom_i
             "{what} as allowed: {:?}",
             reply.body
         );
-        if row.who == Who::Participant {
+        if participants {
             let reply = call(&d, row, &world, Some(&world.pair.provider.token)).await;
             assert_eq!(
                 reply.status, row.allowed,
                 "{what} by the provider: {:?}",
+                reply.body
+            );
+        }
+        if row.who == Who::ParticipantOrOperator {
+            let reply = call(&d, row, &world, Some(&operator().token)).await;
+            assert_eq!(
+                reply.status, row.allowed,
+                "{what} by an operator: {:?}",
                 reply.body
             );
         }

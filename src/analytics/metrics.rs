@@ -13,6 +13,8 @@ use std::sync::LazyLock;
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use regex::Regex;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::domain::{DomainEvent, Emitted, Stage};
 use crate::model::analytics::{
@@ -22,8 +24,6 @@ use crate::model::{MessageType, SYSTEM_SENDER};
 use crate::rules::context::reader_zone;
 use crate::store::{AnalyticsTx, TxError};
 
-/// The domain event a person's reads emit (`store::writes::mark_read`).
-pub const MESSAGE_READ: &str = "message_read";
 /// The marketplace signal saying the customer looked at a listing.
 pub const LISTING_VIEWED: &str = "listing_viewed";
 /// The marketplace signal saying the provider sent a quote.
@@ -113,7 +113,7 @@ impl Fact {
                 quick_reply: text("quick_reply_id").is_some(),
                 priced: !automated && names_price(content),
             })
-        } else if name == MESSAGE_READ {
+        } else if name == Emitted::MessageRead.to_string() {
             Fact::Read {
                 reader: event.subject.user_id.clone()?,
                 count: data.get("count").and_then(|c| c.as_u64())?,
@@ -474,4 +474,173 @@ fn opened(
         viewed_at: tx.viewed(listing_id, customer_id)?,
         ..ConversationMetrics::default()
     }))
+}
+
+/// A share of a whole, `part / whole`, with both counts; `rate` is `null`
+/// when `whole` is 0.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Share {
+    pub part: u64,
+    pub whole: u64,
+    /// `part / whole`, between 0 and 1.
+    pub rate: Option<f64>,
+}
+
+impl Share {
+    fn of(part: u64, whole: u64) -> Share {
+        Share {
+            part,
+            whole,
+            rate: (whole > 0).then(|| part as f64 / whole as f64),
+        }
+    }
+}
+
+/// Provider response times, seconds (see README.md, "Conversation metrics").
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ResponseTimes {
+    /// Provider replies that answered customer messages.
+    pub count: u64,
+    pub average_seconds: Option<f64>,
+    pub median_seconds: Option<f64>,
+}
+
+/// The funnel: whether and when the conversation reached each stage.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Funnel {
+    pub viewed: bool,
+    pub messaged: bool,
+    pub quoted: bool,
+    pub booked: bool,
+    pub viewed_at: Option<String>,
+    /// The customer's first message.
+    pub messaged_at: Option<String>,
+    pub quoted_at: Option<String>,
+    pub booked_at: Option<String>,
+}
+
+/// Message counts.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Counts {
+    /// Every message, people's and automation's.
+    pub total: u64,
+    pub provider: u64,
+    pub customer: u64,
+    /// Sent by automation (not in `provider` or `customer`).
+    pub automated: u64,
+}
+
+/// Read rates: of the messages addressed to each side, the share read.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ReadRates {
+    pub overall: Share,
+    pub customer: Share,
+    pub provider: Share,
+}
+
+/// `GET /v1/conversations/{id}/metrics`: one conversation's metrics. Times
+/// RFC 3339, durations seconds, rates between 0 and 1 (`null` when nothing
+/// was there to count). README.md ("Conversation metrics") defines each.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ConversationMetricsView {
+    pub conversation_id: String,
+    pub listing_id: String,
+    pub customer_id: String,
+    pub provider_id: String,
+    pub first_message_at: Option<String>,
+    pub last_message_at: Option<String>,
+    /// From the customer's first message to the provider's first reply.
+    pub first_response_seconds: Option<i64>,
+    pub first_response_at: Option<String>,
+    pub response_time: ResponseTimes,
+    pub messages: Counts,
+    pub funnel: Funnel,
+    pub read_rate: ReadRates,
+    /// Customer messages a provider reply came after, of all customer
+    /// messages.
+    pub reply_rate: Share,
+    /// People's messages sent with a quick reply, of all people's messages.
+    pub quick_replies: Share,
+    /// Characters per message written by a person.
+    pub average_message_length: Option<f64>,
+    pub booking_id: Option<String>,
+    pub booking_created_at: Option<String>,
+    /// When the booking reached the stage `completed`.
+    pub service_completed_at: Option<String>,
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(values: &[i64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2] as f64),
+        _ => Some((sorted[n / 2 - 1] as f64 + sorted[n / 2] as f64) / 2.0),
+    }
+}
+
+/// What callers see of `m`.
+pub fn view(m: &ConversationMetrics) -> ConversationMetricsView {
+    let responses = &m.response_secs;
+    let people = m.messages.provider + m.messages.customer;
+    ConversationMetricsView {
+        conversation_id: m.conversation_id.clone(),
+        listing_id: m.listing_id.clone(),
+        customer_id: m.customer_id.clone(),
+        provider_id: m.provider_id.clone(),
+        first_message_at: m.first_message_at.clone(),
+        last_message_at: m.last_message_at.clone(),
+        first_response_seconds: m.first_response_at.as_ref().and(responses.first().copied()),
+        first_response_at: m.first_response_at.clone(),
+        response_time: ResponseTimes {
+            count: responses.len() as u64,
+            average_seconds: (!responses.is_empty())
+                .then(|| responses.iter().sum::<i64>() as f64 / responses.len() as f64),
+            median_seconds: median(responses),
+        },
+        messages: Counts {
+            total: m.messages.total,
+            provider: m.messages.provider,
+            customer: m.messages.customer,
+            automated: m.messages.automated,
+        },
+        funnel: Funnel {
+            viewed: m.viewed_at.is_some(),
+            messaged: m.inquiry_at.is_some(),
+            quoted: m.quoted_at.is_some(),
+            booked: m.booked_at.is_some(),
+            viewed_at: m.viewed_at.clone(),
+            messaged_at: m.inquiry_at.clone(),
+            quoted_at: m.quoted_at.clone(),
+            booked_at: m.booked_at.clone(),
+        },
+        read_rate: ReadRates {
+            overall: Share::of(
+                m.to_customer.read + m.to_provider.read,
+                m.to_customer.addressed + m.to_provider.addressed,
+            ),
+            customer: Share::of(m.to_customer.read, m.to_customer.addressed),
+            provider: Share::of(m.to_provider.read, m.to_provider.addressed),
+        },
+        reply_rate: Share::of(m.answered, m.messages.customer),
+        quick_replies: Share::of(m.messages.quick_replies, people),
+        average_message_length: (people > 0).then(|| m.messages.characters as f64 / people as f64),
+        booking_id: m.booking_id.clone(),
+        booking_created_at: m.booked_at.clone(),
+        service_completed_at: m.completed_at.clone(),
+    }
+}
+
+/// The record of a conversation nothing has been folded into yet.
+pub fn empty(conversation: &crate::model::Conversation) -> ConversationMetrics {
+    ConversationMetrics {
+        conversation_id: conversation.id.clone(),
+        listing_id: conversation.listing_id.clone(),
+        customer_id: conversation.customer_id.clone(),
+        provider_id: conversation.provider_id.clone(),
+        zone: "UTC".into(),
+        ..ConversationMetrics::default()
+    }
 }

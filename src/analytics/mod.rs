@@ -26,28 +26,36 @@
 
 pub mod experiments;
 pub mod metrics;
+pub mod rebuild;
 
 use crate::domain::DomainEvent;
 use crate::store::{AnalyticsTx, TxError};
 
 /// Folds `event` into the analytics records, once: an event at or below
 /// the watermark, or re-driven from the dead-letter list, changes nothing.
-/// A record of its own that cannot be read (corrupt) is logged and counted
-/// (`parleyd_analytics_skipped_events_total`) and the event is passed over,
-/// so one bad record never holds up the engine; sled's errors fail the
-/// batch as usual.
 pub fn record(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxError> {
     if event.redriven_at.is_some() || event.seq <= tx.folded_seq()? {
         return Ok(());
     }
+    fold(tx, event)?;
+    tx.set_folded_seq(event.seq)
+}
+
+/// Folds `event` into every analytics record it concerns, whatever the
+/// watermark says (the live path is [`record`]; a rebuild calls this). A
+/// record of its own that cannot be read (corrupt) is logged and counted
+/// (`parleyd_analytics_skipped_events_total`) and the event is passed over,
+/// so one bad record never holds up the engine; sled's errors fail the
+/// batch as usual.
+pub fn fold(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxError> {
     match metrics::record(tx, event).and_then(|()| experiments::record(tx, event)) {
-        Ok(()) => {}
+        Ok(()) => Ok(()),
         Err(TxError::Store(e)) => {
             tracing::error!(seq = event.seq, event = %event.name, error = %e,
                 "domain event left out of the analytics: a record it needs is unreadable");
             ::metrics::counter!("parleyd_analytics_skipped_events_total").increment(1);
+            Ok(())
         }
-        Err(e) => return Err(e),
+        Err(e) => Err(e),
     }
-    tx.set_folded_seq(event.seq)
 }

@@ -109,6 +109,12 @@ pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Respo
         .and(with_app.clone())
         .and(who.clone())
         .then(get_conversation);
+    let conversation_metrics = v1
+        .and(warp::path!("conversations" / String / "metrics"))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .then(conversation_metrics);
     let list_messages = v1
         .and(warp::path!("conversations" / String / "messages"))
         .and(warp::get())
@@ -289,6 +295,8 @@ pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Respo
         .unify()
         .or(list_messages)
         .unify()
+        .or(conversation_metrics)
+        .unify()
         .or(send_message)
         .unify()
         .or(read)
@@ -392,6 +400,19 @@ pub async fn get_conversation(id: String, app: Arc<App>, who: Auth) -> Response 
     respond(
         StatusCode::OK,
         who.and_then(|c| app.get_conversation(c, &id)),
+    )
+}
+
+/// The conversation's metrics (README.md, "Conversation metrics"): for its
+/// participants and operators.
+#[utoipa::path(get, path = "/v1/conversations/{id}/metrics", tag = "conversations",
+    params(("id" = String, Path)),
+    responses((status = 200, body = crate::analytics::metrics::ConversationMetricsView)),
+    security(("bearer" = [])))]
+pub async fn conversation_metrics(id: String, app: Arc<App>, who: Auth) -> Response {
+    respond(
+        StatusCode::OK,
+        who.and_then(|c| app.conversation_metrics(c, &id)),
     )
 }
 

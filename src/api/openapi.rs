@@ -23,6 +23,7 @@ use utoipa::{Modify, OpenApi};
         super::http::list_conversations,
         super::http::get_conversation,
         super::http::list_messages,
+        super::http::conversation_metrics,
         super::http::send_message,
         super::http::mark_read,
         super::http::mark_delivered,

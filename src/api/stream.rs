@@ -389,6 +389,8 @@ enum ClientFrame {
         conversation_id: String,
         client_id: String,
         content: String,
+        #[serde(default)]
+        quick_reply_id: Option<String>,
     },
     Read {
         conversation_id: String,
@@ -707,6 +709,7 @@ impl Connection {
                 conversation_id,
                 client_id,
                 content,
+                quick_reply_id,
             } => {
                 let permit = inflight.clone().acquire_owned().await.ok()?;
                 let (app, caller, replies) =
@@ -715,6 +718,7 @@ impl Connection {
                     let input = SendInput {
                         client_id: client_id.clone(),
                         content,
+                        quick_reply_id,
                     };
                     let reply = match app.send(caller, &conversation_id, input).await {
                         Ok(sent) => serde_json::json!({

@@ -61,6 +61,7 @@ mod tests {
             stage: Stage::Confirmed,
             created_at: "2026-11-20T09:00:00Z".into(),
             updated_at: "2026-11-20T09:00:00Z".into(),
+            completed_at: None,
         };
         let ics = invite(
             &booking,

@@ -260,6 +260,10 @@ impl Engine {
             for event in &events {
                 // Before the rules: whatever they do, the event is counted.
                 batch.changes.push(Change::Record(Box::new(event.clone())));
+                if !reacts(&self.rules.current(), event) {
+                    batch.changes.push(Change::Ack(event.seq));
+                    continue;
+                }
                 if let Some(changes) = self.evaluate_or_quarantine(event, &mut batch).await? {
                     for change in &changes {
                         batch.overlay.record(&self.store, change)?;
@@ -593,6 +597,25 @@ pub fn count_exposure(e: &NewExposure) {
     metrics::counter!("parleyd_experiment_exposures_total",
         "experiment" => e.experiment.clone(), "variant" => e.variant.clone())
     .increment(1);
+}
+
+/// Whether anything in `rules` may act on `event`: a plugin reacting to
+/// every event, a sequence it triggers, stops or re-plans, a route or a
+/// webhook on it. The engine acknowledges an event nothing reacts to
+/// without evaluating it (no read of its attempts, no script): a
+/// `message_read` on a daemon whose rules never mention it costs nothing
+/// but its acknowledgement.
+fn reacts(rules: &RuleSet, event: &DomainEvent) -> bool {
+    rules.plugins.iter().any(|p| p.has(ON_EVENT))
+        || rules.sequences.iter().any(|s| {
+            event.is(&s.trigger) || s.stop_on.iter().chain(&s.replan_on).any(|n| event.is(n))
+        })
+        || rules
+            .routing
+            .routes
+            .iter()
+            .any(|r| r.on.iter().any(|n| event.is(n)))
+        || rules.routing.webhooks.iter().any(|n| event.is(n))
 }
 
 /// Sets the `parleyd_dead_letters{list="events"}` gauge at once (upkeep

@@ -502,14 +502,18 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub moderation: Option<Moderation>,
-    /// The rule and step that sent an automated message.
+    /// The rule and step that sent an automated message (boxed: most
+    /// messages are people's, and the box keeps them small).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub automation: Option<Automation>,
+    pub automation: Option<Box<Automation>>,
     /// Suggested next steps shown with the message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<SuggestedAction>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
+    /// The quick reply the sender used to write it (`SendInput`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quick_reply_id: Option<String>,
 }
 
 impl Message {
@@ -620,6 +624,17 @@ pub struct Flag {
 }
 
 impl Message {
+    /// The `data` of the domain event that says it was stored.
+    pub fn event_data(&self) -> serde_json::Value {
+        serde_json::json!({
+            "seq": self.seq,
+            "content": self.content,
+            "type": self.kind,
+            "automation": self.automation,
+            "quick_reply_id": self.quick_reply_id,
+        })
+    }
+
     pub fn summary(&self) -> MessageSummary {
         MessageSummary {
             seq: self.seq,
@@ -641,6 +656,12 @@ pub struct SendInput {
     /// Not blank; at most `limits.max_message_chars` characters (4000 as shipped).
     #[schema(pattern = "\\S", example = "Is the 1 December tour still open?")]
     pub content: String,
+    /// The quick reply the sender picked to write it, if any (an id from
+    /// the suggestions; 1-128 of `A-Z a-z 0-9 - _ . : @`): stored on the
+    /// message and counted as quick-reply usage in its metrics.
+    #[serde(default)]
+    #[schema(example = "qr-availability-yes")]
+    pub quick_reply_id: Option<String>,
 }
 
 impl SendInput {
@@ -655,6 +676,9 @@ impl SendInput {
         }
         if self.content.trim().is_empty() {
             return Err(Invalid("content must not be empty".into()));
+        }
+        if let Some(id) = &self.quick_reply_id {
+            validate_id("quick_reply_id", id)?;
         }
         check_len("content", &self.content, max_chars)
     }
@@ -672,6 +696,10 @@ pub struct Booking {
     pub stage: Stage,
     pub created_at: String,
     pub updated_at: String,
+    /// When the booking first reached the stage `completed` (kept so that
+    /// `parleyd analytics rebuild` knows when the service was completed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
 }
 
 impl Booking {
@@ -743,6 +771,37 @@ pub struct Signal {
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
     pub received_at: String,
+}
+
+impl Signal {
+    /// What the signal is about: its conversation's people when it names an
+    /// open conversation (`conversation`), else its listing's provider and
+    /// its user as the customer (unless the user is that provider).
+    pub fn subject(
+        &self,
+        conversation: Option<&Conversation>,
+        listing: Option<&Listing>,
+    ) -> crate::domain::Subject {
+        if let Some(conversation) = conversation {
+            return crate::domain::Subject {
+                user_id: self.user_id.clone(),
+                ..conversation.subject()
+            };
+        }
+        let mut subject = crate::domain::Subject {
+            conversation_id: self.conversation_id.clone(),
+            listing_id: self.listing_id.clone(),
+            user_id: self.user_id.clone(),
+            ..crate::domain::Subject::default()
+        };
+        if let Some(listing) = listing {
+            subject.provider_id = Some(listing.provider_id.clone());
+            if self.user_id.as_ref() != Some(&listing.provider_id) {
+                subject.customer_id = self.user_id.clone();
+            }
+        }
+        subject
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -821,21 +880,17 @@ mod tests {
 
     #[test]
     fn send_input_rules() {
-        let ok = SendInput {
+        let input = |content: &str, quick_reply_id: Option<&str>| SendInput {
             client_id: "c1".into(),
-            content: "hello".into(),
+            content: content.into(),
+            quick_reply_id: quick_reply_id.map(str::to_owned),
         };
-        assert!(ok.validate(10).is_ok());
-        let blank = SendInput {
-            client_id: "c1".into(),
-            content: " \n ".into(),
-        };
-        assert!(blank.validate(10).is_err());
-        let long = SendInput {
-            client_id: "c1".into(),
-            content: "é".repeat(11),
-        };
-        assert!(long.validate(10).is_err());
+        assert!(input("hello", None).validate(10).is_ok());
+        assert!(input(" \n ", None).validate(10).is_err());
+        assert!(input(&"é".repeat(11), None).validate(10).is_err());
+        assert!(input("hello", Some("qr-yes")).validate(10).is_ok());
+        assert!(input("hello", Some("no spaces")).validate(10).is_err());
+        assert!(input("hello", Some("")).validate(10).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::model::{
-    validate_id, validate_period, Booking, BookingInput, BookingPatch, Conversation,
+    validate_id, validate_period, Booking, BookingInput, BookingPatch, Conversation, Stage,
 };
 
 use super::App;
@@ -60,6 +60,7 @@ impl App {
             start: input.start,
             end: input.end,
             stage: input.stage,
+            completed_at: (input.stage == Stage::Completed).then(|| now.clone()),
             created_at: now.clone(),
             updated_at: now,
         };
@@ -99,6 +100,9 @@ impl App {
             return Ok(stored);
         }
         booking.updated_at = self.now();
+        if booking.stage == Stage::Completed && booking.completed_at.is_none() {
+            booking.completed_at = Some(booking.updated_at.clone());
+        }
         let conversation = self
             .store
             .conversation(&booking.conversation_id)?

@@ -2,6 +2,7 @@
 //! (HTTP, WebSocket, long-poll) it arrives by. It checks who may do what, validates,
 //! writes through the store, waits for durability, then publishes to the hub.
 
+mod analytics;
 mod bookings;
 mod clock;
 mod conversations;

@@ -207,6 +207,7 @@ impl App {
             automation: None,
             actions: Vec::new(),
             attachments: Vec::new(),
+            quick_reply_id: input.quick_reply_id,
         }
     }
 

@@ -31,29 +31,14 @@ impl App {
     /// What a signal is about, for the engine: the ids it names, and whether its
     /// user is the customer or the provider (the listing's owner).
     fn signal_subject(&self, signal: &Signal) -> Result<Subject, ApiError> {
-        let mut subject = Subject {
-            conversation_id: signal.conversation_id.clone(),
-            listing_id: signal.listing_id.clone(),
-            user_id: signal.user_id.clone(),
-            ..Subject::default()
-        };
-        if let Some(conversation) = match &signal.conversation_id {
+        let conversation = match &signal.conversation_id {
             Some(id) => self.store.conversation(id)?,
             None => None,
-        } {
-            subject = Subject {
-                user_id: signal.user_id.clone(),
-                ..conversation.subject()
-            };
-        } else if let Some(listing) = match &signal.listing_id {
-            Some(id) => self.store.listing(id)?,
-            None => None,
-        } {
-            subject.provider_id = Some(listing.provider_id.clone());
-            if signal.user_id.as_ref() != Some(&listing.provider_id) {
-                subject.customer_id = signal.user_id.clone();
-            }
-        }
-        Ok(subject)
+        };
+        let listing = match (&conversation, &signal.listing_id) {
+            (None, Some(id)) => self.store.listing(id)?,
+            _ => None,
+        };
+        Ok(signal.subject(conversation.as_ref(), listing.as_ref()))
     }
 }

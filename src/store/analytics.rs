@@ -21,7 +21,7 @@ use super::automation::{AutomationTx, TxError};
 use super::writes::Tx;
 use super::{decode, encode, keys, Store, StoreError};
 use crate::model::analytics::{ConversationMetrics, DailyAggregate};
-use crate::model::{Listing, User};
+use crate::model::{Booking, Conversation, Listing, Signal, User};
 
 const FOLDED_SEQ: &[u8] = b"folded_seq";
 
@@ -252,6 +252,30 @@ impl Store {
                 Ok((day, decode(&value)?))
             })
             .collect()
+    }
+
+    /// Every record of `tree`, in key order (the history a rebuild reads).
+    pub(super) fn every<T: serde::de::DeserializeOwned>(
+        tree: &Tree,
+    ) -> impl Iterator<Item = Result<T, StoreError>> + '_ {
+        tree.iter().map(|entry| decode(&entry?.1))
+    }
+
+    /// Every conversation, in id order.
+    pub fn every_conversation(
+        &self,
+    ) -> impl Iterator<Item = Result<Conversation, StoreError>> + '_ {
+        Store::every(&self.trees.conversations)
+    }
+
+    /// Every booking, in id order.
+    pub fn every_booking(&self) -> impl Iterator<Item = Result<Booking, StoreError>> + '_ {
+        Store::every(&self.trees.bookings)
+    }
+
+    /// Every signal, in id order.
+    pub fn every_signal(&self) -> impl Iterator<Item = Result<Signal, StoreError>> + '_ {
+        Store::every(&self.trees.signals)
     }
 
     /// Empties every analytics tree (for a rebuild, daemon stopped).

@@ -97,3 +97,39 @@ impl Store {
             .collect()
     }
 }
+
+impl Store {
+    /// Rewrites every unit's exposures record with `change` (outside the
+    /// writer: for `parleyd analytics rebuild`, the daemon stopped).
+    pub fn map_unit_exposures(
+        &self,
+        change: impl Fn(UnitExposures) -> UnitExposures,
+    ) -> Result<(), StoreError> {
+        self.map_experiment_records(b"u", change)
+    }
+
+    /// Rewrites every variant's tally with `change` (as
+    /// [`Store::map_unit_exposures`]).
+    pub fn map_tallies(&self, change: impl Fn(Tally) -> Tally) -> Result<(), StoreError> {
+        self.map_experiment_records(b"t", change)
+    }
+
+    /// Every moderation record, in id order (for a rebuild).
+    pub fn every_flag(&self) -> impl Iterator<Item = Result<crate::model::Flag, StoreError>> + '_ {
+        Store::every(&self.trees.flags)
+    }
+
+    fn map_experiment_records<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        kind: &[u8],
+        change: impl Fn(T) -> T,
+    ) -> Result<(), StoreError> {
+        let prefix = [kind, &[SEP]].concat();
+        for entry in self.trees.experiments.scan_prefix(&prefix) {
+            let (key, value) = entry?;
+            let changed = change(decode(&value)?);
+            self.trees.experiments.insert(key, encode(&changed))?;
+        }
+        Ok(())
+    }
+}

@@ -70,6 +70,7 @@ pub use automation::{AutomationTx, InstanceWrite, TxError, Written};
 pub use outbox::{Due, OutboxTx};
 pub use quarantine::{Attempted, Failure, Held};
 pub use writer::Publish;
+pub use writes::booking_event;
 
 /// Bumped whenever the layout above changes incompatibly.
 pub const SCHEMA_VERSION: u32 = 4;
@@ -144,9 +145,11 @@ pub struct NewMessage {
     pub created_at: String,
     pub moderation: Option<Moderated>,
     /// Set on automated messages only.
-    pub automation: Option<Automation>,
+    pub automation: Option<Box<Automation>>,
     pub actions: Vec<SuggestedAction>,
     pub attachments: Vec<Attachment>,
+    /// The quick reply a person used to write it.
+    pub quick_reply_id: Option<String>,
     /// The sender's request ([`send_fingerprint`]), telling a retry from
     /// another message under the same client id. `None` for automation, whose
     /// client id names the step that sent it: a step that fires again after a

@@ -32,6 +32,7 @@ fn message(conversation_id: &str, sender: &str, client_id: &str) -> NewMessage {
         automation: None,
         actions: Vec::new(),
         attachments: Vec::new(),
+        quick_reply_id: None,
         fingerprint: Some(crate::store::send_fingerprint(conversation_id, "hello")),
     }
 }
@@ -454,6 +455,7 @@ async fn bookings_move_the_conversation_after_booking() {
         stage: crate::model::Stage::Confirmed,
         created_at: "t".into(),
         updated_at: "t".into(),
+        completed_at: None,
     };
     let card: ContextCard = listing().card();
     let updated = store.put_booking(&booking, &card).await.unwrap();

@@ -425,6 +425,7 @@ pub fn append_message(
         automation: new.automation.clone(),
         actions: new.actions.clone(),
         attachments: new.attachments.clone(),
+        quick_reply_id: new.quick_reply_id.clone(),
     };
     let message_key = keys::message(&new.conversation_id, seq);
     tx.messages
@@ -461,12 +462,7 @@ pub fn append_message(
                 user_id: Some(message.sender_id.clone()),
                 ..conversation.subject()
             },
-            data: serde_json::json!({
-                "seq": message.seq,
-                "content": message.content,
-                "type": message.kind,
-                "automation": message.automation,
-            }),
+            data: message.event_data(),
         },
     )?;
     Ok(Ok((Stored::Message(message), true)))
@@ -591,6 +587,7 @@ pub fn mark_read(
     reader.unread_count = unread;
     let state = (target, unread);
     let mut told = vec![reader_id.to_owned()];
+    let count = newly_read.len();
     for (key, mut message) in newly_read {
         if conversation.is_participant(&message.sender_id) && !told.contains(&message.sender_id) {
             told.push(message.sender_id.clone());
@@ -609,6 +606,23 @@ pub fn mark_read(
     };
     for user_id in &told {
         log_event(tx, user_id, &event, out)?;
+    }
+    if count > 0 {
+        emit(
+            tx,
+            DomainEvent {
+                seq: 0,
+                name: Emitted::MessageRead.to_string(),
+                aliases: Vec::new(),
+                at: now.to_owned(),
+                redriven_at: None,
+                subject: Subject {
+                    user_id: Some(reader_id.to_owned()),
+                    ..conversation.subject()
+                },
+                data: serde_json::json!({"seq": target, "count": count}),
+            },
+        )?;
     }
     Ok(Ok(state))
 }
@@ -723,7 +737,7 @@ pub fn put_booking(
 
 /// `booking_created` or `booking_updated`, with aliases saying what changed:
 /// `booking_rescheduled` for a new period, `booking_{stage}` for a (new) stage.
-fn booking_event(booking: &Booking, previous: Option<&Booking>) -> DomainEvent {
+pub fn booking_event(booking: &Booking, previous: Option<&Booking>) -> DomainEvent {
     let stage = Emitted::BookingStage(booking.stage);
     let (name, mut aliases) = match previous {
         None => (Emitted::BookingCreated, vec![stage.to_string()]),

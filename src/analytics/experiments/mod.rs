@@ -242,6 +242,23 @@ pub fn record(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxErr
     Ok(())
 }
 
+/// Forgets every conversion and guardrail count, keeping who was exposed to
+/// which variant and when (that is not in the history a rebuild reads):
+/// `parleyd analytics rebuild` then folds them again from the history.
+pub fn reset_outcomes(store: &crate::store::Store) -> Result<(), crate::store::StoreError> {
+    store.map_unit_exposures(|mut unit| {
+        for exposure in unit.experiments.values_mut() {
+            exposure.converted_at = None;
+            exposure.unsubscribed = false;
+        }
+        unit
+    })?;
+    store.map_tallies(|t| Tally {
+        exposures: t.exposures,
+        ..Tally::default()
+    })
+}
+
 /// Whether the experiment runs, has not started or has stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

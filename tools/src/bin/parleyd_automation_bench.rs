@@ -379,6 +379,7 @@ async fn enqueue(fixture: &Arc<Fixture>, event: Event, n: usize) -> Result<(), S
             let input = SendInput {
                 client_id: format!("bench-{n}"),
                 content: text.to_owned(),
+                quick_reply_id: None,
             };
             fixture.app.send(who, id, input).await.map_err(err)?;
         }

@@ -243,6 +243,7 @@ async fn run(args: Args) -> Result<(), String> {
             let input = SendInput {
                 client_id: format!("bench-{n}"),
                 content: format!("#{n} is the kayak free on Friday?"),
+                quick_reply_id: None,
             };
             let ok = app
                 .send(caller(&provider, Role::Provider), &conversation, input)
