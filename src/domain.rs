@@ -123,6 +123,9 @@ pub enum Emitted {
     CustomerReplied,
     /// Automation sent a message.
     AutomatedMessageSent,
+    /// Contact moderation blocked a person's message: nothing was delivered
+    /// (the sender is the event's user).
+    MessageBlocked,
     /// A person read messages addressed to them (`data.count` of them, up to
     /// `data.seq`).
     MessageRead,
@@ -148,6 +151,7 @@ impl Emitted {
             Emitted::ProviderReplied,
             Emitted::CustomerReplied,
             Emitted::AutomatedMessageSent,
+            Emitted::MessageBlocked,
             Emitted::MessageRead,
             Emitted::ConversationOpened,
             Emitted::BookingCreated,
@@ -167,6 +171,7 @@ impl std::fmt::Display for Emitted {
             Emitted::ProviderReplied => "provider_replied",
             Emitted::CustomerReplied => "customer_replied",
             Emitted::AutomatedMessageSent => "automated_message_sent",
+            Emitted::MessageBlocked => "message_blocked",
             Emitted::MessageRead => "message_read",
             Emitted::ConversationOpened => "conversation_opened",
             Emitted::BookingCreated => "booking_created",

@@ -20,6 +20,11 @@
 //!       - { template: inquiry_final }
 //! ```
 //!
+//! A test may pin experiment variants (`variants: {follow_up_wording:
+//! short}`): every unit then gets that variant, whatever the hash and the
+//! experiment's start and stop; `variant:` in an expectation matches the
+//! variant a message's provenance names.
+//!
 //! Notifications are routed as if every channel had an endpoint (and the
 //! fixture people an email and a phone), so a test shows where they would go.
 //!
@@ -76,6 +81,10 @@ struct RuleTest {
     /// How long the virtual clock runs (default: 14 days after the last event).
     #[serde(default)]
     until: Option<String>,
+    /// Pinned experiment variants (experiment name to variant name): every
+    /// unit gets these, whatever the hash and the experiments' start and stop.
+    #[serde(default)]
+    variants: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +157,9 @@ struct Expectation {
     /// Text the message must contain: one string or a list.
     #[serde(default)]
     contains: Option<Texts>,
+    /// The experiment variant the message was chosen by (its provenance).
+    #[serde(default)]
+    variant: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +187,8 @@ struct Sent {
     channels: Option<Vec<String>>,
     to: Who,
     content: String,
+    /// The experiment variant that chose a message's step.
+    variant: Option<String>,
 }
 
 fn show(d: jiff::SignedDuration) -> String {
@@ -206,6 +220,10 @@ impl Expectation {
         };
         Ok(kind_matches
             && self.to.is_none_or(|to| to == sent.to)
+            && self
+                .variant
+                .as_ref()
+                .is_none_or(|v| sent.variant.as_ref() == Some(v))
             && self.contains.as_ref().is_none_or(|texts| {
                 texts
                     .all()
@@ -227,6 +245,9 @@ impl Expectation {
         }
         if let Some(to) = self.to {
             parts.push(format!("to {to:?}").to_lowercase());
+        }
+        if let Some(variant) = &self.variant {
+            parts.push(format!("variant {variant}"));
         }
         if let Some(at) = &self.at {
             parts.push(format!("at {at}"));
@@ -376,14 +397,31 @@ impl World {
             Box::new(move || format_time(rules_clock.now())),
         )
         .map_err(|errors| crate::rules::error_lines(&errors))?;
+        let set = rules.current();
+        for (experiment, variant) in &test.variants {
+            match set.experiment(experiment) {
+                None => {
+                    return Err(format!(
+                        "variants: no experiment {experiment:?} in the rules"
+                    ))
+                }
+                Some(e) if e.variant(variant).is_none() => {
+                    return Err(format!(
+                        "variants: experiment {experiment} has no variant {variant:?}"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
         let rules = Arc::new(rules);
-        let engine =
-            Engine::new(store.clone(), rules.clone(), clock.clone()).with_channels(Enabled {
+        let engine = Engine::new(store.clone(), rules.clone(), clock.clone())
+            .with_channels(Enabled {
                 push: true,
                 email: true,
                 sms: true,
                 webhook: false,
-            });
+            })
+            .with_pins(test.variants.clone());
         let app = Arc::new(App::new(config, store.clone(), hub, rules, clock.clone()));
         let service = caller("marketplace", Role::Service);
         let dates: Vec<String> = (1..=4).map(|d| format!("2030-02-{:02}", d * 3)).collect();
@@ -562,6 +600,7 @@ impl World {
                 sent.push(Sent {
                     offset: at.duration_since(self.start),
                     template: automation.template,
+                    variant: automation.variant,
                     channels: None,
                     to: if automation.recipient_id == conversation.customer_id {
                         Who::Customer
@@ -591,6 +630,7 @@ impl World {
                 ),
                 template: n.kind,
                 content: n.title,
+                variant: None,
             });
         }
         sent.sort_by_key(|s| s.offset);

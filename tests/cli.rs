@@ -149,6 +149,93 @@ fn test_rules_exits_1_when_an_expectation_is_not_met() {
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stdout));
 }
 
+/// Catches: `test-rules` ignoring a pinned variant (the hash choosing
+/// instead), a variant's delay not used when its sequence is planned, a pin
+/// naming an unknown variant passing, `variant:` in an expectation not
+/// matched against the message's provenance.
+#[test]
+fn test_rules_pins_experiment_variants() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_rules(dir.path());
+    std::fs::write(
+        dir.path().join("templates/experiment.yaml"),
+        "inquiry_ack_brief:\n  text: \"Got it, {customer.name}.\"\n",
+    )
+    .unwrap();
+    // Stopped long before the rule tests' virtual time: only a pin applies it.
+    std::fs::write(
+        dir.path().join("rules/experiments.yaml"),
+        "experiments:
+  - name: ack_wording
+    sequence: inquiry_follow_up
+    unit: customer
+    stop: 2020-01-01T00:00:00Z
+    metric: { booked_within: 7d }
+    variants:
+      - { name: control, weight: 1 }
+      - name: brief
+        weight: 1
+        swap: [{ step: acknowledge, template: inquiry_ack_brief }]
+  - name: reminder_timing
+    sequence: inquiry_follow_up
+    unit: provider
+    stop: 2020-01-01T00:00:00Z
+    metric: { replied_within: 24h }
+    variants:
+      - { name: control, weight: 1 }
+      - { name: early, weight: 1, swap: [{ step: remind_provider, after: 2h }] }
+",
+    )
+    .unwrap();
+    let tests = dir.path().join("rules/tests");
+    std::fs::create_dir_all(&tests).unwrap();
+    let file = |pin: &str| {
+        format!(
+            "tests:
+  - name: pinned to {pin}
+    variants: {{ ack_wording: {pin}, reminder_timing: early }}
+    timeline:
+      - {{ at: 0h, message: {{ from: customer, text: \"Free on Saturday?\" }} }}
+    expect:
+      - {{ template: inquiry_ack_brief, variant: brief, to: customer, at: 0h, contains: \"Got it, Ana.\" }}
+      - {{ template: provider_reply_reminder, variant: early, to: provider, at: 2h }}
+  - name: unpinned, the stopped experiment gives control
+    timeline:
+      - {{ at: 0h, message: {{ from: customer, text: \"Free on Saturday?\" }} }}
+    expect:
+      - {{ template: inquiry_ack, to: customer, at: 0h }}
+      - {{ template: provider_reply_reminder, to: provider, at: 4h }}
+    forbid:
+      - {{ variant: brief }}
+      - {{ variant: early }}
+"
+        )
+    };
+    std::fs::write(tests.join("experiment.yaml"), file("brief")).unwrap();
+    let run = parleyd_in_repo(&["test-rules", dir.path().to_str().unwrap()], &[], "");
+    let out = text(&run.stdout);
+    assert_eq!(run.status.code(), Some(0), "{out}{}", text(&run.stderr));
+
+    std::fs::write(tests.join("experiment.yaml"), file("control")).unwrap();
+    let run = parleyd_in_repo(&["test-rules", dir.path().to_str().unwrap()], &[], "");
+    let out = text(&run.stdout);
+    assert_eq!(run.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("FAIL ") && out.contains("pinned to control"),
+        "{out}"
+    );
+    assert!(out.contains("1 passed, 1 failed"), "{out}");
+
+    std::fs::write(tests.join("experiment.yaml"), file("shortest")).unwrap();
+    let run = parleyd_in_repo(&["test-rules", dir.path().to_str().unwrap()], &[], "");
+    let out = text(&run.stdout);
+    assert_eq!(run.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("experiment ack_wording has no variant \"shortest\""),
+        "{out}"
+    );
+}
+
 /// Catches: a rule-test file that does not parse (or misspells a field)
 /// being skipped or passing, instead of stopping the run at its place.
 #[test]

@@ -278,6 +278,21 @@ const ACCESS: &[Row] = &[
         body: none,
         allowed: 404,
     },
+    Row {
+        method: "GET",
+        path: "/v1/admin/experiments",
+        who: Who::Operator,
+        body: none,
+        allowed: 200,
+    },
+    Row {
+        method: "GET",
+        path: "/v1/admin/experiments/{name}",
+        who: Who::Operator,
+        body: none,
+        // No experiment named "engine" in the rules: let through to the look-up.
+        allowed: 404,
+    },
 ];
 
 /// Open to anyone, whatever token comes with the request.

@@ -1,5 +1,5 @@
-//! Analytics: conversation metrics (and, next, provider reports and
-//! experiments), kept incrementally from the domain events.
+//! Analytics: conversation metrics, experiments (and, next, provider
+//! reports), kept incrementally from the domain events.
 //!
 //! Each domain event is folded exactly once, inside the automation engine's
 //! batch write: the engine adds a `Change::Record` for every event it takes
@@ -24,6 +24,7 @@
 //! Dependencies: analytics reads the store and the rules' helpers; it never
 //! imports `automation`, `api` or `service`.
 
+pub mod experiments;
 pub mod metrics;
 pub mod rebuild;
 
@@ -47,7 +48,7 @@ pub fn record(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxErr
 /// so one bad record never holds up the engine; sled's errors fail the
 /// batch as usual.
 pub fn fold(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxError> {
-    match metrics::record(tx, event) {
+    match metrics::record(tx, event).and_then(|()| experiments::record(tx, event)) {
         Ok(()) => Ok(()),
         Err(TxError::Store(e)) => {
             tracing::error!(seq = event.seq, event = %event.name, error = %e,

@@ -6,12 +6,18 @@
 //! conversation's opening, its messages (in `seq` order), each read message
 //! (at its `read_at`, by its recipient), its bookings (created at
 //! `created_at`, completed at `completed_at`) and its signals; and every
-//! `listing_viewed` signal. They are folded in time order (ties: opening,
+//! `listing_viewed` signal; each message moderation blocked (from its flag)
+//! and each signal about a person only (an `unsubscribed` without a
+//! conversation), for the experiments' guardrails. They are folded in time order (ties: opening,
 //! messages, reads, bookings, signals; messages by `seq`), views first, as
 //! a view only records a time that the conversation takes in when its
 //! record is made. Afterwards the watermark is the last domain seq ever
 //! given out: every event up to it is in the history just folded, so the
 //! engine does not fold a queued one again.
+//!
+//! Experiments keep who was exposed to which variant (the history does not
+//! hold it); their conversions and guardrail counts are forgotten and folded
+//! again ([`super::experiments::reset_outcomes`]).
 
 use std::collections::HashMap;
 
@@ -36,6 +42,26 @@ pub struct Rebuilt {
 pub async fn rebuild(store: &Store) -> Result<Rebuilt, StoreError> {
     let last_seq = store.last_domain_seq()?;
     store.clear_analytics()?;
+    super::experiments::reset_outcomes(store)?;
+    let mut blocked: HashMap<String, Vec<DomainEvent>> = HashMap::new();
+    for flag in store.every_flag() {
+        let flag = flag?;
+        // A flag without a delivered message is a block.
+        if flag.message_seq.is_none() {
+            blocked
+                .entry(flag.conversation_id.clone())
+                .or_default()
+                .push(event(
+                    Emitted::MessageBlocked.to_string(),
+                    &flag.created_at,
+                    Subject {
+                        user_id: Some(flag.sender_id.clone()),
+                        ..Subject::default()
+                    },
+                    serde_json::json!({ "flag_id": flag.id }),
+                ));
+        }
+    }
     let mut bookings: HashMap<String, Vec<Booking>> = HashMap::new();
     for booking in store.every_booking() {
         let booking = booking?;
@@ -46,11 +72,13 @@ pub async fn rebuild(store: &Store) -> Result<Rebuilt, StoreError> {
     }
     let mut signals: HashMap<String, Vec<Signal>> = HashMap::new();
     let mut views = Vec::new();
+    let mut personal = Vec::new();
     for signal in store.every_signal() {
         let signal = signal?;
         match &signal.conversation_id {
             _ if signal.kind == LISTING_VIEWED => views.push(signal),
             Some(id) => signals.entry(id.clone()).or_default().push(signal),
+            None if signal.listing_id.is_none() => personal.push(signal),
             None => {}
         }
     }
@@ -82,6 +110,14 @@ pub async fn rebuild(store: &Store) -> Result<Rebuilt, StoreError> {
                 .map_or(&[][..], Vec::as_slice),
             signals.get(&conversation.id).map_or(&[][..], Vec::as_slice),
         );
+        let ranked_last = u64::MAX;
+        for mut block in blocked.remove(&conversation.id).unwrap_or_default() {
+            block.subject = Subject {
+                user_id: block.subject.user_id.take(),
+                ..conversation.subject()
+            };
+            events.push((ranked_last, block));
+        }
         sort(&mut events);
         pending.extend(events.into_iter().map(|(_, e)| e));
         rebuilt.conversations += 1;
@@ -89,6 +125,12 @@ pub async fn rebuild(store: &Store) -> Result<Rebuilt, StoreError> {
             rebuilt.events += fold(store, std::mem::take(&mut pending)).await?;
         }
     }
+    let mut loose: Vec<(u64, DomainEvent)> = personal
+        .iter()
+        .map(|s| (0, signal_event(s, s.subject(None, None))))
+        .collect();
+    sort(&mut loose);
+    pending.extend(loose.into_iter().map(|(_, e)| e));
     rebuilt.events += fold(store, pending).await?;
     store
         .transact("rebuild", move |tx| tx.analytics().set_folded_seq(last_seq))

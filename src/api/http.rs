@@ -261,6 +261,18 @@ pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Respo
         .and(who.clone())
         .and(warp::query::<LimitQuery>())
         .then(admin_pipeline_dead);
+    let admin_experiments = v1
+        .and(warp::path!("admin" / "experiments"))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .then(admin_experiments);
+    let admin_experiment = v1
+        .and(warp::path!("admin" / "experiments" / String))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .then(admin_experiment);
     let admin_pipeline_redrive = v1
         .and(warp::path!(
             "admin" / "pipeline" / "dead" / String / "redrive"
@@ -324,6 +336,10 @@ pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Respo
         .or(admin_pipeline_settled)
         .unify()
         .or(admin_fault)
+        .unify()
+        .or(admin_experiments)
+        .unify()
+        .or(admin_experiment)
         .unify()
         .boxed();
     people.or(service).unify().or(admin).unify().boxed()
@@ -577,6 +593,26 @@ pub async fn analyze_contact(
     security(("bearer" = [])))]
 pub async fn admin_rules(app: Arc<App>, who: Auth) -> Response {
     respond(StatusCode::OK, who.and_then(|c| app.rules_status(c)))
+}
+
+/// The A/B experiments of the rules in force, each with per-variant results.
+#[utoipa::path(get, path = "/v1/admin/experiments", tag = "operator",
+    responses((status = 200, body = [crate::analytics::experiments::ExperimentResults])),
+    security(("bearer" = [])))]
+pub async fn admin_experiments(app: Arc<App>, who: Auth) -> Response {
+    respond(StatusCode::OK, who.and_then(|c| app.experiments(c)))
+}
+
+/// One experiment's per-variant results: exposures, conversions, rate with
+/// its Wilson 95% interval, uplift, chance to beat control, guardrails, the
+/// sample-ratio check.
+#[utoipa::path(get, path = "/v1/admin/experiments/{name}", tag = "operator",
+    params(("name" = String, Path, description = "the experiment's name")),
+    responses((status = 200, body = crate::analytics::experiments::ExperimentResults),
+              (status = 404, description = "no experiment by that name in the rules in force")),
+    security(("bearer" = [])))]
+pub async fn admin_experiment(name: String, app: Arc<App>, who: Auth) -> Response {
+    respond(StatusCode::OK, who.and_then(|c| app.experiment(c, &name)))
 }
 
 /// Moves the manual clock (config `clock: manual`, started with `--dev`); steps

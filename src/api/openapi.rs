@@ -44,6 +44,8 @@ use utoipa::{Modify, OpenApi};
         super::http::admin_pipeline,
         super::http::admin_pipeline_settled,
         super::http::admin_fault,
+        super::http::admin_experiments,
+        super::http::admin_experiment,
         super::stream::long_poll,
         stream_doc,
         healthz_doc,

@@ -15,6 +15,8 @@ use crate::store::{
 };
 
 use super::sequence;
+use crate::analytics::experiments::{self, NewExposure};
+use crate::model::experiment::UnitKind;
 
 /// A change the engine makes to its state.
 #[derive(Debug, Clone)]
@@ -32,6 +34,9 @@ pub enum Change {
     /// A notification to queue; written with its event's acknowledgement, so
     /// each event is routed once.
     Notify(Box<Notification>),
+    /// A unit's first exposure to an experiment (a sequence started with a
+    /// variant's timing); the first one written stands.
+    Expose(Box<NewExposure>),
     /// The engine is done with this domain event (its failed attempts go too).
     Ack(u64),
     /// Folds the domain event into the analytics (`analytics::record`):
@@ -48,7 +53,7 @@ fn transition(change: &Change, current: Option<Instance>) -> Option<InstanceWrit
         Change::Start(new) => sequence::start(current.as_ref(), Instance::clone(new)),
         Change::Stop(_) => current.map(sequence::stop),
         Change::Replan { steps, .. } => current.map(|i| sequence::replan(i, steps)),
-        Change::Notify(_) | Change::Ack(_) | Change::Record(_) => None,
+        Change::Notify(_) | Change::Expose(_) | Change::Ack(_) | Change::Record(_) => None,
     }
 }
 
@@ -57,7 +62,7 @@ fn about(change: &Change) -> Option<&str> {
     match change {
         Change::Start(new) => Some(&new.id),
         Change::Stop(id) | Change::Replan { instance: id, .. } => Some(id),
-        Change::Notify(_) | Change::Ack(_) | Change::Record(_) => None,
+        Change::Notify(_) | Change::Expose(_) | Change::Ack(_) | Change::Record(_) => None,
     }
 }
 
@@ -65,6 +70,7 @@ fn about(change: &Change) -> Option<&str> {
 pub fn apply(tx: &AutomationTx<'_, '_>, change: &Change) -> Result<bool, TxError> {
     match change {
         Change::Notify(notification) => tx.notify(notification),
+        Change::Expose(exposure) => experiments::expose(&tx.analytics(), exposure),
         Change::Ack(seq) => tx.ack(*seq).map(|()| true),
         Change::Record(event) => crate::analytics::record(&tx.analytics(), event).map(|()| true),
         _ => {
@@ -92,7 +98,9 @@ pub async fn apply_changes(store: &Store, changes: Vec<Change>) -> Result<Vec<bo
 /// What a due step does when it fires.
 #[derive(Debug, Clone)]
 pub enum Firing {
-    Send(Box<NewMessage>),
+    /// The message, and the recipient unit's first exposure to the
+    /// experiment that chose its step (written only if the message is).
+    Send(Box<NewMessage>, Option<Box<NewExposure>>),
     Skip(String),
 }
 
@@ -127,8 +135,13 @@ pub async fn fire(
                 return tx.remove_timer(&timer).map(|()| None);
             }
             let (state, note, sent) = match &firing {
-                Firing::Send(new) => match tx.append_message(new)? {
-                    Ok(Stored::Message(message)) => (StepState::Sent, None, Some(message)),
+                Firing::Send(new, exposure) => match tx.append_message(new)? {
+                    Ok(Stored::Message(message)) => {
+                        if let Some(exposure) = exposure {
+                            experiments::expose(&tx.analytics(), exposure)?;
+                        }
+                        (StepState::Sent, None, Some(message))
+                    }
                     Ok(Stored::Blocked(_)) => (
                         StepState::Skipped,
                         Some("the message was blocked".to_owned()),
@@ -189,6 +202,9 @@ pub async fn redrive(
 #[derive(Debug, Default)]
 pub struct Overlay {
     instances: HashMap<String, Option<Instance>>,
+    /// First exposures the batch makes: (experiment, unit kind, unit id) to
+    /// the variant's name.
+    exposures: HashMap<(String, UnitKind, String), String>,
 }
 
 impl Overlay {
@@ -218,8 +234,23 @@ impl Overlay {
         instances
     }
 
-    /// Records what `change` does to the instance it is about.
+    /// The variant the batch exposed unit `unit_id` of `kind` to in
+    /// `experiment`, if it did.
+    pub fn exposed(&self, experiment: &str, kind: UnitKind, unit_id: &str) -> Option<&str> {
+        self.exposures
+            .get(&(experiment.to_owned(), kind, unit_id.to_owned()))
+            .map(String::as_str)
+    }
+
+    /// Records what `change` does to the instance it is about (or the
+    /// exposure it makes).
     pub fn record(&mut self, store: &Store, change: &Change) -> Result<(), StoreError> {
+        if let Change::Expose(e) = change {
+            let key = (e.experiment.clone(), e.unit, e.unit_id.clone());
+            self.exposures
+                .entry(key)
+                .or_insert_with(|| e.variant.clone());
+        }
         let Some(id) = about(change) else {
             return Ok(());
         };
@@ -234,6 +265,7 @@ impl Overlay {
     /// Forgets everything (the batch was written).
     pub fn clear(&mut self) {
         self.instances.clear();
+        self.exposures.clear();
     }
 }
 

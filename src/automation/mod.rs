@@ -16,18 +16,20 @@ pub mod invite;
 pub mod scheduler;
 pub mod sequence;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::analytics::experiments::{self, NewExposure};
 use crate::clock::Clock;
-use crate::domain::{DomainEvent, Instance, PlannedStep, StepState};
+use crate::domain::{DomainEvent, Instance, PlannedStep, StepState, Subject};
 use crate::model::{format_time, Booking};
 use crate::notifications::router::{self, Enabled};
 use crate::notifications::Wakers;
 use crate::rules::plugins::{PluginAction, ON_EVENT};
 use crate::rules::script::{off_the_workers, report};
-use crate::rules::sequences::{Anchor, Sequence};
+use crate::rules::sequences::{Anchor, Sequence, Step};
 use crate::rules::{RuleSet, Rules};
 use crate::store::{Attempted, Failure, Held, Store, StoreError};
 
@@ -77,6 +79,8 @@ pub struct Engine {
     outbox: Arc<Wakers>,
     /// Failed attempts at an event or a step before it is dead.
     max_attempts: u32,
+    /// Experiment name to the variant every unit gets (`parleyd test-rules`).
+    pins: BTreeMap<String, String>,
 }
 
 /// Why an event or a due step was not processed.
@@ -142,7 +146,67 @@ impl Engine {
             channels: Enabled::default(),
             outbox: Arc::default(),
             max_attempts: crate::config::AutomationConfig::default().max_attempts,
+            pins: BTreeMap::new(),
         }
+    }
+
+    /// Gives every unit these variants (experiment name to variant name),
+    /// whatever the hash and the experiments' time windows say: rule tests
+    /// of a variant are then deterministic.
+    pub fn with_pins(mut self, pins: BTreeMap<String, String>) -> Engine {
+        self.pins = pins;
+        self
+    }
+
+    /// What `experiment` gives the unit `subject` names now (see
+    /// [`experiments::decide`]); `pending` is the batch's own exposures.
+    fn decide(
+        &self,
+        experiment: &crate::rules::experiments::Experiment,
+        subject: &Subject,
+        overlay: Option<&Overlay>,
+    ) -> Result<Option<experiments::Decision>, StoreError> {
+        let unit_id = experiments::unit_id(experiment.unit, subject);
+        let stored = match unit_id {
+            Some(id) => self.store.unit_exposures(experiment.unit, id)?,
+            None => Default::default(),
+        };
+        let pending = overlay
+            .zip(unit_id)
+            .and_then(|(o, id)| o.exposed(&experiment.name, experiment.unit, id));
+        let pin = self.pins.get(&experiment.name).map(String::as_str);
+        Ok(experiments::decide(
+            experiment,
+            unit_id,
+            &stored,
+            pending,
+            self.clock.now(),
+            pin,
+        ))
+    }
+
+    /// The steps of `sequence` the experiments that move its steps in time
+    /// swap for the unit `subject` names, and the first exposures that makes
+    /// (a sequence planned with a variant's timing exposes its unit).
+    fn timed_variants<'r>(
+        &self,
+        rules: &'r RuleSet,
+        sequence: &'r Sequence,
+        subject: &Subject,
+        overlay: &Overlay,
+    ) -> Result<(Vec<&'r Step>, Vec<Change>), StoreError> {
+        let (mut steps, mut exposures) = (Vec::new(), Vec::new());
+        for experiment in rules.experiments_on(&sequence.name) {
+            if !experiment.changes_timing(sequence) {
+                continue;
+            }
+            let Some(decision) = self.decide(experiment, subject, Some(overlay))? else {
+                continue;
+            };
+            steps.extend(&experiment.variants[decision.variant].steps);
+            exposures.extend(decision.exposure.map(|e| Change::Expose(Box::new(e))));
+        }
+        Ok((steps, exposures))
     }
 
     /// Failed attempts at one event or step before it moves to the
@@ -234,15 +298,11 @@ impl Engine {
                 for group in changes.split_inclusive(|c| matches!(c, Change::Ack(_))) {
                     match apply_changes(&self.store, group.to_vec()).await {
                         Err(e @ StoreError::Panicked(_)) => self.write_failed(group, &e).await?,
-                        result => {
-                            result?;
-                        }
+                        result => count_exposures(group, &result?),
                     }
                 }
             }
-            result => {
-                result?;
-            }
+            result => count_exposures(&changes, &result?),
         }
         if wake {
             self.wake_scheduler();
@@ -408,8 +468,12 @@ impl Engine {
                     tracing::debug!(instance = %instance.id, "stopped");
                     changes.push(Change::Stop(instance.id.clone()));
                 } else if sequence.replan_on.iter().any(|n| event.is(n)) {
+                    let (swapped, exposures) =
+                        self.timed_variants(rules, sequence, &instance.subject, overlay)?;
+                    changes.extend(exposures);
                     let context = self.loaded(&mut loaded, event)?;
-                    let steps = plan(sequence, &instance.trigger, event, context.booking.as_ref())
+                    let booking = context.booking.as_ref();
+                    let steps = plan(sequence, &swapped, &instance.trigger, event, booking)
                         .into_iter()
                         .map(|s| {
                             let due = match s.state {
@@ -464,13 +528,15 @@ impl Engine {
                     }
                 }
             }
+            let (swapped, exposures) = self.timed_variants(rules, sequence, &subject, overlay)?;
+            changes.extend(exposures);
             let instance = Instance {
                 id,
                 rule: sequence.name.clone(),
                 run: uuid::Uuid::now_v7().to_string(),
                 subject,
                 trigger: event.clone(),
-                steps: plan(sequence, event, event, context.booking.as_ref()),
+                steps: plan(sequence, &swapped, event, event, context.booking.as_ref()),
             };
             changes.push(Change::Start(Box::new(instance)));
         }
@@ -516,6 +582,23 @@ impl Engine {
     }
 }
 
+/// Counts the first exposures among `changes` that took effect (`applied`,
+/// in the same order): `parleyd_experiment_exposures_total{experiment,variant}`.
+fn count_exposures(changes: &[Change], applied: &[bool]) {
+    for (change, applied) in changes.iter().zip(applied) {
+        if let (Change::Expose(e), true) = (change, applied) {
+            count_exposure(e);
+        }
+    }
+}
+
+/// One more `parleyd_experiment_exposures_total{experiment,variant}`.
+pub fn count_exposure(e: &NewExposure) {
+    metrics::counter!("parleyd_experiment_exposures_total",
+        "experiment" => e.experiment.clone(), "variant" => e.variant.clone())
+    .increment(1);
+}
+
 /// Whether anything in `rules` may act on `event`: a plugin reacting to
 /// every event, a sequence it triggers, stops or re-plans, a route or a
 /// webhook on it. The engine acknowledges an event nothing reacts to
@@ -543,7 +626,8 @@ pub fn count_dead(store: &Store) {
 }
 
 /// When each step of `sequence` is due, for a run triggered by `trigger` and
-/// planned (or re-planned) on `event`. A step whose time is before `event` (a
+/// planned (or re-planned) on `event`; a step named in `swapped` (an
+/// experiment's variant) is timed as that one says. A step whose time is before `event` (a
 /// day-before reminder for a booking made this morning) or that needs a
 /// booking there is none of, is dropped. An event re-driven from the
 /// dead-letter list counts as happening when it was re-driven
@@ -551,6 +635,7 @@ pub fn count_dead(store: &Store) {
 /// not fired at once for the days it was dead.
 pub fn plan(
     sequence: &Sequence,
+    swapped: &[&Step],
     trigger: &DomainEvent,
     event: &DomainEvent,
     booking: Option<&Booking>,
@@ -562,7 +647,11 @@ pub fn plan(
     sequence
         .steps
         .iter()
-        .map(|step| {
+        .map(|base| {
+            let step = swapped
+                .iter()
+                .find(|s| s.name == base.name)
+                .map_or(base, |s| *s);
             let anchor = match (step.at, period) {
                 (Anchor::Trigger, _) => triggered.ok_or("the trigger has no time"),
                 (Anchor::Start, Some((start, _))) => Ok(start),

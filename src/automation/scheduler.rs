@@ -59,14 +59,21 @@ impl Engine {
                     }
                 };
                 let result = match &firing {
-                    Firing::Send(_) => "sent",
+                    Firing::Send(..) => "sent",
                     Firing::Skip(reason) => {
                         tracing::info!(instance = %timer.instance, step = %timer.step, %reason, "step skipped");
                         "skipped"
                     }
                 };
+                let exposure = match &firing {
+                    Firing::Send(_, Some(exposure)) => Some(exposure.clone()),
+                    _ => None,
+                };
                 // Its failed attempts go with its timer.
                 let sent = fire(&self.store, timer, firing).await?;
+                if let (Some(exposure), Some(_)) = (exposure, &sent) {
+                    super::count_exposure(&exposure);
+                }
                 if let Some(message) = &sent {
                     let step = message.automation.as_ref().map(|a| a.step.as_str());
                     crate::faults::crash_point("scheduler::after_fire", step);
@@ -177,6 +184,35 @@ impl Engine {
         let Some(conversation) = &loaded.conversation else {
             return Ok(Firing::Skip("the conversation is gone".into()));
         };
+        // An experiment swapping this step chooses which version fires.
+        let unit = crate::domain::Subject {
+            conversation_id: Some(conversation_id.clone()),
+            customer_id: Some(conversation.customer_id.clone()),
+            provider_id: Some(conversation.provider_id.clone()),
+            ..Default::default()
+        };
+        let mut chosen = None;
+        let mut step = step;
+        if let Some(experiment) = rules
+            .experiments_on(&sequence.name)
+            .find(|e| e.swaps(&step.name))
+        {
+            if let Some(decision) = self.decide(experiment, &unit, None)? {
+                let variant = &experiment.variants[decision.variant];
+                if let Some(swapped) = variant.steps.iter().find(|s| s.name == step.name) {
+                    step = swapped;
+                }
+                chosen = Some((
+                    experiment.name.clone(),
+                    variant.name.clone(),
+                    decision.exposure.map(Box::new),
+                ));
+            }
+        }
+        let (experiment, variant, exposure) = match chosen {
+            Some((experiment, variant, exposure)) => (Some(experiment), Some(variant), exposure),
+            None => (None, None, None),
+        };
         let mut context = loaded.script_context(&*self.clock);
         let plugin_vars: serde_json::Map<String, serde_json::Value> = rules
             .plugins
@@ -237,25 +273,30 @@ impl Engine {
                 return Ok(Firing::Skip("an invite needs a booking".into()));
             }
         };
-        Ok(Firing::Send(Box::new(NewMessage {
-            conversation_id,
-            sender_id,
-            client_id: format!("auto:{}:{}", instance.run, step.name),
-            content,
-            kind: sequence.kind,
-            created_at: now,
-            moderation: None,
-            automation: Some(Automation {
-                rule: sequence.name.clone(),
-                step: step.name.clone(),
-                template: step.template.clone(),
-                recipient_id,
+        Ok(Firing::Send(
+            Box::new(NewMessage {
+                conversation_id,
+                sender_id,
+                client_id: format!("auto:{}:{}", instance.run, step.name),
+                content,
+                kind: sequence.kind,
+                created_at: now,
+                moderation: None,
+                automation: Some(Box::new(Automation {
+                    rule: sequence.name.clone(),
+                    step: step.name.clone(),
+                    template: step.template.clone(),
+                    recipient_id,
+                    experiment,
+                    variant,
+                })),
+                actions,
+                attachments,
+                quick_reply_id: None,
+                fingerprint: None,
             }),
-            actions,
-            attachments,
-            quick_reply_id: None,
-            fingerprint: None,
-        })))
+            exposure,
+        ))
     }
 
     /// The conversation a step speaks in: the instance's, or the customer's

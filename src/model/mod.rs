@@ -2,6 +2,7 @@
 //! `*Input` types with `deny_unknown_fields`, validated before anything is stored.
 
 pub mod analytics;
+pub mod experiment;
 pub mod notification;
 pub mod pipeline;
 
@@ -501,9 +502,10 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub moderation: Option<Moderation>,
-    /// The rule and step that sent an automated message.
+    /// The rule and step that sent an automated message (boxed: most
+    /// messages are people's, and the box keeps them small).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub automation: Option<Automation>,
+    pub automation: Option<Box<Automation>>,
     /// Suggested next steps shown with the message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<SuggestedAction>,
@@ -539,6 +541,13 @@ pub struct Automation {
     pub step: String,
     pub template: String,
     pub recipient_id: String,
+    /// The experiment whose variant chose this step (`rules/*.yaml`,
+    /// `experiments:`), when one runs on it for the recipient's unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    /// The variant of `experiment` the unit got (the first is control).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

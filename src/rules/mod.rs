@@ -7,6 +7,7 @@
 //! Start-up, `parleyd check`, a file change and SIGHUP all go through [`load`].
 
 pub mod context;
+pub mod experiments;
 pub mod plugins;
 mod reload;
 pub mod routing;
@@ -23,6 +24,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::contact::policy::{ContactPolicy, PolicyError};
+use experiments::Experiment;
 use plugins::Plugin;
 use routing::{Routing, RoutingSpec, ROUTING_FILE};
 use sequences::{KnownEvents, RuleFile, Sequence, SpecError};
@@ -220,6 +222,8 @@ pub struct RuleSet {
     pub templates: BTreeMap<String, Template>,
     pub plugins: Vec<Plugin>,
     pub routing: Routing,
+    /// A/B experiments on sequence steps (`experiments:` in rule files).
+    pub experiments: Vec<Experiment>,
     /// The files the set was built from.
     pub files: Vec<String>,
 }
@@ -227,6 +231,17 @@ pub struct RuleSet {
 impl RuleSet {
     pub fn sequence(&self, name: &str) -> Option<&Sequence> {
         self.sequences.iter().find(|s| s.name == name)
+    }
+
+    pub fn experiment(&self, name: &str) -> Option<&Experiment> {
+        self.experiments.iter().find(|e| e.name == name)
+    }
+
+    /// The experiments on `sequence`.
+    pub fn experiments_on<'a>(&'a self, sequence: &'a str) -> impl Iterator<Item = &'a Experiment> {
+        self.experiments
+            .iter()
+            .filter(move |e| e.sequence == sequence)
     }
 }
 
@@ -327,6 +342,7 @@ fn load_templates(
 struct RuleFiles {
     contact: Option<ContactPolicy>,
     sequences: Vec<Sequence>,
+    experiments: Vec<Experiment>,
     routing: Routing,
 }
 
@@ -396,8 +412,12 @@ fn load_rule_files(
         }
     }
     let mut sequences: Vec<Sequence> = Vec::new();
+    let mut experiment_specs = Vec::new();
     for (path, text, file) in rule_files {
         let shown = path.display().to_string();
+        if !file.experiments.is_empty() {
+            experiment_specs.push((path.clone(), text.clone(), file.experiments));
+        }
         for spec in file.sequences {
             let name = spec.name.clone();
             match Sequence::compile(spec, &shown, |t| templates.contains(t), &events) {
@@ -425,6 +445,7 @@ fn load_rule_files(
             }
         }
     }
+    let experiments = load_experiments(experiment_specs, &sequences, templates, errors);
     if contact.is_none() && !errors.iter().any(|e| e.file.ends_with(CONTACT_POLICY_FILE)) {
         errors.push(RuleError::whole_file(
             &dir.join(CONTACT_POLICY_FILE),
@@ -434,8 +455,72 @@ fn load_rule_files(
     RuleFiles {
         contact,
         sequences,
+        experiments,
         routing,
     }
+}
+
+/// Compiles the experiments of every rule file (after every sequence, which
+/// they swap steps of): names unique across files, one experiment per step.
+fn load_experiments(
+    specs: Vec<(PathBuf, String, Vec<experiments::ExperimentSpec>)>,
+    sequences: &[Sequence],
+    templates: &BTreeSet<String>,
+    errors: &mut Vec<RuleError>,
+) -> Vec<Experiment> {
+    let mut compiled: Vec<(Experiment, PathBuf, String)> = Vec::new();
+    for (path, text, file_specs) in specs {
+        let shown = path.display().to_string();
+        for spec in file_specs {
+            let name = spec.name.clone();
+            match Experiment::compile(spec, &shown, sequences, |t| templates.contains(t)) {
+                Ok(experiment) => {
+                    if let Some((other, _, _)) = compiled.iter().find(|(e, _, _)| e.name == name) {
+                        errors.push(RuleError::near(
+                            &path,
+                            &text,
+                            &format!("name: {name}"),
+                            None,
+                            format!(
+                                "experiment {name} is defined twice (also in {})",
+                                other.file
+                            ),
+                        ));
+                        continue;
+                    }
+                    compiled.push((experiment, path.clone(), text.clone()));
+                }
+                Err(problems) => errors.extend(
+                    problems
+                        .into_iter()
+                        .map(|p| RuleError::spec(&path, &text, p)),
+                ),
+            }
+        }
+    }
+    let (experiments, places): (Vec<Experiment>, Vec<(PathBuf, String)>) = compiled
+        .into_iter()
+        .map(|(e, path, text)| (e, (path, text)))
+        .unzip();
+    for (i, step) in experiments::overlapping(&experiments) {
+        let experiment = &experiments[i];
+        let (path, text) = &places[i];
+        errors.push(RuleError::spec(
+            path,
+            text,
+            SpecError {
+                within: vec![format!("name: {}", experiment.name)],
+                ..SpecError::at(
+                    format!("step: {step}"),
+                    format!(
+                        "experiment {}: another experiment already swaps step {step} of sequence {}",
+                        experiment.name, experiment.sequence
+                    ),
+                )
+            },
+        ));
+    }
+    experiments
 }
 
 fn load_plugins(dir: &Path, files: &mut Vec<String>, errors: &mut Vec<RuleError>) -> Vec<Plugin> {
@@ -471,6 +556,7 @@ pub fn load(dirs: &RuleDirs) -> Result<RuleSet, Vec<RuleError>> {
             contact,
             sequences: loaded.sequences,
             routing: loaded.routing,
+            experiments: loaded.experiments,
             templates,
             plugins,
             files,

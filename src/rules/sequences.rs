@@ -35,6 +35,9 @@ pub struct RuleFile {
     pub signals: Vec<String>,
     #[serde(default)]
     pub sequences: Vec<SequenceSpec>,
+    /// A/B experiments on the sequences' steps (`rules::experiments`).
+    #[serde(default)]
+    pub experiments: Vec<super::experiments::ExperimentSpec>,
 }
 
 /// The event names rules may name: every [`Emitted`] name and the declared
@@ -175,7 +178,7 @@ pub struct Sequence {
     pub steps: Vec<Step>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Step {
     pub name: String,
     pub at: Anchor,
@@ -246,6 +249,53 @@ pub(super) fn condition(
         .ok()
 }
 
+impl Step {
+    /// Compiles a step of sequence `sequence`, adding what is wrong to
+    /// `errors` (the step is still returned, for the other checks).
+    pub fn compile(
+        step: StepSpec,
+        sequence: &str,
+        template_exists: impl Fn(&str) -> bool,
+        errors: &mut Vec<SpecError>,
+    ) -> Step {
+        let what = format!("sequence {sequence}, step {}", step.name);
+        let offset = match step.after.as_deref().map(crate::clock::parse_duration) {
+            None => jiff::SignedDuration::ZERO,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                errors.push(SpecError::at(
+                    format!("after: {}", step.after.clone().unwrap_or_default()),
+                    format!("{what}: {e}"),
+                ));
+                jiff::SignedDuration::ZERO
+            }
+        };
+        if step.at == Anchor::Trigger && offset.is_negative() {
+            errors.push(SpecError::at(
+                format!("name: {}", step.name),
+                format!("{what}: a step cannot come before its trigger"),
+            ));
+        }
+        if !template_exists(&step.template) {
+            errors.push(SpecError::at(
+                format!("template: {}", step.template),
+                format!("{what}: no template {:?} in templates/", step.template),
+            ));
+        }
+        Step {
+            when: condition(&step.when, &what, errors),
+            name: step.name,
+            at: step.at,
+            offset,
+            template: step.template,
+            to: step.to,
+            sender: step.sender,
+            actions: step.actions,
+            invite: step.invite,
+        }
+    }
+}
+
 impl Sequence {
     /// Compiles a sequence; `template_exists` checks step templates, `events`
     /// the names it listens to.
@@ -295,50 +345,22 @@ impl Sequence {
         let when = condition(&spec.when, &format!("sequence {}", spec.name), &mut errors);
         let mut steps: Vec<Step> = Vec::new();
         for step in spec.steps {
-            let what = format!("sequence {}, step {}", spec.name, step.name);
             let near = format!("name: {}", step.name);
             if !is_name(&step.name) || steps.iter().any(|s| s.name == step.name) {
                 errors.push(SpecError::at(
-                    near.clone(),
-                    format!("{what}: step names must be unique lower_snake_case"),
-                ));
-            }
-            let offset = match step.after.as_deref().map(crate::clock::parse_duration) {
-                None => jiff::SignedDuration::ZERO,
-                Some(Ok(d)) => d,
-                Some(Err(e)) => {
-                    errors.push(SpecError::at(
-                        format!("after: {}", step.after.clone().unwrap_or_default()),
-                        format!("{what}: {e}"),
-                    ));
-                    jiff::SignedDuration::ZERO
-                }
-            };
-            if step.at == Anchor::Trigger && offset.is_negative() {
-                errors.push(SpecError {
                     near,
-                    offset: None,
-                    message: format!("{what}: a step cannot come before its trigger"),
-                    within: Vec::new(),
-                });
-            }
-            if !template_exists(&step.template) {
-                errors.push(SpecError::at(
-                    format!("template: {}", step.template),
-                    format!("{what}: no template {:?} in templates/", step.template),
+                    format!(
+                        "sequence {}, step {}: step names must be unique lower_snake_case",
+                        spec.name, step.name
+                    ),
                 ));
             }
-            steps.push(Step {
-                when: condition(&step.when, &what, &mut errors),
-                name: step.name,
-                at: step.at,
-                offset,
-                template: step.template,
-                to: step.to,
-                sender: step.sender,
-                actions: step.actions,
-                invite: step.invite,
-            });
+            steps.push(Step::compile(
+                step,
+                &spec.name,
+                &template_exists,
+                &mut errors,
+            ));
         }
         if !errors.is_empty() {
             SpecError::scope(&mut errors, &spec.name);

@@ -6,6 +6,7 @@ mod analytics;
 mod bookings;
 mod clock;
 mod conversations;
+mod experiments;
 mod notifications;
 mod pipeline;
 mod replies;

@@ -93,7 +93,7 @@ fn get<T: serde::de::DeserializeOwned>(
 /// Typed reads and writes of the analytics records in one writer
 /// transaction ([`AutomationTx::analytics`]).
 pub struct AnalyticsTx<'a, 'b> {
-    tx: &'a Tx<'b>,
+    pub(super) tx: &'a Tx<'b>,
 }
 
 impl<'b> AutomationTx<'_, 'b> {
@@ -255,7 +255,7 @@ impl Store {
     }
 
     /// Every record of `tree`, in key order (the history a rebuild reads).
-    fn every<T: serde::de::DeserializeOwned>(
+    pub(super) fn every<T: serde::de::DeserializeOwned>(
         tree: &Tree,
     ) -> impl Iterator<Item = Result<T, StoreError>> + '_ {
         tree.iter().map(|entry| decode(&entry?.1))

@@ -38,6 +38,7 @@
 
 mod analytics;
 mod automation;
+mod experiments;
 mod hot;
 mod keys;
 mod outbox;
@@ -144,7 +145,7 @@ pub struct NewMessage {
     pub created_at: String,
     pub moderation: Option<Moderated>,
     /// Set on automated messages only.
-    pub automation: Option<Automation>,
+    pub automation: Option<Box<Automation>>,
     pub actions: Vec<SuggestedAction>,
     pub attachments: Vec<Attachment>,
     /// The quick reply a person used to write it.
@@ -294,6 +295,7 @@ impl Store {
             users: tree("users")?,
             listings: tree("listings")?,
             analytics: analytics::AnalyticsTrees::open(&db)?,
+            experiments: tree("experiments")?,
         };
         if let Some(found) = upgrading_from {
             if found < SUBJECT_ENTRIES_FROM {

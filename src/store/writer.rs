@@ -146,6 +146,9 @@ pub struct WriteTrees {
     pub users: Tree,
     pub listings: Tree,
     pub analytics: super::analytics::AnalyticsTrees,
+    /// Experiment assignments and tallies (`experiments.rs`): not an
+    /// analytics tree, as a rebuild must keep who got which variant.
+    pub experiments: Tree,
 }
 
 impl WriteTrees {
@@ -168,6 +171,7 @@ impl WriteTrees {
             &self.outbox,
             &self.users,
             &self.listings,
+            &self.experiments,
         ];
         all.extend(self.analytics.all());
         all

@@ -46,6 +46,8 @@ pub struct Tx<'a> {
     /// Read only (see `WriteTrees`).
     pub users: &'a TransactionalTree,
     pub listings: &'a TransactionalTree,
+    /// Experiment assignments and tallies (`experiments.rs`).
+    pub experiments: &'a TransactionalTree,
     /// The analytics trees (`analytics.rs`).
     pub analytics: AnalyticsViews<'a>,
 }
@@ -59,7 +61,7 @@ impl<'a> Tx<'a> {
         hot: &'a HotWrites,
         domain_seq: &'a DomainSeq,
     ) -> Tx<'a> {
-        let [conversations, conv_pairs, user_convs, messages, client_ids, events, bookings, flags, signals, domain, instances, timers, subjects, outbox, users, listings, analytics @ ..] =
+        let [conversations, conv_pairs, user_convs, messages, client_ids, events, bookings, flags, signals, domain, instances, timers, subjects, outbox, users, listings, experiments, analytics @ ..] =
             views
         else {
             unreachable!("WriteTrees::all lists every tree of a Tx");
@@ -84,6 +86,7 @@ impl<'a> Tx<'a> {
             outbox,
             users,
             listings,
+            experiments,
             analytics: AnalyticsViews::over(analytics),
         }
     }
@@ -388,6 +391,21 @@ pub fn append_message(
         record_moderation(tx, new, None, out)?;
         let entry = keys::client_entry(&keys::blocked(&flag.id), new.fingerprint.as_ref());
         tx.client_ids.insert(client_key.as_slice(), entry)?;
+        emit(
+            tx,
+            DomainEvent {
+                seq: 0,
+                name: Emitted::MessageBlocked.to_string(),
+                aliases: Vec::new(),
+                at: new.created_at.clone(),
+                redriven_at: None,
+                subject: Subject {
+                    user_id: Some(new.sender_id.clone()),
+                    ..conversation.subject()
+                },
+                data: serde_json::json!({ "flag_id": flag.id }),
+            },
+        )?;
         return Ok(Ok((Stored::Blocked(flag), true)));
     }
     let seq = conversation.last_seq + 1;
