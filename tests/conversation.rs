@@ -673,6 +673,13 @@ async fn retried_backend_writes_with_an_idempotency_key_happen_once() {
     s2.expect(202);
     assert!(replayed);
     assert_eq!(s2.body["id"], s1.body["id"]);
+    // The same signal under another key is another signal, with its own id.
+    let (s3, replayed) = d
+        .call_keyed(Method::POST, "/v1/signals", SERVICE_KEY, "view-2", &signal)
+        .await;
+    s3.expect(202);
+    assert!(!replayed);
+    assert_ne!(s3.body["id"], s1.body["id"], "another key, another signal");
 
     // A PATCH too: the stage moves once, and a retry replays 200.
     let path = format!("/v1/bookings/{}", first.body["id"].as_str().unwrap());
