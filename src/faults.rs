@@ -18,6 +18,7 @@
 //! | `writer::before_flush` | a writer batch applied by sled, before the flush and the answers; kinds: its operations (`send`, `step`, `read`, `automation`, `outbox`, …) |
 //! | `outbox::after_send` | a channel accepted a delivery (2xx), before it is recorded; kinds: the channel and the notification type (`push`, `email`, `digest`, …) |
 //! | `digest::before_flush` | a digest opened, its items read and rendered, before it is queued and its items marked |
+//! | `rebuild::after_clear` | `parleyd analytics rebuild` cleared the analytics, before it folds the history again |
 
 /// Arms the fault points named in `FAILPOINTS`; returns the names armed
 /// (empty when it is unset).

@@ -260,6 +260,9 @@ fn rebuild_analytics(path: &std::path::Path) -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(e),
     };
+    if let Err(e) = parleyd::faults::arm() {
+        return fail(e);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),

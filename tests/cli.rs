@@ -430,6 +430,36 @@ async fn analytics_rebuild_refuses_a_running_daemons_directory_and_rebuilds_a_st
         stdout.contains("analytics rebuilt: 1 conversations"),
         "{stdout}"
     );
+
+    // A rebuild that dies after clearing leaves partial figures: the daemon
+    // refuses to start on them until a rebuild finishes.
+    let crash = [
+        ("PARLEYD_DATA_DIR", dir.as_str()),
+        ("FAILPOINTS", "rebuild::after_clear=return"),
+    ];
+    let died = parleyd_in_repo(&["analytics", "rebuild"], &crash, "");
+    assert!(!died.status.success(), "the fault point aborts the rebuild");
+    let (status, err) = serve_refused(Launch {
+        data_dir: Some(data.path().to_owned()),
+        ..Launch::default()
+    })
+    .await;
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("analytics rebuild") && err.contains("did not finish"),
+        "{err}"
+    );
+    let again = parleyd_in_repo(&["analytics", "rebuild"], &env, "");
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let d = Daemon::start_in(data.path()).await;
+    let metrics = d
+        .get(
+            &format!("/v1/conversations/{}/metrics", p.conversation),
+            &operator().token,
+        )
+        .await;
+    metrics.expect(200);
+    assert_eq!(metrics.body["messages"]["customer"], 1, "{}", metrics.body);
 }
 
 const OWN_JWT_SECRET: &str = "a-secret-of-our-own-0123456789";

@@ -7,8 +7,8 @@
 //! (at its `read_at`, by its recipient), its bookings (created at
 //! `created_at`, completed at `completed_at`) and its signals; and every
 //! `listing_viewed` signal; each message moderation blocked (from its flag)
-//! and each signal about a person only (an `unsubscribed` without a
-//! conversation), for the experiments' guardrails. They are folded in time order (ties: opening,
+//! and each other signal without a conversation (an `unsubscribed`), for
+//! the experiments' guardrails. They are folded in time order (ties: opening,
 //! messages, reads, bookings, signals; messages by `seq`), views first, as
 //! a view only records a time that the conversation takes in when its
 //! record is made. Afterwards the watermark is the last domain seq ever
@@ -41,7 +41,9 @@ pub struct Rebuilt {
 /// module doc).
 pub async fn rebuild(store: &Store) -> Result<Rebuilt, StoreError> {
     let last_seq = store.last_domain_seq()?;
+    store.mark_rebuilding(true)?;
     store.clear_analytics()?;
+    crate::faults::crash_point("rebuild::after_clear", std::iter::empty());
     super::experiments::reset_outcomes(store)?;
     let mut blocked: HashMap<String, Vec<DomainEvent>> = HashMap::new();
     for flag in store.every_flag() {
@@ -78,8 +80,7 @@ pub async fn rebuild(store: &Store) -> Result<Rebuilt, StoreError> {
         match &signal.conversation_id {
             _ if signal.kind == LISTING_VIEWED => views.push(signal),
             Some(id) => signals.entry(id.clone()).or_default().push(signal),
-            None if signal.listing_id.is_none() => personal.push(signal),
-            None => {}
+            None => personal.push(signal),
         }
     }
     let mut rebuilt = Rebuilt::default();
@@ -125,16 +126,24 @@ pub async fn rebuild(store: &Store) -> Result<Rebuilt, StoreError> {
             rebuilt.events += fold(store, std::mem::take(&mut pending)).await?;
         }
     }
-    let mut loose: Vec<(u64, DomainEvent)> = personal
-        .iter()
-        .map(|s| (0, signal_event(s, s.subject(None, None))))
-        .collect();
+    let mut loose = Vec::with_capacity(personal.len());
+    for signal in &personal {
+        let listing = match &signal.listing_id {
+            Some(id) => store.listing(id)?,
+            None => None,
+        };
+        loose.push((
+            0,
+            signal_event(signal, signal.subject(None, listing.as_ref())),
+        ));
+    }
     sort(&mut loose);
     pending.extend(loose.into_iter().map(|(_, e)| e));
     rebuilt.events += fold(store, pending).await?;
     store
         .transact("rebuild", move |tx| tx.analytics().set_folded_seq(last_seq))
         .await?;
+    store.mark_rebuilding(false)?;
     Ok(rebuilt)
 }
 
@@ -233,8 +242,14 @@ pub fn history(
         }
     }
     for booking in bookings {
+        // A booking stored before `completed_at` was recorded, and completed
+        // (or reviewed) since, was completed by its last update at the latest.
+        let completed_at = booking.completed_at.clone().or_else(|| {
+            matches!(booking.stage, Stage::Completed | Stage::Review)
+                .then(|| booking.updated_at.clone())
+        });
         let created = Booking {
-            stage: match booking.completed_at == Some(booking.created_at.clone()) {
+            stage: match completed_at == Some(booking.created_at.clone()) {
                 true => Stage::Completed,
                 false => Stage::Confirmed,
             },
@@ -242,8 +257,7 @@ pub fn history(
             ..booking.clone()
         };
         events.push((bookings_rank, booking_event(&created, None)));
-        if let Some(completed_at) = booking
-            .completed_at
+        if let Some(completed_at) = completed_at
             .as_ref()
             .filter(|_| created.stage != Stage::Completed)
         {
@@ -323,6 +337,50 @@ mod tests {
                 .unwrap(),
             store.provider_conversations("prov", 0, i64::MAX).unwrap(),
         )
+    }
+
+    /// A booking stored before `completed_at` was recorded, completed since:
+    /// the rebuild completes it at its last update, so a directory upgraded
+    /// and rebuilt keeps its completions.
+    #[tokio::test]
+    async fn a_booking_completed_before_completion_times_were_kept_completes_at_its_last_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::StorageConfig {
+            cache_capacity_mb: 16,
+            ..Default::default()
+        };
+        let store = Store::open(dir.path(), &config, Arc::new(|_| {})).unwrap();
+        let listing = Listing::test_listing();
+        store.put_listing(&listing).unwrap();
+        let (c, _) = store
+            .open_conversation(&listing, "cust", &at(1, 2))
+            .await
+            .unwrap();
+        let legacy = |stage| Booking {
+            id: "b1".into(),
+            conversation_id: c.id.clone(),
+            listing_id: listing.id.clone(),
+            customer_id: "cust".into(),
+            provider_id: listing.provider_id.clone(),
+            start: at(9, 10),
+            end: at(9, 12),
+            stage,
+            created_at: at(3, 10),
+            updated_at: at(9, 13),
+            completed_at: None,
+        };
+        let completions = |booking: Booking| -> Vec<String> {
+            history(&c, &[], &[booking], &[])
+                .into_iter()
+                .map(|(_, e)| e)
+                .filter(|e| e.is("booking_completed"))
+                .map(|e| e.at)
+                .collect()
+        };
+        assert_eq!(completions(legacy(Stage::Completed)), [at(9, 13)]);
+        assert_eq!(completions(legacy(Stage::Review)), [at(9, 13)]);
+        assert!(completions(legacy(Stage::Active)).is_empty());
+        assert!(completions(legacy(Stage::Cancelled)).is_empty());
     }
 
     /// The live path (each queued event through `analytics::record`) and a
@@ -419,6 +477,7 @@ mod tests {
 
         let rebuilt = rebuild(&store).await.unwrap();
         assert_eq!(rebuilt.conversations, 1);
+        assert!(!store.rebuild_unfinished().unwrap(), "a finished rebuild");
         assert_eq!(kept(&store, &c.id), live);
         // Folded already: the queued events do not count again.
         let events = store.domain_events(1000).unwrap();

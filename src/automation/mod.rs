@@ -294,11 +294,26 @@ impl Engine {
             .any(|c| !matches!(c, Change::Ack(_) | Change::Record(_)));
         match apply_changes(&self.store, changes.clone()).await {
             Err(StoreError::Panicked(_)) => {
-                // Each event's changes end with its acknowledgement.
+                // Each event's changes end with its acknowledgement. Its
+                // analytics record is written first, on its own: were it
+                // left with changes that panic, a later event's record would
+                // move the watermark past it and it would never be folded.
                 for group in changes.split_inclusive(|c| matches!(c, Change::Ack(_))) {
-                    match apply_changes(&self.store, group.to_vec()).await {
-                        Err(e @ StoreError::Panicked(_)) => self.write_failed(group, &e).await?,
-                        result => count_exposures(group, &result?),
+                    let (record, rest): (Vec<Change>, Vec<Change>) = group
+                        .iter()
+                        .cloned()
+                        .partition(|c| matches!(c, Change::Record(_)));
+                    if let Err(e @ StoreError::Panicked(_)) =
+                        apply_changes(&self.store, record).await
+                    {
+                        // A bug in the fold itself: the event's analytics are
+                        // lost, its automation goes on.
+                        tracing::error!(error = %e, "an event is left out of the analytics: folding it panicked");
+                        metrics::counter!("parleyd_analytics_skipped_events_total").increment(1);
+                    }
+                    match apply_changes(&self.store, rest.clone()).await {
+                        Err(e @ StoreError::Panicked(_)) => self.write_failed(&rest, &e).await?,
+                        result => count_exposures(&rest, &result?),
                     }
                 }
             }

@@ -43,6 +43,11 @@ pub enum StartError {
          descriptors the daemon keeps for itself; raise it (ulimit -n, LimitNOFILE=)"
     )]
     OpenFiles { limit: u64, reserved: usize },
+    #[error(
+        "an analytics rebuild of this data directory did not finish, so its figures are \
+         partial; run `parleyd analytics rebuild` again before starting the daemon"
+    )]
+    RebuildUnfinished,
 }
 
 /// How long shutdown waits for open connections (streams included) to finish.
@@ -66,6 +71,9 @@ pub async fn run(
         &config.storage,
         Arc::new(move |d: &Delivery| publish_to.publish(&d.user_id, &d.frame)),
     )?;
+    if store.rebuild_unfinished()? {
+        return Err(StartError::RebuildUnfinished);
+    }
     // A manual clock starts at the wall clock's time and moves only when told.
     let manual_clock = (config.clock == ClockMode::Manual)
         .then(|| Arc::new(ManualClock::starting_at(jiff::Timestamp::now())));

@@ -201,6 +201,9 @@ impl AnalyticsTx<'_, '_> {
     }
 }
 
+/// The `meta` key present while an analytics rebuild is under way.
+const REBUILDING: &str = "analytics_rebuilding";
+
 impl Store {
     /// The conversation's metrics as folded so far.
     pub fn conversation_metrics(
@@ -276,6 +279,27 @@ impl Store {
     /// Every signal, in id order.
     pub fn every_signal(&self) -> impl Iterator<Item = Result<Signal, StoreError>> + '_ {
         Store::every(&self.trees.signals)
+    }
+
+    /// Marks an analytics rebuild as under way (`true`) or finished, on disk
+    /// before it returns: the mark is set before the rebuild clears anything
+    /// and removed once it has folded everything, so a rebuild cut short
+    /// leaves it (see [`Store::rebuild_unfinished`]).
+    pub fn mark_rebuilding(&self, under_way: bool) -> Result<(), StoreError> {
+        let meta = self.db.open_tree("meta")?;
+        if under_way {
+            meta.insert(REBUILDING, &[1])?;
+        } else {
+            meta.remove(REBUILDING)?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Whether an analytics rebuild started and did not finish: the figures
+    /// are partial, and the daemon refuses to start on them.
+    pub fn rebuild_unfinished(&self) -> Result<bool, StoreError> {
+        Ok(self.db.open_tree("meta")?.contains_key(REBUILDING)?)
     }
 
     /// Empties every analytics tree (for a rebuild, daemon stopped).

@@ -198,7 +198,9 @@ pub fn record(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxErr
             let Ok(exposed_at) = exposure.exposed_at.parse::<jiff::Timestamp>() else {
                 continue;
             };
-            if at < exposed_at {
+            // Strictly after: an event at the exposure's very instant (the
+            // manual clock gives many) may have come before it.
+            if at <= exposed_at {
                 continue;
             }
             let mut delta = Tally::default();
