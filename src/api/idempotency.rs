@@ -275,3 +275,39 @@ async fn on_blocking_pool<T: Send + 'static>(
         .await
         .map_err(|e| ApiError::Internal(format!("blocking task failed: {e}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key is held by one request at a time and forgotten once no request
+    /// holds it or waits for it: the map does not grow with every key ever
+    /// used, and a request arriving while another waits still waits its turn.
+    #[tokio::test(start_paused = true)]
+    async fn a_key_is_held_in_turn_and_forgotten_once_no_request_needs_it() {
+        let in_flight = InFlight::default();
+        let first = in_flight.claim(b"k").await.expect("a free key");
+        drop(first);
+        assert!(in_flight.keys().is_empty(), "nothing holds or waits for it");
+
+        let first = in_flight.claim(b"k").await.expect("a free key");
+        let waiting = {
+            let in_flight = in_flight.clone();
+            tokio::spawn(async move {
+                let second = in_flight.claim(b"k").await.expect("its turn");
+                // Holds the key past a third request's whole wait.
+                tokio::time::sleep(IN_FLIGHT_WAIT * 2).await;
+                drop(second);
+            })
+        };
+        tokio::task::yield_now().await;
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(
+            in_flight.claim(b"k").await.is_none(),
+            "the second request holds the key: a third waits, then gives up"
+        );
+        waiting.await.unwrap();
+        assert!(in_flight.keys().is_empty());
+    }
+}
