@@ -236,6 +236,17 @@ async fn split_numbers_and_bookings_are_seen_by_sends_to_an_active_conversation(
     customer_sends(&d, &p, "s-4", "see you at 5")
         .await
         .expect(201);
+    // Over four messages: the last two alone are no phone number, the last
+    // three (contact.history_messages) with this one are.
+    for (id, part) in [("f-1", "call me"), ("f-2", "4155"), ("f-3", "52")] {
+        customer_sends(&d, &p, id, part).await.expect(201);
+    }
+    assert_eq!(
+        customer_sends(&d, &p, "f-4", "0144")
+            .await
+            .expect_error(422),
+        "blocked"
+    );
     d.stop().await;
 
     let d = Daemon::start_in(data.path()).await;
