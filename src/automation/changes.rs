@@ -412,4 +412,44 @@ mod tests {
             ["c1"]
         );
     }
+
+    /// An event whose fold meets an unreadable record (here the provider's
+    /// daily figures, read after the conversation's record is folded) leaves
+    /// nothing of itself behind, is counted as skipped, and moves the
+    /// watermark, so it is not tried again.
+    #[tokio::test]
+    async fn an_event_skipped_over_an_unreadable_record_writes_none_of_its_fold() {
+        use metrics_exporter_prometheus::PrometheusBuilder;
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        store.corrupt_daily("bob", "2030-01-01").unwrap();
+        let recorder = Arc::new(PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        let event = customer_message(7, "hello");
+        store
+            .transact("test", move |tx| {
+                metrics::with_local_recorder(&*recorder, || {
+                    crate::analytics::record(&tx.analytics(), &event)
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.conversation_metrics("c1").unwrap(), None);
+        assert!(store
+            .provider_conversations("bob", 0, i64::MAX)
+            .unwrap()
+            .is_empty());
+        assert!(
+            handle
+                .render()
+                .contains("parleyd_analytics_skipped_events_total 1"),
+            "{}",
+            handle.render()
+        );
+        let folded = store
+            .transact("test", |tx| tx.analytics().folded_seq())
+            .await
+            .unwrap();
+        assert_eq!(folded, 7);
+    }
 }
