@@ -34,9 +34,17 @@ pub enum Change {
     /// A notification to queue; written with its event's acknowledgement, so
     /// each event is routed once.
     Notify(Box<Notification>),
-    /// A unit's first exposure to an experiment (a sequence started with a
-    /// variant's timing); the first one written stands.
-    Expose(Box<NewExposure>),
+    /// A unit's first exposure to an experiment: the `Start` or `Replan`
+    /// before it in the batch planned instance `instance` (run `run`) with a
+    /// variant's timing. Written only if that took effect and left a step
+    /// pending (a plan that starts nothing, because the sequence runs already
+    /// for the unit or every step is dropped, exposes no one); the first one
+    /// written stands.
+    Expose {
+        exposure: Box<NewExposure>,
+        instance: String,
+        run: String,
+    },
     /// The engine is done with this domain event (its failed attempts go too).
     Ack(u64),
     /// Folds the domain event into the analytics (`analytics::record`):
@@ -53,7 +61,7 @@ fn transition(change: &Change, current: Option<Instance>) -> Option<InstanceWrit
         Change::Start(new) => sequence::start(current.as_ref(), Instance::clone(new)),
         Change::Stop(_) => current.map(sequence::stop),
         Change::Replan { steps, .. } => current.map(|i| sequence::replan(i, steps)),
-        Change::Notify(_) | Change::Expose(_) | Change::Ack(_) | Change::Record(_) => None,
+        Change::Notify(_) | Change::Expose { .. } | Change::Ack(_) | Change::Record(_) => None,
     }
 }
 
@@ -62,15 +70,44 @@ fn about(change: &Change) -> Option<&str> {
     match change {
         Change::Start(new) => Some(&new.id),
         Change::Stop(id) | Change::Replan { instance: id, .. } => Some(id),
-        Change::Notify(_) | Change::Expose(_) | Change::Ack(_) | Change::Record(_) => None,
+        Change::Notify(_) | Change::Expose { .. } | Change::Ack(_) | Change::Record(_) => None,
     }
+}
+
+/// The first exposures `exposures` as made by the `Start` or `Replan` of
+/// `instance`, to go after it in the batch.
+pub fn exposed_by(instance: &Instance, exposures: Vec<NewExposure>) -> Vec<Change> {
+    exposures
+        .into_iter()
+        .map(|exposure| Change::Expose {
+            exposure: Box::new(exposure),
+            instance: instance.id.clone(),
+            run: instance.run.clone(),
+        })
+        .collect()
+}
+
+/// Whether `instance` (as it stands after the change planning it) is run
+/// `run` with a step pending: the plan an exposure goes with took effect.
+fn planned(instance: Option<&Instance>, run: &str) -> bool {
+    instance.is_some_and(|i| i.run == run && i.pending().next().is_some())
 }
 
 /// Applies one change in `tx`; says whether it took effect.
 pub fn apply(tx: &AutomationTx<'_, '_>, change: &Change) -> Result<bool, TxError> {
     match change {
         Change::Notify(notification) => tx.notify(notification),
-        Change::Expose(exposure) => experiments::expose(&tx.analytics(), exposure),
+        Change::Expose {
+            exposure,
+            instance,
+            run,
+        } => {
+            if planned(tx.instance(instance)?.as_ref(), run) {
+                experiments::expose(&tx.analytics(), exposure)
+            } else {
+                Ok(false)
+            }
+        }
         Change::Ack(seq) => tx.ack(*seq).map(|()| true),
         Change::Record(event) => crate::analytics::record(&tx.analytics(), event).map(|()| true),
         _ => {
@@ -245,11 +282,18 @@ impl Overlay {
     /// Records what `change` does to the instance it is about (or the
     /// exposure it makes).
     pub fn record(&mut self, store: &Store, change: &Change) -> Result<(), StoreError> {
-        if let Change::Expose(e) = change {
-            let key = (e.experiment.clone(), e.unit, e.unit_id.clone());
-            self.exposures
-                .entry(key)
-                .or_insert_with(|| e.variant.clone());
+        if let Change::Expose {
+            exposure: e,
+            instance,
+            run,
+        } = change
+        {
+            if planned(self.instance(store, instance)?.as_ref(), run) {
+                let key = (e.experiment.clone(), e.unit, e.unit_id.clone());
+                self.exposures
+                    .entry(key)
+                    .or_insert_with(|| e.variant.clone());
+            }
         }
         let Some(id) = about(change) else {
             return Ok(());
@@ -451,5 +495,81 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(folded, 7);
+    }
+
+    fn exposure(unit_id: &str) -> NewExposure {
+        NewExposure {
+            experiment: "timing".into(),
+            variant: "fast".into(),
+            unit: UnitKind::Conversation,
+            unit_id: unit_id.into(),
+            at: "2030-01-01T00:00:00Z".into(),
+            metric: crate::model::experiment::Metric {
+                kind: crate::model::experiment::MetricKind::Replied,
+                window_ms: 1_000,
+            },
+        }
+    }
+
+    /// A timing experiment's exposure goes with the start that carries it:
+    /// a start that does nothing (the sequence runs already for the unit,
+    /// or every step is dropped) exposes no one, in the batch's overlay as
+    /// in the store.
+    #[tokio::test]
+    async fn an_exposure_takes_effect_only_with_the_start_that_carries_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let batch = |instance: Instance, unit: &str| {
+            let exposures = exposed_by(&instance, vec![exposure(unit)]);
+            [vec![Change::Start(Box::new(instance))], exposures].concat()
+        };
+        let exposed = |unit: &str| {
+            store
+                .unit_exposures(UnitKind::Conversation, unit)
+                .unwrap()
+                .experiments
+                .get("timing")
+                .map(|e| e.variant.clone())
+        };
+
+        let mut dropped = instance("d", 1_000);
+        dropped.steps[0].state = StepState::Dropped;
+        let mut overlay = Overlay::default();
+        for change in batch(dropped.clone(), "u-dropped") {
+            overlay.record(&store, &change).unwrap();
+        }
+        assert_eq!(
+            overlay.exposed("timing", UnitKind::Conversation, "u-dropped"),
+            None
+        );
+        let applied = apply_changes(&store, batch(dropped, "u-dropped"))
+            .await
+            .unwrap();
+        assert_eq!(applied, [false, false]);
+        assert_eq!(exposed("u-dropped"), None);
+
+        let applied = apply_changes(&store, batch(instance("a", 1_000), "u-first"))
+            .await
+            .unwrap();
+        assert_eq!(applied, [true, true]);
+        assert_eq!(exposed("u-first").as_deref(), Some("fast"));
+
+        let again = Instance {
+            run: "run-again".into(),
+            ..instance("a", 2_000)
+        };
+        let mut overlay = Overlay::default();
+        for change in batch(again.clone(), "u-running") {
+            overlay.record(&store, &change).unwrap();
+        }
+        assert_eq!(
+            overlay.exposed("timing", UnitKind::Conversation, "u-running"),
+            None
+        );
+        let applied = apply_changes(&store, batch(again, "u-running"))
+            .await
+            .unwrap();
+        assert_eq!(applied, [false, false], "a already runs");
+        assert_eq!(exposed("u-running"), None);
     }
 }
