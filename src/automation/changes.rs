@@ -141,17 +141,26 @@ pub enum Firing {
     Skip(String),
 }
 
+/// A step's message, stored by [`fire`].
+#[derive(Debug)]
+pub struct Sent {
+    pub message: Message,
+    /// The firing stored the recipient unit's first exposure (to count once
+    /// committed); `false` when it carried none or the unit had one.
+    pub exposed: bool,
+}
+
 /// Fires one due step: sends its message (or records why not), removes its
 /// timer (and its failed attempts) and updates its instance, all in one
 /// transaction, so a step is sent exactly once even if the daemon dies right
 /// after. A timer that is gone was cancelled (or already fired): nothing
 /// happens. A timer whose instance is gone or unreadable is cleared, so it
-/// cannot block the timers behind it.
-pub async fn fire(
-    store: &Store,
-    timer: Timer,
-    firing: Firing,
-) -> Result<Option<Message>, StoreError> {
+/// cannot block the timers behind it. A message composed for a first
+/// exposure to a variant other than the one the unit was exposed to since
+/// (by another writer, between the decision and now) is not sent and the
+/// timer stays armed: the next round composes it again with the stored
+/// variant, so a message's provenance always names the unit's variant.
+pub async fn fire(store: &Store, timer: Timer, firing: Firing) -> Result<Option<Sent>, StoreError> {
     store
         .transact("step", move |tx| {
             if !tx.armed(&timer)? {
@@ -171,13 +180,26 @@ pub async fn fire(
                 // Stopped, re-planned or fired already: a stale timer.
                 return tx.remove_timer(&timer).map(|()| None);
             }
+            if let Firing::Send(_, Some(exposure)) = &firing {
+                let stored = tx
+                    .analytics()
+                    .unit_exposures(exposure.unit, &exposure.unit_id)?;
+                let stored = stored.experiments.get(&exposure.experiment);
+                if let Some(stored) = stored.filter(|s| s.variant != exposure.variant) {
+                    tracing::info!(instance = %timer.instance, step = %timer.step,
+                        experiment = %exposure.experiment, variant = %stored.variant,
+                        "step composed again: its unit was exposed to another variant meanwhile");
+                    return Ok(None);
+                }
+            }
             let (state, note, sent) = match &firing {
                 Firing::Send(new, exposure) => match tx.append_message(new)? {
                     Ok(Stored::Message(message)) => {
-                        if let Some(exposure) = exposure {
-                            experiments::expose(&tx.analytics(), exposure)?;
-                        }
-                        (StepState::Sent, None, Some(message))
+                        let exposed = match exposure {
+                            Some(exposure) => experiments::expose(&tx.analytics(), exposure)?,
+                            None => false,
+                        };
+                        (StepState::Sent, None, Some(Sent { message, exposed }))
                     }
                     Ok(Stored::Blocked(_)) => (
                         StepState::Skipped,
