@@ -232,10 +232,10 @@ pub fn fold(m: &mut ConversationMetrics, fact: &Fact, at: &str) -> Deltas {
         Fact::Message(message) => fold_message(m, message, at, &mut deltas),
         Fact::Read { reader, count } => {
             if *reader == m.customer_id {
-                m.to_customer.read += count;
+                let count = read_now(&mut m.to_customer, *count);
                 deltas.add(at, |d| d.to_customers.read += count);
             } else if *reader == m.provider_id {
-                m.to_provider.read += count;
+                let count = read_now(&mut m.to_provider, *count);
                 deltas.add(at, |d| d.to_provider.read += count);
             }
         }
@@ -260,6 +260,16 @@ pub fn fold(m: &mut ConversationMetrics, fact: &Fact, at: &str) -> Deltas {
         Fact::Staged { from, to } => fold_stage(m, *from, *to, at, &mut deltas),
     }
     deltas
+}
+
+/// Counts `count` more messages read on `tally` and returns how many it
+/// counted: never more than are addressed and still unread, so the read rate
+/// stays at most 1. Reads of messages sent before the metrics were kept (not
+/// in `addressed` until a rebuild folds them) are not counted.
+fn read_now(tally: &mut ReadTally, count: u64) -> u64 {
+    let count = count.min(tally.addressed.saturating_sub(tally.read));
+    tally.read += count;
+    count
 }
 
 fn fold_stage(
@@ -736,6 +746,27 @@ mod tests {
         assert_eq!(v.first_response_seconds, Some(7200));
         assert_eq!(v.response_time.median_seconds, Some(3900.0));
         assert_eq!(v.reply_rate.rate, Some(1.0));
+    }
+
+    /// Reads of messages the metrics never counted as addressed (sent
+    /// before the upgrade) do not count: the read rate stays at most 1.
+    #[test]
+    fn reads_never_exceed_the_messages_addressed() {
+        let mut m = record();
+        fold(&mut m, &says("prov", "Hi"), "2030-07-01T10:00:00Z");
+        let read = |count| Fact::Read {
+            reader: "cust".into(),
+            count,
+        };
+        let deltas = fold(&mut m, &read(3), "2030-07-01T10:05:00Z");
+        assert_eq!((m.to_customer.addressed, m.to_customer.read), (1, 1));
+        let [(_, day)] = &deltas.days[..] else {
+            panic!("{deltas:?}")
+        };
+        assert_eq!(day.to_customers.read, 1, "the day counts what was counted");
+        let deltas = fold(&mut m, &read(1), "2030-07-01T10:06:00Z");
+        assert_eq!(m.to_customer.read, 1);
+        assert!(deltas.days.iter().all(|(_, d)| d.to_customers.read == 0));
     }
 
     #[test]

@@ -44,12 +44,15 @@ pub fn record(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxErr
 /// Folds `event` into every analytics record it concerns, whatever the
 /// watermark says (the live path is [`record`]; a rebuild calls this). A
 /// record of its own that cannot be read (corrupt) is logged and counted
-/// (`parleyd_analytics_skipped_events_total`) and the event is passed over,
-/// so one bad record never holds up the engine; sled's errors fail the
+/// (`parleyd_analytics_skipped_events_total`) and the event is passed over
+/// whole: its writes are staged ([`AnalyticsTx::staged`]) and made only once
+/// every record it needs has been read, so a skipped event changes nothing
+/// and one bad record never holds up the engine; sled's errors fail the
 /// batch as usual.
 pub fn fold(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxError> {
-    match metrics::record(tx, event).and_then(|()| experiments::record(tx, event)) {
-        Ok(()) => Ok(()),
+    let staged = tx.staged();
+    match metrics::record(&staged, event).and_then(|()| experiments::record(&staged, event)) {
+        Ok(()) => staged.commit(),
         Err(TxError::Store(e)) => {
             tracing::error!(seq = event.seq, event = %event.name, error = %e,
                 "domain event left out of the analytics: a record it needs is unreadable");

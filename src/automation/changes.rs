@@ -34,9 +34,17 @@ pub enum Change {
     /// A notification to queue; written with its event's acknowledgement, so
     /// each event is routed once.
     Notify(Box<Notification>),
-    /// A unit's first exposure to an experiment (a sequence started with a
-    /// variant's timing); the first one written stands.
-    Expose(Box<NewExposure>),
+    /// A unit's first exposure to an experiment: the `Start` or `Replan`
+    /// before it in the batch planned instance `instance` (run `run`) with a
+    /// variant's timing. Written only if that took effect and left a step
+    /// pending (a plan that starts nothing, because the sequence runs already
+    /// for the unit or every step is dropped, exposes no one); the first one
+    /// written stands.
+    Expose {
+        exposure: Box<NewExposure>,
+        instance: String,
+        run: String,
+    },
     /// The engine is done with this domain event (its failed attempts go too).
     Ack(u64),
     /// Folds the domain event into the analytics (`analytics::record`):
@@ -53,7 +61,7 @@ fn transition(change: &Change, current: Option<Instance>) -> Option<InstanceWrit
         Change::Start(new) => sequence::start(current.as_ref(), Instance::clone(new)),
         Change::Stop(_) => current.map(sequence::stop),
         Change::Replan { steps, .. } => current.map(|i| sequence::replan(i, steps)),
-        Change::Notify(_) | Change::Expose(_) | Change::Ack(_) | Change::Record(_) => None,
+        Change::Notify(_) | Change::Expose { .. } | Change::Ack(_) | Change::Record(_) => None,
     }
 }
 
@@ -62,15 +70,44 @@ fn about(change: &Change) -> Option<&str> {
     match change {
         Change::Start(new) => Some(&new.id),
         Change::Stop(id) | Change::Replan { instance: id, .. } => Some(id),
-        Change::Notify(_) | Change::Expose(_) | Change::Ack(_) | Change::Record(_) => None,
+        Change::Notify(_) | Change::Expose { .. } | Change::Ack(_) | Change::Record(_) => None,
     }
+}
+
+/// The first exposures `exposures` as made by the `Start` or `Replan` of
+/// `instance`, to go after it in the batch.
+pub fn exposed_by(instance: &Instance, exposures: Vec<NewExposure>) -> Vec<Change> {
+    exposures
+        .into_iter()
+        .map(|exposure| Change::Expose {
+            exposure: Box::new(exposure),
+            instance: instance.id.clone(),
+            run: instance.run.clone(),
+        })
+        .collect()
+}
+
+/// Whether `instance` (as it stands after the change planning it) is run
+/// `run` with a step pending: the plan an exposure goes with took effect.
+fn planned(instance: Option<&Instance>, run: &str) -> bool {
+    instance.is_some_and(|i| i.run == run && i.pending().next().is_some())
 }
 
 /// Applies one change in `tx`; says whether it took effect.
 pub fn apply(tx: &AutomationTx<'_, '_>, change: &Change) -> Result<bool, TxError> {
     match change {
         Change::Notify(notification) => tx.notify(notification),
-        Change::Expose(exposure) => experiments::expose(&tx.analytics(), exposure),
+        Change::Expose {
+            exposure,
+            instance,
+            run,
+        } => {
+            if planned(tx.instance(instance)?.as_ref(), run) {
+                experiments::expose(&tx.analytics(), exposure)
+            } else {
+                Ok(false)
+            }
+        }
         Change::Ack(seq) => tx.ack(*seq).map(|()| true),
         Change::Record(event) => crate::analytics::record(&tx.analytics(), event).map(|()| true),
         _ => {
@@ -104,17 +141,26 @@ pub enum Firing {
     Skip(String),
 }
 
+/// A step's message, stored by [`fire`].
+#[derive(Debug)]
+pub struct Sent {
+    pub message: Message,
+    /// The firing stored the recipient unit's first exposure (to count once
+    /// committed); `false` when it carried none or the unit had one.
+    pub exposed: bool,
+}
+
 /// Fires one due step: sends its message (or records why not), removes its
 /// timer (and its failed attempts) and updates its instance, all in one
 /// transaction, so a step is sent exactly once even if the daemon dies right
 /// after. A timer that is gone was cancelled (or already fired): nothing
 /// happens. A timer whose instance is gone or unreadable is cleared, so it
-/// cannot block the timers behind it.
-pub async fn fire(
-    store: &Store,
-    timer: Timer,
-    firing: Firing,
-) -> Result<Option<Message>, StoreError> {
+/// cannot block the timers behind it. A message composed for a first
+/// exposure to a variant other than the one the unit was exposed to since
+/// (by another writer, between the decision and now) is not sent and the
+/// timer stays armed: the next round composes it again with the stored
+/// variant, so a message's provenance always names the unit's variant.
+pub async fn fire(store: &Store, timer: Timer, firing: Firing) -> Result<Option<Sent>, StoreError> {
     store
         .transact("step", move |tx| {
             if !tx.armed(&timer)? {
@@ -134,13 +180,26 @@ pub async fn fire(
                 // Stopped, re-planned or fired already: a stale timer.
                 return tx.remove_timer(&timer).map(|()| None);
             }
+            if let Firing::Send(_, Some(exposure)) = &firing {
+                let stored = tx
+                    .analytics()
+                    .unit_exposures(exposure.unit, &exposure.unit_id)?;
+                let stored = stored.experiments.get(&exposure.experiment);
+                if let Some(stored) = stored.filter(|s| s.variant != exposure.variant) {
+                    tracing::info!(instance = %timer.instance, step = %timer.step,
+                        experiment = %exposure.experiment, variant = %stored.variant,
+                        "step composed again: its unit was exposed to another variant meanwhile");
+                    return Ok(None);
+                }
+            }
             let (state, note, sent) = match &firing {
                 Firing::Send(new, exposure) => match tx.append_message(new)? {
                     Ok(Stored::Message(message)) => {
-                        if let Some(exposure) = exposure {
-                            experiments::expose(&tx.analytics(), exposure)?;
-                        }
-                        (StepState::Sent, None, Some(message))
+                        let exposed = match exposure {
+                            Some(exposure) => experiments::expose(&tx.analytics(), exposure)?,
+                            None => false,
+                        };
+                        (StepState::Sent, None, Some(Sent { message, exposed }))
                     }
                     Ok(Stored::Blocked(_)) => (
                         StepState::Skipped,
@@ -245,11 +304,18 @@ impl Overlay {
     /// Records what `change` does to the instance it is about (or the
     /// exposure it makes).
     pub fn record(&mut self, store: &Store, change: &Change) -> Result<(), StoreError> {
-        if let Change::Expose(e) = change {
-            let key = (e.experiment.clone(), e.unit, e.unit_id.clone());
-            self.exposures
-                .entry(key)
-                .or_insert_with(|| e.variant.clone());
+        if let Change::Expose {
+            exposure: e,
+            instance,
+            run,
+        } = change
+        {
+            if planned(self.instance(store, instance)?.as_ref(), run) {
+                let key = (e.experiment.clone(), e.unit, e.unit_id.clone());
+                self.exposures
+                    .entry(key)
+                    .or_insert_with(|| e.variant.clone());
+            }
         }
         let Some(id) = about(change) else {
             return Ok(());
@@ -411,5 +477,121 @@ mod tests {
             store.provider_conversations("bob", 0, i64::MAX).unwrap(),
             ["c1"]
         );
+    }
+
+    /// An event whose fold meets an unreadable record (here the provider's
+    /// daily figures, read after the conversation's record is folded) leaves
+    /// nothing of itself behind, is counted as skipped, and moves the
+    /// watermark, so it is not tried again.
+    #[tokio::test]
+    async fn an_event_skipped_over_an_unreadable_record_writes_none_of_its_fold() {
+        use metrics_exporter_prometheus::PrometheusBuilder;
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        store.corrupt_daily("bob", "2030-01-01").unwrap();
+        let recorder = Arc::new(PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        let event = customer_message(7, "hello");
+        store
+            .transact("test", move |tx| {
+                metrics::with_local_recorder(&*recorder, || {
+                    crate::analytics::record(&tx.analytics(), &event)
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.conversation_metrics("c1").unwrap(), None);
+        assert!(store
+            .provider_conversations("bob", 0, i64::MAX)
+            .unwrap()
+            .is_empty());
+        assert!(
+            handle
+                .render()
+                .contains("parleyd_analytics_skipped_events_total 1"),
+            "{}",
+            handle.render()
+        );
+        let folded = store
+            .transact("test", |tx| tx.analytics().folded_seq())
+            .await
+            .unwrap();
+        assert_eq!(folded, 7);
+    }
+
+    fn exposure(unit_id: &str) -> NewExposure {
+        NewExposure {
+            experiment: "timing".into(),
+            variant: "fast".into(),
+            unit: UnitKind::Conversation,
+            unit_id: unit_id.into(),
+            at: "2030-01-01T00:00:00Z".into(),
+            metric: crate::model::experiment::Metric {
+                kind: crate::model::experiment::MetricKind::Replied,
+                window_ms: 1_000,
+            },
+        }
+    }
+
+    /// A timing experiment's exposure goes with the start that carries it:
+    /// a start that does nothing (the sequence runs already for the unit,
+    /// or every step is dropped) exposes no one, in the batch's overlay as
+    /// in the store.
+    #[tokio::test]
+    async fn an_exposure_takes_effect_only_with_the_start_that_carries_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let batch = |instance: Instance, unit: &str| {
+            let exposures = exposed_by(&instance, vec![exposure(unit)]);
+            [vec![Change::Start(Box::new(instance))], exposures].concat()
+        };
+        let exposed = |unit: &str| {
+            store
+                .unit_exposures(UnitKind::Conversation, unit)
+                .unwrap()
+                .experiments
+                .get("timing")
+                .map(|e| e.variant.clone())
+        };
+
+        let mut dropped = instance("d", 1_000);
+        dropped.steps[0].state = StepState::Dropped;
+        let mut overlay = Overlay::default();
+        for change in batch(dropped.clone(), "u-dropped") {
+            overlay.record(&store, &change).unwrap();
+        }
+        assert_eq!(
+            overlay.exposed("timing", UnitKind::Conversation, "u-dropped"),
+            None
+        );
+        let applied = apply_changes(&store, batch(dropped, "u-dropped"))
+            .await
+            .unwrap();
+        assert_eq!(applied, [false, false]);
+        assert_eq!(exposed("u-dropped"), None);
+
+        let applied = apply_changes(&store, batch(instance("a", 1_000), "u-first"))
+            .await
+            .unwrap();
+        assert_eq!(applied, [true, true]);
+        assert_eq!(exposed("u-first").as_deref(), Some("fast"));
+
+        let again = Instance {
+            run: "run-again".into(),
+            ..instance("a", 2_000)
+        };
+        let mut overlay = Overlay::default();
+        for change in batch(again.clone(), "u-running") {
+            overlay.record(&store, &change).unwrap();
+        }
+        assert_eq!(
+            overlay.exposed("timing", UnitKind::Conversation, "u-running"),
+            None
+        );
+        let applied = apply_changes(&store, batch(again, "u-running"))
+            .await
+            .unwrap();
+        assert_eq!(applied, [false, false], "a already runs");
+        assert_eq!(exposed("u-running"), None);
     }
 }

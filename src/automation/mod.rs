@@ -194,7 +194,7 @@ impl Engine {
         sequence: &'r Sequence,
         subject: &Subject,
         overlay: &Overlay,
-    ) -> Result<(Vec<&'r Step>, Vec<Change>), StoreError> {
+    ) -> Result<(Vec<&'r Step>, Vec<NewExposure>), StoreError> {
         let (mut steps, mut exposures) = (Vec::new(), Vec::new());
         for experiment in rules.experiments_on(&sequence.name) {
             if !experiment.changes_timing(sequence) {
@@ -204,7 +204,7 @@ impl Engine {
                 continue;
             };
             steps.extend(&experiment.variants[decision.variant].steps);
-            exposures.extend(decision.exposure.map(|e| Change::Expose(Box::new(e))));
+            exposures.extend(decision.exposure);
         }
         Ok((steps, exposures))
     }
@@ -485,7 +485,6 @@ impl Engine {
                 } else if sequence.replan_on.iter().any(|n| event.is(n)) {
                     let (swapped, exposures) =
                         self.timed_variants(rules, sequence, &instance.subject, overlay)?;
-                    changes.extend(exposures);
                     let context = self.loaded(&mut loaded, event)?;
                     let booking = context.booking.as_ref();
                     let steps = plan(sequence, &swapped, &instance.trigger, event, booking)
@@ -502,6 +501,7 @@ impl Engine {
                         instance: instance.id.clone(),
                         steps,
                     });
+                    changes.extend(changes::exposed_by(&instance, exposures));
                 }
             }
         }
@@ -544,7 +544,6 @@ impl Engine {
                 }
             }
             let (swapped, exposures) = self.timed_variants(rules, sequence, &subject, overlay)?;
-            changes.extend(exposures);
             let instance = Instance {
                 id,
                 rule: sequence.name.clone(),
@@ -553,7 +552,9 @@ impl Engine {
                 trigger: event.clone(),
                 steps: plan(sequence, &swapped, event, event, context.booking.as_ref()),
             };
+            let exposures = changes::exposed_by(&instance, exposures);
             changes.push(Change::Start(Box::new(instance)));
+            changes.extend(exposures);
         }
 
         let routing = &rules.routing;
@@ -601,8 +602,8 @@ impl Engine {
 /// in the same order): `parleyd_experiment_exposures_total{experiment,variant}`.
 fn count_exposures(changes: &[Change], applied: &[bool]) {
     for (change, applied) in changes.iter().zip(applied) {
-        if let (Change::Expose(e), true) = (change, applied) {
-            count_exposure(e);
+        if let (Change::Expose { exposure, .. }, true) = (change, applied) {
+            count_exposure(exposure);
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::changes::{fire, Firing};
+use super::changes::{fire, Firing, Sent};
 use super::{caught, retry_delay, sequence, Engine, Failed, Loaded};
 use crate::domain::{Instance, Timer};
 use crate::model::{Automation, SYSTEM_SENDER};
@@ -71,10 +71,10 @@ impl Engine {
                 };
                 // Its failed attempts go with its timer.
                 let sent = fire(&self.store, timer, firing).await?;
-                if let (Some(exposure), Some(_)) = (exposure, &sent) {
+                if let (Some(exposure), Some(Sent { exposed: true, .. })) = (exposure, &sent) {
                     super::count_exposure(&exposure);
                 }
-                if let Some(message) = &sent {
+                if let Some(Sent { message, .. }) = &sent {
                     let step = message.automation.as_ref().map(|a| a.step.as_str());
                     crate::faults::crash_point("scheduler::after_fire", step);
                 }
@@ -519,5 +519,114 @@ mod tests {
             .unwrap()
             .expect("events still queued");
         assert!(waiting > 0);
+    }
+
+    /// A step composed for a first exposure is sent under the variant the
+    /// unit has when it fires: if another writer exposed the unit to another
+    /// variant meanwhile, nothing is sent and the timer stays armed (the next
+    /// round composes again); the exposure counts only when the firing
+    /// stored it, so the counter follows the stored exposures.
+    #[tokio::test]
+    async fn a_step_fires_under_the_variant_its_unit_has_when_it_fires() {
+        use crate::analytics::experiments::{self, NewExposure};
+        use crate::model::experiment::{Metric, MetricKind, UnitKind};
+        let (_dir, store, _engine, _) = engine_with(&[]);
+        let listing = crate::model::Listing::test_listing();
+        store.put_listing(&listing).unwrap();
+        let (conversation, _) = store
+            .open_conversation(&listing, "cust", "2030-01-01T00:00:00Z")
+            .await
+            .unwrap();
+        let mut instance = crate::domain::test_instance(
+            "x",
+            Subject {
+                conversation_id: Some(conversation.id.clone()),
+                ..Subject::default()
+            },
+            1_000,
+        );
+        instance.steps.push(PlannedStep {
+            name: "t".into(),
+            due_ms: 2_000,
+            state: StepState::Pending,
+            note: None,
+        });
+        apply_changes(&store, vec![Change::Start(Box::new(instance))])
+            .await
+            .unwrap();
+        let exposure = |unit: &str, variant: &str| NewExposure {
+            experiment: "e".into(),
+            variant: variant.into(),
+            unit: UnitKind::Conversation,
+            unit_id: unit.into(),
+            at: "2030-01-01T00:00:00Z".into(),
+            metric: Metric {
+                kind: MetricKind::Replied,
+                window_ms: 1_000,
+            },
+        };
+        let send = |step: &str, unit: &str, variant: &str| {
+            let message = NewMessage {
+                conversation_id: conversation.id.clone(),
+                sender_id: SYSTEM_SENDER.into(),
+                client_id: format!("auto:run-x:{step}:{variant}"),
+                content: "hello".into(),
+                kind: crate::model::MessageType::Nudge,
+                created_at: "2030-01-01T00:00:01Z".into(),
+                moderation: None,
+                automation: Some(Box::new(Automation {
+                    rule: "r".into(),
+                    step: step.into(),
+                    template: "t".into(),
+                    recipient_id: "cust".into(),
+                    experiment: Some("e".into()),
+                    variant: Some(variant.into()),
+                })),
+                actions: Vec::new(),
+                attachments: Vec::new(),
+                quick_reply_id: None,
+                fingerprint: None,
+            };
+            let exposure = Box::new(exposure(unit, variant));
+            Firing::Send(Box::new(message), Some(exposure))
+        };
+        let timer = |step: &str, due_ms| Timer {
+            due_ms,
+            instance: "x".into(),
+            step: step.into(),
+        };
+        // Another writer exposes the unit to "slow" after "fast" was decided.
+        let slow = exposure("u", "slow");
+        store
+            .transact("test", move |tx| {
+                experiments::expose(&tx.analytics(), &slow)
+            })
+            .await
+            .unwrap();
+
+        let stale = fire(&store, timer("s", 1_000), send("s", "u", "fast"))
+            .await
+            .unwrap();
+        assert!(stale.is_none(), "{stale:?}");
+        assert_eq!(store.next_due().unwrap(), Some(1_000), "still armed");
+        let pending = store.instance("x").unwrap().unwrap();
+        assert_eq!(pending.steps[0].state, StepState::Pending);
+
+        let sent = fire(&store, timer("s", 1_000), send("s", "u", "slow"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!sent.exposed, "the unit had its exposure");
+        let provenance = sent.message.automation.unwrap();
+        assert_eq!(provenance.variant.as_deref(), Some("slow"));
+
+        let sent = fire(&store, timer("t", 2_000), send("t", "v", "fast"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(sent.exposed, "a first exposure");
+        let tallies = store.tallies("e").unwrap();
+        assert_eq!(tallies["slow"].exposures, 1);
+        assert_eq!(tallies["fast"].exposures, 1);
     }
 }

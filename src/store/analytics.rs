@@ -14,6 +14,8 @@
 //! (the engine's `Change::Record`, and `parleyd analytics rebuild`), so an
 //! event's analytics commit together with the engine's acknowledgement of it.
 
+use std::cell::RefCell;
+
 use sled::transaction::TransactionalTree;
 use sled::Tree;
 
@@ -83,70 +85,131 @@ impl<'a> AnalyticsViews<'a> {
     }
 }
 
-fn get<T: serde::de::DeserializeOwned>(
-    tree: &TransactionalTree,
-    key: &[u8],
-) -> Result<Option<T>, TxError> {
-    Ok(tree.get(key)?.map(|v| decode(&v)).transpose()?)
-}
+/// Writes held back by a staged [`AnalyticsTx`]: tree, key, value, in the
+/// order made.
+type Staged<'a> = RefCell<Vec<(&'a TransactionalTree, Vec<u8>, Vec<u8>)>>;
 
 /// Typed reads and writes of the analytics records in one writer
 /// transaction ([`AutomationTx::analytics`]).
 pub struct AnalyticsTx<'a, 'b> {
     pub(super) tx: &'a Tx<'b>,
+    /// `Some` when writes wait for [`AnalyticsTx::commit`] ([`AnalyticsTx::staged`]).
+    staged: Option<Staged<'a>>,
 }
 
 impl<'b> AutomationTx<'_, 'b> {
     /// The analytics records in this transaction.
     pub fn analytics(&self) -> AnalyticsTx<'_, 'b> {
-        AnalyticsTx { tx: self.tx }
+        AnalyticsTx {
+            tx: self.tx,
+            staged: None,
+        }
     }
 }
 
-impl AnalyticsTx<'_, '_> {
-    fn views(&self) -> &AnalyticsViews<'_> {
+impl<'a, 'b> AnalyticsTx<'a, 'b> {
+    /// The same records, with writes held back (reads see them) until
+    /// [`AnalyticsTx::commit`]: dropped uncommitted, it writes nothing. A
+    /// sled transaction cannot undo a write, so this is how a fold that
+    /// finds a record unreadable halfway leaves no half of itself behind.
+    pub fn staged(&self) -> AnalyticsTx<'a, 'b> {
+        AnalyticsTx {
+            tx: self.tx,
+            staged: Some(RefCell::default()),
+        }
+    }
+
+    /// Writes what a staged transaction held back (nothing otherwise).
+    pub fn commit(self) -> Result<(), TxError> {
+        for (tree, key, value) in self.staged.map(RefCell::into_inner).unwrap_or_default() {
+            tree.insert(key, value)?;
+        }
+        Ok(())
+    }
+
+    /// The value at `key` of `tree`, as this transaction (staged writes
+    /// included) sees it.
+    pub(super) fn read(
+        &self,
+        tree: &'a TransactionalTree,
+        key: &[u8],
+    ) -> Result<Option<sled::IVec>, TxError> {
+        if let Some(staged) = &self.staged {
+            let staged = staged.borrow();
+            let held = staged
+                .iter()
+                .rev()
+                .find(|(t, k, _)| std::ptr::eq(*t, tree) && k == key);
+            if let Some((_, _, value)) = held {
+                return Ok(Some(value.as_slice().into()));
+            }
+        }
+        Ok(tree.get(key)?)
+    }
+
+    /// Decodes the record at `key` of `tree` (see [`AnalyticsTx::read`]).
+    pub(super) fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &'a TransactionalTree,
+        key: &[u8],
+    ) -> Result<Option<T>, TxError> {
+        Ok(self.read(tree, key)?.map(|v| decode(&v)).transpose()?)
+    }
+
+    /// Writes `value` at `key` of `tree`, or holds it back if staged.
+    pub(super) fn put(
+        &self,
+        tree: &'a TransactionalTree,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<(), TxError> {
+        match &self.staged {
+            Some(staged) => staged.borrow_mut().push((tree, key.into(), value.into())),
+            None => {
+                tree.insert(key.into(), value.into())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn views(&self) -> &'a AnalyticsViews<'b> {
         &self.tx.analytics
     }
 
     /// The highest domain event seq folded (0 before the first).
     pub fn folded_seq(&self) -> Result<u64, TxError> {
         Ok(self
-            .views()
-            .meta
-            .get(FOLDED_SEQ)?
+            .read(self.views().meta, FOLDED_SEQ)?
             .map_or(0, |v| keys::read_u64(&v)))
     }
 
     pub fn set_folded_seq(&self, seq: u64) -> Result<(), TxError> {
-        self.views().meta.insert(FOLDED_SEQ, &seq.to_be_bytes())?;
-        Ok(())
+        self.put(self.views().meta, FOLDED_SEQ, seq.to_be_bytes())
     }
 
     pub fn conversation(&self, id: &str) -> Result<Option<ConversationMetrics>, TxError> {
-        get(self.views().conversations, id.as_bytes())
+        self.get(self.views().conversations, id.as_bytes())
     }
 
     pub fn put_conversation(&self, metrics: &ConversationMetrics) -> Result<(), TxError> {
-        self.views()
-            .conversations
-            .insert(metrics.conversation_id.as_bytes(), encode(metrics))?;
-        Ok(())
+        self.put(
+            self.views().conversations,
+            metrics.conversation_id.as_bytes(),
+            encode(metrics),
+        )
     }
 
     /// When `customer_id` first viewed the listing, if they did.
     pub fn viewed(&self, listing_id: &str, customer_id: &str) -> Result<Option<String>, TxError> {
         let key = keys::pair(listing_id, customer_id);
         Ok(self
-            .views()
-            .views
-            .get(key)?
+            .read(self.views().views, &key)?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     pub fn put_viewed(&self, listing_id: &str, customer_id: &str, at: &str) -> Result<(), TxError> {
         let key = keys::pair(listing_id, customer_id);
-        self.views().views.insert(key, at.as_bytes())?;
-        Ok(())
+        self.put(self.views().views, key, at.as_bytes())
     }
 
     /// The conversation between a customer and a listing's provider, if open.
@@ -156,9 +219,7 @@ impl AnalyticsTx<'_, '_> {
         customer_id: &str,
     ) -> Result<Option<String>, TxError> {
         Ok(self
-            .tx
-            .conv_pairs
-            .get(keys::pair(listing_id, customer_id))?
+            .read(self.tx.conv_pairs, &keys::pair(listing_id, customer_id))?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
@@ -171,13 +232,12 @@ impl AnalyticsTx<'_, '_> {
         conversation_id: &str,
     ) -> Result<(), TxError> {
         let key = keys::provider_conversation(provider_id, inquiry_ms, conversation_id);
-        self.views().by_provider.insert(key, &[])?;
-        Ok(())
+        self.put(self.views().by_provider, key, [])
     }
 
     /// The provider's figures for `day` (`YYYY-MM-DD`).
     pub fn daily(&self, provider_id: &str, day: &str) -> Result<Option<DailyAggregate>, TxError> {
-        get(self.views().daily, &keys::pair(provider_id, day))
+        self.get(self.views().daily, &keys::pair(provider_id, day))
     }
 
     pub fn put_daily(
@@ -186,18 +246,19 @@ impl AnalyticsTx<'_, '_> {
         day: &str,
         aggregate: &DailyAggregate,
     ) -> Result<(), TxError> {
-        self.views()
-            .daily
-            .insert(keys::pair(provider_id, day), encode(aggregate))?;
-        Ok(())
+        self.put(
+            self.views().daily,
+            keys::pair(provider_id, day),
+            encode(aggregate),
+        )
     }
 
     pub fn user(&self, id: &str) -> Result<Option<User>, TxError> {
-        get(self.tx.users, id.as_bytes())
+        self.get(self.tx.users, id.as_bytes())
     }
 
     pub fn listing(&self, id: &str) -> Result<Option<Listing>, TxError> {
-        get(self.tx.listings, id.as_bytes())
+        self.get(self.tx.listings, id.as_bytes())
     }
 }
 
@@ -205,6 +266,15 @@ impl AnalyticsTx<'_, '_> {
 const REBUILDING: &str = "analytics_rebuilding";
 
 impl Store {
+    /// Overwrites the provider's figures for `day` with bytes that do not
+    /// decode.
+    #[cfg(test)]
+    pub fn corrupt_daily(&self, provider_id: &str, day: &str) -> Result<(), StoreError> {
+        let key = keys::pair(provider_id, day);
+        self.trees.analytics.daily.insert(key, &b"{not json"[..])?;
+        Ok(())
+    }
+
     /// The conversation's metrics as folded so far.
     pub fn conversation_metrics(
         &self,

@@ -40,10 +40,9 @@ fn tally_key(experiment: &str, variant: &str) -> Vec<u8> {
 impl AnalyticsTx<'_, '_> {
     /// The exposures of unit `id` of `kind`.
     pub fn unit_exposures(&self, kind: UnitKind, id: &str) -> Result<UnitExposures, TxError> {
-        match self.tx.experiments.get(unit_key(kind, id))? {
-            Some(bytes) => Ok(decode(&bytes)?),
-            None => Ok(UnitExposures::default()),
-        }
+        Ok(self
+            .get(self.tx.experiments, &unit_key(kind, id))?
+            .unwrap_or_default())
     }
 
     pub fn put_unit_exposures(
@@ -52,25 +51,22 @@ impl AnalyticsTx<'_, '_> {
         id: &str,
         exposures: &UnitExposures,
     ) -> Result<(), TxError> {
-        self.tx
-            .experiments
-            .insert(unit_key(kind, id), encode(exposures))?;
-        Ok(())
+        self.put(self.tx.experiments, unit_key(kind, id), encode(exposures))
     }
 
     /// What `variant` of `experiment` counted so far.
     pub fn tally(&self, experiment: &str, variant: &str) -> Result<Tally, TxError> {
-        match self.tx.experiments.get(tally_key(experiment, variant))? {
-            Some(bytes) => Ok(decode(&bytes)?),
-            None => Ok(Tally::default()),
-        }
+        Ok(self
+            .get(self.tx.experiments, &tally_key(experiment, variant))?
+            .unwrap_or_default())
     }
 
     pub fn put_tally(&self, experiment: &str, variant: &str, tally: &Tally) -> Result<(), TxError> {
-        self.tx
-            .experiments
-            .insert(tally_key(experiment, variant), encode(tally))?;
-        Ok(())
+        self.put(
+            self.tx.experiments,
+            tally_key(experiment, variant),
+            encode(tally),
+        )
     }
 }
 
