@@ -1010,3 +1010,18 @@ async fn users_and_listings_with_invalid_fields_are_refused_with_422() {
     }
     d.stop().await;
 }
+
+/// A person whose id is the platform's own sender id (`system`) is still a
+/// person: they write only into conversations they take part in, never into
+/// someone else's as automation does.
+#[tokio::test]
+async fn a_person_whose_id_is_system_writes_only_where_they_take_part() {
+    let d = Daemon::start().await;
+    let p = pair(&d).await;
+    let impostor = Person::new("system", "customer");
+    d.send(&impostor, &p.conversation, "x-1", "hello from the platform")
+        .await
+        .expect_error(404);
+    settled(&d).await;
+    assert!(d.messages(&p.customer, &p.conversation).await.is_empty());
+}

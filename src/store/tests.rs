@@ -138,6 +138,13 @@ async fn strangers_cannot_append() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)));
+    // Only automation speaks as the platform's sender: a message from
+    // `system` that no automation sent is a stranger's too.
+    let err = store
+        .append_message(message(&c.id, crate::model::SYSTEM_SENDER, "z"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)));
     assert!(store.messages(&c.id, 0, 10).unwrap().is_empty());
     // The failed operation did not disturb the others in its batch.
     store
