@@ -6,27 +6,8 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use serde_json::{json, Value};
-
-async fn start(data: &Path, rules: &Path) -> Daemon {
-    let mut config = vec![("clock", "manual".to_owned())];
-    config.extend(
-        ["rules_dir", "templates_dir", "plugins_dir"]
-            .into_iter()
-            .zip(["rules", "templates", "plugins"])
-            .map(|(key, name)| (key, rules.join(name).display().to_string())),
-    );
-    Daemon::launch(Launch {
-        data_dir: Some(data.to_owned()),
-        config,
-        automation: true,
-        ..Launch::default()
-    })
-    .await
-}
 
 async fn metrics(d: &Daemon, who: &Person, conversation: &str) -> Value {
     let reply = d
@@ -201,7 +182,7 @@ async fn metrics_match_the_conversation_survive_a_restart_and_a_rebuild() {
     let data = tempfile::tempdir().unwrap();
     let rules = tempfile::tempdir().unwrap();
     copy_rules(rules.path());
-    let d = start(data.path(), rules.path()).await;
+    let d = automation_on(data.path(), rules.path()).await;
     let t0 = pin_to_midsummer(&d).await;
     let (carla, pablo) = (
         Person::new("cust-1", "customer"),
@@ -342,7 +323,7 @@ async fn metrics_match_the_conversation_survive_a_restart_and_a_rebuild() {
 
     // A restart keeps them.
     d.stop().await;
-    let d = start(data.path(), rules.path()).await;
+    let d = automation_on(data.path(), rules.path()).await;
     settled(&d).await;
     assert_eq!(metrics(&d, &carla, &c).await, m);
     assert_eq!(metrics(&d, &dora, &d_conv).await, unanswered);
@@ -362,7 +343,7 @@ async fn metrics_match_the_conversation_survive_a_restart_and_a_rebuild() {
         String::from_utf8_lossy(&rebuilt.stderr)
     );
     assert!(stdout.contains("2 conversations"), "{stdout}");
-    let d = start(data.path(), rules.path()).await;
+    let d = automation_on(data.path(), rules.path()).await;
     settled(&d).await;
     assert_eq!(metrics(&d, &carla, &c).await, m);
     assert_eq!(metrics(&d, &dora, &d_conv).await, unanswered);
@@ -392,7 +373,7 @@ async fn an_event_the_rules_fail_on_counts_once_through_retries_and_a_redrive() 
         shipped.replacen(from, &format!("{from}    when: 'boom()'\n"), 1),
     )
     .unwrap();
-    let d = start(data.path(), rules.path()).await;
+    let d = automation_on(data.path(), rules.path()).await;
     d.expect_log_errors("Function not found: boom");
     d.expect_log_errors("moved to the dead-letter list");
     let p = pair(&d).await;

@@ -744,26 +744,6 @@ async fn an_automated_message_is_read_only_by_the_person_it_is_for() {
     d.stop().await;
 }
 
-/// A daemon on the rules, templates and plugins in `dir` (copied there by
-/// `copy_rules` and edited since), with its data in `data`.
-async fn start_on(data: &Path, dir: &Path) -> Daemon {
-    let mut config = vec![("clock", "manual".to_owned())];
-    for (key, name) in [
-        ("rules_dir", "rules"),
-        ("templates_dir", "templates"),
-        ("plugins_dir", "plugins"),
-    ] {
-        config.push((key, dir.join(name).display().to_string()));
-    }
-    Daemon::launch(Launch {
-        data_dir: Some(data.to_owned()),
-        config,
-        automation: true,
-        ..Launch::default()
-    })
-    .await
-}
-
 /// Replaces the first `from` in `file` under `dir` with `to`; the old text.
 fn edit(dir: &Path, file: &str, from: &str, to: &str) -> String {
     let path = dir.join(file);
@@ -840,7 +820,7 @@ async fn an_event_the_rules_fail_on_is_dead_lettered_and_redriven_after_the_fix(
         "    trigger: inquiry_received\n",
         "    trigger: inquiry_received\n    when: 'if customer.name == \"Carla\" { boom() } else { true }'\n",
     );
-    let d = start_on(data.path(), dir.path()).await;
+    let d = automation_on(data.path(), dir.path()).await;
     d.expect_log_errors("Function not found: boom");
     d.expect_log_errors("moved to the dead-letter list");
     let p = pair(&d).await;
@@ -887,7 +867,7 @@ async fn an_event_the_rules_fail_on_is_dead_lettered_and_redriven_after_the_fix(
 
     // A restart keeps the list, and does not try the event again.
     d.crash().await;
-    let d = start_on(data.path(), dir.path()).await;
+    let d = automation_on(data.path(), dir.path()).await;
     let (eve, eve_conversation) = dora_asks(&d, &p, "cust-3").await;
     automated(&d, &eve, &eve_conversation, "inquiry_ack").await;
     let dead = dead_list(&d).await;
@@ -952,7 +932,7 @@ async fn a_step_whose_template_fails_is_dead_lettered_and_the_other_steps_go_on(
         response,
         "    response: 'if customer.name == \"Carla\" { add_hours(now, 9223372036854775807) } else if listing.response_time",
     );
-    let d = start_on(data.path(), dir.path()).await;
+    let d = automation_on(data.path(), dir.path()).await;
     d.expect_log_errors("the time is out of range");
     d.expect_log_errors("moved to the dead-letter list");
     let p = pair(&d).await;
@@ -1012,7 +992,7 @@ async fn an_event_a_notification_route_fails_on_is_dead_lettered_and_redriven_af
         "    on: [promotion]\n",
         "    on: [promotion]\n    when: 'boom()'\n",
     );
-    let d = start_on(data.path(), dir.path()).await;
+    let d = automation_on(data.path(), dir.path()).await;
     d.expect_log_errors("Function not found: boom");
     d.expect_log_errors("moved to the dead-letter list");
     let p = pair(&d).await;

@@ -383,6 +383,20 @@ mod tests {
         assert!(completions(legacy(Stage::Cancelled)).is_empty());
     }
 
+    /// Folds every queued domain event as the live path does.
+    async fn record_queued(store: &Store) {
+        let events = store.domain_events(1000).unwrap();
+        store
+            .transact("test", move |tx| {
+                let analytics = tx.analytics();
+                events
+                    .iter()
+                    .try_for_each(|e| crate::analytics::record(&analytics, e))
+            })
+            .await
+            .unwrap();
+    }
+
     /// The live path (each queued event through `analytics::record`) and a
     /// rebuild from the stored history keep the same records, daily
     /// aggregates and index included.
@@ -435,16 +449,7 @@ mod tests {
         store.put_booking(&done, &card).await.unwrap();
         signal(&store, LISTING_VIEWED, None, at(10, 1)).await;
 
-        let events = store.domain_events(1000).unwrap();
-        store
-            .transact("test", move |tx| {
-                let analytics = tx.analytics();
-                events
-                    .iter()
-                    .try_for_each(|e| crate::analytics::record(&analytics, e))
-            })
-            .await
-            .unwrap();
+        record_queued(&store).await;
         let live = kept(&store, &c.id);
         let m = store.conversation_metrics(&c.id).unwrap().unwrap();
         assert_eq!(m.zone, "America/New_York");
@@ -480,16 +485,7 @@ mod tests {
         assert!(!store.rebuild_unfinished().unwrap(), "a finished rebuild");
         assert_eq!(kept(&store, &c.id), live);
         // Folded already: the queued events do not count again.
-        let events = store.domain_events(1000).unwrap();
-        store
-            .transact("test", move |tx| {
-                let analytics = tx.analytics();
-                events
-                    .iter()
-                    .try_for_each(|e| crate::analytics::record(&analytics, e))
-            })
-            .await
-            .unwrap();
+        record_queued(&store).await;
         assert_eq!(kept(&store, &c.id), live);
     }
 }

@@ -1045,6 +1045,26 @@ async fn refusal(mut command: Command) -> (ExitStatus, String) {
     )
 }
 
+/// A daemon on the manual clock, running automation on the rules, templates and plugins in `dir` (copied there by
+/// `copy_rules` and edited since), with its data in `data`.
+pub async fn automation_on(data: &Path, dir: &Path) -> Daemon {
+    let mut config = vec![("clock", "manual".to_owned())];
+    for (key, name) in [
+        ("rules_dir", "rules"),
+        ("templates_dir", "templates"),
+        ("plugins_dir", "plugins"),
+    ] {
+        config.push((key, dir.join(name).display().to_string()));
+    }
+    Daemon::launch(Launch {
+        data_dir: Some(data.to_owned()),
+        config,
+        automation: true,
+        ..Launch::default()
+    })
+    .await
+}
+
 /// Copies the shipped rules, templates and plugins into `dir`, returning the
 /// config edits that point the daemon at the copy.
 pub fn copy_rules(dir: &Path) -> Vec<(&'static str, String)> {
