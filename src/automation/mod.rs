@@ -303,13 +303,17 @@ impl Engine {
                         .iter()
                         .cloned()
                         .partition(|c| matches!(c, Change::Record(_)));
-                    if let Err(e @ StoreError::Panicked(_)) =
-                        apply_changes(&self.store, record).await
-                    {
+                    match apply_changes(&self.store, record).await {
                         // A bug in the fold itself: the event's analytics are
                         // lost, its automation goes on.
-                        tracing::error!(error = %e, "an event is left out of the analytics: folding it panicked");
-                        metrics::counter!("parleyd_analytics_skipped_events_total").increment(1);
+                        Err(e @ StoreError::Panicked(_)) => {
+                            tracing::error!(error = %e, "an event is left out of the analytics: folding it panicked");
+                            metrics::counter!("parleyd_analytics_skipped_events_total")
+                                .increment(1);
+                        }
+                        result => {
+                            result?;
+                        }
                     }
                     match apply_changes(&self.store, rest.clone()).await {
                         Err(e @ StoreError::Panicked(_)) => self.write_failed(&rest, &e).await?,
