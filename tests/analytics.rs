@@ -215,18 +215,7 @@ async fn metrics_match_the_conversation_survive_a_restart_and_a_rebuild() {
     .await
     .expect(202);
     advance(&d, "1h").await;
-    let open = |who: &Person| {
-        let token = who.token.clone();
-        let d = &d;
-        async move {
-            let opened = d
-                .post("/v1/conversations", &token, json!({"listing_id": "kayak"}))
-                .await;
-            opened.expect(201);
-            opened.body["id"].as_str().unwrap().to_owned()
-        }
-    };
-    let c = open(&carla).await;
+    let c = d.open(&carla, "kayak").await;
     d.send(&carla, &c, "c-1", "Hi! Is Friday evening free?")
         .await
         .expect(201);
@@ -262,7 +251,7 @@ async fn metrics_match_the_conversation_survive_a_restart_and_a_rebuild() {
     let booked_at = advance(&d, "1h").await;
     let booking = book(&d, &c, "2030-07-05T17:00:00Z", "2030-07-05T19:00:00Z").await;
     // Dora asks on the second day; nobody answers.
-    let d_conv = open(&dora).await;
+    let d_conv = d.open(&dora, "kayak").await;
     d.send(&dora, &d_conv, "d-1", "Do you rent single kayaks?")
         .await
         .expect(201);

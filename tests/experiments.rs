@@ -117,14 +117,7 @@ async fn inquire(d: &Daemon, customer: &Person, listing: &str) -> (String, Value
     )
     .await
     .expect(200);
-    let opened = d
-        .post(
-            "/v1/conversations",
-            &customer.token,
-            json!({"listing_id": listing}),
-        )
-        .await;
-    let conversation = opened.body["id"].as_str().unwrap().to_owned();
+    let conversation = d.open(customer, listing).await;
     d.send(
         customer,
         &conversation,

@@ -504,6 +504,23 @@ impl Daemon {
         .await
     }
 
+    /// Opens `who`'s (a customer's) conversation about `listing`, asserting
+    /// a 201 (a new one); its id.
+    pub async fn open(&self, who: &Person, listing: &str) -> String {
+        let opened = self
+            .post(
+                "/v1/conversations",
+                &who.token,
+                json!({ "listing_id": listing }),
+            )
+            .await;
+        opened.expect(201);
+        opened.body["id"]
+            .as_str()
+            .expect("conversation id")
+            .to_owned()
+    }
+
     /// The conversation's messages (up to 500), asserting a 200.
     pub async fn messages(&self, who: &Person, conversation: &str) -> Vec<Value> {
         let reply = self
@@ -767,18 +784,7 @@ pub async fn pair_of(d: &Daemon, customer: Person, provider: Person) -> Pair {
     )
     .await
     .expect(200);
-    let opened = d
-        .post(
-            "/v1/conversations",
-            &customer.token,
-            json!({"listing_id": listing_id}),
-        )
-        .await;
-    opened.expect(201);
-    let conversation = opened.body["id"]
-        .as_str()
-        .expect("conversation id")
-        .to_owned();
+    let conversation = d.open(&customer, &listing_id).await;
     Pair {
         customer,
         provider,
