@@ -422,15 +422,12 @@ fn load_rule_files(
             let name = spec.name.clone();
             match Sequence::compile(spec, &shown, |t| templates.contains(t), &events) {
                 Ok(sequence) if sequences.iter().any(|s| s.name == name) => {
-                    errors.push(RuleError::near(
+                    errors.push(defined_twice(
                         &path,
                         &text,
-                        &format!("name: {name}"),
-                        None,
-                        format!(
-                            "sequence {name} is defined twice (also in {})",
-                            sequence.file
-                        ),
+                        "sequence",
+                        &name,
+                        &sequence.file,
                     ));
                 }
                 Ok(mut sequence) => {
@@ -460,6 +457,18 @@ fn load_rule_files(
     }
 }
 
+/// `{kind} {name} is defined twice`, placed at its `name:` in `path`, naming
+/// the file that defined it first.
+fn defined_twice(path: &Path, text: &str, kind: &str, name: &str, first: &str) -> RuleError {
+    RuleError::near(
+        path,
+        text,
+        &format!("name: {name}"),
+        None,
+        format!("{kind} {name} is defined twice (also in {first})"),
+    )
+}
+
 /// Compiles the experiments of every rule file (after every sequence, which
 /// they swap steps of): names unique across files, one experiment per step.
 fn load_experiments(
@@ -476,15 +485,12 @@ fn load_experiments(
             match Experiment::compile(spec, &shown, sequences, |t| templates.contains(t)) {
                 Ok(experiment) => {
                     if let Some((other, _, _)) = compiled.iter().find(|(e, _, _)| e.name == name) {
-                        errors.push(RuleError::near(
+                        errors.push(defined_twice(
                             &path,
                             &text,
-                            &format!("name: {name}"),
-                            None,
-                            format!(
-                                "experiment {name} is defined twice (also in {})",
-                                other.file
-                            ),
+                            "experiment",
+                            &name,
+                            &other.file,
                         ));
                         continue;
                     }
