@@ -1199,6 +1199,7 @@ async fn every_shipped_webhook_event_is_posted_signed_with_its_headers() {
     let hit = eventually("inquiry_received", &w.d, None, webhook("inquiry_received")).await;
     let body = assert_webhook(&hit, "inquiry_received", now);
     assert_eq!(body["subject"]["conversation_id"], w.p.conversation);
+    assert_eq!(body["subject"]["user_id"], w.p.customer.id, "the sender");
 
     let booking = common::book(&w.d, &w.p.conversation, &w.at(240), &w.at(243)).await;
     let hit = eventually("booking_created", &w.d, None, webhook("booking_created")).await;
@@ -1233,6 +1234,34 @@ async fn every_shipped_webhook_event_is_posted_signed_with_its_headers() {
         let body = assert_webhook(&hit, signal, now);
         assert_eq!(body["data"]["reason"], "a test", "{body}");
     }
+}
+
+/// A webhook on `conversation_opened` names who opened it, so a receiver
+/// can tell the customer's inquiries apart. Breakage caught: the opener
+/// missing from the event's subject.
+#[tokio::test]
+async fn a_conversation_opened_webhook_names_the_customer_who_opened_it() {
+    let routing = shipped_routing().replace(
+        "webhooks: [booking_created,",
+        "webhooks: [conversation_opened, booking_created,",
+    );
+    let w = lite(&routing, Vec::new()).await;
+    let now = advance(&w.d, "0s").await;
+    let second = Person::new("cust-2", "customer");
+    let conversation = w.d.open(&second, "listing-1").await;
+    let hit = eventually("conversation_opened", &w.d, None, || {
+        w.http
+            .hits_for("/webhook", |h| {
+                h.body["type"] == "conversation_opened"
+                    && h.body["subject"]["conversation_id"] == conversation.as_str()
+            })
+            .into_iter()
+            .next()
+    })
+    .await;
+    let body = assert_webhook(&hit, "conversation_opened", now);
+    assert_eq!(body["subject"]["user_id"], "cust-2", "{body}");
+    assert_eq!(body["subject"]["customer_id"], "cust-2", "{body}");
 }
 
 /// Quiet hours are read when a delivery falls due, not when it was routed.
