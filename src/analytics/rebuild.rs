@@ -60,7 +60,7 @@ pub async fn rebuild(store: &Store) -> Result<Rebuilt, StoreError> {
                         user_id: Some(flag.sender_id.clone()),
                         ..Subject::default()
                     },
-                    serde_json::json!({ "flag_id": flag.id }),
+                    serde_json::json!({ "flag_id": flag.id, "moderation": flag.moderation() }),
                 ));
         }
     }
