@@ -104,6 +104,9 @@ impl Deltas {
         };
         let mut delta = PlatformDay::default();
         change(&mut delta);
+        if delta == PlatformDay::default() {
+            return;
+        }
         match self.days.iter_mut().find(|(d, _)| *d == day) {
             Some((_, existing)) => add_day(existing, &delta),
             None => self.days.push((day, delta)),
@@ -182,7 +185,8 @@ pub fn fold(
 ) -> Deltas {
     let mut deltas = Deltas::default();
     let after = Cohort::of(m);
-    if let Some(inquiry) = m.inquiry_at.clone() {
+    // Most events move no stage: they touch no day record.
+    if let (Some(inquiry), true) = (m.inquiry_at.clone(), after != *before) {
         let new = |stage: fn(&Cohort) -> bool| u64::from(stage(&after) && !stage(before));
         let first_response = m.response_secs.first().copied();
         deltas.day(&inquiry, |d| {

@@ -118,10 +118,22 @@ async fn conversation(store: &Store, i: usize, cli: &Cli) -> Result<(), String> 
                     experiment: None,
                     variant: None,
                 })),
-                ..message(&c.id, SYSTEM_SENDER, n, "Thanks for asking!".into(), at(clock))
+                ..message(
+                    &c.id,
+                    SYSTEM_SENDER,
+                    n,
+                    "Thanks for asking!".into(),
+                    at(clock),
+                )
             }
         } else if n % 2 == 1 {
-            message(&c.id, &customer, n, format!("Question {n} about the tour?"), at(clock))
+            message(
+                &c.id,
+                &customer,
+                n,
+                format!("Question {n} about the tour?"),
+                at(clock),
+            )
         } else {
             let text = match n % 10 {
                 2 => format!("It is €{} per person.", 60 + n),
