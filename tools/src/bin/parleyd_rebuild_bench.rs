@@ -82,7 +82,7 @@ fn message(conversation: &str, sender: &str, n: usize, text: String, when: Strin
     NewMessage {
         conversation_id: conversation.to_owned(),
         sender_id: sender.to_owned(),
-        client_id: format!("{sender}-{n}"),
+        client_id: format!("{conversation}-{n}"),
         content: text,
         kind: MessageType::Text,
         created_at: when,
