@@ -49,6 +49,11 @@ const MINUTE: i64 = 60;
 const HOUR: i64 = 3_600;
 const DAY: i64 = 86_400;
 
+/// `at` (RFC 3339) as a time; `None` (before any time) if unreadable.
+fn instant(at: &str) -> Option<jiff::Timestamp> {
+    at.parse().ok()
+}
+
 /// `secs / unit`, rounded up (0 stays 0).
 fn ceil_units(secs: i64, unit: i64) -> u64 {
     u64::try_from((secs.max(0) + unit - 1) / unit).unwrap_or(0)
@@ -234,7 +239,12 @@ pub fn fold(
             };
             deltas.step(&touch, |s| s.sent = 1);
             m.touches.unread.push(touch.clone());
-            m.touches.last = Some(touch);
+            let last = m.touches.last.replace(touch);
+            // The latest touch from an earlier instant, for a booking at
+            // this one (see below).
+            if last.as_ref().is_some_and(|l| instant(&l.at) < instant(at)) {
+                m.touches.earlier = last;
+            }
         }
         Fact::Message(message) => {
             if let Some(moderation) = moderation_of(event) {
@@ -264,7 +274,17 @@ pub fn fold(
             }
         }
         Fact::Booked { .. } if !before.has_booking => {
-            if let Some(last) = m.touches.last.as_mut().filter(|t| !t.booked) {
+            // Only a step message sent strictly before the booking can have
+            // led to it: one sent at its very instant (on the manual clock,
+            // the booking's own confirmation) may come first in the history
+            // a rebuild reads, so it is passed over for the touch before.
+            let touches = &mut m.touches;
+            let before_booking = |t: &Touch| instant(&t.at) < instant(at);
+            let touch = match touches.last.as_mut().filter(|t| before_booking(t)) {
+                Some(last) => Some(last),
+                None => touches.earlier.as_mut().filter(|t| before_booking(t)),
+            };
+            if let Some(last) = touch.filter(|t| !t.booked) {
                 last.booked = true;
                 let days = ceil_units(seconds_between(&last.at, at), DAY);
                 deltas.step(last, |s| {
@@ -759,6 +779,34 @@ mod tests {
                 .steps
                 .is_empty()
         );
+    }
+
+    /// A step message at the booking's very instant folded before it (the
+    /// rebuild's order for a tie) does not take it: the touch before does,
+    /// as on the live path, where the booking comes first.
+    #[test]
+    fn a_booking_counts_for_the_touch_strictly_before_it() {
+        let none = serde_json::Value::Null;
+        let booked = Fact::Booked {
+            booking_id: "b1".into(),
+            stage: Stage::Confirmed,
+        };
+        let booked_at = "2030-07-03T10:00:00Z";
+        let mut tie_first = record();
+        nudge(&mut tie_first, "remind", 1, "2030-07-01T10:00:00Z");
+        nudge(&mut tie_first, "confirmation", 2, booked_at);
+        let rebuilt = fold_both(&mut tie_first, &booked, &event(booked_at, none.clone()));
+        let mut booking_first = record();
+        nudge(&mut booking_first, "remind", 1, "2030-07-01T10:00:00Z");
+        let live = fold_both(&mut booking_first, &booked, &event(booked_at, none));
+        nudge(&mut booking_first, "confirmation", 2, booked_at);
+        for deltas in [rebuilt, live] {
+            let [(day, k, s)] = &deltas.steps[..] else {
+                panic!("{deltas:?}")
+            };
+            assert_eq!((day.as_str(), k.step.as_str()), ("2030-07-01", "remind"));
+            assert_eq!(s.bookings.get(&2), Some(&1));
+        }
     }
 
     #[test]

@@ -112,11 +112,15 @@ pub struct Touch {
 }
 
 /// A conversation's step messages as the platform view follows them: the
-/// latest (replies and bookings count for it) and those not read yet.
+/// latest (replies and bookings count for it), the latest sent at an
+/// earlier instant than it (a booking at the latest's very instant counts
+/// for that one), and those not read yet.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepTouches {
     #[serde(default)]
     pub last: Option<Touch>,
+    #[serde(default)]
+    pub earlier: Option<Touch>,
     #[serde(default)]
     pub unread: Vec<Touch>,
 }
