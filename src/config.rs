@@ -68,6 +68,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default)]
     pub automation: AutomationConfig,
+    #[serde(default)]
+    pub analytics: AnalyticsConfig,
 }
 
 fn default_templates_dir() -> PathBuf {
@@ -505,6 +507,28 @@ impl Default for AutomationConfig {
     }
 }
 
+/// The windows of the platform view's per-step figures
+/// (`GET /v1/admin/analytics`), applied when the figures are read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalyticsConfig {
+    /// A step message counts as replied to when its addressee wrote within
+    /// this many hours (1-720).
+    pub reply_window_hours: u64,
+    /// A booking counts for the conversation's latest step message when it
+    /// came within this many days of it (1-365).
+    pub attribution_days: u64,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        AnalyticsConfig {
+            reply_window_hours: 24,
+            attribution_days: 7,
+        }
+    }
+}
+
 impl Config {
     /// Reads the file, applies `PARLEYD_*` overrides and validates the result.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -592,6 +616,12 @@ impl Config {
             problems.push(format!("auth.default_token_ttl: {e}"));
         }
         problems.extend(self.notify.problems());
+        if !(1..=720).contains(&self.analytics.reply_window_hours) {
+            problems.push("analytics.reply_window_hours must be 1-720".into());
+        }
+        if !(1..=365).contains(&self.analytics.attribution_days) {
+            problems.push("analytics.attribution_days must be 1-365".into());
+        }
         if self.automation.max_attempts == 0 {
             problems.push("automation.max_attempts must be > 0".into());
         }

@@ -133,9 +133,7 @@ impl Moderator {
             };
         }
         let decision = decide(policy, submission.conversation, &analysis);
-        let mut types: Vec<ContactKind> = analysis.detections.iter().map(|d| d.kind).collect();
-        types.sort_by_key(|t| *t as u8);
-        types.dedup();
+        let types = crate::model::kinds_found(&analysis.detections);
         for t in &types {
             metrics::counter!("parleyd_contact_detections_total", "type" => api_name(t))
                 .increment(1);

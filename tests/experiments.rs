@@ -42,21 +42,32 @@ fn experiment_file(weights: (u32, u32)) -> String {
 /// A copy of the shipped rules with the experiment at `weights` and its
 /// template; the config edits that point a daemon at it.
 fn rules_with_experiment(dir: &Path, weights: (u32, u32)) -> Vec<(&'static str, String)> {
+    rules_with(dir, &experiment_file(weights))
+}
+
+/// A copy of the shipped rules with `experiments` (a rule file) and the
+/// brief acknowledgement template.
+fn rules_with(dir: &Path, experiments: &str) -> Vec<(&'static str, String)> {
     let edits = copy_rules(dir);
     std::fs::write(
         dir.join("templates/experiment.yaml"),
         "inquiry_ack_brief:\n  text: \"Got it, {customer.name}. {provider.name} answers soon.\"\n",
     )
     .unwrap();
-    set_weights(dir, weights);
+    write_experiments(dir, experiments);
     edits
 }
 
-/// Writes the experiment at `weights` whole, by a rename: a reload never
-/// sees the file half written.
+/// Writes the experiment at `weights` whole.
 fn set_weights(dir: &Path, weights: (u32, u32)) {
+    write_experiments(dir, &experiment_file(weights));
+}
+
+/// Writes the experiments file by a rename: a reload never sees it half
+/// written.
+fn write_experiments(dir: &Path, text: &str) {
     let scratch = dir.join("experiments.yaml.next");
-    std::fs::write(&scratch, experiment_file(weights)).unwrap();
+    std::fs::write(&scratch, text).unwrap();
     std::fs::rename(scratch, dir.join("rules/experiments.yaml")).unwrap();
 }
 
@@ -157,11 +168,12 @@ fn variant_of(ack: &Value) -> String {
 }
 
 async fn results(d: &Daemon) -> Value {
+    results_of(d, EXPERIMENT).await
+}
+
+async fn results_of(d: &Daemon, name: &str) -> Value {
     let reply = d
-        .get(
-            &format!("/v1/admin/experiments/{EXPERIMENT}"),
-            &operator().token,
-        )
+        .get(&format!("/v1/admin/experiments/{name}"), &operator().token)
         .await;
     reply.expect(200);
     reply.body.clone()
@@ -438,4 +450,128 @@ async fn bookings_within_the_window_are_conversions_of_the_variant_and_guardrail
     let d = start(&rules, data.path()).await;
     assert_eq!(results(&d).await["variants"], shown["variants"]);
     d.stop().await;
+}
+
+/// A variant that replaces a whole step (`replace:`: another template and a
+/// delay) under a `replied_within` metric. Catches: the replacement not
+/// sent (or sent at the written step's time or with its template) to the
+/// units of its variant; replies not counted as conversions, counted from
+/// before exposure, past the window, twice, or for the wrong variant.
+#[tokio::test]
+async fn a_variant_replacing_a_whole_step_is_sent_and_replies_within_the_window_convert() {
+    const NAME: &str = "ack_step";
+    let experiment = format!(
+        r#"experiments:
+  - name: {NAME}
+    sequence: inquiry_follow_up
+    unit: customer
+    metric: {{ replied_within: 24h }}
+    min_sample: 1
+    variants:
+      - {{ name: control, weight: 50 }}
+      - name: later
+        weight: 50
+        swap:
+          - step: acknowledge
+            replace: {{ name: acknowledge, after: 1h, template: inquiry_ack_brief, to: customer }}
+"#
+    );
+    let (dir, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rules = rules_with(dir.path(), &experiment);
+    let d = start(&rules, data.path()).await;
+    provider_with_listings(&d, 1).await;
+    let people = customers("step", 10);
+    let variant_for = |id: &str| {
+        if hash_v2(NAME, id) < 0.5 {
+            "control"
+        } else {
+            "later"
+        }
+    };
+    let in_variant = |v: &str| people.iter().filter(|p| variant_for(&p.id) == v).count();
+    assert!(
+        in_variant("control") >= 3 && in_variant("later") >= 3,
+        "the fixed ids give both variants three customers"
+    );
+    let mut conversations = BTreeMap::new();
+    let asked = advance(&d, "1s").await;
+    for customer in &people {
+        d.put(
+            &format!("/v1/users/{}", customer.id),
+            SERVICE_KEY,
+            json!({"name": "Carla", "timezone": "Europe/Paris"}),
+        )
+        .await
+        .expect(200);
+        let c = d.open(customer, "l-1").await;
+        d.send(customer, &c, "q-1", "Hi! Is it free on Saturday?")
+            .await
+            .expect(201);
+        conversations.insert(customer.id.clone(), c);
+    }
+    settled(&d).await;
+    for who in &people {
+        let sent = acks(&d, who, &conversations[&who.id]).await;
+        let expected = usize::from(variant_for(&who.id) == "control");
+        assert_eq!(sent.len(), expected, "{}: {sent:?}", who.id);
+    }
+    advance(&d, "1h").await;
+    settled(&d).await;
+    for who in &people {
+        let sent = acks(&d, who, &conversations[&who.id]).await;
+        let [ack] = &sent[..] else {
+            panic!("{}: {sent:?}", who.id)
+        };
+        let v = variant_for(&who.id);
+        assert_eq!(ack["automation"]["variant"], v, "{ack}");
+        assert_eq!(ack["automation"]["experiment"], NAME, "{ack}");
+        let (template, after) = match v {
+            "control" => ("inquiry_ack", 0),
+            _ => ("inquiry_ack_brief", 3600),
+        };
+        assert_eq!(ack["automation"]["template"], template, "{ack}");
+        let at: jiff::Timestamp = ack["created_at"].as_str().unwrap().parse().unwrap();
+        assert_eq!(at.duration_since(asked).as_secs(), after, "{ack}");
+    }
+    // In each variant: the first two reply twice within the day (one
+    // conversion each), the third only 30 hours after the inquiry.
+    advance(&d, "2h").await;
+    for v in ["control", "later"] {
+        for who in people.iter().filter(|p| variant_for(&p.id) == v).take(2) {
+            for n in 1..=2 {
+                d.send(who, &conversations[&who.id], format!("r-{n}"), "Any news?")
+                    .await
+                    .expect(201);
+            }
+        }
+    }
+    advance(&d, "27h").await;
+    for v in ["control", "later"] {
+        let late = people
+            .iter()
+            .filter(|p| variant_for(&p.id) == v)
+            .nth(2)
+            .unwrap();
+        d.send(late, &conversations[&late.id], "r-late", "Still free?")
+            .await
+            .expect(201);
+    }
+    settled(&d).await;
+    let shown = results_of(&d, NAME).await;
+    assert_eq!(shown["metric"]["kind"], "replied", "{shown}");
+    for v in ["control", "later"] {
+        let row = variant(&shown, v);
+        assert_eq!(row["exposures"], in_variant(v), "{v}: {shown}");
+        assert_eq!(row["conversions"], 2, "{v}: {shown}");
+    }
+    d.stop().await;
+}
+
+/// The acknowledgements in `who`'s conversation `c`.
+async fn acks(d: &Daemon, who: &Person, c: &str) -> Vec<Value> {
+    d.messages(who, c)
+        .await
+        .into_iter()
+        .filter(|m| m["automation"]["step"] == "acknowledge")
+        .collect()
 }

@@ -293,6 +293,13 @@ const ACCESS: &[Row] = &[
         // No experiment named "engine" in the rules: let through to the look-up.
         allowed: 404,
     },
+    Row {
+        method: "GET",
+        path: "/v1/admin/analytics",
+        who: Who::Operator,
+        body: none,
+        allowed: 200,
+    },
 ];
 
 /// Open to anyone, whatever token comes with the request.

@@ -434,8 +434,11 @@ pub fn record(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxErr
             None => return Ok(()),
         },
     };
+    let before = super::platform::Cohort::of(&metrics);
     let deltas = fold(&mut metrics, &fact, &event.at);
+    let platform = super::platform::fold(&before, &mut metrics, &fact, event);
     tx.put_conversation(&metrics)?;
+    super::platform::write(tx, platform)?;
     for (at, delta) in deltas.days {
         let Some(day) = day_of(&at, &metrics.zone) else {
             continue;
@@ -499,7 +502,7 @@ pub struct Share {
 }
 
 impl Share {
-    fn of(part: u64, whole: u64) -> Share {
+    pub fn of(part: u64, whole: u64) -> Share {
         Share {
             part,
             whole,

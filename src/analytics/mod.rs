@@ -1,5 +1,5 @@
-//! Analytics: conversation metrics, experiments (and, next, provider
-//! reports), kept incrementally from the domain events.
+//! Analytics: conversation metrics, the platform view, experiments (and,
+//! next, provider reports), kept incrementally from the domain events.
 //!
 //! Each domain event is folded exactly once, inside the automation engine's
 //! batch write: the engine adds a `Change::Record` for every event it takes
@@ -26,6 +26,7 @@
 
 pub mod experiments;
 pub mod metrics;
+pub mod platform;
 pub mod rebuild;
 
 use crate::domain::DomainEvent;
@@ -51,7 +52,10 @@ pub fn record(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxErr
 /// batch as usual.
 pub fn fold(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxError> {
     let staged = tx.staged();
-    match metrics::record(&staged, event).and_then(|()| experiments::record(&staged, event)) {
+    let folded = platform::record(&staged, event)
+        .and_then(|()| metrics::record(&staged, event))
+        .and_then(|()| experiments::record(&staged, event));
+    match folded {
         Ok(()) => staged.commit(),
         Err(TxError::Store(e)) => {
             tracing::error!(seq = event.seq, event = %event.name, error = %e,

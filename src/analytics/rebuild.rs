@@ -60,7 +60,7 @@ pub async fn rebuild(store: &Store) -> Result<Rebuilt, StoreError> {
                         user_id: Some(flag.sender_id.clone()),
                         ..Subject::default()
                     },
-                    serde_json::json!({ "flag_id": flag.id }),
+                    serde_json::json!({ "flag_id": flag.id, "moderation": flag.moderation() }),
                 ));
         }
     }
@@ -328,7 +328,7 @@ mod tests {
     }
 
     /// Everything the live path keeps: the conversation's record, the
-    /// provider's days and index.
+    /// provider's days and index, the platform's days and steps.
     fn kept(store: &Store, conversation: &str) -> impl PartialEq + std::fmt::Debug {
         (
             store.conversation_metrics(conversation).unwrap(),
@@ -336,6 +336,8 @@ mod tests {
                 .provider_days("prov", "2000-01-01", "2100-01-01")
                 .unwrap(),
             store.provider_conversations("prov", 0, i64::MAX).unwrap(),
+            store.platform_days("2000-01-01", "2100-01-01").unwrap(),
+            store.step_days("2000-01-01", "2100-01-01").unwrap(),
         )
     }
 

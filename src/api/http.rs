@@ -62,6 +62,17 @@ pub struct LimitQuery {
     pub limit: Option<usize>,
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodQuery {
+    /// The first day, `YYYY-MM-DD` (UTC); default 29 days before `to`.
+    pub from: Option<String>,
+    /// The last day, included, `YYYY-MM-DD` (UTC); default today. At most
+    /// 366 days from `from`.
+    pub to: Option<String>,
+}
+
 pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Response,)> {
     let limit = BodyLimits::of(app.config());
     let with_app = {
@@ -273,6 +284,13 @@ pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Respo
         .and(with_app.clone())
         .and(who.clone())
         .then(admin_experiment);
+    let admin_analytics = v1
+        .and(warp::path!("admin" / "analytics"))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(warp::query::<PeriodQuery>())
+        .then(admin_analytics);
     let admin_pipeline_redrive = v1
         .and(warp::path!(
             "admin" / "pipeline" / "dead" / String / "redrive"
@@ -340,6 +358,8 @@ pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Respo
         .or(admin_experiments)
         .unify()
         .or(admin_experiment)
+        .unify()
+        .or(admin_analytics)
         .unify()
         .boxed();
     people.or(service).unify().or(admin).unify().boxed()
@@ -613,6 +633,20 @@ pub async fn admin_experiments(app: Arc<App>, who: Auth) -> Response {
     security(("bearer" = [])))]
 pub async fn admin_experiment(name: String, app: Arc<App>, who: Auth) -> Response {
     respond(StatusCode::OK, who.and_then(|c| app.experiment(c, &name)))
+}
+
+/// The platform's figures over a period of UTC days (README.md, "Platform
+/// analytics"): the funnel, first response times, off-platform attempts and
+/// per-step nudge performance.
+#[utoipa::path(get, path = "/v1/admin/analytics", tag = "operator", params(PeriodQuery),
+    responses((status = 200, body = crate::analytics::platform::PlatformView),
+              (status = 400, description = "`from` or `to` not a `YYYY-MM-DD` date, `from` after `to`, \
+               a period over 366 days, or an unknown parameter")),
+    security(("bearer" = [])))]
+pub async fn admin_analytics(app: Arc<App>, who: Auth, query: PeriodQuery) -> Response {
+    let result =
+        who.and_then(|c| app.platform_analytics(c, query.from.as_deref(), query.to.as_deref()));
+    respond(StatusCode::OK, result)
 }
 
 /// Moves the manual clock (config `clock: manual`, started with `--dev`); steps

@@ -46,6 +46,7 @@ use utoipa::{Modify, OpenApi};
         super::http::admin_fault,
         super::http::admin_experiments,
         super::http::admin_experiment,
+        super::http::admin_analytics,
         super::stream::long_poll,
         stream_doc,
         healthz_doc,

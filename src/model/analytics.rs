@@ -86,6 +86,9 @@ pub struct ConversationMetrics {
     pub completed_at: Option<String>,
     #[serde(default)]
     pub booking_id: Option<String>,
+    /// Step messages followed for the platform view's attribution.
+    #[serde(default)]
+    pub touches: crate::model::platform::StepTouches,
 }
 
 /// Upper bounds (seconds, inclusive) of the first-response-time buckets of

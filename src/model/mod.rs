@@ -5,6 +5,7 @@ pub mod analytics;
 pub mod experiment;
 pub mod notification;
 pub mod pipeline;
+pub mod platform;
 
 use std::collections::BTreeMap;
 
@@ -623,6 +624,27 @@ pub struct Flag {
     pub created_at: String,
 }
 
+/// The kinds of contact detail among `detections`, in [`ContactKind`]
+/// order, once each (a [`Moderation`]'s `types`).
+pub fn kinds_found(detections: &[Detection]) -> Vec<ContactKind> {
+    let mut types: Vec<ContactKind> = detections.iter().map(|d| d.kind).collect();
+    types.sort_by_key(|t| *t as u8);
+    types.dedup();
+    types
+}
+
+impl Flag {
+    /// The moderation note of the message it records, as a delivered
+    /// message carries it.
+    pub fn moderation(&self) -> Moderation {
+        Moderation {
+            action: self.action,
+            types: kinds_found(&self.detections),
+            flagged: self.review,
+        }
+    }
+}
+
 impl Message {
     /// The `data` of the domain event that says it was stored.
     pub fn event_data(&self) -> serde_json::Value {
@@ -632,6 +654,7 @@ impl Message {
             "type": self.kind,
             "automation": self.automation,
             "quick_reply_id": self.quick_reply_id,
+            "moderation": self.moderation,
         })
     }
 

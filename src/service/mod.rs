@@ -9,6 +9,7 @@ mod conversations;
 mod experiments;
 mod notifications;
 mod pipeline;
+mod platform;
 mod replies;
 mod send;
 mod signals;

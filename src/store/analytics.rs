@@ -9,6 +9,7 @@
 //! | `analytics_by_provider`   | provider `\0` inquiry ms (u64) `\0` conversation | empty             |
 //! | `analytics_daily`         | provider `\0` day (`YYYY-MM-DD`, provider's zone) | `DailyAggregate` JSON |
 //! | `analytics_meta`          | `folded_seq`                          | u64: the highest domain event seq folded |
+//! | `analytics_platform`      | see `store::platform`                 | the platform view's days     |
 //!
 //! Written only inside the writer's transactions, through [`AnalyticsTx`]
 //! (the engine's `Change::Record`, and `parleyd analytics rebuild`), so an
@@ -35,6 +36,7 @@ pub struct AnalyticsTrees {
     by_provider: Tree,
     daily: Tree,
     meta: Tree,
+    pub(super) platform: Tree,
 }
 
 impl AnalyticsTrees {
@@ -45,17 +47,19 @@ impl AnalyticsTrees {
             by_provider: db.open_tree("analytics_by_provider")?,
             daily: db.open_tree("analytics_daily")?,
             meta: db.open_tree("analytics_meta")?,
+            platform: db.open_tree("analytics_platform")?,
         })
     }
 
     /// Every tree, in the order [`AnalyticsViews::over`] takes their views.
-    pub(super) fn all(&self) -> [&Tree; 5] {
+    pub(super) fn all(&self) -> [&Tree; 6] {
         [
             &self.conversations,
             &self.views,
             &self.by_provider,
             &self.daily,
             &self.meta,
+            &self.platform,
         ]
     }
 }
@@ -67,12 +71,13 @@ pub struct AnalyticsViews<'a> {
     by_provider: &'a TransactionalTree,
     daily: &'a TransactionalTree,
     meta: &'a TransactionalTree,
+    pub(super) platform: &'a TransactionalTree,
 }
 
 impl<'a> AnalyticsViews<'a> {
     /// The views of [`AnalyticsTrees::all`], in its order.
     pub(super) fn over(views: &'a [TransactionalTree]) -> AnalyticsViews<'a> {
-        let [conversations, views, by_provider, daily, meta] = views else {
+        let [conversations, views, by_provider, daily, meta, platform] = views else {
             unreachable!("AnalyticsTrees::all lists every analytics tree");
         };
         AnalyticsViews {
@@ -81,6 +86,7 @@ impl<'a> AnalyticsViews<'a> {
             by_provider,
             daily,
             meta,
+            platform,
         }
     }
 }
@@ -172,7 +178,7 @@ impl<'a, 'b> AnalyticsTx<'a, 'b> {
         Ok(())
     }
 
-    fn views(&self) -> &'a AnalyticsViews<'b> {
+    pub(super) fn views(&self) -> &'a AnalyticsViews<'b> {
         &self.tx.analytics
     }
 

@@ -42,6 +42,7 @@ mod experiments;
 mod hot;
 mod keys;
 mod outbox;
+mod platform;
 mod quarantine;
 mod writer;
 mod writes;

@@ -403,7 +403,10 @@ pub fn append_message(
                     user_id: Some(new.sender_id.clone()),
                     ..conversation.subject()
                 },
-                data: serde_json::json!({ "flag_id": flag.id }),
+                data: serde_json::json!({
+                    "flag_id": flag.id,
+                    "moderation": new.moderation.as_ref().map(|m| &m.note),
+                }),
             },
         )?;
         return Ok(Ok((Stored::Blocked(flag), true)));
