@@ -5,6 +5,7 @@ pub mod analytics;
 pub mod experiment;
 pub mod notification;
 pub mod pipeline;
+pub mod report;
 
 use std::collections::BTreeMap;
 

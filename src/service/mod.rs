@@ -10,6 +10,7 @@ mod experiments;
 mod notifications;
 mod pipeline;
 mod replies;
+mod report;
 mod send;
 mod signals;
 mod users;

@@ -9,6 +9,7 @@
 //! | `analytics_by_provider`   | provider `\0` inquiry ms (u64) `\0` conversation | empty             |
 //! | `analytics_daily`         | provider `\0` day (`YYYY-MM-DD`, provider's zone) | `DailyAggregate` JSON |
 //! | `analytics_meta`          | `folded_seq`                          | u64: the highest domain event seq folded |
+//! | `analytics_meta`          | `provider` `\0` provider             | time zone of their latest inquiry (`store::report`) |
 //!
 //! Written only inside the writer's transactions, through [`AnalyticsTx`]
 //! (the engine's `Change::Record`, and `parleyd analytics rebuild`), so an
@@ -34,7 +35,7 @@ pub struct AnalyticsTrees {
     views: Tree,
     by_provider: Tree,
     daily: Tree,
-    meta: Tree,
+    pub(super) meta: Tree,
 }
 
 impl AnalyticsTrees {
@@ -66,7 +67,7 @@ pub struct AnalyticsViews<'a> {
     views: &'a TransactionalTree,
     by_provider: &'a TransactionalTree,
     daily: &'a TransactionalTree,
-    meta: &'a TransactionalTree,
+    pub(super) meta: &'a TransactionalTree,
 }
 
 impl<'a> AnalyticsViews<'a> {
@@ -172,7 +173,7 @@ impl<'a, 'b> AnalyticsTx<'a, 'b> {
         Ok(())
     }
 
-    fn views(&self) -> &'a AnalyticsViews<'b> {
+    pub(super) fn views(&self) -> &'a AnalyticsViews<'b> {
         &self.tx.analytics
     }
 

@@ -43,6 +43,7 @@ mod hot;
 mod keys;
 mod outbox;
 mod quarantine;
+mod report;
 mod writer;
 mod writes;
 
