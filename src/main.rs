@@ -236,12 +236,13 @@ fn check(dir: Option<PathBuf>, config: &std::path::Path) -> ExitCode {
     match parleyd::rules::load(&dirs) {
         Ok(set) => {
             println!(
-                "{}: {} files valid ({} sequences, {} notification rules, {} templates, {} plugins)",
+                "{}: {} files valid ({} sequences, {} notification rules, {} templates, {} report recommendations, {} plugins)",
                 dirs.rules.display(),
                 set.files.len(),
                 set.sequences.len(),
                 set.routing.routes.len(),
                 set.templates.len(),
+                set.recommendations.len(),
                 set.plugins.len()
             );
             ExitCode::SUCCESS
