@@ -660,3 +660,69 @@ async fn bad_periods_and_unknown_providers_are_refused_clearly() {
     assert_eq!(d.get(&path(""), &p.customer.token).await.status, 403);
     d.stop().await;
 }
+
+/// The recommendations are data: an edit of `templates/reports.yaml` is in
+/// force at the next report; an invalid one is refused with its place in
+/// the file, and the recommendations before it keep serving.
+#[tokio::test]
+async fn recommendations_reload_with_the_templates_and_a_bad_edit_keeps_the_last_good_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::with_config(copy_rules(dir.path())).await;
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "c-1", "Hi, free on Friday?")
+        .await
+        .expect(201);
+    settled(&d).await;
+    let path = format!("/v1/providers/{}/report", p.provider.id);
+    let advice = |report: &Value| -> Vec<String> {
+        report["recommendations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let shipped = d.get(&path, &p.provider.token).await;
+    shipped.expect(200);
+    assert!(
+        advice(&shipped.body)
+            .iter()
+            .any(|a| a.contains("0% of your inquiries")),
+        "{:?}",
+        advice(&shipped.body)
+    );
+    let version = rules_after(&d, |_| true).await["version"].as_u64().unwrap();
+    let file = dir.path().join("templates/reports.yaml");
+    std::fs::write(
+        &file,
+        "recommendations:\n  - id: count\n    when: figures.conversations > 0\n    text: \"You had {figures.conversations} inquiries, {figures.response_rate_percent} answered.\"\n",
+    )
+    .unwrap();
+    rules_after(&d, |s| s["version"].as_u64() > Some(version)).await;
+    let edited = d.get(&path, &p.provider.token).await;
+    assert_eq!(advice(&edited.body), ["You had 1 inquiries, 0% answered."]);
+
+    std::fs::write(
+        &file,
+        "recommendations:\n  - id: count\n    when: \"true\"\n    text: \"{figures.no_such_figure}\"\n",
+    )
+    .unwrap();
+    let status = rules_after(&d, |s| !s["last_failure"].is_null()).await;
+    let error = &status["last_failure"]["errors"][0];
+    assert!(
+        error["file"].as_str().unwrap().ends_with("reports.yaml"),
+        "{status}"
+    );
+    assert_eq!(error["line"], 4, "{status}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_figure"),
+        "{status}"
+    );
+    let kept = d.get(&path, &p.provider.token).await;
+    assert_eq!(advice(&kept.body), ["You had 1 inquiries, 0% answered."]);
+    d.expect_log_errors("reports.yaml");
+    d.stop().await;
+}

@@ -124,11 +124,7 @@ impl Period {
         };
         let to = to.map(date).transpose()?;
         let from = from.map(date).transpose()?;
-        let to = to.unwrap_or(if from.is_some_and(|f| f > today) {
-            from.unwrap_or(today)
-        } else {
-            today
-        });
+        let to = to.unwrap_or_else(|| from.map_or(today, |from| from.max(today)));
         let from = match from {
             Some(from) => from,
             None => to

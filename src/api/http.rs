@@ -454,8 +454,12 @@ pub async fn provider_report(
     query: ReportQuery,
     accept: Option<String>,
 ) -> Response {
-    let report =
-        who.and_then(|c| app.provider_report(c, &id, query.from.as_deref(), query.to.as_deref()));
+    // Thousands of records read and summed: off the runtime's workers.
+    let report = tokio::task::spawn_blocking(move || {
+        app.provider_report(who?, &id, query.from.as_deref(), query.to.as_deref())
+    })
+    .await
+    .unwrap_or_else(|e| Err(ApiError::Internal(format!("the report failed: {e}"))));
     let csv = accept.is_some_and(|a| {
         a.split(',')
             .any(|t| t.trim().to_ascii_lowercase().starts_with("text/csv"))
