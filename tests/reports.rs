@@ -81,7 +81,7 @@ fn plans(t0: Timestamp) -> Vec<Plan> {
         [Some(1_560), None, Some(600), Some(60)],
     ];
     let mut plans = Vec::new();
-    for provider in 0..3 {
+    for (provider, pattern) in replies.iter().enumerate() {
         for k in 0..8usize {
             // Spread over 29 days, at hours that cross midnight in some zones.
             let offset = minutes(k as i64 * 5_160 + provider as i64 * 310 + 30);
@@ -89,7 +89,7 @@ fn plans(t0: Timestamp) -> Vec<Plan> {
                 provider,
                 customer: format!("cust-{provider}-{k}"),
                 inquiry_at: t0 + offset,
-                reply_after: replies[provider][k % 4].map(minutes),
+                reply_after: pattern[k % 4].map(minutes),
                 quick_reply: (k + provider) % 3 == 0,
                 follow_up: k % 3 == 0,
                 answer_follow_up: k % 2 == 0,
@@ -438,7 +438,7 @@ async fn a_scripted_month_gives_the_reports_figures_and_a_rebuild_keeps_them() {
     };
     let mut scores = BTreeMap::new();
     let mut reports = Vec::new();
-    for p in 0..3 {
+    for (p, zone) in ZONES.iter().enumerate() {
         let rows: Vec<usize> = (0..plans.len())
             .filter(|&c| plans[c].provider == p && in_period(c, from, to))
             .collect();
@@ -453,7 +453,7 @@ async fn a_scripted_month_gives_the_reports_figures_and_a_rebuild_keeps_them() {
         let before = expected(&previous.iter().map(|&c| &played[c].1).collect::<Vec<_>>());
         let who = Person::new(&format!("prov-{p}"), "provider");
         let r = report(&d, &who, p, from, to).await;
-        assert_eq!(r["time_zone"], ZONES[p], "{r}");
+        assert_eq!(r["time_zone"], *zone, "{r}");
         assert_eq!(r["period"]["from"], from.to_string());
         assert_eq!(r["previous_period"]["from"], prev_from.to_string());
         assert_eq!(r["previous_period"]["to"], prev_to.to_string());

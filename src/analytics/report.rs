@@ -196,32 +196,6 @@ pub struct Row {
     pub read_by_provider: u64,
 }
 
-impl Row {
-    /// The row of a conversation with an inquiry (`None` without).
-    pub fn of(m: &ConversationMetrics) -> Option<Row> {
-        let secs = first_response_secs(m);
-        Some(Row {
-            conversation_id: m.conversation_id.clone(),
-            listing_id: m.listing_id.clone(),
-            customer_id: m.customer_id.clone(),
-            inquiry_at: m.inquiry_at.clone()?,
-            inquiry_seq: m.inquiry_seq,
-            first_response_at: m.first_response_at.clone(),
-            first_response_seq: m.first_response_seq,
-            first_response_seconds: secs,
-            answered_within_24h: secs.is_some_and(|s| s <= DAY_SECS),
-            booked: m.booked_at.is_some(),
-            booking_id: m.booking_id.clone(),
-            customer_messages: m.messages.customer,
-            answered_messages: m.answered,
-            provider_messages: m.messages.provider,
-            provider_quick_replies: m.provider_quick_replies,
-            messages_to_provider: m.to_provider.addressed,
-            read_by_provider: m.to_provider.read,
-        })
-    }
-}
-
 /// A period's figures (README.md, "Provider reports"): counts, and rates
 /// between 0 and 1 (`null` when there was nothing to count), durations in
 /// seconds.
@@ -573,17 +547,123 @@ pub struct Inputs<'a> {
     pub recommendations: &'a [Recommendation],
 }
 
+/// What a row takes of a stored `ConversationMetrics`: decoding these
+/// fields alone (strings borrowed, the rest skipped) is what keeps a report
+/// of thousands of conversations fast.
+#[derive(serde::Deserialize)]
+struct Kept<'a> {
+    #[serde(borrow)]
+    conversation_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    listing_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    customer_id: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    inquiry_at: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    inquiry_seq: Option<u64>,
+    #[serde(default, borrow)]
+    first_response_at: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    first_response_seq: Option<u64>,
+    #[serde(default)]
+    response_secs: Vec<i64>,
+    #[serde(default)]
+    booked_at: Option<serde::de::IgnoredAny>,
+    #[serde(default, borrow)]
+    booking_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    messages: KeptCounts,
+    #[serde(default)]
+    answered: u64,
+    #[serde(default)]
+    to_provider: crate::model::analytics::ReadTally,
+    #[serde(default)]
+    provider_quick_replies: u64,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct KeptCounts {
+    #[serde(default)]
+    provider: u64,
+    #[serde(default)]
+    customer: u64,
+}
+
+impl Row {
+    /// The row of a stored `ConversationMetrics` (JSON), `None` for a
+    /// conversation without an inquiry.
+    pub fn decode(bytes: &[u8]) -> Result<Option<Row>, serde_json::Error> {
+        Ok(serde_json::from_slice::<Kept<'_>>(bytes)?.row())
+    }
+}
+
+impl Kept<'_> {
+    fn row(&self) -> Option<Row> {
+        let secs = self
+            .first_response_at
+            .as_ref()
+            .and(self.response_secs.first().copied());
+        Some(Row {
+            conversation_id: self.conversation_id.to_string(),
+            listing_id: self.listing_id.to_string(),
+            customer_id: self.customer_id.to_string(),
+            inquiry_at: self.inquiry_at.as_ref()?.to_string(),
+            inquiry_seq: self.inquiry_seq,
+            first_response_at: self.first_response_at.as_ref().map(|t| t.to_string()),
+            first_response_seq: self.first_response_seq,
+            first_response_seconds: secs,
+            answered_within_24h: secs.is_some_and(|s| s <= DAY_SECS),
+            booked: self.booked_at.is_some(),
+            booking_id: self.booking_id.as_ref().map(|b| b.to_string()),
+            customer_messages: self.messages.customer,
+            answered_messages: self.answered,
+            provider_messages: self.messages.provider,
+            provider_quick_replies: self.provider_quick_replies,
+            messages_to_provider: self.to_provider.addressed,
+            read_by_provider: self.to_provider.read,
+        })
+    }
+}
+
 /// The provider's conversations with an inquiry in `period`, in inquiry
-/// order.
+/// order. A record that cannot be decoded is an error (as every store read).
 fn rows(store: &Store, provider_id: &str, period: &Period) -> Result<Vec<Row>, StoreError> {
     let (start, end) = period.millis();
     let mut rows = Vec::new();
     for id in store.provider_conversations(provider_id, start, end)? {
-        if let Some(row) = store.conversation_metrics(&id)?.as_ref().and_then(Row::of) {
-            rows.push(row);
-        }
+        let Some(bytes) = store.conversation_metrics_bytes(&id)? else {
+            continue;
+        };
+        let row = Row::decode(&bytes)
+            .map_err(|e| StoreError::Corrupt(format!("metrics of {id}: {e}")))?;
+        rows.extend(row);
     }
     Ok(rows)
+}
+
+/// Every provider's days of `from..=to` summed (the platform), and the
+/// overall scores of those with inquiries then but `provider_id`.
+fn others(
+    store: &Store,
+    provider_id: &str,
+    period: &Period,
+    benchmarks: &BenchmarksConfig,
+) -> Result<(DailyAggregate, Vec<f64>), StoreError> {
+    let (from, to) = (period.from.to_string(), period.to.to_string());
+    let mut all = DailyAggregate::default();
+    let mut population = Vec::new();
+    for (provider, _) in store.report_providers()? {
+        let mut sum = DailyAggregate::default();
+        for (_, day) in store.provider_days(&provider, &from, &to)? {
+            add_daily(&mut sum, &day);
+        }
+        add_daily(&mut all, &sum);
+        if provider != provider_id && sum.inquiries > 0 {
+            population.extend(score(&Figures::of_days(&sum), benchmarks).overall);
+        }
+    }
+    Ok((all, population))
 }
 
 /// Reads what `provider_id`'s report over `period` (days in `zone`) needs
@@ -596,22 +676,23 @@ pub fn gather(
     inputs: &Inputs<'_>,
 ) -> Result<Report, StoreError> {
     let previous_period = period.previous(zone).unwrap_or_else(|| period.clone());
-    let conversations = rows(store, provider_id, &period)?;
+    // The period's rows on this thread, the rest on another: a report over
+    // thousands of conversations is mostly decoding, and it splits evenly.
+    let (conversations, rest) = std::thread::scope(|scope| {
+        let rest = scope.spawn(|| {
+            let previous = Figures::of_rows(&rows(store, provider_id, &previous_period)?);
+            let (all, population) = others(store, provider_id, &period, inputs.benchmarks)?;
+            Ok::<_, StoreError>((previous, all, population))
+        });
+        let conversations = rows(store, provider_id, &period);
+        let rest = rest
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (conversations, rest)
+    });
+    let conversations = conversations?;
+    let (previous, all, mut population) = rest?;
     let figures = Figures::of_rows(&conversations);
-    let previous = Figures::of_rows(&rows(store, provider_id, &previous_period)?);
-    let (from, to) = (period.from.to_string(), period.to.to_string());
-    let mut all = DailyAggregate::default();
-    let mut population = Vec::new();
-    for (provider, _) in store.report_providers()? {
-        let mut sum = DailyAggregate::default();
-        for (_, day) in store.provider_days(&provider, &from, &to)? {
-            add_daily(&mut sum, &day);
-        }
-        add_daily(&mut all, &sum);
-        if provider != provider_id && sum.inquiries > 0 {
-            population.extend(score(&Figures::of_days(&sum), inputs.benchmarks).overall);
-        }
-    }
     let mut score = score(&figures, inputs.benchmarks);
     if let (Some(own), true) = (score.overall, figures.conversations > 0) {
         population.push(own);
@@ -1065,7 +1146,7 @@ mod tests {
                     add_daily(&mut days, &delta);
                 }
             }
-            rows.extend(Row::of(&m));
+            rows.extend(Row::decode(&serde_json::to_vec(&m).unwrap()).unwrap());
         }
         let from_rows = Figures::of_rows(&rows);
         let from_days = Figures::of_days(&days);

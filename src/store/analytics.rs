@@ -31,7 +31,7 @@ const FOLDED_SEQ: &[u8] = b"folded_seq";
 /// The analytics trees (see the module doc).
 #[derive(Clone)]
 pub struct AnalyticsTrees {
-    conversations: Tree,
+    pub(super) conversations: Tree,
     views: Tree,
     by_provider: Tree,
     daily: Tree,

@@ -40,6 +40,12 @@ impl Store {
             .collect()
     }
 
+    /// The stored bytes of a conversation's metrics (a report decodes only
+    /// the fields it needs: most of its cost).
+    pub fn conversation_metrics_bytes(&self, id: &str) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.trees.analytics.conversations.get(id.as_bytes())?)
+    }
+
     /// The zone `provider_id` is listed in, if they ever received an inquiry.
     pub fn report_provider_zone(&self, provider_id: &str) -> Result<Option<String>, StoreError> {
         Ok(self

@@ -3,9 +3,10 @@
 //! conversations).
 //!
 //! Builds a data directory with `--conversations` conversations for one
-//! provider over `--days` days, plus `--others` providers with
-//! `--other-conversations` each (the percentile and the platform comparison
-//! read every provider's days), by folding synthetic domain events with
+//! provider in each of two periods of `--days` days (the report's and the
+//! previous one, which the trend reads too), plus `--others` providers with
+//! `--other-conversations` each per period (the percentile and the platform
+//! comparison read every provider's days), by folding synthetic domain events with
 //! `analytics::fold` in writer transactions (what the engine and a rebuild
 //! do, without the HTTP and rule work in front of it). Then times, over
 //! `--runs` runs, `App::provider_report` (the service function the API and
@@ -44,7 +45,7 @@ const BATCH: usize = 2_000;
     about = "Time a provider report over many conversations"
 )]
 struct Args {
-    /// Conversations of the provider whose report is timed.
+    /// Conversations of the provider whose report is timed, per period.
     #[arg(long, default_value_t = 10_000)]
     conversations: usize,
     /// Days their inquiries are spread over (the report's period).
@@ -53,7 +54,7 @@ struct Args {
     /// Other providers (for the percentile).
     #[arg(long, default_value_t = 200)]
     others: usize,
-    /// Conversations of each other provider.
+    /// Conversations of each other provider, per period.
     #[arg(long, default_value_t = 20)]
     other_conversations: usize,
     /// Timed reports.
@@ -199,22 +200,23 @@ async fn run(args: Args) -> Result<(), String> {
     )
     .map_err(err)?;
     let start: jiff::Timestamp = EPOCH.parse().map_err(err)?;
-    let span = args.days as i64 * 86_400;
+    // Two periods: the previous one, then the report's.
+    let span = 2 * args.days as i64 * 86_400;
     let store = Store::open(&data, &config.storage, Arc::new(|_| {})).map_err(err)?;
 
     let built = Instant::now();
     let mut events = Vec::new();
-    for n in 0..args.conversations {
+    for n in 0..2 * args.conversations {
         events.extend(conversation(PROVIDER, n, span, start));
     }
     for other in 0..args.others {
-        for n in 0..args.other_conversations {
+        for n in 0..2 * args.other_conversations {
             events.extend(conversation(&format!("other-{other}"), n, span, start));
         }
     }
     let folded = fold(&store, events).await?;
     println!(
-        "built: {} conversations for {PROVIDER}, {} other providers x {}, {folded} events folded in {:.1} s",
+        "built: {} conversations per period for {PROVIDER}, {} other providers x {}, {folded} events folded in {:.1} s",
         args.conversations,
         args.others,
         args.other_conversations,
@@ -234,7 +236,12 @@ async fn run(args: Args) -> Result<(), String> {
         Arc::new(rules),
         clock,
     );
-    let from = start.in_tz("UTC").map_err(err)?.date();
+    let from = start
+        .in_tz("UTC")
+        .map_err(err)?
+        .date()
+        .checked_add(jiff::Span::new().days(args.days as i64))
+        .map_err(err)?;
     let to = from
         .checked_add(jiff::Span::new().days(args.days as i64 - 1))
         .map_err(err)?;
