@@ -70,6 +70,9 @@ pub struct Config {
     pub automation: AutomationConfig,
     #[serde(default)]
     pub analytics: AnalyticsConfig,
+    /// The provider reports' performance bands.
+    #[serde(default)]
+    pub benchmarks: BenchmarksConfig,
 }
 
 fn default_templates_dir() -> PathBuf {
@@ -529,6 +532,96 @@ impl Default for AnalyticsConfig {
     }
 }
 
+/// The bands of the provider reports' performance score (`benchmarks:`;
+/// README.md, "Provider reports"): per metric, the bound a figure must
+/// reach for `excellent`, `good` and `average`; anything else is `poor`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BenchmarksConfig {
+    /// Average first response time: at most this long.
+    pub first_response: TimeBands,
+    /// Booked inquiries, of all inquiries: at least this share.
+    pub booking_rate: RateBands,
+    /// Messages to the provider they read: at least this share.
+    pub read_rate: RateBands,
+    /// Customer messages the provider answered: at least this share.
+    pub reply_rate: RateBands,
+}
+
+/// Upper bounds of a time for each band (`excellent` < `good` < `average`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeBands {
+    #[serde(deserialize_with = "duration")]
+    pub excellent: jiff::SignedDuration,
+    #[serde(deserialize_with = "duration")]
+    pub good: jiff::SignedDuration,
+    #[serde(deserialize_with = "duration")]
+    pub average: jiff::SignedDuration,
+}
+
+/// Lower bounds of a rate (0 to 1) for each band (`excellent` > `good` >
+/// `average`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateBands {
+    pub excellent: f64,
+    pub good: f64,
+    pub average: f64,
+}
+
+impl Default for BenchmarksConfig {
+    /// The sources of these figures are in config.yaml's comments.
+    fn default() -> Self {
+        let rates = |excellent, good, average| RateBands {
+            excellent,
+            good,
+            average,
+        };
+        BenchmarksConfig {
+            first_response: TimeBands {
+                excellent: jiff::SignedDuration::from_hours(1),
+                good: jiff::SignedDuration::from_hours(3),
+                average: jiff::SignedDuration::from_hours(24),
+            },
+            booking_rate: rates(0.3, 0.2, 0.1),
+            read_rate: rates(0.95, 0.85, 0.7),
+            reply_rate: rates(0.9, 0.75, 0.5),
+        }
+    }
+}
+
+impl BenchmarksConfig {
+    /// Bands out of order, or rates outside 0..=1.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let time = &self.first_response;
+        if !(jiff::SignedDuration::ZERO < time.excellent
+            && time.excellent < time.good
+            && time.good < time.average)
+        {
+            problems
+                .push("benchmarks.first_response: need 0 < excellent < good < average".to_owned());
+        }
+        for (key, rate) in [
+            ("booking_rate", &self.booking_rate),
+            ("read_rate", &self.read_rate),
+            ("reply_rate", &self.reply_rate),
+        ] {
+            if !(0.0 <= rate.average
+                && rate.average < rate.good
+                && rate.good < rate.excellent
+                && rate.excellent <= 1.0)
+            {
+                problems.push(format!(
+                    "benchmarks.{key}: need 0 <= average < good < excellent <= 1"
+                ));
+            }
+        }
+        problems
+    }
+}
+
 impl Config {
     /// Reads the file, applies `PARLEYD_*` overrides and validates the result.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -622,6 +715,7 @@ impl Config {
         if !(1..=365).contains(&self.analytics.attribution_days) {
             problems.push("analytics.attribution_days must be 1-365".into());
         }
+        problems.extend(self.benchmarks.problems());
         if self.automation.max_attempts == 0 {
             problems.push("automation.max_attempts must be > 0".into());
         }
@@ -702,6 +796,23 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "listen: 127.0.0.1:8080\ndata_dir: ./data\nrules_dir: ./rules\nauth:\n  jwt_secret: 0123456789abcdef0\n  service_key: 0123456789abcdef0\n";
+
+    #[test]
+    fn benchmark_bands_must_be_ordered() {
+        let with = |benchmarks: &str| {
+            let text = format!("{MINIMAL}benchmarks:\n{benchmarks}");
+            Config::parse(&text, Path::new("c.yaml")).and_then(|c| c.validate())
+        };
+        with("  read_rate: {excellent: 0.9, good: 0.8, average: 0.5}\n").expect("ordered");
+        let Err(ConfigError::Invalid(message)) =
+            with("  read_rate: {excellent: 0.8, good: 0.9, average: 0.5}\n  first_response: {excellent: 3h, good: 1h, average: 1d}\n")
+        else {
+            panic!("out of order bands are accepted");
+        };
+        assert!(message.contains("benchmarks.read_rate"), "{message}");
+        assert!(message.contains("benchmarks.first_response"), "{message}");
+        assert!(with("  reply_rate: {excellent: 1.5, good: 0.8, average: 0.5}\n").is_err());
+    }
 
     #[test]
     fn shipped_config_parses_and_validates() {

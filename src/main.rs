@@ -1,5 +1,5 @@
 //! The command line: `serve`, `check`, `test-rules`, `detect`, `analytics
-//! rebuild`, `token`. Everything else lives in the library.
+//! rebuild`, `report`, `token`. Everything else lives in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +61,28 @@ enum Command {
         #[command(subcommand)]
         command: AnalyticsCommand,
     },
+    /// Print a provider's report, offline from the data directory (the
+    /// daemon stopped: it holds the directory). Exit 0 with the report, 1
+    /// when the provider is unknown, a date is bad or the directory cannot
+    /// be opened, 2 on a usage error.
+    Report {
+        /// The provider's id.
+        #[arg(long)]
+        provider: String,
+        /// First day, YYYY-MM-DD in the provider's time zone (default: 29
+        /// days before --to).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day, included (default: today).
+        #[arg(long)]
+        to: Option<String>,
+        /// `text` for people, `json` as GET /v1/providers/{id}/report, `csv`
+        /// its conversations.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        #[arg(long, default_value = "config.yaml")]
+        config: PathBuf,
+    },
     /// Print a signed JWT for a user and role.
     Token {
         /// The user id (the token's `sub`).
@@ -74,6 +96,13 @@ enum Command {
         #[arg(long, default_value = "config.yaml")]
         config: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
+    Csv,
 }
 
 #[derive(Subcommand)]
@@ -99,6 +128,13 @@ fn main() -> ExitCode {
         Command::Analytics {
             command: AnalyticsCommand::Rebuild { config },
         } => rebuild_analytics(&config),
+        Command::Report {
+            provider,
+            from,
+            to,
+            format,
+            config,
+        } => report(&provider, from.as_deref(), to.as_deref(), format, &config),
         Command::Token {
             sub,
             role,
@@ -200,12 +236,13 @@ fn check(dir: Option<PathBuf>, config: &std::path::Path) -> ExitCode {
     match parleyd::rules::load(&dirs) {
         Ok(set) => {
             println!(
-                "{}: {} files valid ({} sequences, {} notification rules, {} templates, {} plugins)",
+                "{}: {} files valid ({} sequences, {} notification rules, {} templates, {} report recommendations, {} plugins)",
                 dirs.rules.display(),
                 set.files.len(),
                 set.sequences.len(),
                 set.routing.routes.len(),
                 set.templates.len(),
+                set.recommendations.len(),
                 set.plugins.len()
             );
             ExitCode::SUCCESS
@@ -267,18 +304,9 @@ fn rebuild_analytics(path: &std::path::Path) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
-    let store = match parleyd::store::Store::open(
-        &config.data_dir,
-        &config.storage,
-        std::sync::Arc::new(|_| {}),
-    ) {
+    let store = match open_store(&config) {
         Ok(store) => store,
-        Err(e) => {
-            return fail(format!(
-            "cannot open the data directory {} (is the daemon still running? stop it first): {e}",
-            config.data_dir.display()
-        ))
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(parleyd::analytics::rebuild::rebuild(&store)) {
         Ok(rebuilt) => {
@@ -289,6 +317,87 @@ fn rebuild_analytics(path: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(format!("rebuild failed: {e}")),
+    }
+}
+
+/// The data directory, for a command that runs with the daemon stopped.
+fn open_store(config: &Config) -> Result<parleyd::store::Store, ExitCode> {
+    parleyd::store::Store::open(
+        &config.data_dir,
+        &config.storage,
+        std::sync::Arc::new(|_| {}),
+    )
+    .map_err(|e| {
+        fail(format!(
+            "cannot open the data directory {} (is the daemon still running? stop it first): {e}",
+            config.data_dir.display()
+        ))
+    })
+}
+
+fn report(
+    provider: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    format: ReportFormat,
+    path: &std::path::Path,
+) -> ExitCode {
+    use parleyd::analytics::report;
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    let store = match open_store(&config) {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    match store.rebuild_unfinished() {
+        Ok(false) => {}
+        Ok(true) => {
+            return fail(
+                "an analytics rebuild was cut short: run `parleyd analytics rebuild` again",
+            )
+        }
+        Err(e) => return fail(e),
+    }
+    let clock: std::sync::Arc<dyn parleyd::clock::Clock> =
+        std::sync::Arc::new(parleyd::clock::SystemClock);
+    let rules_clock = clock.clone();
+    let rules = match parleyd::rules::Rules::open(
+        RuleDirs::of(&config),
+        Box::new(move || parleyd::model::format_time(rules_clock.now())),
+    ) {
+        Ok(rules) => rules,
+        Err(errors) => return fail(parleyd::rules::error_lines(&errors)),
+    };
+    let app = parleyd::service::App::new(
+        config,
+        store,
+        std::sync::Arc::new(parleyd::hub::Hub::default()),
+        std::sync::Arc::new(rules),
+        clock,
+    );
+    let operator = parleyd::auth::Caller {
+        user_id: "parleyd-report".into(),
+        role: Role::Operator,
+    };
+    let made = match app.provider_report(operator, provider, from, to) {
+        Ok(made) => made,
+        Err(e) => return fail(e),
+    };
+    let printed = match format {
+        ReportFormat::Text => Ok(report::text(&made)),
+        ReportFormat::Json => serde_json::to_string_pretty(&made)
+            .map(|json| json + "\n")
+            .map_err(|e| e.to_string()),
+        ReportFormat::Csv => report::csv(&made.conversations).map_err(|e| e.to_string()),
+    };
+    match printed {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The command line and the configuration as README documents them: `check`,
-//! `test-rules`, `detect`, `token` and `analytics rebuild` as commands, and what `serve` refuses to
+//! `test-rules`, `detect`, `token`, `analytics rebuild` and `report` as commands, and what `serve` refuses to
 //! start with (the example secrets or `clock: manual` without `--dev`, invalid
 //! rules, an unknown config key), with the `PARLEYD_*` secrets from the
 //! environment.
@@ -460,6 +460,104 @@ async fn analytics_rebuild_refuses_a_running_daemons_directory_and_rebuilds_a_st
         .await;
     metrics.expect(200);
     assert_eq!(metrics.body["messages"]["customer"], 1, "{}", metrics.body);
+}
+
+/// `parleyd report` prints, from a stopped daemon's data directory, the
+/// report the API gives (JSON and CSV alike) and a text one for people; it
+/// refuses a running daemon's directory, an unknown provider and a bad
+/// date with exit 1 and a message.
+#[tokio::test]
+async fn report_prints_the_apis_report_offline_and_refuses_clearly() {
+    let data = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(data.path()).await;
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "c-1", "Hi, free on Friday?")
+        .await
+        .expect(201);
+    d.send(&p.provider, &p.conversation, "p-1", "Yes!")
+        .await
+        .expect(201);
+    settled(&d).await;
+    let today = jiff::Timestamp::now().in_tz("Europe/Paris").unwrap().date();
+    let (from, to) = (today.yesterday().unwrap().to_string(), today.to_string());
+    let query = format!("/v1/providers/{}/report?from={from}&to={to}", p.provider.id);
+    let api = d.get(&query, &operator().token).await;
+    api.expect(200);
+    let api_csv = d
+        .http
+        .get(d.url(&query))
+        .bearer_auth(&operator().token)
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dir = data.path().display().to_string();
+    let env = [("PARLEYD_DATA_DIR", dir.as_str())];
+    let args = |format: &'static str| {
+        vec![
+            "report",
+            "--provider",
+            "prov-1",
+            "--from",
+            from.as_str(),
+            "--to",
+            to.as_str(),
+            "--format",
+            format,
+        ]
+    };
+    let refused = parleyd_in_repo(&args("json"), &env, "");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("stop it first"),
+        "{}",
+        text(&refused.stderr)
+    );
+    d.stop().await;
+
+    let json_out = parleyd_in_repo(&args("json"), &env, "");
+    assert!(json_out.status.success(), "{}", text(&json_out.stderr));
+    let offline: Value = serde_json::from_slice(&json_out.stdout).unwrap();
+    assert_eq!(offline, api.body);
+    let csv_out = parleyd_in_repo(&args("csv"), &env, "");
+    assert!(csv_out.status.success(), "{}", text(&csv_out.stderr));
+    assert_eq!(text(&csv_out.stdout), api_csv);
+    assert_eq!(api_csv.lines().count(), 2, "{api_csv}");
+    let text_out = parleyd_in_repo(&args("text"), &env, "");
+    assert!(text_out.status.success(), "{}", text(&text_out.stderr));
+    let shown = text(&text_out.stdout);
+    assert!(
+        shown.contains("Provider prov-1") && shown.contains("Europe/Paris"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("response rate (24 h)") && shown.contains("100.0%"),
+        "{shown}"
+    );
+
+    let unknown = parleyd_in_repo(&["report", "--provider", "nobody"], &env, "");
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        text(&unknown.stderr).contains("provider not found"),
+        "{}",
+        text(&unknown.stderr)
+    );
+    let bad = parleyd_in_repo(
+        &["report", "--provider", "prov-1", "--from", "soon"],
+        &env,
+        "",
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("soon: not a date"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let usage = parleyd_in_repo(&["report"], &env, "");
+    assert_eq!(usage.status.code(), Some(2), "--provider is required");
 }
 
 const OWN_JWT_SECRET: &str = "a-secret-of-our-own-0123456789";

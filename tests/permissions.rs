@@ -23,6 +23,8 @@ enum Who {
     Participant,
     /// A participant, or an operator.
     ParticipantOrOperator,
+    /// The provider in the path, or an operator.
+    ProviderOrOperator,
     Operator,
 }
 
@@ -64,6 +66,7 @@ fn open_to(who: Who, role: &str) -> bool {
         Who::Person | Who::Participant => role == "customer" || role == "provider",
         Who::Operator => role == "operator",
         Who::ParticipantOrOperator => role != "service",
+        Who::ProviderOrOperator => role == "provider" || role == "operator",
     }
 }
 
@@ -117,6 +120,13 @@ const ACCESS: &[Row] = &[
         method: "GET",
         path: "/v1/conversations/{id}/metrics",
         who: Who::ParticipantOrOperator,
+        body: none,
+        allowed: 200,
+    },
+    Row {
+        method: "GET",
+        path: "/v1/providers/{id}/report",
+        who: Who::ProviderOrOperator,
         body: none,
         allowed: 200,
     },
@@ -313,6 +323,8 @@ fn concrete(row: &Row, world: &World) -> String {
         world.booking_id.clone()
     } else if row.path.starts_with("/v1/users/") || row.path.starts_with("/v1/admin/users/") {
         world.pair.customer.id.clone()
+    } else if row.path.starts_with("/v1/providers/") {
+        world.pair.provider.id.clone()
     } else if row.path.starts_with("/v1/listings/") {
         world.pair.listing_id.clone()
     } else {
@@ -431,6 +443,15 @@ async fn every_documented_operation_refuses_whom_it_is_not_for_and_serves_whom_i
                 reply.body
             );
         }
+        if row.who == Who::ProviderOrOperator {
+            let other = Person::new("prov-9", "provider");
+            let reply = call(&d, row, &world, Some(&other.token)).await;
+            assert_eq!(
+                reply.status, 404,
+                "{what} by another provider: {:?}",
+                reply.body
+            );
+        }
 
         let allowed = match row.who {
             Who::Service => SERVICE_KEY.to_owned(),
@@ -438,6 +459,7 @@ async fn every_documented_operation_refuses_whom_it_is_not_for_and_serves_whom_i
                 world.pair.customer.token.clone()
             }
             Who::Operator => operator().token,
+            Who::ProviderOrOperator => world.pair.provider.token.clone(),
         };
         let reply = call(&d, row, &world, Some(&allowed)).await;
         assert_eq!(
@@ -453,7 +475,10 @@ async fn every_documented_operation_refuses_whom_it_is_not_for_and_serves_whom_i
                 reply.body
             );
         }
-        if row.who == Who::ParticipantOrOperator {
+        if matches!(
+            row.who,
+            Who::ParticipantOrOperator | Who::ProviderOrOperator
+        ) {
             let reply = call(&d, row, &world, Some(&operator().token)).await;
             assert_eq!(
                 reply.status, row.allowed,

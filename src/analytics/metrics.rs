@@ -82,6 +82,8 @@ pub struct MessageFact {
     pub chars: u64,
     pub quick_reply: bool,
     pub priced: bool,
+    /// Its `seq` in the conversation.
+    pub seq: Option<u64>,
 }
 
 impl Fact {
@@ -114,6 +116,7 @@ impl Fact {
                 chars: content.chars().count() as u64,
                 quick_reply: text("quick_reply_id").is_some(),
                 priced: !automated && names_price(content),
+                seq: data.get("seq").and_then(|s| s.as_u64()),
             })
         } else if name == Emitted::MessageRead.to_string() {
             Fact::Read {
@@ -196,6 +199,7 @@ pub fn add_daily(a: &mut DailyAggregate, b: &DailyAggregate) {
     a.answered_messages += b.answered_messages;
     add_tally(&mut a.to_customers, &b.to_customers);
     add_tally(&mut a.to_provider, &b.to_provider);
+    a.cohort.add(&b.cohort);
 }
 
 /// The bucket of [`FIRST_RESPONSE_BOUNDS`] a first response time falls in.
@@ -224,6 +228,7 @@ pub fn seconds_between(from: &str, to: &str) -> i64 {
 pub fn fold(m: &mut ConversationMetrics, fact: &Fact, at: &str) -> Deltas {
     let mut deltas = Deltas::default();
     let inquiry = m.inquiry_at.clone();
+    let cohort_before = super::report::cohort_counts(m);
     match fact {
         Fact::Opened => {}
         Fact::Viewed => {
@@ -258,6 +263,13 @@ pub fn fold(m: &mut ConversationMetrics, fact: &Fact, at: &str) -> Deltas {
             fold_stage(m, None, *stage, at, &mut deltas);
         }
         Fact::Staged { from, to } => fold_stage(m, *from, *to, at, &mut deltas),
+    }
+    // The provider reports' counts go to the inquiry's day as they change.
+    let cohort = super::report::cohort_counts(m).since(&cohort_before);
+    if let Some(inquiry) = m.inquiry_at.as_deref() {
+        if cohort != Default::default() {
+            deltas.add(inquiry, |d| d.cohort = cohort);
+        }
     }
     deltas
 }
@@ -314,6 +326,7 @@ fn fold_message(m: &mut ConversationMetrics, message: &MessageFact, at: &str, de
         counted.characters = message.chars;
         counted.quick_replies = u64::from(message.quick_reply);
     }
+    m.provider_quick_replies += counted.provider * counted.quick_replies;
     add_counts(
         &mut m.messages,
         &MessageCounts {
@@ -331,15 +344,21 @@ fn fold_message(m: &mut ConversationMetrics, message: &MessageFact, at: &str, de
         d.to_provider.addressed = u64::from(to_provider);
     });
     if counted.customer == 1 {
-        fold_customer_message(m, at, deltas);
+        fold_customer_message(m, message, at, deltas);
     } else if counted.provider == 1 {
         fold_provider_message(m, message, at, deltas);
     }
 }
 
-fn fold_customer_message(m: &mut ConversationMetrics, at: &str, deltas: &mut Deltas) {
+fn fold_customer_message(
+    m: &mut ConversationMetrics,
+    message: &MessageFact,
+    at: &str,
+    deltas: &mut Deltas,
+) {
     if m.inquiry_at.is_none() {
         m.inquiry_at = Some(at.to_owned());
+        m.inquiry_seq = message.seq;
         deltas.inquiry = true;
         // Outcomes reached before the inquiry count with it.
         let (quoted, booked, completed) = (
@@ -376,6 +395,7 @@ fn fold_provider_message(
         });
         if m.first_response_at.is_none() {
             m.first_response_at = Some(at.to_owned());
+            m.first_response_seq = message.seq;
             if let Some(inquiry) = &m.inquiry_at {
                 deltas.add(inquiry, |d| {
                     d.answered = 1;
@@ -453,6 +473,7 @@ pub fn record(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxErr
             .parse::<Timestamp>()
             .map_or(0, |t| t.as_millisecond());
         tx.index_inquiry(&metrics.provider_id, ms, &conversation_id)?;
+        tx.index_provider(&metrics.provider_id, &metrics.zone)?;
     }
     Ok(())
 }
@@ -683,6 +704,7 @@ mod tests {
             chars: text.chars().count() as u64,
             quick_reply: false,
             priced: names_price(text),
+            seq: None,
         })
     }
 
@@ -694,6 +716,7 @@ mod tests {
             chars: 10,
             quick_reply: false,
             priced: false,
+            seq: None,
         })
     }
 

@@ -28,6 +28,7 @@ pub mod experiments;
 pub mod metrics;
 pub mod platform;
 pub mod rebuild;
+pub mod report;
 
 use crate::domain::DomainEvent;
 use crate::store::{AnalyticsTx, TxError};

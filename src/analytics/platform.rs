@@ -217,9 +217,8 @@ pub fn fold(
                 .data
                 .get("automation")
                 .and_then(|a| serde_json::from_value(a.clone()).ok());
-            let seq = event.data.get("seq").and_then(|s| s.as_u64());
             let (Some(automation), Some(seq), Some(day)) =
-                (automation, seq, day_of(at, PLATFORM_ZONE))
+                (automation, message.seq, day_of(at, PLATFORM_ZONE))
             else {
                 return deltas;
             };
@@ -608,6 +607,7 @@ mod tests {
             chars: text.chars().count() as u64,
             quick_reply: false,
             priced: metrics::names_price(text),
+            seq: None,
         })
     }
 
@@ -619,6 +619,7 @@ mod tests {
             chars: 5,
             quick_reply: false,
             priced: false,
+            seq: Some(seq),
         });
         let data = serde_json::json!({"seq": seq, "automation": {
             "rule": "inquiry", "step": step, "template": "t", "recipient_id": "cust"}});

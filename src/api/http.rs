@@ -126,6 +126,14 @@ pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Respo
         .and(with_app.clone())
         .and(who.clone())
         .then(conversation_metrics);
+    let provider_report = v1
+        .and(warp::path!("providers" / String / "report"))
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(who.clone())
+        .and(warp::query::<ReportQuery>())
+        .and(warp::header::optional::<String>("accept"))
+        .then(provider_report);
     let list_messages = v1
         .and(warp::path!("conversations" / String / "messages"))
         .and(warp::get())
@@ -315,6 +323,8 @@ pub fn routes(app: Arc<App>, user_limits: Arc<UserLimits>) -> BoxedFilter<(Respo
         .unify()
         .or(conversation_metrics)
         .unify()
+        .or(provider_report)
+        .unify()
         .or(send_message)
         .unify()
         .or(read)
@@ -434,6 +444,60 @@ pub async fn conversation_metrics(id: String, app: Arc<App>, who: Auth) -> Respo
         StatusCode::OK,
         who.and_then(|c| app.conversation_metrics(c, &id)),
     )
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    /// First day, `YYYY-MM-DD` in the provider's time zone (default: 29
+    /// days before `to`).
+    pub from: Option<String>,
+    /// Last day, included (default: today on the daemon's clock, or `from`
+    /// when that is later). At most 366 days from `from`.
+    pub to: Option<String>,
+}
+
+/// The provider's report (README.md, "Provider reports"): for that provider
+/// and operators. JSON, or with `Accept: text/csv` the conversations it
+/// counted, one CSV line each after a header line.
+#[utoipa::path(get, path = "/v1/providers/{id}/report", tag = "analytics",
+    params(("id" = String, Path), ReportQuery),
+    responses((status = 200, description = "the report; with `Accept: text/csv`, its conversations",
+               content((crate::analytics::report::Report = "application/json"), (String = "text/csv"))),
+              (status = 400, description = "`from` or `to` not a date (YYYY-MM-DD), `from` after `to`, a period over 366 days, or an unknown query parameter")),
+    security(("bearer" = [])))]
+pub async fn provider_report(
+    id: String,
+    app: Arc<App>,
+    who: Auth,
+    query: ReportQuery,
+    accept: Option<String>,
+) -> Response {
+    // Thousands of records read and summed: off the runtime's workers.
+    let report = tokio::task::spawn_blocking(move || {
+        app.provider_report(who?, &id, query.from.as_deref(), query.to.as_deref())
+    })
+    .await
+    .unwrap_or_else(|e| Err(ApiError::Internal(format!("the report failed: {e}"))));
+    let csv = accept.is_some_and(|a| {
+        a.split(',')
+            .any(|t| t.trim().to_ascii_lowercase().starts_with("text/csv"))
+    });
+    match report {
+        Ok(report) if csv => match crate::analytics::report::csv(&report.conversations) {
+            Ok(text) => warp::Reply::into_response(warp::reply::with_header(
+                text,
+                "content-type",
+                "text/csv; charset=utf-8",
+            )),
+            Err(e) => respond::<()>(
+                StatusCode::OK,
+                Err(ApiError::Internal(format!("cannot write the CSV: {e}"))),
+            ),
+        },
+        other => respond(StatusCode::OK, other),
+    }
 }
 
 /// Messages in `seq` order.

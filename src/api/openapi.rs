@@ -24,6 +24,7 @@ use utoipa::{Modify, OpenApi};
         super::http::get_conversation,
         super::http::list_messages,
         super::http::conversation_metrics,
+        super::http::provider_report,
         super::http::send_message,
         super::http::mark_read,
         super::http::mark_delivered,

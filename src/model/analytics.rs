@@ -89,6 +89,15 @@ pub struct ConversationMetrics {
     /// Step messages followed for the platform view's attribution.
     #[serde(default)]
     pub touches: crate::model::platform::StepTouches,
+    /// The `seq` of the inquiry and of the provider's first reply (the
+    /// provider report lists them).
+    #[serde(default)]
+    pub inquiry_seq: Option<u64>,
+    #[serde(default)]
+    pub first_response_seq: Option<u64>,
+    /// The provider's messages sent with a quick reply.
+    #[serde(default)]
+    pub provider_quick_replies: u64,
 }
 
 /// Upper bounds (seconds, inclusive) of the first-response-time buckets of
@@ -143,4 +152,8 @@ pub struct DailyAggregate {
     /// The same for messages addressed to the provider.
     #[serde(default)]
     pub to_provider: ReadTally,
+    /// The day's inquiries' conversations, counted as they stand now (the
+    /// provider reports' figures).
+    #[serde(default)]
+    pub cohort: crate::model::report::CohortCounts,
 }

@@ -6,6 +6,7 @@ pub mod experiment;
 pub mod notification;
 pub mod pipeline;
 pub mod platform;
+pub mod report;
 
 use std::collections::BTreeMap;
 

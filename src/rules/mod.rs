@@ -9,6 +9,7 @@
 pub mod context;
 pub mod experiments;
 pub mod plugins;
+pub mod recommendations;
 mod reload;
 pub mod routing;
 pub mod script;
@@ -224,6 +225,8 @@ pub struct RuleSet {
     pub routing: Routing,
     /// A/B experiments on sequence steps (`experiments:` in rule files).
     pub experiments: Vec<Experiment>,
+    /// The provider reports' recommendations (`templates/reports.yaml`).
+    pub recommendations: Vec<recommendations::Recommendation>,
     /// The files the set was built from.
     pub files: Vec<String>,
 }
@@ -304,6 +307,12 @@ fn load_templates(
     let mut templates = BTreeMap::new();
     let mut defined = BTreeSet::new();
     for (path, text) in read_all(dir, YAML, true, files, errors) {
+        if path
+            .file_name()
+            .is_some_and(|n| n == recommendations::REPORTS_FILE)
+        {
+            continue;
+        }
         let specs: BTreeMap<String, TemplateSpec> = match serde_yaml::from_str(&text) {
             Ok(specs) => specs,
             Err(e) => {
@@ -555,6 +564,7 @@ pub fn load(dirs: &RuleDirs) -> Result<RuleSet, Vec<RuleError>> {
     let mut errors = Vec::new();
     let mut files = Vec::new();
     let (templates, defined) = load_templates(&dirs.templates, &mut files, &mut errors);
+    let recommendations = recommendations::load(&dirs.templates, &mut errors);
     let loaded = load_rule_files(&dirs.rules, &defined, &mut files, &mut errors);
     let plugins = load_plugins(&dirs.plugins, &mut files, &mut errors);
     match loaded.contact {
@@ -563,6 +573,7 @@ pub fn load(dirs: &RuleDirs) -> Result<RuleSet, Vec<RuleError>> {
             sequences: loaded.sequences,
             routing: loaded.routing,
             experiments: loaded.experiments,
+            recommendations,
             templates,
             plugins,
             files,

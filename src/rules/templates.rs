@@ -22,9 +22,12 @@ use serde::Deserialize;
 
 use super::script::{report, to_json, Context, Expr};
 
+/// The roots a template may name, each with its fields (`None`: free-form).
+pub type Roots<'a> = &'a [(&'a str, Option<&'a [&'a str]>)];
+
 /// The fields the engine puts in each context root; `event` and `plugin` are
 /// free-form (`None`).
-const ROOTS: &[(&str, Option<&[&str]>)] = &[
+const ROOTS: Roots<'static> = &[
     ("customer", Some(PERSON)),
     ("provider", Some(PERSON)),
     (
@@ -284,6 +287,16 @@ pub enum Unfilled {
 
 impl Template {
     pub fn compile(id: &str, spec: &TemplateSpec) -> Result<Template, Vec<TemplateError>> {
+        Template::compile_with(id, spec, ROOTS)
+    }
+
+    /// [`Template::compile`] for a context with other `roots` (the
+    /// provider reports' recommendations).
+    pub fn compile_with(
+        id: &str,
+        spec: &TemplateSpec,
+        roots: Roots<'_>,
+    ) -> Result<Template, Vec<TemplateError>> {
         let mut errors = Vec::new();
         let mut parse_field = |text: &str| {
             let mut problems = Vec::new();
@@ -331,7 +344,7 @@ impl Template {
             else {
                 continue;
             };
-            let checked = check_path(path, &spec.vars)
+            let checked = check_path(path, &spec.vars, roots)
                 .and_then(|free_form| check_format(path, *format, free_form));
             if let Err(message) = checked {
                 errors.push(TemplateError {
@@ -432,7 +445,11 @@ impl Template {
 /// Whether a placeholder names something the context can hold; `Ok(true)`
 /// when it is free-form (under `event`, `plugin`, `digest`, or a var), so
 /// only its value when sent tells what it is.
-fn check_path(path: &[String], vars: &BTreeMap<String, String>) -> Result<bool, String> {
+fn check_path(
+    path: &[String],
+    vars: &BTreeMap<String, String>,
+    roots: Roots<'_>,
+) -> Result<bool, String> {
     let shown = path.join(".");
     let root = path[0].as_str();
     if root == "vars" {
@@ -441,8 +458,8 @@ fn check_path(path: &[String], vars: &BTreeMap<String, String>) -> Result<bool, 
             _ => Err(format!("{{{shown}}} is not one of this template's vars")),
         };
     }
-    let Some((_, fields)) = ROOTS.iter().find(|(r, _)| *r == root) else {
-        let roots: Vec<&str> = ROOTS.iter().map(|(r, _)| *r).collect();
+    let Some((_, fields)) = roots.iter().find(|(r, _)| *r == root) else {
+        let roots: Vec<&str> = roots.iter().map(|(r, _)| *r).collect();
         return Err(format!(
             "{{{shown}}}: unknown root {root:?}; use one of {}, vars",
             roots.join(", ")

@@ -11,6 +11,7 @@ mod notifications;
 mod pipeline;
 mod platform;
 mod replies;
+mod report;
 mod send;
 mod signals;
 mod users;

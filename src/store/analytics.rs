@@ -9,6 +9,7 @@
 //! | `analytics_by_provider`   | provider `\0` inquiry ms (u64) `\0` conversation | empty             |
 //! | `analytics_daily`         | provider `\0` day (`YYYY-MM-DD`, provider's zone) | `DailyAggregate` JSON |
 //! | `analytics_meta`          | `folded_seq`                          | u64: the highest domain event seq folded |
+//! | `analytics_meta`          | `provider` `\0` provider             | time zone of their latest inquiry (`store::report`) |
 //! | `analytics_platform`      | see `store::platform`                 | the platform view's days     |
 //!
 //! Written only inside the writer's transactions, through [`AnalyticsTx`]
@@ -31,11 +32,11 @@ const FOLDED_SEQ: &[u8] = b"folded_seq";
 /// The analytics trees (see the module doc).
 #[derive(Clone)]
 pub struct AnalyticsTrees {
-    conversations: Tree,
+    pub(super) conversations: Tree,
     views: Tree,
     by_provider: Tree,
     daily: Tree,
-    meta: Tree,
+    pub(super) meta: Tree,
     pub(super) platform: Tree,
 }
 
@@ -70,7 +71,7 @@ pub struct AnalyticsViews<'a> {
     views: &'a TransactionalTree,
     by_provider: &'a TransactionalTree,
     daily: &'a TransactionalTree,
-    meta: &'a TransactionalTree,
+    pub(super) meta: &'a TransactionalTree,
     pub(super) platform: &'a TransactionalTree,
 }
 

@@ -44,6 +44,7 @@ mod keys;
 mod outbox;
 mod platform;
 mod quarantine;
+mod report;
 mod writer;
 mod writes;
 

@@ -60,7 +60,7 @@ pub struct Launch {
     /// Data directory to use (kept by the caller); a fresh temporary one otherwise.
     pub data_dir: Option<PathBuf>,
     /// `(key, value)` replacements in config.yaml, e.g. `("send_burst", "1000")`:
-    /// the line `  key: old` becomes `  key: value`.
+    /// the first line `  key: old` becomes `  key: value`.
     pub config: Vec<(&'static str, String)>,
     /// Run the shipped automation rules. Off by default: tests of the transport
     /// count messages, and the shipped sequences add their own (an inquiry's
@@ -139,7 +139,9 @@ fn write_config(scratch: &Path, launch: &Launch) -> PathBuf {
             .lines()
             .map(|line| {
                 let trimmed = line.trim_start();
-                if trimmed.starts_with(&prefix) {
+                // The first such key only: a section further down may
+                // reuse the name (`limits.read_rate`, `benchmarks.read_rate`).
+                if !found && trimmed.starts_with(&prefix) {
                     found = true;
                     let indent = &line[..line.len() - trimmed.len()];
                     format!("{indent}{key}: {value}")
