@@ -459,10 +459,20 @@ pub fn record(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxErr
     let platform = super::platform::fold(&before, &mut metrics, &fact, event);
     tx.put_conversation(&metrics)?;
     super::platform::write(tx, platform)?;
+    // The deltas come by time (an event's own, its inquiry's for the
+    // cohort counts); most fall on one day, which is then read and written
+    // once.
+    let mut days: Vec<(String, DailyAggregate)> = Vec::with_capacity(deltas.days.len());
     for (at, delta) in deltas.days {
         let Some(day) = day_of(&at, &metrics.zone) else {
             continue;
         };
+        match days.iter_mut().find(|(d, _)| *d == day) {
+            Some((_, sum)) => add_daily(sum, &delta),
+            None => days.push((day, delta)),
+        }
+    }
+    for (day, delta) in days {
         let mut daily = tx.daily(&metrics.provider_id, &day)?.unwrap_or_default();
         add_daily(&mut daily, &delta);
         tx.put_daily(&metrics.provider_id, &day, &daily)?;
