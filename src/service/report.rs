@@ -31,9 +31,12 @@ impl App {
             Role::Provider if caller.user_id == provider_id => {}
             _ => return Err(ApiError::not_found("provider")),
         }
-        // The days their latest inquiry was counted in, else their own zone.
-        let zone = indexed
-            .or_else(|| user.and_then(|u| u.timezone))
+        // Their own zone, else the one their first inquiry was counted in
+        // (a listing's): fixed, so a new inquiry on a listing elsewhere does
+        // not move the period's boundaries.
+        let zone = user
+            .and_then(|u| u.timezone)
+            .or(indexed)
             .and_then(|name| TimeZone::get(&name).ok())
             .unwrap_or(TimeZone::UTC);
         let today = zone.to_datetime(self.clock.now()).date();

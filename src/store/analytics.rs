@@ -9,7 +9,7 @@
 //! | `analytics_by_provider`   | provider `\0` inquiry ms (u64) `\0` conversation | empty             |
 //! | `analytics_daily`         | provider `\0` day (`YYYY-MM-DD`, provider's zone) | `DailyAggregate` JSON |
 //! | `analytics_meta`          | `folded_seq`                          | u64: the highest domain event seq folded |
-//! | `analytics_meta`          | `provider` `\0` provider             | time zone of their latest inquiry (`store::report`) |
+//! | `analytics_meta`          | `provider` `\0` provider             | time zone of their first inquiry (`store::report`) |
 //! | `analytics_platform`      | see `store::platform`                 | the platform view's days     |
 //!
 //! Written only inside the writer's transactions, through [`AnalyticsTx`]

@@ -1,6 +1,6 @@
 //! The index the provider reports enumerate providers with: one
 //! `analytics_meta` key per provider who ever received an inquiry,
-//! `provider` `\0` id, holding the time zone of their latest inquiry's
+//! `provider` `\0` id, holding the time zone of their first inquiry's
 //! conversation. A report's percentile reads it (a prefix read of a tree
 //! with one key per provider, not of the history) and then each provider's
 //! days by range.
@@ -11,19 +11,20 @@ use super::{keys, AnalyticsTx, Store, StoreError};
 const PROVIDER: &str = "provider";
 
 impl AnalyticsTx<'_, '_> {
-    /// Lists `provider_id` among the providers with inquiries, in `zone`.
+    /// Lists `provider_id` among the providers with inquiries, in `zone`
+    /// (the zone of the first one listed: later ones do not move it).
     pub fn index_provider(&self, provider_id: &str, zone: &str) -> Result<(), TxError> {
-        self.put(
-            self.views().meta,
-            keys::pair(PROVIDER, provider_id),
-            zone.as_bytes(),
-        )
+        let key = keys::pair(PROVIDER, provider_id);
+        if self.views().meta.get(&key)?.is_some() {
+            return Ok(());
+        }
+        self.put(self.views().meta, key, zone.as_bytes())
     }
 }
 
 impl Store {
     /// Every provider who ever received an inquiry, with the time zone of
-    /// their latest, in id order.
+    /// their first, in id order.
     pub fn report_providers(&self) -> Result<Vec<(String, String)>, StoreError> {
         let prefix = keys::pair(PROVIDER, "");
         self.trees
