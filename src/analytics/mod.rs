@@ -1,5 +1,5 @@
-//! Analytics: conversation metrics, the platform view, experiments (and,
-//! next, provider reports), kept incrementally from the domain events.
+//! Analytics: conversation metrics, provider reports, the platform view and
+//! experiments, kept incrementally from the domain events.
 //!
 //! Each domain event is folded exactly once, inside the automation engine's
 //! batch write: the engine adds a `Change::Record` for every event it takes
@@ -26,6 +26,7 @@
 
 pub mod experiments;
 pub mod metrics;
+pub mod period;
 pub mod platform;
 pub mod rebuild;
 pub mod report;

@@ -21,7 +21,6 @@
 //! rebuild and restarts or rebuilds cannot count differently.
 
 use jiff::civil::Date;
-use jiff::ToSpan;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -33,17 +32,11 @@ use crate::model::{Automation, Moderation};
 use crate::store::{AnalyticsTx, TxError};
 
 use super::metrics::{bucket, day_of, seconds_between, Fact, Share, LISTING_VIEWED};
+use super::period::PeriodError;
 
 /// The time zone of the platform's days: the config names no default zone,
 /// so the platform counts in UTC.
 pub const PLATFORM_ZONE: &str = "UTC";
-
-/// The longest period one request may ask for, in days.
-pub const MAX_PERIOD_DAYS: i32 = 366;
-
-/// The period asked for when `from` and `to` are both absent, in days
-/// (ending today).
-pub const DEFAULT_PERIOD_DAYS: i32 = 30;
 
 const MINUTE: i64 = 60;
 const HOUR: i64 = 3_600;
@@ -349,33 +342,9 @@ pub struct Period {
     pub to: Date,
 }
 
-/// The period asked for: `from` and `to` are `YYYY-MM-DD`, `to` included;
-/// without `to`, `today`; without `from`, [`DEFAULT_PERIOD_DAYS`] ending at
-/// `to`. Errors (for a 400): a date that is not `YYYY-MM-DD`, `from` after
-/// `to`, a period over [`MAX_PERIOD_DAYS`].
-pub fn period(from: Option<&str>, to: Option<&str>, today: Date) -> Result<Period, String> {
-    let date = |name: &str, text: &str| {
-        let parsed = (text.len() == 10)
-            .then(|| text.parse::<Date>().ok())
-            .flatten();
-        parsed.ok_or_else(|| format!("{name}: {text:?} is not a date like 2030-07-01"))
-    };
-    let to = to.map_or(Ok(today), |t| date("to", t))?;
-    let from = match from {
-        Some(f) => date("from", f)?,
-        None => to
-            .checked_sub((DEFAULT_PERIOD_DAYS - 1).days())
-            .map_err(|e| format!("to: {e}"))?,
-    };
-    if from > to {
-        return Err(format!("from ({from}) is after to ({to})"));
-    }
-    let days = (to - from).get_days() + 1;
-    if days > MAX_PERIOD_DAYS {
-        return Err(format!(
-            "the period is {days} days; at most {MAX_PERIOD_DAYS} per request"
-        ));
-    }
+/// The period asked for (see [`super::period::days`]), in UTC days.
+pub fn period(from: Option<&str>, to: Option<&str>, today: Date) -> Result<Period, PeriodError> {
+    let (from, to) = super::period::days(from, to, today)?;
     Ok(Period { from, to })
 }
 
@@ -807,32 +776,6 @@ mod tests {
             };
             assert_eq!((day.as_str(), k.step.as_str()), ("2030-07-01", "remind"));
             assert_eq!(s.bookings.get(&2), Some(&1));
-        }
-    }
-
-    #[test]
-    fn periods_default_and_refuse_bad_dates() {
-        let today: Date = "2030-07-31".parse().unwrap();
-        let p = period(None, None, today).unwrap();
-        assert_eq!(
-            (p.from.to_string(), p.to.to_string()),
-            ("2030-07-02".into(), "2030-07-31".into())
-        );
-        let p = period(Some("2030-07-01"), Some("2030-07-01"), today).unwrap();
-        assert_eq!(p.from, p.to);
-        assert!(
-            period(Some("2030-01-01"), Some("2031-01-01"), today).is_ok(),
-            "366 days"
-        );
-        for (from, to) in [
-            (Some("2030-07-02"), Some("2030-07-01")),
-            (Some("2030-01-01"), Some("2031-01-02")),
-            (Some("2030-7-1"), None),
-            (Some("2030-07-01T00:00:00Z"), None),
-            (None, Some("yesterday")),
-            (Some("2030-02-30"), None),
-        ] {
-            assert!(period(from, to, today).is_err(), "{from:?} {to:?}");
         }
     }
 

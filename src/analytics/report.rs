@@ -23,6 +23,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::metrics::{add_daily, bucket, median};
+use super::period::{self, PeriodError};
 use crate::config::{BenchmarksConfig, RateBands};
 use crate::model::analytics::{ConversationMetrics, DailyAggregate};
 use crate::model::report::CohortCounts;
@@ -30,10 +31,6 @@ use crate::rules::recommendations::Recommendation;
 use crate::rules::script::Context;
 use crate::store::{Store, StoreError};
 
-/// The longest period a report covers, in days.
-pub const MAX_DAYS: i64 = 366;
-/// The period when none is asked for: this many days ending today.
-pub const DEFAULT_DAYS: i64 = 30;
 /// A first response counts for the response rate up to this many seconds.
 const DAY_SECS: i64 = 86_400;
 /// Inquiries first answered within this many seconds are "within 1 hour"
@@ -66,17 +63,6 @@ fn first_response_secs(m: &ConversationMetrics) -> Option<i64> {
         .and(m.response_secs.first().copied())
 }
 
-/// Why a period was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PeriodError {
-    #[error("{0}: not a date (YYYY-MM-DD)")]
-    NotADate(String),
-    #[error("from ({from}) is after to ({to})")]
-    Reversed { from: Date, to: Date },
-    #[error("the period has {0} days; at most {MAX_DAYS}")]
-    TooLong(i64),
-}
-
 /// Days `from..=to` in a provider's time zone.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Period {
@@ -107,37 +93,15 @@ fn midnight(day: Date, zone: &TimeZone) -> Option<Timestamp> {
 }
 
 impl Period {
-    /// The period `from..=to` (`YYYY-MM-DD`, either absent): by default
-    /// [`DEFAULT_DAYS`] ending `today`, or ending `to`, or from `from` to
-    /// today. Reversed dates or more than [`MAX_DAYS`] days are refused.
+    /// The period `from..=to` (`YYYY-MM-DD`, either absent; see
+    /// [`period::days`]) in `zone`.
     pub fn parse(
         from: Option<&str>,
         to: Option<&str>,
         today: Date,
         zone: &TimeZone,
     ) -> Result<Period, PeriodError> {
-        let date = |text: &str| {
-            text.parse::<Date>()
-                .ok()
-                .filter(|_| text.len() == 10)
-                .ok_or_else(|| PeriodError::NotADate(text.to_owned()))
-        };
-        let to = to.map(date).transpose()?;
-        let from = from.map(date).transpose()?;
-        let to = to.unwrap_or_else(|| from.map_or(today, |from| from.max(today)));
-        let from = match from {
-            Some(from) => from,
-            None => to
-                .checked_sub((DEFAULT_DAYS - 1).days())
-                .map_err(|_| PeriodError::NotADate(to.to_string()))?,
-        };
-        if from > to {
-            return Err(PeriodError::Reversed { from, to });
-        }
-        let days = (to - from).get_days() as i64 + 1;
-        if days > MAX_DAYS {
-            return Err(PeriodError::TooLong(days));
-        }
+        let (from, to) = period::days(from, to, today)?;
         Period::new(from, to, zone).ok_or_else(|| PeriodError::NotADate(to.to_string()))
     }
 
@@ -803,7 +767,8 @@ pub fn duration_text(seconds: f64) -> String {
             (h, 0) => format!("{h} h"),
             (h, m) => format!("{h} h {m} min"),
         },
-        _ => match (minutes / 1_440, (minutes % 1_440 + 30) / 60) {
+        // Rounded to the hour first, so 1 d 23 h 59 min reads "2 d".
+        _ => match ((secs + 1_800) / 3_600 / 24, (secs + 1_800) / 3_600 % 24) {
             (d, 0) => format!("{d} d"),
             (d, h) => format!("{d} d {h} h"),
         },
@@ -957,7 +922,7 @@ mod tests {
     }
 
     #[test]
-    fn periods_default_to_thirty_days_and_refuse_bad_dates() {
+    fn periods_start_and_end_at_midnight_in_the_zone() {
         let paris = zone("Europe/Paris");
         let today = day("2030-07-31");
         let p = Period::parse(None, None, today, &paris).unwrap();
@@ -970,20 +935,6 @@ mod tests {
             (prev.from, prev.to, prev.days),
             (day("2030-06-02"), day("2030-07-01"), 30)
         );
-        let only_to = Period::parse(None, Some("2030-03-10"), today, &paris).unwrap();
-        assert_eq!(only_to.from, day("2030-02-09"));
-        let only_from = Period::parse(Some("2030-07-20"), None, today, &paris).unwrap();
-        assert_eq!((only_from.from, only_from.to), (day("2030-07-20"), today));
-        for (from, to, error) in [
-            (Some("2030-7-1"), None, "not a date"),
-            (Some("2030-02-30"), None, "not a date"),
-            (None, Some("yesterday"), "not a date"),
-            (Some("2030-07-10"), Some("2030-07-01"), "after"),
-            (Some("2029-01-01"), Some("2030-07-01"), "at most 366"),
-        ] {
-            let e = Period::parse(from, to, today, &paris).unwrap_err();
-            assert!(e.to_string().contains(error), "{from:?} {to:?}: {e}");
-        }
         // A day of 23 hours: the spring change in Paris.
         let spring = Period::parse(Some("2030-03-31"), Some("2030-03-31"), today, &paris).unwrap();
         assert_eq!(spring.start, "2030-03-30T23:00:00Z");
@@ -1032,6 +983,9 @@ mod tests {
         assert_eq!(duration_text(3_600.0), "1 h");
         assert_eq!(duration_text(3_590.0), "1 h");
         assert_eq!(duration_text(187_200.0), "2 d 4 h");
+        // 1 d 23 h 59 min: no "1 d 24 h".
+        assert_eq!(duration_text(172_740.0), "2 d");
+        assert_eq!(duration_text(86_400.0 + 5_370.0), "1 d 1 h");
     }
 
     fn row(id: &str) -> Row {

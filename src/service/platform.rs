@@ -21,7 +21,8 @@ impl App {
         caller.require(&[Role::Operator])?;
         let zone = jiff::tz::TimeZone::get(PLATFORM_ZONE).unwrap_or(jiff::tz::TimeZone::UTC);
         let today = zone.to_datetime(self.clock.now()).date();
-        let period = period(from, to, today).map_err(ApiError::BadRequest)?;
+        let period =
+            period(from, to, today).map_err(|e| ApiError::BadRequest(format!("period: {e}")))?;
         let (first, last) = (period.from.to_string(), period.to.to_string());
         let days = self.store.platform_days(&first, &last)?;
         let steps = self.store.step_days(&first, &last)?;
