@@ -360,6 +360,15 @@ fn report(
         }
         Err(e) => return fail(e),
     }
+    match parleyd::analytics::rebuild::staleness(&store) {
+        Ok(None) => {}
+        Ok(Some(stale)) => {
+            return fail(format!(
+            "{stale}: start the daemon (it rebuilds them) or run `parleyd analytics rebuild` first"
+        ))
+        }
+        Err(e) => return fail(e),
+    }
     let clock: std::sync::Arc<dyn parleyd::clock::Clock> =
         std::sync::Arc::new(parleyd::clock::SystemClock);
     let rules_clock = clock.clone();

@@ -410,3 +410,78 @@ async fn an_event_the_rules_fail_on_counts_once_through_retries_and_a_redrive() 
     assert_eq!(m["messages"]["customer"], 1, "{m}");
     d.stop().await;
 }
+
+/// Analytics kept by an older fold format (here: records the old fold did
+/// not write, and its format key lowered or, as before formats, absent) are
+/// rebuilt when the daemon starts, before it serves them; a start on current
+/// analytics rebuilds nothing.
+#[tokio::test]
+async fn analytics_kept_by_an_older_format_are_rebuilt_at_start_once() {
+    let data = tempfile::tempdir().unwrap();
+    let rules = tempfile::tempdir().unwrap();
+    copy_rules(rules.path());
+    let d = automation_on(data.path(), rules.path()).await;
+    let p = pair(&d).await;
+    d.send(&p.customer, &p.conversation, "c-1", "Free on Friday?")
+        .await
+        .expect(201);
+    advance(&d, "2h").await;
+    d.send(&p.provider, &p.conversation, "p-1", "Yes!")
+        .await
+        .expect(201);
+    settled(&d).await;
+    let mut m = metrics(&d, &p.customer, &p.conversation).await;
+    assert_eq!(m["first_response_seconds"], 7200, "{m}");
+    d.stop().await;
+
+    // `None`: a build from before formats were recorded; `Some(0)`: an older one.
+    for old_format in [None, Some(0u64)] {
+        {
+            let db = sled::open(data.path()).unwrap();
+            let meta = db.open_tree("analytics_meta").unwrap();
+            match old_format {
+                None => meta.remove("format").unwrap(),
+                Some(v) => meta.insert("format", &v.to_be_bytes()).unwrap(),
+            };
+            // What the old fold did not keep.
+            db.open_tree("analytics_conversations")
+                .unwrap()
+                .clear()
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let d = automation_on(data.path(), rules.path()).await;
+        let log = d.log();
+        assert!(
+            log.contains("rebuilding the analytics") && log.contains("analytics rebuilt"),
+            "{old_format:?}: the start says it rebuilt the analytics:\n{log}"
+        );
+        assert_eq!(metrics(&d, &p.customer, &p.conversation).await, m);
+        d.stop().await;
+
+        let d = automation_on(data.path(), rules.path()).await;
+        assert!(
+            !d.log().contains("rebuilding the analytics"),
+            "{old_format:?}: a second start rebuilds nothing:\n{}",
+            d.log()
+        );
+        assert_eq!(metrics(&d, &p.customer, &p.conversation).await, m);
+        // The live path goes on from the rebuilt figures (the manual clock
+        // starts at the wall clock's time again: past the messages so far).
+        advance(&d, "3h").await;
+        let client_id = format!("c-2-{old_format:?}");
+        d.send(&p.customer, &p.conversation, &client_id, "Great, booking.")
+            .await
+            .expect(201);
+        settled(&d).await;
+        let after = metrics(&d, &p.customer, &p.conversation).await;
+        assert_eq!(
+            after["messages"]["customer"],
+            m["messages"]["customer"].as_u64().unwrap() + 1,
+            "{after}"
+        );
+        assert_eq!(after["first_response_seconds"], 7200, "{after}");
+        m = after;
+        d.stop().await;
+    }
+}

@@ -19,7 +19,9 @@
 //!
 //! `parleyd analytics rebuild` ([`rebuild`]) clears the analytics trees and
 //! folds, with the same [`record`], the events re-derived from the stored
-//! history.
+//! history. The records carry the [`FORMAT`] they were folded by; the daemon
+//! rebuilds, before it serves, analytics kept by another format
+//! ([`rebuild::bring_up_to_date`]).
 //!
 //! Dependencies: analytics reads the store and the rules' helpers; it never
 //! imports `automation`, `api` or `service`.
@@ -34,11 +36,25 @@ pub mod report;
 use crate::domain::DomainEvent;
 use crate::store::{AnalyticsTx, TxError};
 
+/// The analytics fold's format, kept in the analytics meta tree by the
+/// fold's first write and by every rebuild. Bump it with every change to
+/// the fold that records kept before would lack or count differently (a new
+/// counter, a new index, a changed definition): the daemon then rebuilds a
+/// data directory kept by the previous format when it starts, instead of
+/// serving figures that miss what the old fold did not count.
+///
+/// 1: the provider reports' counts and the platform view's days.
+pub const FORMAT: u64 = 1;
+
 /// Folds `event` into the analytics records, once: an event at or below
 /// the watermark, or re-driven from the dead-letter list, changes nothing.
 pub fn record(tx: &AnalyticsTx<'_, '_>, event: &DomainEvent) -> Result<(), TxError> {
-    if event.redriven_at.is_some() || event.seq <= tx.folded_seq()? {
+    let folded = tx.folded_seq()?;
+    if event.redriven_at.is_some() || event.seq <= folded {
         return Ok(());
+    }
+    if folded == 0 {
+        tx.set_format(FORMAT)?;
     }
     fold(tx, event)?;
     tx.set_folded_seq(event.seq)

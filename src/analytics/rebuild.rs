@@ -141,10 +141,76 @@ pub async fn rebuild(store: &Store) -> Result<Rebuilt, StoreError> {
     pending.extend(loose.into_iter().map(|(_, e)| e));
     rebuilt.events += fold(store, pending).await?;
     store
-        .transact("rebuild", move |tx| tx.analytics().set_folded_seq(last_seq))
+        .transact("rebuild", move |tx| {
+            let analytics = tx.analytics();
+            analytics.set_folded_seq(last_seq)?;
+            analytics.set_format(super::FORMAT)
+        })
         .await?;
     store.mark_rebuilding(false)?;
     Ok(rebuilt)
+}
+
+/// Why the stored analytics cannot be served as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// Kept by fold format `found`, not [`super::FORMAT`].
+    Format { found: u64 },
+    /// No format recorded, yet `events` domain events were given out: kept
+    /// by a build from before formats were recorded, or by none.
+    Unrecorded { events: u64 },
+}
+
+impl std::fmt::Display for Stale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stale::Format { found } => write!(
+                f,
+                "the analytics were kept by fold format {found}, this build folds format {}",
+                super::FORMAT
+            ),
+            Stale::Unrecorded { events } => write!(
+                f,
+                "{events} domain events were given out, and the analytics record no fold \
+                 format: kept by a build older than fold formats, or by none"
+            ),
+        }
+    }
+}
+
+/// Whether the stored analytics were kept by another fold format than this
+/// build's ([`super::FORMAT`]). A data directory without events has nothing
+/// to rebuild: the fold's first write records the format.
+pub fn staleness(store: &Store) -> Result<Option<Stale>, StoreError> {
+    Ok(match store.analytics_format()? {
+        Some(found) if found == super::FORMAT => None,
+        Some(found) => Some(Stale::Format { found }),
+        None => match store.last_domain_seq()? {
+            0 => None,
+            events => Some(Stale::Unrecorded { events }),
+        },
+    })
+}
+
+/// Rebuilds the analytics ([`rebuild`], unfinished-rebuild mark included)
+/// when they were kept by another fold format ([`staleness`]), logging why,
+/// what was folded and how long it took; `None` when they are current.
+pub async fn bring_up_to_date(store: &Store) -> Result<Option<(Stale, Rebuilt)>, StoreError> {
+    let Some(stale) = staleness(store)? else {
+        return Ok(None);
+    };
+    tracing::warn!(reason = %stale, format = super::FORMAT,
+        "rebuilding the analytics from the stored history before serving");
+    let started = std::time::Instant::now();
+    let rebuilt = rebuild(store).await?;
+    tracing::info!(
+        conversations = rebuilt.conversations,
+        events = rebuilt.events,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        format = super::FORMAT,
+        "analytics rebuilt"
+    );
+    Ok(Some((stale, rebuilt)))
 }
 
 /// Folds `events` in one writer transaction.

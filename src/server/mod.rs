@@ -74,6 +74,9 @@ pub async fn run(
     if store.rebuild_unfinished()? {
         return Err(StartError::RebuildUnfinished);
     }
+    // Figures kept by another fold format miss what it did not count: they
+    // are rebuilt before anything reads or folds into them.
+    crate::analytics::rebuild::bring_up_to_date(&store).await?;
     // A manual clock starts at the wall clock's time and moves only when told.
     let manual_clock = (config.clock == ClockMode::Manual)
         .then(|| Arc::new(ManualClock::starting_at(jiff::Timestamp::now())));

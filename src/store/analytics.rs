@@ -9,6 +9,7 @@
 //! | `analytics_by_provider`   | provider `\0` inquiry ms (u64) `\0` conversation | empty             |
 //! | `analytics_daily`         | provider `\0` day (`YYYY-MM-DD`, provider's zone) | `DailyAggregate` JSON |
 //! | `analytics_meta`          | `folded_seq`                          | u64: the highest domain event seq folded |
+//! | `analytics_meta`          | `format`                              | u64: the `analytics::FORMAT` the records were folded by |
 //! | `analytics_meta`          | `provider` `\0` provider             | time zone of their first inquiry (`store::report`) |
 //! | `analytics_platform`      | see `store::platform`                 | the platform view's days     |
 //!
@@ -28,6 +29,7 @@ use crate::model::analytics::{ConversationMetrics, DailyAggregate};
 use crate::model::{Booking, Conversation, Listing, Signal, User};
 
 const FOLDED_SEQ: &[u8] = b"folded_seq";
+const FORMAT: &[u8] = b"format";
 
 /// The analytics trees (see the module doc).
 #[derive(Clone)]
@@ -192,6 +194,12 @@ impl<'a, 'b> AnalyticsTx<'a, 'b> {
 
     pub fn set_folded_seq(&self, seq: u64) -> Result<(), TxError> {
         self.put(self.views().meta, FOLDED_SEQ, seq.to_be_bytes())
+    }
+
+    /// Records that the analytics were folded by fold format `format`
+    /// (`analytics::FORMAT`; read back by [`Store::analytics_format`]).
+    pub fn set_format(&self, format: u64) -> Result<(), TxError> {
+        self.put(self.views().meta, FORMAT, format.to_be_bytes())
     }
 
     pub fn conversation(&self, id: &str) -> Result<Option<ConversationMetrics>, TxError> {
@@ -371,6 +379,17 @@ impl Store {
         }
         self.db.flush()?;
         Ok(())
+    }
+
+    /// The fold format the analytics were kept by ([`AnalyticsTx::set_format`]);
+    /// `None` when no fold or rebuild by a build that records it wrote them.
+    pub fn analytics_format(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .trees
+            .analytics
+            .meta
+            .get(FORMAT)?
+            .map(|v| keys::read_u64(&v)))
     }
 
     /// Whether an analytics rebuild started and did not finish: the figures
