@@ -319,18 +319,7 @@ async fn metrics_match_the_conversation_survive_a_restart_and_a_rebuild() {
     d.stop().await;
 
     // A rebuild from the stored history gives every figure back.
-    let rebuilt = std::process::Command::new(env!("CARGO_BIN_EXE_parleyd"))
-        .args(["analytics", "rebuild", "--config", "config.yaml"])
-        .env("PARLEYD_DATA_DIR", data.path())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&rebuilt.stdout);
-    assert!(
-        rebuilt.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&rebuilt.stderr)
-    );
+    let stdout = rebuild_analytics(data.path());
     assert!(stdout.contains("2 conversations"), "{stdout}");
     let d = automation_on(data.path(), rules.path()).await;
     settled(&d).await;

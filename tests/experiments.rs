@@ -440,13 +440,7 @@ async fn bookings_within_the_window_are_conversions_of_the_variant_and_guardrail
 
     // A rebuild from the stored history gives the same figures: exposures
     // kept, conversions and guardrails folded again, not twice.
-    let rebuild = std::process::Command::new(env!("CARGO_BIN_EXE_parleyd"))
-        .args(["analytics", "rebuild", "--config"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml"))
-        .env("PARLEYD_DATA_DIR", data.path())
-        .output()
-        .unwrap();
-    assert!(rebuild.status.success(), "{rebuild:?}");
+    rebuild_analytics(data.path());
     let d = start(&rules, data.path()).await;
     assert_eq!(results(&d).await["variants"], shown["variants"]);
     d.stop().await;

@@ -429,18 +429,7 @@ async fn the_platform_view_matches_the_conversations_survives_a_restart_and_a_re
     assert_eq!(analytics(&d, &period).await, v, "after a restart");
     d.stop().await;
 
-    let rebuilt = std::process::Command::new(env!("CARGO_BIN_EXE_parleyd"))
-        .args(["analytics", "rebuild", "--config", "config.yaml"])
-        .env("PARLEYD_DATA_DIR", data.path())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(
-        rebuilt.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&rebuilt.stdout),
-        String::from_utf8_lossy(&rebuilt.stderr)
-    );
+    rebuild_analytics(data.path());
     let d = automation_on(data.path(), rules.path()).await;
     settled(&d).await;
     assert_eq!(analytics(&d, &period).await, v, "after a rebuild");

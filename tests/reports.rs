@@ -596,17 +596,7 @@ async fn a_scripted_month_gives_the_reports_figures_and_a_rebuild_keeps_them() {
 
     // Stopped, rebuilt from history, restarted: the same reports.
     d.stop().await;
-    let rebuilt = std::process::Command::new(env!("CARGO_BIN_EXE_parleyd"))
-        .args(["analytics", "rebuild", "--config", "config.yaml"])
-        .env("PARLEYD_DATA_DIR", data.path())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(
-        rebuilt.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rebuilt.stderr)
-    );
+    rebuild_analytics(data.path());
     let d = Daemon::launch(launch()).await;
     for (p, before) in reports.iter().enumerate() {
         let after = report(&d, &operator(), p, from, to).await;

@@ -1096,6 +1096,25 @@ pub fn copy_rules(dir: &Path) -> Vec<(&'static str, String)> {
     edits
 }
 
+/// Runs `parleyd analytics rebuild` with the shipped config on the stopped
+/// daemon's `data_dir`; panics with its output unless it succeeds. Returns
+/// what it printed.
+pub fn rebuild_analytics(data_dir: &std::path::Path) -> String {
+    let rebuilt = std::process::Command::new(env!("CARGO_BIN_EXE_parleyd"))
+        .args(["analytics", "rebuild", "--config", "config.yaml"])
+        .env("PARLEYD_DATA_DIR", data_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run parleyd analytics rebuild");
+    let stdout = String::from_utf8_lossy(&rebuilt.stdout).into_owned();
+    assert!(
+        rebuilt.status.success(),
+        "analytics rebuild failed: {stdout}{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    stdout
+}
+
 pub fn operator() -> Person {
     Person::new("ops", "operator")
 }
