@@ -692,10 +692,12 @@ pub fn empty(conversation: &crate::model::Conversation) -> ConversationMetrics {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record() -> ConversationMetrics {
+    /// A conversation's record before any fact (Paris), for the folds'
+    /// unit tests here and in `platform`.
+    pub(crate) fn record() -> ConversationMetrics {
         ConversationMetrics {
             conversation_id: "c1".into(),
             listing_id: "l1".into(),

@@ -534,19 +534,9 @@ pub fn view(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analytics::metrics::tests::record;
     use crate::analytics::metrics::{self, MessageFact};
     use crate::domain::{Stage, Subject};
-
-    fn record() -> ConversationMetrics {
-        ConversationMetrics {
-            conversation_id: "c1".into(),
-            listing_id: "l1".into(),
-            customer_id: "cust".into(),
-            provider_id: "prov".into(),
-            zone: "Europe/Paris".into(),
-            ..ConversationMetrics::default()
-        }
-    }
 
     fn event(at: &str, data: serde_json::Value) -> DomainEvent {
         DomainEvent {
